@@ -1,0 +1,221 @@
+"""Padding to buckets and disjoint-union batching, with exact inverses.
+
+Padding never changes a real node's result: padded nodes are isolated from
+real nodes (padding edges join padding nodes only) and, for readout models,
+belong to an extra graph id whose row is dropped. That holds for every
+message-passing layer (sum, mean, max, attention) and for per-node norms,
+so ``unpad(model(pad(g))) == model(g)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .graph import DynamicGraph, StaticGraph
+from .signature import Bucket, OutputLevel
+
+
+@dataclass(frozen=True)
+class Padding:
+    """What :func:`pad_graph` added, so outputs can be cut back.
+
+    Attributes:
+        num_nodes: Real node count.
+        num_edges: Real edge count.
+        num_graphs: Real graph count.
+        node_mask: ``[N_bucket]`` True for real nodes.
+        edge_mask: ``[E_bucket]`` True for real edges.
+    """
+
+    num_nodes: int
+    num_edges: int
+    num_graphs: int
+    node_mask: np.ndarray
+    edge_mask: np.ndarray
+
+
+def _fits(graph: DynamicGraph, bucket: Bucket, has_batch: bool) -> bool:
+    n, e = graph.num_nodes, graph.num_edges
+    # Padding edges need a padding node to point at.
+    need_nodes = n + (1 if e < bucket.max_edges else 0)
+    if need_nodes > bucket.max_nodes or e > bucket.max_edges:
+        return False
+    if has_batch:
+        # Padding nodes form one extra graph whose readout row is dropped.
+        padding_graph = 1 if bucket.max_nodes > n else 0
+        return graph.num_graphs + padding_graph <= bucket.max_graphs
+    return True
+
+
+def pick_bucket(graph: DynamicGraph, buckets: Sequence[Bucket], has_batch: bool) -> Bucket:
+    """Return the smallest bucket ``graph`` fits in.
+
+    Raises:
+        InvalidInputError: No bucket is large enough (names nodes/edges/graphs).
+    """
+    for bucket in buckets:
+        if _fits(graph, bucket, has_batch):
+            return bucket
+    largest = buckets[-1] if buckets else None
+    raise InvalidInputError(
+        "x",
+        f"graph with {graph.num_nodes} nodes, {graph.num_edges} edges and "
+        f"{graph.num_graphs} graph(s) fits no bucket; largest is {largest} "
+        "(one node and one graph slot are reserved for padding)",
+    )
+
+
+def pad_graph(
+    graph: DynamicGraph, bucket: Bucket, has_batch: bool, graph_level_outputs: bool = False
+) -> tuple[DynamicGraph, Padding]:
+    """Pad a dynamic graph to exactly the bucket's sizes.
+
+    Args:
+        graph: A validated graph.
+        bucket: Target sizes (see :func:`pick_bucket`).
+        has_batch: Whether the model takes a ``batch`` vector.
+        graph_level_outputs: Whether the model reads out per graph; padding
+            is then only exact with a batch vector (padding nodes form their
+            own graph).
+
+    Returns:
+        The padded graph and the :class:`Padding` to undo it.
+
+    Raises:
+        InvalidInputError: The graph does not fit, or padding would change a
+            whole-graph readout.
+    """
+    if not _fits(graph, bucket, has_batch):
+        raise InvalidInputError("x", f"graph does not fit bucket {bucket}")
+    n, e = graph.num_nodes, graph.num_edges
+    nb, eb = bucket.max_nodes, bucket.max_edges
+    if graph_level_outputs and not has_batch and nb > n:
+        raise InvalidInputError(
+            "batch",
+            "padding a whole-graph readout without a batch vector would change the result; "
+            "export the model with a batch input to use padded buckets",
+        )
+    x = np.zeros((nb, graph.x.shape[1]), np.float32)
+    x[:n] = graph.x
+    edge_index = np.full((2, eb), n, np.int64)  # padding edges: first padding node, self loop
+    edge_index[:, :e] = graph.edge_index
+    edge_attr = None
+    if graph.edge_attr is not None:
+        edge_attr = np.zeros((eb, graph.edge_attr.shape[1]), np.float32)
+        edge_attr[:e] = graph.edge_attr
+    batch = None
+    num_graphs = graph.num_graphs
+    if has_batch:
+        batch = np.full(nb, num_graphs, np.int64)
+        batch[:n] = graph.batch if graph.batch is not None else 0
+    node_mask = np.zeros(nb, bool)
+    node_mask[:n] = True
+    edge_mask = np.zeros(eb, bool)
+    edge_mask[:e] = True
+    padded = DynamicGraph(x=x, edge_index=edge_index, edge_attr=edge_attr, batch=batch)
+    return padded, Padding(n, e, num_graphs, node_mask, edge_mask)
+
+
+def unpad_outputs(
+    outputs: Mapping[str, np.ndarray], padding: Padding, levels: Mapping[str, OutputLevel]
+) -> dict[str, np.ndarray]:
+    """Cut padded rows off each output (by its level)."""
+    keep = {OutputLevel.NODE: padding.num_nodes, OutputLevel.GRAPH: padding.num_graphs}
+    return {
+        name: value[: keep[levels[name]]] if levels.get(name) in keep else value
+        for name, value in outputs.items()
+    }
+
+
+def pad_static(graph: StaticGraph, batch_size: int) -> StaticGraph:
+    """Pad a stacked static batch with zero graphs up to ``batch_size``."""
+    b = graph.batch_size
+    if b > batch_size:
+        raise InvalidInputError("x", f"batch of {b} exceeds the bucket of {batch_size}")
+    if b == batch_size:
+        return graph
+    pad = np.zeros((batch_size - b, *graph.x.shape[1:]), np.float32)
+    return StaticGraph(np.concatenate([graph.x, pad]))
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """Per-request sizes of a merged batch, to split results back in order."""
+
+    nodes: tuple[int, ...]
+    graphs: tuple[int, ...]
+
+
+def batch_graphs(graphs: Sequence[DynamicGraph]) -> tuple[DynamicGraph, BatchLayout]:
+    """Merge graphs into one disjoint union (node ids and graph ids offset).
+
+    Args:
+        graphs: Validated graphs, each possibly already a union of graphs.
+
+    Returns:
+        The union (with a batch vector) and the layout to split outputs.
+
+    Raises:
+        InvalidInputError: The graphs disagree on having edge features.
+    """
+    if not graphs:
+        raise InvalidInputError("graphs", "empty list: nothing to batch")
+    with_attr = {g.edge_attr is not None for g in graphs}
+    if len(with_attr) > 1:
+        raise InvalidInputError("edge_attr", "some graphs have edge features and some do not")
+    node_off = 0
+    graph_off = 0
+    xs, eis, attrs, batches = [], [], [], []
+    for g in graphs:
+        xs.append(g.x)
+        eis.append(g.edge_index + node_off)
+        if g.edge_attr is not None:
+            attrs.append(g.edge_attr)
+        local = g.batch if g.batch is not None else np.zeros(g.num_nodes, np.int64)
+        batches.append(local + graph_off)
+        node_off += g.num_nodes
+        graph_off += g.num_graphs
+    merged = DynamicGraph(
+        x=np.concatenate(xs),
+        edge_index=np.concatenate(eis, axis=1),
+        edge_attr=np.concatenate(attrs) if attrs else None,
+        batch=np.concatenate(batches),
+    )
+    layout = BatchLayout(
+        nodes=tuple(g.num_nodes for g in graphs), graphs=tuple(g.num_graphs for g in graphs)
+    )
+    return merged, layout
+
+
+def unbatch_outputs(
+    outputs: Mapping[str, np.ndarray],
+    sizes: Mapping[OutputLevel, Sequence[int]],
+    levels: Mapping[str, OutputLevel],
+) -> list[dict[str, np.ndarray]]:
+    """Split merged outputs back to one dict per request, in order.
+
+    Args:
+        outputs: Outputs of the merged call.
+        sizes: Rows per request for each output level present.
+        levels: Level of each output name.
+
+    Returns:
+        One dict of outputs per request.
+    """
+    counts = {len(v) for v in sizes.values()}
+    if len(counts) != 1:
+        raise ValueError("sizes of all levels must cover the same requests")
+    n_requests = counts.pop()
+    result: list[dict[str, np.ndarray]] = [{} for _ in range(n_requests)]
+    for name, value in outputs.items():
+        level = levels[name]
+        bounds = np.cumsum([0, *sizes[level]])
+        if bounds[-1] > value.shape[0]:
+            raise ValueError(f"output {name!r} has {value.shape[0]} rows, expected {bounds[-1]}")
+        for i in range(n_requests):
+            result[i][name] = value[bounds[i] : bounds[i + 1]]
+    return result

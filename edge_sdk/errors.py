@@ -1,0 +1,93 @@
+"""Error hierarchy of the SDK.
+
+Every error a user can cause derives from :class:`EdgeSDKError`; the CLIs
+print those as one line and exit with :attr:`EdgeSDKError.exit_code`. A bug in
+the SDK itself raises :class:`InternalError` (printed with a traceback).
+"""
+
+from __future__ import annotations
+
+
+class EdgeSDKError(Exception):
+    """Root of every error caused by input, configuration or environment.
+
+    Messages say what failed, what was expected, what was received and how
+    to fix it.
+    """
+
+    exit_code: int = 3
+
+
+class InvalidInputError(EdgeSDKError, ValueError):
+    """A graph or tensor handed to the runtime does not match the model.
+
+    Attributes:
+        field: Name of the offending input field (``x``, ``edge_index``...).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class ManifestError(EdgeSDKError):
+    """A bundle or manifest is malformed, tampered, truncated or too new.
+
+    Attributes:
+        path: File the problem was found in (relative to the bundle), if any.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+class ProfileError(EdgeSDKError):
+    """A device profile is unknown or does not validate."""
+
+
+class ExportError(EdgeSDKError):
+    """The build-time pipeline could not produce an artifact."""
+
+
+class UnsupportedModelError(ExportError):
+    """The model uses a layer or an option the exporter cannot lower."""
+
+
+class ParityError(ExportError):
+    """An exported artifact does not reproduce the reference model."""
+
+    exit_code = 4
+
+
+class AccuracyError(ExportError):
+    """The task metric dropped beyond the allowed bound."""
+
+    exit_code = 4
+
+
+class UnsupportedTargetError(EdgeSDKError):
+    """No artifact in the bundle can run on the requested backend/profile."""
+
+
+class BackendUnavailableError(EdgeSDKError):
+    """An inference engine is not installed or failed to load."""
+
+
+class InternalError(Exception):
+    """A bug in edge-graph-sdk: please report it with the traceback."""
+
+
+__all__ = [
+    "AccuracyError",
+    "BackendUnavailableError",
+    "EdgeSDKError",
+    "ExportError",
+    "InternalError",
+    "InvalidInputError",
+    "ManifestError",
+    "ParityError",
+    "ProfileError",
+    "UnsupportedModelError",
+    "UnsupportedTargetError",
+]

@@ -1,0 +1,323 @@
+"""Typed containers for the three graph forms, and their validation.
+
+The runtime turns whatever a caller hands it into one of these containers and
+validates it against the model's :class:`~edge_sdk.signature.GraphSpec` before
+any backend sees it. Errors name the field, what was expected and what was
+received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .signature import GraphForm, GraphSpec
+
+
+@dataclass(frozen=True)
+class StaticGraph:
+    """Node features of one or more graphs sharing a fixed topology.
+
+    Used for the static and learned forms, where the topology lives inside
+    the model. ``x`` is ``[B, N, F]``; a single ``[N, F]`` graph is accepted
+    by :func:`as_graph` and promoted to ``B = 1``.
+    """
+
+    x: np.ndarray
+
+    @property
+    def batch_size(self) -> int:
+        """Number of stacked graphs B."""
+        return int(self.x.shape[0])
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """Model inputs by name."""
+        return {"x": self.x}
+
+
+@dataclass(frozen=True)
+class DynamicGraph:
+    """One graph (or a disjoint union of graphs) that brings its own edges.
+
+    Attributes:
+        x: Node features ``[N, F]``.
+        edge_index: ``[2, E]`` int64, row 0 sources, row 1 targets.
+        edge_attr: Optional edge features ``[E, D]``.
+        batch: Optional graph id per node ``[N]`` (non-decreasing), for readout.
+    """
+
+    x: np.ndarray
+    edge_index: np.ndarray
+    edge_attr: np.ndarray | None = None
+    batch: np.ndarray | None = None
+
+    @property
+    def num_nodes(self) -> int:
+        """N."""
+        return int(self.x.shape[0])
+
+    @property
+    def num_edges(self) -> int:
+        """E."""
+        return int(self.edge_index.shape[1])
+
+    @property
+    def num_graphs(self) -> int:
+        """Graphs in this (possibly batched) object."""
+        if self.batch is None or self.batch.size == 0:
+            return 1
+        return int(self.batch[-1]) + 1
+
+    def feeds(self, spec: GraphSpec) -> dict[str, np.ndarray]:
+        """Model inputs by name, in the order the model declares."""
+        out = {"x": self.x, "edge_index": self.edge_index}
+        if spec.edge_dim is not None:
+            assert self.edge_attr is not None  # guaranteed by validate()
+            out["edge_attr"] = self.edge_attr
+        if spec.has_batch:
+            out["batch"] = (
+                self.batch if self.batch is not None else np.zeros(self.num_nodes, np.int64)
+            )
+        return out
+
+
+Graph = StaticGraph | DynamicGraph
+
+_GRAPH_KEYS = ("x", "edge_index", "edge_attr", "batch")
+
+
+def as_graph(data: Any, spec: GraphSpec) -> Graph:
+    """Build the container the spec's form needs from loose user data.
+
+    Args:
+        data: A :class:`StaticGraph`/:class:`DynamicGraph`, a mapping with keys
+            ``x``/``edge_index``/``edge_attr``/``batch`` (numpy arrays or
+            nested lists), or a bare array for the static/learned forms.
+        spec: The model's graph contract.
+
+    Returns:
+        A validated graph with canonical dtypes (float32 features, int64 indices).
+
+    Raises:
+        InvalidInputError: Naming the field at fault.
+    """
+    if isinstance(data, StaticGraph | DynamicGraph):
+        graph = data
+    elif isinstance(data, Mapping):
+        unknown = sorted(set(data) - set(_GRAPH_KEYS))
+        if unknown:
+            raise InvalidInputError(
+                unknown[0], f"unknown input field; expected some of {list(_GRAPH_KEYS)}"
+            )
+        if "x" not in data:
+            raise InvalidInputError("x", "missing: node features are required")
+        if spec.form is GraphForm.DYNAMIC:
+            if "edge_index" not in data:
+                raise InvalidInputError(
+                    "edge_index", "missing: this model takes a dynamic graph ([2, E] int64)"
+                )
+            graph = DynamicGraph(
+                x=_array("x", data["x"]),
+                edge_index=_array("edge_index", data["edge_index"]),
+                edge_attr=_array("edge_attr", data["edge_attr"])
+                if data.get("edge_attr") is not None
+                else None,
+                batch=_array("batch", data["batch"]) if data.get("batch") is not None else None,
+            )
+        else:
+            extra = [k for k in ("edge_index", "edge_attr", "batch") if k in data]
+            if extra:
+                raise InvalidInputError(
+                    extra[0],
+                    f"this model has a {spec.form} topology built in; send only x [B, N, F]",
+                )
+            graph = StaticGraph(_array("x", data["x"]))
+    else:
+        if spec.form is GraphForm.DYNAMIC:
+            raise InvalidInputError(
+                "edge_index",
+                f"received a bare {type(data).__name__}; this model takes a dynamic graph: "
+                "pass a mapping with x and edge_index",
+            )
+        graph = StaticGraph(_array("x", data))
+    return validate(graph, spec)
+
+
+def _array(field: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(field, f"cannot be read as an array: {exc}") from None
+    if arr.dtype == object:
+        raise InvalidInputError(field, "is ragged or holds non-numbers; expected a numeric array")
+    return arr
+
+
+def _float_field(field: str, arr: np.ndarray, rank: int, shape_hint: str) -> np.ndarray:
+    if arr.ndim != rank:
+        raise InvalidInputError(
+            field, f"expected rank {rank} {shape_hint}, received rank {arr.ndim} {list(arr.shape)}"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+            arr = arr.astype(np.float32)
+        else:
+            raise InvalidInputError(field, f"expected a float dtype, received {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = tuple(int(i) for i in np.argwhere(~finite)[0])
+        n_bad = int((~finite).sum())
+        raise InvalidInputError(
+            field, f"contains {n_bad} NaN/Inf value(s), first at index {list(bad)}"
+        )
+    return arr
+
+
+def _index_field(field: str, arr: np.ndarray) -> np.ndarray:
+    if not (np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_):
+        raise InvalidInputError(field, f"expected an integer dtype (int64), received {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def validate(graph: Graph, spec: GraphSpec) -> Graph:
+    """Check a graph against the model's contract and canonicalise dtypes.
+
+    Args:
+        graph: The request.
+        spec: The model's graph contract.
+
+    Returns:
+        The graph with float32 features and int64 indices.
+
+    Raises:
+        InvalidInputError: Wrong form, dtype, rank, shape or feature count;
+            negative or out-of-range edge indices; NaN/Inf; a graph larger
+            than the model's limits or largest bucket.
+    """
+    if spec.form is GraphForm.DYNAMIC:
+        if not isinstance(graph, DynamicGraph):
+            raise InvalidInputError(
+                "edge_index", "missing: this model takes a dynamic graph (x [N, F], edge_index)"
+            )
+        return _validate_dynamic(graph, spec)
+    if not isinstance(graph, StaticGraph):
+        raise InvalidInputError(
+            "edge_index", f"this model has a {spec.form} topology built in; send only x [B, N, F]"
+        )
+    return _validate_static(graph, spec)
+
+
+def _validate_static(graph: StaticGraph, spec: GraphSpec) -> StaticGraph:
+    x = graph.x
+    if x.ndim == 2:
+        x = x[None]
+    x = _float_field("x", x, 3, "[B, N, F]")
+    _, n, f = x.shape
+    if n != spec.num_nodes:
+        raise InvalidInputError(
+            "x", f"expected {spec.num_nodes} nodes on axis 1 ([B, N, F]), received {n}"
+        )
+    if f != spec.num_features:
+        raise InvalidInputError(
+            "x", f"expected {spec.num_features} features on axis 2 ([B, N, F]), received {f}"
+        )
+    if x.shape[0] == 0:
+        raise InvalidInputError("x", "batch is empty (B = 0)")
+    if x.shape[0] > spec.max_batch:
+        raise InvalidInputError(
+            "x", f"batch of {x.shape[0]} graphs exceeds the model's max_batch {spec.max_batch}"
+        )
+    return StaticGraph(x)
+
+
+def _validate_dynamic(graph: DynamicGraph, spec: GraphSpec) -> DynamicGraph:
+    x = _float_field("x", graph.x, 2, "[N, F]")
+    n, f = x.shape
+    if f != spec.num_features:
+        raise InvalidInputError(
+            "x", f"expected {spec.num_features} features on axis 1 ([N, F]), received {f}"
+        )
+    if n == 0:
+        raise InvalidInputError("x", "graph has no nodes (N = 0)")
+    largest = spec.buckets[-1].max_nodes if spec.buckets else spec.max_nodes
+    if n > min(largest, spec.max_nodes):
+        what = "largest bucket" if spec.buckets and largest <= spec.max_nodes else "max_nodes"
+        raise InvalidInputError(
+            "x", f"graph has {n} nodes, beyond the model's {what} ({min(largest, spec.max_nodes)})"
+        )
+
+    ei = _index_field("edge_index", graph.edge_index)
+    if ei.ndim != 2 or ei.shape[0] != 2:
+        raise InvalidInputError("edge_index", f"expected shape [2, E], received {list(ei.shape)}")
+    e = ei.shape[1]
+    max_edges = spec.buckets[-1].max_edges if spec.buckets else spec.max_edges
+    if e > min(max_edges, spec.max_edges):
+        raise InvalidInputError(
+            "edge_index",
+            f"graph has {e} edges, beyond the model's limit ({min(max_edges, spec.max_edges)})",
+        )
+    if e:
+        if (neg := ei < 0).any():
+            col = int(np.argwhere(neg)[0][1])
+            raise InvalidInputError(
+                "edge_index",
+                f"{int(neg.sum())} negative index(es), first at column {col} "
+                f"({int(ei[:, col].min())})",
+            )
+        if (high := ei >= n).any():
+            col = int(np.argwhere(high)[0][1])
+            raise InvalidInputError(
+                "edge_index",
+                f"index {int(ei[:, col].max())} at column {col} is out of range for {n} nodes "
+                f"(valid 0..{n - 1})",
+            )
+
+    edge_attr = None
+    if spec.edge_dim is not None:
+        if graph.edge_attr is None:
+            raise InvalidInputError("edge_attr", f"missing: the model expects [E, {spec.edge_dim}]")
+        edge_attr = _float_field("edge_attr", graph.edge_attr, 2, "[E, D]")
+        if edge_attr.shape != (e, spec.edge_dim):
+            raise InvalidInputError(
+                "edge_attr",
+                f"expected shape [{e}, {spec.edge_dim}], received {list(edge_attr.shape)}",
+            )
+    elif graph.edge_attr is not None:
+        raise InvalidInputError("edge_attr", "this model takes no edge features")
+
+    batch = None
+    if graph.batch is not None:
+        batch = _index_field("batch", graph.batch)
+        if batch.shape != (n,):
+            raise InvalidInputError(
+                "batch",
+                f"expected shape [{n}] (one graph id per node), received {list(batch.shape)}",
+            )
+        if batch.size and (batch[0] < 0 or (np.diff(batch) < 0).any()):
+            raise InvalidInputError(
+                "batch",
+                "graph ids must be non-negative and non-decreasing (nodes grouped by graph)",
+            )
+        if batch.size and (np.diff(batch) > 1).any():
+            raise InvalidInputError("batch", "graph ids must be contiguous (0, 1, 2, ... no gaps)")
+        if batch.size and batch[0] != 0:
+            raise InvalidInputError("batch", f"graph ids must start at 0, received {int(batch[0])}")
+        if not spec.has_batch and int(batch[-1]) > 0:
+            raise InvalidInputError(
+                "batch", "this model reads out one graph at a time; it takes no batch vector"
+            )
+        if not spec.has_batch:
+            batch = None
+    return DynamicGraph(x=x, edge_index=ei, edge_attr=edge_attr, batch=batch)
+
+
+def with_batch(graph: DynamicGraph) -> DynamicGraph:
+    """Return ``graph`` with an explicit all-zero batch vector when it has none."""
+    if graph.batch is not None:
+        return graph
+    return replace(graph, batch=np.zeros(graph.num_nodes, np.int64))

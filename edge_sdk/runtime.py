@@ -1,0 +1,251 @@
+"""The on-device runtime: load a bundle, pick a backend, run graphs.
+
+Imports neither torch nor the exporters: a device needs numpy, pydantic and
+the engine it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import runtimes
+from .batching import (
+    batch_graphs,
+    pad_graph,
+    pad_static,
+    pick_bucket,
+    unbatch_outputs,
+    unpad_outputs,
+)
+from .bundle import Bundle
+from .errors import InvalidInputError, UnsupportedTargetError
+from .graph import DynamicGraph, Graph, StaticGraph, as_graph
+from .manifest import Artifact, Manifest, Precision
+from .profiles import AUTO_ORDER, DeviceProfile, load_profile
+from .runtimes import BackendOptions
+from .signature import GraphForm, OutputLevel
+
+
+class Runtime:
+    """A loaded bundle, ready to infer.
+
+    Thread-safe: calls are serialised on the backend (engines are not all
+    re-entrant); batching concurrent requests is the serving layer's job.
+
+    Example:
+        >>> rt = Runtime.load("out/gcn.bundle")            # doctest: +SKIP
+        >>> rt.infer({"x": x, "edge_index": edge_index})    # doctest: +SKIP
+        {'logits': array(...)}
+    """
+
+    def __init__(
+        self, bundle: Bundle, backend: runtimes.Backend, artifact: Artifact, why: list[str]
+    ) -> None:
+        self.bundle = bundle
+        self.backend = backend
+        self.artifact = artifact
+        self._why = why
+        self._lock = threading.Lock()
+        m = bundle.manifest
+        self._levels = m.output_levels
+        self._graph_level = OutputLevel.GRAPH in self._levels.values()
+        scaling = m.preprocessing.feature_scaling
+        self._scale = (
+            (np.asarray(scaling.mean, np.float32), np.asarray(scaling.std, np.float32))
+            if scaling
+            else None
+        )
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        bundle: str | os.PathLike[str] | Bundle,
+        profile: str | Path | DeviceProfile = "auto",
+        backend: str | None = None,
+        threads: int | None = None,
+    ) -> Runtime:
+        """Open and verify a bundle and load the best artifact for this device.
+
+        Args:
+            bundle: Bundle directory, ``.tar.gz``, or an opened :class:`Bundle`.
+            profile: ``"auto"`` (fastest available engine first), a shipped
+                profile name, a path to a profile YAML, or a profile object.
+            backend: Force one backend by name (overrides the profile's order).
+            threads: Intra-op threads (overrides the profile).
+
+        Returns:
+            The runtime.
+
+        Raises:
+            ManifestError: The bundle is invalid, tampered or truncated.
+            UnsupportedTargetError: No artifact runs on any available backend;
+                the message lists why each candidate was skipped.
+            BackendUnavailableError: ``backend`` is unknown or not installed.
+            ProfileError: The profile is unknown or invalid.
+        """
+        b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        prof = None
+        if isinstance(profile, DeviceProfile):
+            prof = profile
+        elif str(profile) != "auto":
+            prof = load_profile(profile)
+        order = [backend] if backend else (prof.backends if prof else AUTO_ORDER)
+        if backend:
+            runtimes.unavailable_reason(backend)  # raises on an unknown name
+        precisions = prof.precisions if prof else [Precision.INT8, Precision.FP32, Precision.FP16]
+        n_threads = threads if threads is not None else (prof.threads if prof else None)
+        why: list[str] = [f"profile: {prof.name if prof else 'auto'}"]
+        for name in order:
+            if name not in runtimes.known_backends():
+                why.append(f"{name}: not supported by this runtime version")
+                continue
+            reason = runtimes.unavailable_reason(name)
+            if reason:
+                why.append(f"{name}: unavailable: {reason}")
+                continue
+            artifact = _pick_artifact(b.manifest, name, precisions)
+            if artifact is None:
+                why.append(
+                    f"{name}: bundle has no artifact for it at {[str(p) for p in precisions]}"
+                )
+                continue
+            be = runtimes.create_backend(name, BackendOptions(threads=n_threads))
+            be.load(b.path_of(artifact.path), artifact, b.manifest.inputs, b.manifest.outputs)
+            why.append(f"{name}: chosen, artifact {artifact.name} ({artifact.precision})")
+            return cls(b, be, artifact, why)
+        raise UnsupportedTargetError(
+            "no artifact of this bundle can run here: " + "; ".join(why[1:])
+        )
+
+    # -- inference -----------------------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        """The bundle's manifest."""
+        return self.bundle.manifest
+
+    def infer(self, graph: Graph | dict[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
+        """Run one request.
+
+        Args:
+            graph: A graph container, a mapping of named arrays (``x``,
+                ``edge_index``, ``edge_attr``, ``batch``), or for the static
+                and learned forms a bare ``[B, N, F]`` / ``[N, F]`` array.
+
+        Returns:
+            Outputs by name. Static forms keep the batch axis B.
+
+        Raises:
+            InvalidInputError: The request does not match the model; the
+                message names the field.
+        """
+        g = as_graph(graph, self.manifest.graph)
+        return self._run(g)
+
+    def infer_batch(
+        self, graphs: Sequence[Graph | dict[str, Any] | np.ndarray]
+    ) -> list[dict[str, np.ndarray]]:
+        """Run many requests in as few backend calls as exactness allows.
+
+        Dynamic graphs are merged as one disjoint union; static batches are
+        stacked along B. Results come back in request order.
+
+        Raises:
+            InvalidInputError: Naming the request index and field at fault.
+        """
+        spec = self.manifest.graph
+        checked: list[Graph] = []
+        for i, item in enumerate(graphs):
+            try:
+                checked.append(as_graph(item, spec))
+            except InvalidInputError as exc:
+                raise InvalidInputError(
+                    f"graphs[{i}].{exc.field}", str(exc).split(": ", 1)[1]
+                ) from None
+        if not checked:
+            return []
+        if spec.form is GraphForm.DYNAMIC:
+            dyn = [g for g in checked if isinstance(g, DynamicGraph)]
+            if self._graph_level and not spec.has_batch:
+                # Without a batch vector the readout would pool across requests.
+                return [self._run(g) for g in dyn]
+            merged, layout = batch_graphs(dyn)
+            outputs = self._run(merged if spec.has_batch else _drop_batch(merged))
+            sizes = {OutputLevel.NODE: layout.nodes, OutputLevel.GRAPH: layout.graphs}
+            return unbatch_outputs(outputs, sizes, self._levels)
+        stat = [g for g in checked if isinstance(g, StaticGraph)]
+        merged_x = StaticGraph(np.concatenate([g.x for g in stat]))
+        outputs = self._run(merged_x)
+        counts = tuple(g.batch_size for g in stat)
+        return unbatch_outputs(outputs, {OutputLevel.BATCH: counts}, self._levels)
+
+    def _run(self, g: Graph) -> dict[str, np.ndarray]:
+        spec = self.manifest.graph
+        if self._scale is not None:
+            mean, std = self._scale
+            g = (
+                StaticGraph((g.x - mean) / std)
+                if isinstance(g, StaticGraph)
+                else DynamicGraph((g.x - mean) / std, g.edge_index, g.edge_attr, g.batch)
+            )
+        padding = None
+        if isinstance(g, DynamicGraph):
+            if self.backend.static_shapes:
+                bucket = pick_bucket(g, spec.buckets, spec.has_batch)
+                g, padding = pad_graph(g, bucket, spec.has_batch, self._graph_level)
+            feeds = g.feeds(spec)
+        else:
+            real_b = g.batch_size
+            if self.backend.static_shapes and isinstance(self.manifest.inputs[0].shape[0], int):
+                g = pad_static(g, self.manifest.inputs[0].shape[0])
+            feeds = g.feeds()
+        with self._lock:
+            out = self.backend.infer(feeds)
+        if padding is not None:
+            out = unpad_outputs(out, padding, self._levels)
+        elif isinstance(g, StaticGraph) and g.batch_size != real_b:
+            out = {k: v[:real_b] for k, v in out.items()}
+        return out
+
+    # -- introspection ---------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Backend, artifact, precision, and why they were chosen."""
+        m = self.manifest
+        return {
+            "model": m.model.name,
+            "version": m.model.version,
+            "graph_form": str(m.graph.form),
+            **self.backend.describe(),
+            "artifact_path": self.artifact.path,
+            "why": list(self._why),
+        }
+
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pick_artifact(
+    manifest: Manifest, backend: str, precisions: Sequence[Precision]
+) -> Artifact | None:
+    for precision in precisions:
+        for a in manifest.artifacts:
+            if runtimes.backend_for_target(a.target) == backend and a.precision == precision:
+                return a
+    return None
+
+
+def _drop_batch(g: DynamicGraph) -> DynamicGraph:
+    return DynamicGraph(g.x, g.edge_index, g.edge_attr, None)

@@ -1,0 +1,95 @@
+"""The input/output contract of an exported graph model.
+
+These types are part of the bundle manifest and are what the runtime checks
+every request against, so every backend rejects bad input with the same words.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class GraphForm(StrEnum):
+    """How the graph reaches the model (see DESIGN.md, "Graph forms")."""
+
+    STATIC = "static"  #: fixed topology folded into the model; input x [B, N, F]
+    DYNAMIC = "dynamic"  #: each request brings x [N, F] and edge_index [2, E]
+    LEARNED = "learned"  #: the model computes its adjacency; input x [B, N, F]
+
+
+class OutputLevel(StrEnum):
+    """What the first axis of an output indexes (used to split batched results)."""
+
+    NODE = "node"  #: one row per node
+    GRAPH = "graph"  #: one row per graph (readout)
+    BATCH = "batch"  #: static forms: axis 0 is the stacked batch B
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Dim = int | str
+
+
+class TensorSpec(_Strict):
+    """One named tensor: dtype and shape; strings in the shape are symbolic dims."""
+
+    name: str
+    dtype: str = Field(description="numpy dtype name, e.g. float32, int64")
+    shape: list[Dim]
+    level: OutputLevel | None = Field(default=None, description="outputs only")
+
+
+class Bucket(_Strict):
+    """A padded size that static-shape backends are compiled for."""
+
+    max_nodes: int = Field(gt=1)
+    max_edges: int = Field(ge=0)
+    max_graphs: int = Field(default=1, ge=1)
+
+
+class GraphSpec(_Strict):
+    """The graph contract: form, sizes and limits the runtime enforces.
+
+    For static and learned forms ``num_nodes`` is the fixed node count and
+    ``max_batch`` bounds B. For the dynamic form ``max_nodes``/``max_edges``
+    bound a request and ``buckets`` (ascending) list the padded sizes.
+    """
+
+    form: GraphForm
+    num_features: int = Field(gt=0)
+    num_nodes: int | None = Field(default=None, gt=0)
+    edge_dim: int | None = Field(default=None, gt=0)
+    has_batch: bool = False
+    max_nodes: int = Field(default=1_000_000, gt=0)
+    max_edges: int = Field(default=10_000_000, ge=0)
+    max_batch: int = Field(default=4096, gt=0)
+    buckets: list[Bucket] = Field(default_factory=list)
+    aggregation: str = Field(
+        default="scatter",
+        description="how neighbour aggregation is lowered: dense | scatter | model",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> GraphSpec:
+        if self.form is not GraphForm.DYNAMIC and self.num_nodes is None:
+            raise ValueError(f"num_nodes is required for the {self.form} form")
+        sizes = [(b.max_nodes, b.max_edges) for b in self.buckets]
+        if sizes != sorted(sizes):
+            raise ValueError("buckets must be in ascending order")
+        return self
+
+    @property
+    def input_names(self) -> list[str]:
+        """Model input names in order."""
+        if self.form is not GraphForm.DYNAMIC:
+            return ["x"]
+        names = ["x", "edge_index"]
+        if self.edge_dim is not None:
+            names.append("edge_attr")
+        if self.has_batch:
+            names.append("batch")
+        return names

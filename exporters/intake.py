@@ -1,0 +1,181 @@
+"""Model and sample-data intake: ``module:function``, weights, ``.pt2``, ``.npz``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge_sdk.errors import ExportError
+
+
+@dataclass
+class Sample:
+    """One sample graph (or stacked batch) with optional labels.
+
+    Attributes:
+        inputs: Model inputs by name: ``x`` plus, for the dynamic form,
+            ``edge_index`` / ``edge_attr`` / ``batch``.
+        topology: Static form only: the fixed ``edge_index`` (and
+            ``edge_weight``) that the exporter folds into the model.
+        labels: Integer class per node (or per graph / per stacked graph).
+        mask: Which label rows count for the task metric (e.g. a test split).
+        name: Where it came from, for messages.
+    """
+
+    inputs: dict[str, np.ndarray]
+    topology: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    name: str = "sample"
+
+
+_INPUT_KEYS = ("x", "edge_index", "edge_attr", "batch")
+_KNOWN_KEYS = {*_INPUT_KEYS, "edge_weight", "y", "mask"}
+
+
+def load_samples(path: str | Path) -> Sample:
+    """Read a sample ``.npz``.
+
+    Keys: ``x`` (required), ``edge_index``, ``edge_attr``, ``batch``, ``y``
+    (labels), ``mask`` (bool rows counted by the metric), ``edge_weight``.
+    A rank-3 ``x`` ``[B, N, F]`` with an ``edge_index`` is a static-topology
+    sample: its ``edge_index`` is the one fixed graph of all B.
+
+    Raises:
+        ExportError: Unreadable file, pickled content or unknown keys.
+    """
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise ExportError(f"sample data not found: {p}") from None
+    except (ValueError, OSError) as exc:
+        raise ExportError(f"cannot read sample data {p} as .npz ({exc})") from None
+    unknown = sorted(set(arrays) - _KNOWN_KEYS)
+    if unknown:
+        raise ExportError(f"{p}: unknown key(s) {unknown}; expected some of {sorted(_KNOWN_KEYS)}")
+    if "x" not in arrays:
+        raise ExportError(f"{p}: missing key 'x' (node features)")
+    return sample_from_arrays(arrays, name=p.name)
+
+
+def sample_from_arrays(arrays: dict[str, Any], name: str = "sample") -> Sample:
+    """Build a :class:`Sample` from named arrays (the ``.npz`` keys)."""
+    a = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
+    static = a["x"].ndim == 3
+    if static:
+        inputs = {"x": a["x"].astype(np.float32)}
+        topology = {k: a[k] for k in ("edge_index", "edge_weight") if k in a}
+    else:
+        inputs = {k: a[k] for k in _INPUT_KEYS if k in a}
+        inputs["x"] = inputs["x"].astype(np.float32)
+        if "edge_attr" in inputs:
+            inputs["edge_attr"] = inputs["edge_attr"].astype(np.float32)
+        for k in ("edge_index", "batch"):
+            if k in inputs:
+                inputs[k] = inputs[k].astype(np.int64)
+        topology = {}
+    mask = a["mask"].astype(bool) if "mask" in a else None
+    return Sample(inputs, topology, a.get("y"), mask, name)
+
+
+def load_model(spec: str, weights: str | Path | None = None) -> torch.nn.Module:
+    """Build a model from ``module:function`` (or ``path/to/file.py:function``).
+
+    Args:
+        spec: Importable module or Python file, a colon, and a callable
+            returning a ``torch.nn.Module``.
+        weights: Optional checkpoint (a state dict, or a dict holding one under
+            ``state_dict`` / ``model_state_dict``).
+
+    Raises:
+        ExportError: Bad spec, import failure, not a Module, or weights that
+            do not fit (missing/unexpected keys are listed).
+    """
+    if ":" not in spec:
+        raise ExportError(f"--model {spec!r}: expected 'module:function' or 'file.py:function'")
+    mod_name, _, fn_name = spec.rpartition(":")
+    module = _import(mod_name)
+    fn = getattr(module, fn_name, None)
+    if fn is None or not callable(fn):
+        raise ExportError(f"--model {spec!r}: {mod_name} has no callable {fn_name!r}")
+    model = fn()
+    if not isinstance(model, torch.nn.Module):
+        raise ExportError(
+            f"--model {spec!r}: {fn_name}() returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def _import(name: str) -> Any:
+    if name.endswith(".py"):
+        path = Path(name)
+        if not path.is_file():
+            raise ExportError(f"--model: file not found: {path}")
+        mod_id = f"_edge_user_model_{abs(hash(path.resolve()))}"
+        spec = importlib.util.spec_from_file_location(mod_id, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_id] = module
+        spec.loader.exec_module(module)
+        return module
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # let `mypkg.models:build` resolve from the working directory
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ExportError(f"--model: cannot import {name!r}: {exc}") from exc
+
+
+def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
+    """Load a checkpoint into ``model`` strictly (see :func:`load_model`)."""
+    p = Path(weights)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ExportError(f"--weights: file not found: {p}") from None
+    except Exception as exc:
+        raise ExportError(f"--weights: cannot load {p}: {exc}") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise ExportError(f"--weights: {p} holds a {type(state).__name__}, not a state dict")
+    if any(k.endswith(("weight_orig", "weight_mask")) for k in state):
+        raise ExportError(
+            f"--weights: {p} holds torch.nn.utils.prune reparametrisations (weight_orig/"
+            "weight_mask); call torch.nn.utils.prune.remove(module, 'weight') before saving"
+        )
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ExportError(
+            f"--weights: {p} does not fit the model: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+def load_program(path: str | Path) -> torch.export.ExportedProgram:
+    """Load a ``torch.export`` program file (``.pt2``).
+
+    Raises:
+        ExportError: Missing or unreadable file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"--model: file not found: {p}")
+    try:
+        return torch.export.load(p)
+    except Exception as exc:
+        raise ExportError(f"--model: {p} is not a torch.export program: {exc}") from None

@@ -1,0 +1,366 @@
+"""The export pipeline: prepare -> to ONNX -> verify parity -> write bundle."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edge_sdk.bundle import file_digest, pack, save_npz, write_manifest
+from edge_sdk.errors import ExportError
+from edge_sdk.manifest import (
+    SCHEMA_VERSION,
+    Artifact,
+    Canary,
+    FeatureScaling,
+    Manifest,
+    ModelInfo,
+    Precision,
+    Preprocessing,
+    Target,
+)
+from edge_sdk.profiles import load_profile
+from edge_sdk.signature import Bucket, GraphForm, GraphSpec, OutputLevel, TensorSpec
+
+from .intake import Sample, load_model, load_program, load_samples
+from .prepare import Prepared, prepare
+from .to_onnx import OPSET, ToOnnx, op_types
+from .verify import ParityCase, VerifyParity
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExportConfig:
+    """Options of :func:`export_model` (the CLI builds the same object).
+
+    Attributes:
+        name: Model name in the manifest.
+        version: Model version (semantic versioning recommended).
+        form: ``auto`` | ``static`` | ``dynamic`` | ``learned``.
+        task: Free-form task name, e.g. ``node_classification``.
+        labels: Class names, index = class id.
+        output_names: ONNX output names (default ``out`` / ``out0..``).
+        profiles: Device profiles the bundle is built for (validated).
+        dense_threshold: Static form: fold adjacency densely up to this N.
+        atol: Parity absolute tolerance.
+        rtol: Parity relative tolerance.
+        max_metric_drop: Parity: allowed accuracy drop (fraction).
+        max_nodes: Largest request the runtime accepts (dynamic form).
+        max_edges: Largest edge count the runtime accepts (dynamic form).
+        buckets: Padded sizes for static-shape backends (dynamic form).
+        feature_scaling: ``(mean, std)`` applied by the runtime before the model.
+        simplify: Simplify the ONNX graph (onnxslim).
+        canary_nodes: Nodes in the canary subgraph (dynamic form).
+        pack: Also write ``<out>.tar.gz``.
+    """
+
+    name: str = "model"
+    version: str = "1.0.0"
+    form: str = "auto"
+    task: str = "classification"
+    labels: list[str] = field(default_factory=list)
+    output_names: list[str] | None = None
+    profiles: list[str] = field(default_factory=lambda: ["generic-x86"])
+    dense_threshold: int = 2048
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    max_metric_drop: float = 0.001
+    max_nodes: int = 1_000_000
+    max_edges: int = 10_000_000
+    buckets: list[Bucket] = field(default_factory=list)
+    feature_scaling: tuple[Sequence[float], Sequence[float]] | None = None
+    simplify: bool = True
+    canary_nodes: int = 32
+    pack: bool = False
+
+    def __post_init__(self) -> None:
+        if self.form not in {"auto", *(f.value for f in GraphForm)}:
+            raise ExportError(f"form {self.form!r}: expected auto, static, dynamic or learned")
+        if self.atol < 0 or self.rtol < 0 or self.max_metric_drop < 0:
+            raise ExportError("atol, rtol and max_metric_drop must be >= 0")
+        if self.dense_threshold < 1:
+            raise ExportError("dense_threshold must be >= 1")
+        for p in self.profiles:
+            load_profile(p)  # raises ProfileError naming the field
+
+
+@dataclass
+class ExportResult:
+    """Where the bundle went and what it holds."""
+
+    bundle_dir: Path
+    manifest: Manifest
+    archive: Path | None = None
+
+
+def export_model(
+    model: nn.Module | torch.export.ExportedProgram | str | Path,
+    samples: Sample | Sequence[Sample] | str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    config: ExportConfig | None = None,
+    weights: str | Path | None = None,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export a trained graph model to a verified bundle.
+
+    Args:
+        model: A module, a ``torch.export`` program, a ``.pt2`` path, or a
+            ``module:function`` string.
+        samples: Sample graphs (objects or ``.npz`` paths); parity is measured
+            on all of them, the first one is traced.
+        out_dir: Bundle directory to create (must be empty or absent).
+        config: Options; defaults are sane for a CPU x86 target.
+        weights: Checkpoint loaded into a ``module:function`` model.
+        progress: Called with a short message at each step.
+
+    Returns:
+        The bundle directory and its manifest.
+
+    Raises:
+        UnsupportedModelError: A layer/option that cannot be lowered.
+        ParityError: The artifact does not reproduce the model.
+        ExportError: Any other failure, with the reason.
+    """
+    cfg = config or ExportConfig()
+    say = progress or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"output directory {out} is not empty; choose a new path")
+    sample_list = _samples(samples)
+    module = _model(model, weights)
+
+    t = time.perf_counter()
+    say("preparing model")
+    prepared = prepare(module, sample_list, cfg.form, cfg.dense_threshold)
+    timings["prepare_s"] = time.perf_counter() - t
+
+    names = cfg.output_names or (
+        ["out"]
+        if len(prepared.output_levels) == 1
+        else [f"out{i}" for i in range(len(prepared.output_levels))]
+    )
+    if len(names) != len(prepared.output_levels):
+        raise ExportError(
+            f"{len(names)} output names given, the model has {len(prepared.output_levels)} outputs"
+        )
+
+    t = time.perf_counter()
+    say(f"exporting ONNX ({prepared.form} form, opset {OPSET})")
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / "model.onnx"
+    example = {
+        k: torch.from_numpy(_traceable(k, v, prepared))
+        for k, v in prepared.feeds(sample_list[0]).items()
+    }
+    graph_dims = {
+        n: {
+            0: "num_graphs"
+            if lvl is OutputLevel.GRAPH
+            else ("num_nodes" if lvl is OutputLevel.NODE else "batch_size")
+        }
+        for n, lvl in zip(names, prepared.output_levels, strict=True)
+    }
+    result = ToOnnx(prepared.input_names, names, prepared.dynamic_axes, graph_dims, cfg.simplify)(
+        prepared.export_module, example, onnx_path
+    )
+    timings["onnx_s"] = time.perf_counter() - t
+
+    size, sha = file_digest(onnx_path)
+    artifact = Artifact(
+        name="onnx-fp32",
+        path="model.onnx",
+        target=Target.ONNXRUNTIME,
+        precision=Precision.FP32,
+        layout="NF" if prepared.form is GraphForm.DYNAMIC else "BNF",
+        size_bytes=size,
+        sha256=sha,
+        opset=OPSET,
+        ops=op_types(result.model),
+    )
+    inputs = [_spec(v) for v in result.model.graph.input]
+    outputs = [
+        _spec(v, level)
+        for v, level in zip(result.model.graph.output, prepared.output_levels, strict=True)
+    ]
+
+    t = time.perf_counter()
+    say(f"verifying parity on {len(sample_list)} sample(s)")
+    cases = [_case(prepared, s, names) for s in sample_list]
+    report = VerifyParity(cfg.atol, cfg.rtol, cfg.max_metric_drop)(
+        onnx_path, artifact, inputs, outputs, cases
+    )
+    timings["parity_s"] = time.perf_counter() - t
+
+    say("writing bundle")
+    canary = _write_canary(out, prepared, sample_list[0], names, cfg)
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        model=ModelInfo(name=cfg.name, version=cfg.version, task=cfg.task, labels=cfg.labels),
+        graph=GraphSpec(
+            form=prepared.form,
+            num_features=prepared.num_features,
+            num_nodes=prepared.num_nodes,
+            edge_dim=prepared.edge_dim,
+            has_batch="batch" in prepared.input_names,
+            max_nodes=cfg.max_nodes,
+            max_edges=cfg.max_edges,
+            buckets=cfg.buckets,
+            aggregation=prepared.aggregation,
+        ),
+        inputs=inputs,
+        outputs=outputs,
+        preprocessing=Preprocessing(
+            feature_scaling=FeatureScaling(
+                mean=list(cfg.feature_scaling[0]), std=list(cfg.feature_scaling[1])
+            )
+            if cfg.feature_scaling
+            else None
+        ),
+        artifacts=[artifact],
+        parity=[report],
+        profiles=cfg.profiles,
+        canary=canary,
+        toolchain=_toolchain(),
+        export={
+            "graph_layers": sorted(set(prepared.graph_layers)),
+            "trace_mode": result.export_mode,
+            "simplifier": result.simplifier,
+            "nodes_before_simplify": result.nodes_before_simplify,
+            "nodes_after_simplify": result.nodes_after_simplify,
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+        },
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    write_manifest(out, manifest)
+    archive = pack(out, out.with_name(out.name + ".tar.gz")) if cfg.pack else None
+    return ExportResult(out, manifest, archive)
+
+
+def _samples(
+    samples: Sample | Sequence[Sample] | str | Path | Sequence[str | Path],
+) -> list[Sample]:
+    items = [samples] if isinstance(samples, Sample | str | Path) else list(samples)
+    if not items:
+        raise ExportError("no sample data: give at least one sample graph (--sample-data)")
+    return [s if isinstance(s, Sample) else load_samples(s) for s in items]
+
+
+def _model(
+    model: nn.Module | torch.export.ExportedProgram | str | Path, weights: str | Path | None
+) -> nn.Module:
+    if isinstance(model, str | Path) and str(model).endswith(".pt2"):
+        model = load_program(model)
+    elif isinstance(model, str | Path):
+        return load_model(str(model), weights)
+    if isinstance(model, torch.export.ExportedProgram):
+        if weights is not None:
+            raise ExportError(
+                "--weights cannot be applied to a .pt2 program (its weights are inside)"
+            )
+        return _ProgramModule(model)
+    if weights is not None:
+        from .intake import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+class _ProgramModule(nn.Module):
+    """A ``torch.export`` program seen as a module (its signature is x, edge_index...)."""
+
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        super().__init__()
+        self.program = program.module()
+        self.names = [
+            s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"
+        ]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        edge_index: torch.Tensor | None = None,
+        edge_attr: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+    ) -> object:
+        given = {"x": x, "edge_index": edge_index, "edge_attr": edge_attr, "batch": batch}
+        return self.program(
+            *[given[n] for n in ("x", "edge_index", "edge_attr", "batch") if given[n] is not None]
+        )
+
+
+def _traceable(name: str, value: np.ndarray, prepared: Prepared) -> np.ndarray:
+    # torch.export specialises dims it sees as 0 or 1; trace static forms with B >= 2.
+    if prepared.form is not GraphForm.DYNAMIC and name == "x" and value.shape[0] < 2:
+        return np.concatenate([value, value])
+    return value
+
+
+def _spec(value: onnx.ValueInfoProto, level: OutputLevel | None = None) -> TensorSpec:
+    tt = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+    shape: list[int | str] = [d.dim_param or d.dim_value for d in tt.shape.dim]
+    return TensorSpec(name=value.name, dtype=dtype, shape=shape, level=level)
+
+
+def _case(prepared: Prepared, sample: Sample, names: list[str]) -> ParityCase:
+    feeds = prepared.feeds(sample)
+    expected = dict(zip(names, prepared.run_reference(feeds), strict=True))
+    return ParityCase(feeds, expected, sample.labels, sample.mask)
+
+
+def _write_canary(
+    out: Path, prepared: Prepared, sample: Sample, names: list[str], cfg: ExportConfig
+) -> Canary:
+    feeds = prepared.feeds(sample)
+    if prepared.form is GraphForm.DYNAMIC:
+        feeds = _subgraph(feeds, cfg.canary_nodes)
+    else:
+        feeds = {"x": feeds["x"][:1]}
+    expected = dict(zip(names, prepared.run_reference(feeds), strict=True))
+    arrays = {f"in/{k}": v for k, v in feeds.items()} | {f"out/{k}": v for k, v in expected.items()}
+    save_npz(out / "canary.npz", arrays)
+    size, sha = file_digest(out / "canary.npz")
+    return Canary(path="canary.npz", sha256=sha, size_bytes=size, atol=cfg.atol, rtol=cfg.rtol)
+
+
+def _subgraph(feeds: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """Induced subgraph on the first ``k`` nodes (small enough to ship)."""
+    k = min(k, feeds["x"].shape[0])
+    ei = feeds["edge_index"]
+    keep = (ei[0] < k) & (ei[1] < k)
+    sub = {"x": feeds["x"][:k], "edge_index": ei[:, keep]}
+    if "edge_attr" in feeds:
+        sub["edge_attr"] = feeds["edge_attr"][keep]
+    if "batch" in feeds:
+        sub["batch"] = feeds["batch"][:k]
+    return {n: sub[n] for n in feeds}
+
+
+def _toolchain() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in (
+        "edge-graph-sdk",
+        "torch",
+        "torch-geometric",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
+        "onnxslim",
+        "numpy",
+    ):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return versions

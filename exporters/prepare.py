@@ -1,0 +1,189 @@
+"""Turn a user's model and samples into an exportable module per graph form.
+
+Decides the graph form, wraps the model to the form's signature, and computes
+the PyTorch reference outputs that parity is measured against. The reference
+is always the user's *original* model: for the static form it runs on the
+disjoint union with the real edges, so densification itself is verified too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_sdk.errors import ExportError
+from edge_sdk.signature import GraphForm, OutputLevel
+
+from .intake import Sample
+from .lowering import densify
+from .support import check_supported
+from .wrappers import DynamicWrapper, StackedWrapper, StaticWrapper, as_tuple, model_inputs
+
+
+@dataclass
+class Prepared:
+    """Everything the ONNX step and the manifest need."""
+
+    form: GraphForm
+    export_module: nn.Module  # what is traced
+    reference: nn.Module  # what parity compares against (same signature)
+    input_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    output_levels: list[OutputLevel]
+    num_features: int
+    num_nodes: int | None = None
+    edge_dim: int | None = None
+    aggregation: str = "model"
+    graph_layers: list[str] = field(default_factory=list)
+
+    def feeds(self, sample: Sample) -> dict[str, np.ndarray]:
+        """The model inputs of ``sample`` in this form's signature."""
+        feeds = {k: v for k, v in sample.inputs.items() if k in self.input_names}
+        if "batch" in self.input_names and "batch" not in feeds:
+            feeds["batch"] = np.zeros(sample.inputs["x"].shape[0], np.int64)
+        return {k: feeds[k] for k in self.input_names}
+
+    def run_reference(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Reference outputs (PyTorch, eval mode, no grad)."""
+        with torch.no_grad():
+            outs = self.reference(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        return tuple(o.detach().cpu().numpy() for o in as_tuple(outs))
+
+
+def prepare(
+    model: nn.Module, samples: Sequence[Sample], form: str = "auto", dense_threshold: int = 2048
+) -> Prepared:
+    """Choose the graph form and wrap ``model`` for it.
+
+    Args:
+        model: The user's model (eval mode is forced).
+        samples: Sample graphs; the first decides shapes.
+        form: ``auto`` | ``static`` | ``dynamic`` | ``learned``.
+        dense_threshold: Largest N whose adjacency is folded densely (N×N floats).
+
+    Raises:
+        UnsupportedModelError: A layer or option the exporter cannot lower.
+        ExportError: Samples that do not fit the chosen form.
+    """
+    model = model.eval()
+    graph_layers = check_supported(model)
+    first = samples[0]
+    x = first.inputs["x"]
+    if form == "auto":
+        form = "dynamic" if x.ndim == 2 else "static"
+    chosen = GraphForm(form)
+    if chosen is GraphForm.DYNAMIC:
+        if x.ndim != 2:
+            raise ExportError(
+                f"dynamic form needs x [N, F] samples; {first.name} has x {list(x.shape)}"
+            )
+        return _dynamic(model, first, graph_layers)
+    if x.ndim != 3:
+        raise ExportError(
+            f"{chosen} form needs x [B, N, F] samples; {first.name} has x {list(x.shape)}"
+        )
+    if graph_layers:
+        if chosen is GraphForm.LEARNED:
+            raise ExportError(
+                f"learned-topology models compute their own adjacency; this one has PyG layers "
+                f"{sorted(set(graph_layers))}: use --form static with the fixed edge_index"
+            )
+        return _static_pyg(model, first, graph_layers, dense_threshold)
+    module = StackedWrapper(model)
+    return Prepared(
+        form=chosen,
+        export_module=module,
+        reference=module,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch_size"}},
+        output_levels=[OutputLevel.BATCH] * _count_outputs(module, {"x": _at_least_two(x)}),
+        num_features=int(x.shape[2]),
+        num_nodes=int(x.shape[1]),
+        aggregation="model",
+    )
+
+
+def _dynamic(model: nn.Module, sample: Sample, graph_layers: list[str]) -> Prepared:
+    names = model_inputs(model, list(sample.inputs))
+    if "edge_index" not in names:
+        raise ExportError("a dynamic-form model must take 'edge_index' in forward")
+    module = DynamicWrapper(model, names)
+    prepared = Prepared(
+        form=GraphForm.DYNAMIC,
+        export_module=module,
+        reference=module,
+        input_names=names,
+        dynamic_axes={
+            "x": {0: "num_nodes"},
+            "edge_index": {1: "num_edges"},
+            "edge_attr": {0: "num_edges"},
+            "batch": {0: "num_nodes"},
+        },
+        output_levels=[],
+        num_features=int(sample.inputs["x"].shape[1]),
+        edge_dim=int(sample.inputs["edge_attr"].shape[1]) if "edge_attr" in names else None,
+        aggregation="scatter",
+        graph_layers=graph_layers,
+    )
+    feeds = prepared.feeds(sample)
+    outs = prepared.run_reference(feeds)
+    n = feeds["x"].shape[0]
+    prepared.output_levels = [
+        OutputLevel.NODE if o.ndim and o.shape[0] == n else OutputLevel.GRAPH for o in outs
+    ]
+    return prepared
+
+
+def _static_pyg(
+    model: nn.Module, sample: Sample, graph_layers: list[str], dense_threshold: int
+) -> Prepared:
+    if "edge_index" not in sample.topology:
+        raise ExportError(
+            f"{sample.name}: a static-topology PyG model needs the fixed graph: add 'edge_index' "
+            "[2, E] to the sample data (x is [B, N, F])"
+        )
+    x = sample.inputs["x"]
+    n = int(x.shape[1])
+    ei = torch.from_numpy(np.asarray(sample.topology["edge_index"], np.int64))
+    if "edge_weight" in sample.topology:
+        raise ExportError(
+            f"{sample.name}: edge_weight in static samples is not supported yet; "
+            "fold the weights into the model or use the dynamic form"
+        )
+    names = [k for k in model_inputs(model, ["x", "edge_index", "batch"]) if k != "edge_attr"]
+    probe = StaticWrapper(model, ei, n, names, node_level=[])
+    with torch.no_grad():
+        flat = probe.flat_inputs(torch.from_numpy(_at_least_two(x)))
+        outs = as_tuple(model(**flat))
+    b = max(2, x.shape[0])
+    node_level = [o.ndim > 0 and o.shape[0] == b * n for o in outs]
+    reference = StaticWrapper(model, ei, n, names, node_level)
+    dense = n <= dense_threshold
+    lowered = densify(model, ei, n) if dense else model
+    export_module = StaticWrapper(lowered, ei, n, names, node_level) if dense else reference
+    return Prepared(
+        form=GraphForm.STATIC,
+        export_module=export_module,
+        reference=reference,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch_size"}},
+        output_levels=[OutputLevel.BATCH] * len(outs),
+        num_features=int(x.shape[2]),
+        num_nodes=n,
+        aggregation="dense" if dense else "scatter",
+        graph_layers=graph_layers,
+    )
+
+
+def _at_least_two(x: np.ndarray) -> np.ndarray:
+    # torch.export specialises a dim seen as 1: trace with B >= 2.
+    return np.concatenate([x, x]) if x.shape[0] < 2 else x
+
+
+def _count_outputs(module: nn.Module, feeds: dict[str, np.ndarray]) -> int:
+    with torch.no_grad():
+        return len(as_tuple(module(**{k: torch.from_numpy(v) for k, v in feeds.items()})))
