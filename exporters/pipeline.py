@@ -35,6 +35,7 @@ from .intake import Sample, load_model, load_program, load_samples
 from .prepare import Prepared, prepare
 from .to_onnx import OPSET, ToOnnx, op_types
 from .verify import ParityCase, VerifyParity
+from .wrappers import DYNAMIC_INPUTS
 
 Progress = Callable[[str], None]
 
@@ -282,9 +283,18 @@ class _ProgramModule(nn.Module):
     def __init__(self, program: torch.export.ExportedProgram) -> None:
         super().__init__()
         self.program = program.module()
-        self.names = [
+        self.program_inputs = [
             s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"
         ]
+        unknown = sorted(set(self.program_inputs) - set(DYNAMIC_INPUTS))
+        if unknown:
+            raise ExportError(
+                f"the .pt2 program takes {unknown}; supported inputs are {list(DYNAMIC_INPUTS)}"
+            )
+
+    def train(self, mode: bool = True) -> _ProgramModule:
+        # A program's train/eval behaviour was fixed when it was exported.
+        return self
 
     def forward(
         self,
@@ -294,9 +304,7 @@ class _ProgramModule(nn.Module):
         batch: torch.Tensor | None = None,
     ) -> object:
         given = {"x": x, "edge_index": edge_index, "edge_attr": edge_attr, "batch": batch}
-        return self.program(
-            *[given[n] for n in ("x", "edge_index", "edge_attr", "batch") if given[n] is not None]
-        )
+        return self.program(*[given[n] for n in self.program_inputs])
 
 
 def _traceable(name: str, value: np.ndarray, prepared: Prepared) -> np.ndarray:

@@ -108,7 +108,8 @@ def prepare(
 
 
 def _dynamic(model: nn.Module, sample: Sample, graph_layers: list[str]) -> Prepared:
-    names = model_inputs(model, list(sample.inputs))
+    # A .pt2 program states its inputs; a module's forward is inspected.
+    names = getattr(model, "program_inputs", None) or model_inputs(model, list(sample.inputs))
     if "edge_index" not in names:
         raise ExportError("a dynamic-form model must take 'edge_index' in forward")
     module = DynamicWrapper(model, names)

@@ -1,0 +1,81 @@
+"""What every edge-* command shares: consoles, error policy, input files."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from edge_sdk.errors import EdgeSDKError, InvalidInputError
+
+console = Console()
+err_console = Console(stderr=True)
+_state = {"verbose": False}
+
+EXIT_INTERNAL = 1
+
+
+def set_verbose(value: bool) -> None:
+    """Show tracebacks for user errors too."""
+    _state["verbose"] = value
+
+
+@contextmanager
+def fail_on_errors() -> Iterator[None]:
+    """Turn errors into one line on stderr and the documented exit code.
+
+    User errors (:class:`EdgeSDKError`) print one line (traceback with ``-v``);
+    anything else is a bug and prints its traceback (exit 1).
+    """
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except EdgeSDKError as exc:
+        if _state["verbose"]:
+            traceback.print_exc()
+        err_console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+    except Exception:
+        traceback.print_exc()
+        err_console.print(
+            "internal error: this is a bug in edge-graph-sdk; please report it with the "
+            "traceback above",
+            style="red",
+        )
+        raise typer.Exit(EXIT_INTERNAL) from None
+
+
+def read_input(path: Path) -> dict[str, Any]:
+    """Read a request from ``.npz`` or ``.json`` (an object of named arrays).
+
+    Raises:
+        InvalidInputError: Unreadable file or wrong format (names the file).
+    """
+    if not path.is_file():
+        raise InvalidInputError("--input", f"file not found: {path}")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (ValueError, OSError) as exc:
+            raise InvalidInputError("--input", f"{path} is not a readable .npz ({exc})") from None
+    if path.suffix == ".json":
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidInputError("--input", f"{path} is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise InvalidInputError("--input", f"{path}: expected a JSON object of named arrays")
+        return doc
+    raise InvalidInputError("--input", f"{path}: expected a .npz or .json file")

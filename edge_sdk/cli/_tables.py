@@ -1,0 +1,129 @@
+"""Readable tables of manifests and outputs (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from rich.markup import escape
+from rich.table import Table
+
+from edge_sdk.manifest import Manifest
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:,.1f} KiB"
+
+
+def _shape(shape: list[int | str]) -> str:
+    return escape("[" + ", ".join(str(d) for d in shape) + "]")
+
+
+def summary_table(m: Manifest) -> Table:
+    """One row per artifact: precision, size, parity (the export summary)."""
+    table = Table(title=f"{m.model.name} {m.model.version} ({m.graph.form} form)")
+    for col in ("artifact", "target", "precision", "size", "max abs err", "accuracy", "parity"):
+        table.add_column(col)
+    reports = {r.artifact: r for r in m.parity}
+    for a in m.artifacts:
+        r = reports.get(a.name)
+        err = f"{max(o.max_abs_err for o in r.outputs):.2e}" if r else "-"
+        acc = (
+            f"{100 * r.artifact_metric:.2f}% (ref {100 * r.reference_metric:.2f}%)"
+            if r and r.artifact_metric is not None and r.reference_metric is not None
+            else "-"
+        )
+        verdict = ("passed" if r.passed else "FAILED") if r else "not measured"
+        table.add_row(a.name, str(a.target), str(a.precision), _kb(a.size_bytes), err, acc, verdict)
+    return table
+
+
+def manifest_tables(m: Manifest) -> list[Table]:
+    """All sections of a manifest as tables (``edge-export inspect``)."""
+    model = Table(title="model", show_header=False)
+    model.add_column("field")
+    model.add_column("value")
+    rows = [
+        ("name", m.model.name),
+        ("version", m.model.version),
+        ("task", m.model.task),
+        ("labels", ", ".join(m.model.labels) or "-"),
+        ("schema", m.schema_version),
+        ("created", m.created_at),
+        ("graph form", str(m.graph.form)),
+        ("nodes", str(m.graph.num_nodes) if m.graph.num_nodes else "per request"),
+        ("features", str(m.graph.num_features)),
+        ("aggregation", m.graph.aggregation),
+        ("limits", f"max_nodes {m.graph.max_nodes:,}, max_edges {m.graph.max_edges:,}"),
+        ("buckets", ", ".join(f"{b.max_nodes}n/{b.max_edges}e" for b in m.graph.buckets) or "-"),
+        ("profiles", ", ".join(m.profiles) or "-"),
+        ("scaling", "yes" if m.preprocessing.feature_scaling else "no"),
+    ]
+    for k, v in rows:
+        model.add_row(k, v)
+
+    sig = Table(title="signature")
+    for col in ("kind", "name", "dtype", "shape", "level"):
+        sig.add_column(col)
+    for t in m.inputs:
+        sig.add_row("input", t.name, t.dtype, _shape(t.shape), "")
+    for t in m.outputs:
+        sig.add_row("output", t.name, t.dtype, _shape(t.shape), str(t.level or ""))
+
+    arts = Table(title="artifacts")
+    for col in ("name", "target", "precision", "layout", "path", "size", "sha256", "ops"):
+        arts.add_column(col)
+    for a in m.artifacts:
+        arts.add_row(
+            a.name,
+            str(a.target),
+            str(a.precision),
+            a.layout,
+            a.path,
+            _kb(a.size_bytes),
+            a.sha256[:12] + "…",
+            str(len(a.ops)),
+        )
+
+    parity = Table(title="parity (measured at export)")
+    for col in ("artifact", "backend", "output", "max abs", "max rel", "tolerance", "metric"):
+        parity.add_column(col)
+    for r in m.parity:
+        metric = (
+            f"{r.metric} {r.artifact_metric:.4f} (ref {r.reference_metric:.4f})"
+            if r.metric and r.artifact_metric is not None and r.reference_metric is not None
+            else "-"
+        )
+        for o in r.outputs:
+            parity.add_row(
+                r.artifact,
+                r.backend,
+                o.output,
+                f"{o.max_abs_err:.2e}",
+                f"{o.max_rel_err:.2e}",
+                f"atol {o.atol:g} rtol {o.rtol:g}",
+                metric,
+            )
+
+    tools = Table(title="toolchain", show_header=False)
+    tools.add_column("package")
+    tools.add_column("version")
+    for k, v in sorted(m.toolchain.items()):
+        tools.add_row(k, v)
+    return [model, sig, arts, parity, tools]
+
+
+def outputs_table(outputs: Mapping[str, np.ndarray], labels: list[str], rows: int = 10) -> Table:
+    """Shapes and the first rows of each output (argmax class when labelled)."""
+    table = Table(title="outputs")
+    for col in ("output", "shape", "dtype", f"first {rows} rows"):
+        table.add_column(col)
+    for name, value in outputs.items():
+        flat = value.reshape(-1, value.shape[-1]) if value.ndim >= 2 else value.reshape(-1, 1)
+        head = flat[:rows]
+        if labels and flat.shape[-1] == len(labels):
+            shown = ", ".join(labels[int(i)] for i in head.argmax(-1))
+        else:
+            shown = np.array2string(head, precision=4, threshold=60)
+        table.add_row(name, escape(str(list(value.shape))), str(value.dtype), escape(shown))
+    return table

@@ -1,0 +1,262 @@
+"""``edge-export``: build, inspect and try bundles.
+
+Exit codes (scripts can rely on them):
+
+* 0: success
+* 1: internal error (a bug: the traceback is printed)
+* 2: usage error (bad flags)
+* 3: user error: bad model, data, bundle, profile or environment (one line)
+* 4: parity or accuracy check failed (one line; nothing was written)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._common import console, err_console, fail_on_errors, read_input, set_verbose
+
+app = typer.Typer(
+    name="edge-export",
+    help=(
+        "Export trained PyTorch / PyG graph models to verified edge bundles, and inspect "
+        "or try those bundles.\n\n"
+        "Example: edge-export export --model samples/cora/models.py:gcn "
+        "--weights gcn.pt --sample-data cora.npz -o out/gcn.bundle"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Show tracebacks for errors.")
+    ] = False,
+) -> None:
+    set_verbose(verbose)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
+        "--sample-data cora.npz -o out/gcn.bundle\n\n"
+        "  edge-export export --model program.pt2 --sample-data sensors.npz --form static "
+        "-o out/plant.bundle --pack"
+    )
+)
+def export(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="module:function or file.py:function returning a torch.nn.Module, "
+            "or a torch.export program (.pt2).",
+        ),
+    ],
+    sample_data: Annotated[
+        list[Path],
+        typer.Option(
+            "--sample-data",
+            "-s",
+            help=".npz with x, edge_index[, edge_attr, batch, y, mask]; repeatable. "
+            "Parity is measured on all of them.",
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to create.")],
+    weights: Annotated[
+        Path | None, typer.Option("--weights", "-w", help="State-dict checkpoint to load.")
+    ] = None,
+    form: Annotated[
+        str, typer.Option(help="Graph form: auto, static, dynamic or learned.")
+    ] = "auto",
+    profile: Annotated[
+        list[str] | None,
+        typer.Option("--profile", "-p", help="Device profile name or YAML path; repeatable."),
+    ] = None,
+    name: Annotated[str, typer.Option(help="Model name in the manifest.")] = "model",
+    version: Annotated[str, typer.Option(help="Model version in the manifest.")] = "1.0.0",
+    task: Annotated[str, typer.Option(help="Task name, e.g. node_classification.")] = (
+        "classification"
+    ),
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated class names (index = class id).")
+    ] = None,
+    output_name: Annotated[
+        list[str] | None, typer.Option(help="ONNX output name(s); default out / out0...")
+    ] = None,
+    atol: Annotated[float, typer.Option(help="Parity: absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Parity: relative tolerance.")] = 1e-3,
+    max_metric_drop: Annotated[
+        float, typer.Option(help="Parity: allowed accuracy drop, fraction (0.001 = 0.1 pp).")
+    ] = 0.001,
+    dense_threshold: Annotated[
+        int, typer.Option(help="Static form: fold the adjacency densely up to this many nodes.")
+    ] = 2048,
+    pack: Annotated[bool, typer.Option(help="Also write OUTPUT.tar.gz.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Export a model to a bundle: ONNX, parity against PyTorch, manifest, canary."""
+    with fail_on_errors():
+        from rich.status import Status
+
+        from edge_sdk.exporters import ExportConfig, export_model
+
+        cfg = ExportConfig(
+            name=name,
+            version=version,
+            form=form,
+            task=task,
+            labels=[s.strip() for s in labels.split(",")] if labels else [],
+            output_names=output_name or None,
+            profiles=profile or ["generic-x86"],
+            dense_threshold=dense_threshold,
+            atol=atol,
+            rtol=rtol,
+            max_metric_drop=max_metric_drop,
+            pack=pack,
+        )
+        with Status("starting", console=err_console) as status:
+
+            def progress(msg: str) -> None:
+                status.update(msg)
+                err_console.log(msg)
+
+            result = export_model(
+                model,
+                list(sample_data),
+                output,
+                cfg,
+                weights=weights,
+                progress=progress,
+            )
+        if as_json:
+            console.print_json(result.manifest.to_json())
+            return
+        from ._tables import summary_table
+
+        console.print(summary_table(result.manifest))
+        console.print(f"bundle written to {result.bundle_dir}")
+        if result.archive:
+            console.print(f"packed to {result.archive}")
+
+
+@app.command(
+    epilog="Examples:\n\n  edge-export inspect out/gcn.bundle\n\n"
+    "  edge-export inspect out/gcn.bundle.tar.gz --json"
+)
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Verify a bundle (checksums) and print its manifest."""
+    with fail_on_errors():
+        from edge_sdk.bundle import Bundle
+
+        b = Bundle.open(bundle)
+        if as_json:
+            console.print_json(b.manifest.to_json())
+            return
+        from ._tables import manifest_tables
+
+        for table in manifest_tables(b.manifest):
+            console.print(table)
+        console.print("all files present, sizes and sha256 verified", style="green")
+
+
+@app.command(
+    epilog="Examples:\n\n  edge-export run out/gcn.bundle --input graph.npz\n\n"
+    "  edge-export run out/gcn.bundle --input request.json --backend onnxruntime --json"
+)
+def run(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz.")],
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help=".npz or .json with x[, edge_index...].")
+    ],
+    backend: Annotated[str | None, typer.Option(help="Force a backend, e.g. onnxruntime.")] = None,
+    profile: Annotated[str, typer.Option(help="Device profile name/path, or auto.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads.")] = None,
+    save: Annotated[Path | None, typer.Option(help="Write all outputs to this .npz.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print outputs as JSON.")] = False,
+) -> None:
+    """Run one request through a bundle with the on-device Runtime."""
+    with fail_on_errors():
+        from edge_sdk.bundle import save_npz
+        from edge_sdk.runtime import Runtime
+
+        data = read_input(input)
+        with Runtime.load(bundle, profile=profile, backend=backend, threads=threads) as rt:
+            outputs = rt.infer(data)
+            info = rt.describe()
+        if save:
+            save_npz(save, outputs)
+        labels = rt.manifest.model.labels
+        if as_json:
+            doc: dict[str, Any] = {
+                "backend": info["backend"],
+                "artifact": info["artifact"],
+                "outputs": {k: v.tolist() for k, v in outputs.items()},
+            }
+            console.print_json(json.dumps(doc))
+            return
+        from ._tables import outputs_table
+
+        err_console.print(f"backend {info['backend']}, artifact {info['artifact']}")
+        console.print(outputs_table(outputs, labels))
+
+
+@app.command()
+def profiles(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List the device profiles shipped with the SDK."""
+    with fail_on_errors():
+        from rich.table import Table
+
+        from edge_sdk.profiles import load_profile, shipped_profiles
+
+        items = [load_profile(n) for n in shipped_profiles()]
+        if as_json:
+            console.print_json(json.dumps([p.model_dump(mode="json") for p in items]))
+            return
+        table = Table(title="device profiles")
+        for col in ("name", "backends", "precisions", "threads", "description"):
+            table.add_column(col)
+        for p in items:
+            table.add_row(
+                p.name,
+                ", ".join(p.backends),
+                ", ".join(str(x) for x in p.precisions),
+                str(p.threads or "auto"),
+                p.description,
+            )
+        console.print(table)
+
+
+@app.command(name="pack", epilog="Example:\n\n  edge-export pack out/gcn.bundle gcn.tar.gz")
+def pack_cmd(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    archive: Annotated[Path, typer.Argument(help="Archive to write (.tar.gz).")],
+) -> None:
+    """Verify a bundle directory and pack it into one .tar.gz file."""
+    with fail_on_errors():
+        from edge_sdk.bundle import pack
+
+        console.print(f"packed to {pack(bundle, archive)}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
