@@ -77,12 +77,21 @@ class Bundle:
         src = Path(path)
         if not src.exists():
             raise ManifestError(f"bundle not found: {src}")
-        tmp = None
-        root = src
-        if src.is_file():
-            tmp = tempfile.TemporaryDirectory(prefix="edge-bundle-")
+        if not src.is_file():
+            return cls._open_root(src, src, verify)
+        tmp = tempfile.TemporaryDirectory(prefix="edge-bundle-")
+        try:
             unpack(src, Path(tmp.name))
-            root = Path(tmp.name)
+            bundle = cls._open_root(Path(tmp.name), src, verify)
+        except BaseException:
+            tmp.cleanup()  # a refused archive leaves no extracted files behind
+            raise
+        bundle._tmp = tmp
+        weakref.finalize(bundle, tmp.cleanup)
+        return bundle
+
+    @classmethod
+    def _open_root(cls, root: Path, src: Path, verify: bool) -> Bundle:
         manifest_path = root / MANIFEST_NAME
         if not manifest_path.is_file():
             raise ManifestError(f"missing from bundle {src}", MANIFEST_NAME)
@@ -90,9 +99,6 @@ class Bundle:
             raise ManifestError("larger than 16 MiB; refusing to parse", MANIFEST_NAME)
         manifest = parse_manifest(manifest_path.read_bytes())
         bundle = cls(root, manifest, src)
-        if tmp is not None:
-            bundle._tmp = tmp
-            weakref.finalize(bundle, tmp.cleanup)
         if verify:
             bundle.verify()
         return bundle

@@ -70,8 +70,12 @@ class UnsupportedTargetError(EdgeSDKError):
     """No artifact in the bundle can run on the requested backend/profile."""
 
 
-class BackendUnavailableError(EdgeSDKError):
-    """An inference engine is not installed or failed to load."""
+class BackendUnavailableError(EdgeSDKError, ImportError):
+    """An inference engine (or other optional dependency) is missing or failed to load.
+
+    Also an ``ImportError`` so ``try: import edge_sdk.exporters / except ImportError``
+    works as users expect.
+    """
 
 
 class InternalError(Exception):

@@ -158,8 +158,8 @@ class Manifest(_Model):
             raise ValueError(f"schema_version {v!r} is not MAJOR.MINOR")
         if int(major) != SCHEMA_MAJOR:
             raise ValueError(
-                f"unsupported schema major version {major} (this edge-graph-sdk reads "
-                f"{SCHEMA_MAJOR}.x); upgrade or re-export the bundle"
+                f"unsupported schema version {v!r} (major {major}; this edge-graph-sdk "
+                f"reads {SCHEMA_MAJOR}.x); upgrade edge-graph-sdk or re-export the bundle"
             )
         return v
 

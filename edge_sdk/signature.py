@@ -27,14 +27,16 @@ class OutputLevel(StrEnum):
     BATCH = "batch"  #: static forms: axis 0 is the stacked batch B
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Spec(BaseModel):
+    # Unknown fields are ignored, not refused: a newer minor schema version may
+    # add fields anywhere, and a 1.0 reader must still read a 1.x manifest.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 Dim = int | str
 
 
-class TensorSpec(_Strict):
+class TensorSpec(_Spec):
     """One named tensor: dtype and shape; strings in the shape are symbolic dims."""
 
     name: str
@@ -43,7 +45,7 @@ class TensorSpec(_Strict):
     level: OutputLevel | None = Field(default=None, description="outputs only")
 
 
-class Bucket(_Strict):
+class Bucket(_Spec):
     """A padded size that static-shape backends are compiled for."""
 
     max_nodes: int = Field(gt=1)
@@ -51,7 +53,7 @@ class Bucket(_Strict):
     max_graphs: int = Field(default=1, ge=1)
 
 
-class GraphSpec(_Strict):
+class GraphSpec(_Spec):
     """The graph contract: form, sizes and limits the runtime enforces.
 
     For static and learned forms ``num_nodes`` is the fixed node count and

@@ -11,6 +11,7 @@ from __future__ import annotations
 from edge_sdk._optional import require
 
 require("torch", "edge_sdk.exporters")
+require("torch_geometric", "edge_sdk.exporters")
 require("onnx", "edge_sdk.exporters")
 
 from .intake import Sample, load_model, load_samples, sample_from_arrays  # noqa: E402

@@ -1,0 +1,102 @@
+"""Fixtures and markers shared by the whole suite.
+
+Sections: markers, environment, bundles. Keep fixtures generic; a fixture
+used by one test file belongs in that file.
+
+Bundles are exported once per session and must never be modified: a test
+that tampers with one takes ``bundle_copy`` (a fresh copy per test).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+# -- markers -------------------------------------------------------------------------------
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent is missing
+        return False
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.requires_backend("onnxruntime")``: skip unless the engine imports."""
+    for mark in item.iter_markers("requires_backend"):
+        engine = mark.args[0]
+        if not _importable(engine):
+            pytest.skip(f"needs the {engine!r} inference engine, which is not importable")
+
+
+# -- environment ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def disable_backends(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Return ``disable(*names)``: mark backends unavailable even when installed.
+
+    Sets ``EDGE_SDK_DISABLE_BACKENDS`` for the current test only.
+    """
+
+    def disable(*names: str) -> None:
+        monkeypatch.setenv("EDGE_SDK_DISABLE_BACKENDS", ",".join(names))
+
+    return disable
+
+
+# -- bundles -------------------------------------------------------------------------------
+
+TINY_GCN_NODES, TINY_GCN_FEATURES, TINY_GCN_CLASSES = 20, 8, 3
+
+
+def _tiny_gcn() -> Any:
+    """A 2-layer PyG GCN (torch is imported here, never at conftest import)."""
+    import torch
+    from torch_geometric.nn import GCNConv
+
+    class TinyGCN(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = GCNConv(TINY_GCN_FEATURES, 16)
+            self.conv2 = GCNConv(16, TINY_GCN_CLASSES)
+
+        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+            return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
+
+    with torch.random.fork_rng(devices=[]):  # deterministic weights, global RNG untouched
+        torch.manual_seed(0)
+        return TinyGCN().eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_gcn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a bundle exported from a tiny GCN (dynamic form). Read-only by contract."""
+    for module in ("torch", "torch_geometric", "onnx"):
+        if not _importable(module):
+            pytest.skip(f"exporting a test bundle needs the [export] extra ({module} missing)")
+    from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
+
+    rng = np.random.default_rng(0)
+    sample = sample_from_arrays(
+        {
+            "x": rng.standard_normal((TINY_GCN_NODES, TINY_GCN_FEATURES), dtype=np.float32),
+            "edge_index": rng.integers(0, TINY_GCN_NODES, size=(2, 3 * TINY_GCN_NODES)),
+        }
+    )
+    out = tmp_path_factory.mktemp("tiny_gcn") / "tiny_gcn.bundle"
+    export_model(_tiny_gcn(), sample, out, ExportConfig(name="tiny-gcn", form="dynamic"))
+    return out
+
+
+@pytest.fixture
+def bundle_copy(tiny_gcn_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of ``tiny_gcn_bundle`` that the test may tamper with."""
+    return Path(shutil.copytree(tiny_gcn_bundle, tmp_path / "bundle"))
