@@ -38,7 +38,8 @@ class Padding:
     edge_mask: np.ndarray
 
 
-def _fits(graph: DynamicGraph, bucket: Bucket, has_batch: bool) -> bool:
+def fits(graph: DynamicGraph, bucket: Bucket, has_batch: bool) -> bool:
+    """Whether ``graph`` can be padded into ``bucket`` (one padding node/graph reserved)."""
     n, e = graph.num_nodes, graph.num_edges
     # Padding edges need a padding node to point at.
     need_nodes = n + (1 if e < bucket.max_edges else 0)
@@ -58,7 +59,7 @@ def pick_bucket(graph: DynamicGraph, buckets: Sequence[Bucket], has_batch: bool)
         InvalidInputError: No bucket is large enough (names nodes/edges/graphs).
     """
     for bucket in buckets:
-        if _fits(graph, bucket, has_batch):
+        if fits(graph, bucket, has_batch):
             return bucket
     largest = buckets[-1] if buckets else None
     raise InvalidInputError(
@@ -89,7 +90,7 @@ def pad_graph(
         InvalidInputError: The graph does not fit, or padding would change a
             whole-graph readout.
     """
-    if not _fits(graph, bucket, has_batch):
+    if not fits(graph, bucket, has_batch):
         raise InvalidInputError("x", f"graph does not fit bucket {bucket}")
     n, e = graph.num_nodes, graph.num_edges
     nb, eb = bucket.max_nodes, bucket.max_edges
@@ -140,6 +141,28 @@ def pad_static(graph: StaticGraph, batch_size: int) -> StaticGraph:
         return graph
     pad = np.zeros((batch_size - b, *graph.x.shape[1:]), np.float32)
     return StaticGraph(np.concatenate([graph.x, pad]))
+
+
+def group_for_buckets(
+    graphs: Sequence[DynamicGraph], buckets: Sequence[Bucket], has_batch: bool
+) -> list[list[int]]:
+    """Split requests, in order, into groups whose union fits the largest bucket.
+
+    A request that fits no bucket alone gets a group of its own (padding it
+    then raises the precise error, for that request only).
+    """
+    if not buckets:
+        return [list(range(len(graphs)))]
+    largest = buckets[-1]
+    groups: list[list[int]] = []
+    for i in range(len(graphs)):
+        if groups and fits(
+            batch_graphs([graphs[j] for j in [*groups[-1], i]])[0], largest, has_batch
+        ):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,9 @@ def _array(field: str, value: Any) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:
-        raise InvalidInputError(field, f"cannot be read as an array: {exc}") from None
+        raise InvalidInputError(
+            field, f"cannot be read as an array (expected a rectangular numeric array): {exc}"
+        ) from None
     if arr.dtype == object:
         raise InvalidInputError(field, "is ragged or holds non-numbers; expected a numeric array")
     return arr
@@ -179,6 +181,8 @@ def _float_field(field: str, arr: np.ndarray, rank: int, shape_hint: str) -> np.
 
 
 def _index_field(field: str, arr: np.ndarray) -> np.ndarray:
+    if arr.size == 0 and np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.int64)  # an empty nested list ([[], []]) reads as float64
     if not (np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_):
         raise InvalidInputError(field, f"expected an integer dtype (int64), received {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.int64)
@@ -288,7 +292,10 @@ def _validate_dynamic(graph: DynamicGraph, spec: GraphSpec) -> DynamicGraph:
                 f"expected shape [{e}, {spec.edge_dim}], received {list(edge_attr.shape)}",
             )
     elif graph.edge_attr is not None:
-        raise InvalidInputError("edge_attr", "this model takes no edge features")
+        raise InvalidInputError(
+            "edge_attr",
+            f"this model takes no edge features; received {list(np.shape(graph.edge_attr))}",
+        )
 
     batch = None
     if graph.batch is not None:
@@ -298,18 +305,29 @@ def _validate_dynamic(graph: DynamicGraph, spec: GraphSpec) -> DynamicGraph:
                 "batch",
                 f"expected shape [{n}] (one graph id per node), received {list(batch.shape)}",
             )
-        if batch.size and (batch[0] < 0 or (np.diff(batch) < 0).any()):
+        steps = np.diff(batch)
+        if batch.size and (batch[0] < 0 or (steps < 0).any()):
+            i = 0 if batch[0] < 0 else int(np.argmax(steps < 0)) + 1
             raise InvalidInputError(
                 "batch",
-                "graph ids must be non-negative and non-decreasing (nodes grouped by graph)",
+                "graph ids must be non-negative and non-decreasing (nodes grouped by graph); "
+                f"received {int(batch[i])} at node {i}"
+                + (f" after {int(batch[i - 1])}" if i else ""),
             )
-        if batch.size and (np.diff(batch) > 1).any():
-            raise InvalidInputError("batch", "graph ids must be contiguous (0, 1, 2, ... no gaps)")
+        if batch.size and (steps > 1).any():
+            i = int(np.argmax(steps > 1)) + 1
+            raise InvalidInputError(
+                "batch",
+                "graph ids must be contiguous (0, 1, 2, ... no gaps); "
+                f"received {int(batch[i])} after {int(batch[i - 1])} at node {i}",
+            )
         if batch.size and batch[0] != 0:
             raise InvalidInputError("batch", f"graph ids must start at 0, received {int(batch[0])}")
         if not spec.has_batch and int(batch[-1]) > 0:
             raise InvalidInputError(
-                "batch", "this model reads out one graph at a time; it takes no batch vector"
+                "batch",
+                "this model reads out one graph at a time; it takes no batch vector "
+                f"(received ids of {int(batch[-1]) + 1} graphs)",
             )
         if not spec.has_batch:
             batch = None

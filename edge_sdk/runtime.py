@@ -17,6 +17,7 @@ import numpy as np
 from . import runtimes
 from .batching import (
     batch_graphs,
+    group_for_buckets,
     pad_graph,
     pad_static,
     pick_bucket,
@@ -175,10 +176,18 @@ class Runtime:
             if self._graph_level and not spec.has_batch:
                 # Without a batch vector the readout would pool across requests.
                 return [self._run(g) for g in dyn]
-            merged, layout = batch_graphs(dyn)
-            outputs = self._run(merged if spec.has_batch else _drop_batch(merged))
-            sizes = {OutputLevel.NODE: layout.nodes, OutputLevel.GRAPH: layout.graphs}
-            return unbatch_outputs(outputs, sizes, self._levels)
+            groups = (
+                group_for_buckets(dyn, spec.buckets, spec.has_batch)
+                if self.backend.static_shapes
+                else [list(range(len(dyn)))]
+            )
+            results: list[dict[str, np.ndarray]] = []
+            for group in groups:
+                merged, layout = batch_graphs([dyn[i] for i in group])
+                outputs = self._run(merged if spec.has_batch else _drop_batch(merged))
+                sizes = {OutputLevel.NODE: layout.nodes, OutputLevel.GRAPH: layout.graphs}
+                results.extend(unbatch_outputs(outputs, sizes, self._levels))
+            return results
         stat = [g for g in checked if isinstance(g, StaticGraph)]
         merged_x = StaticGraph(np.concatenate([g.x for g in stat]))
         outputs = self._run(merged_x)

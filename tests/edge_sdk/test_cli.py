@@ -76,8 +76,20 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "bad.json").write_text(
         json.dumps({"x": x[:4].tolist(), "edge_index": [[0, 1], [1, 7]]})
     )
-    cli("export", "--model", f"{root}/models.py:net", "-s", f"{root}/sample.npz",
-        "-o", f"{root}/net.bundle", "--name", "net", "--labels", "a,b,c", "--pack")
+    cli(
+        "export",
+        "--model",
+        f"{root}/models.py:net",
+        "-s",
+        f"{root}/sample.npz",
+        "-o",
+        f"{root}/net.bundle",
+        "--name",
+        "net",
+        "--labels",
+        "a,b,c",
+        "--pack",
+    )
     return root
 
 
@@ -99,8 +111,9 @@ def test_inspect_tables(workdir: Path) -> None:
 def test_run_json_matches_runtime(workdir: Path) -> None:
     from edge_sdk import Runtime
 
-    proc = cli("run", str(workdir / "net.bundle"), "--input", str(workdir / "request.json"),
-               "--json")
+    proc = cli(
+        "run", str(workdir / "net.bundle"), "--input", str(workdir / "request.json"), "--json"
+    )
     got = np.asarray(json.loads(proc.stdout)["outputs"]["out"], np.float32)
     request = json.loads((workdir / "request.json").read_text())
     want = Runtime.load(workdir / "net.bundle").infer(request)["out"]
@@ -112,10 +125,12 @@ def test_run_json_matches_runtime(workdir: Path) -> None:
 def test_bad_request_is_one_line_exit_3(workdir: Path) -> None:
     proc = cli("run", str(workdir / "net.bundle"), "--input", str(workdir / "bad.json"), check=3)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines == ["error: edge_index: index 7 at column 1 is out of range for 4 nodes "
-                     "(valid 0..3)"]
-    verbose = cli("-v", "run", str(workdir / "net.bundle"), "--input",
-                  str(workdir / "bad.json"), check=3)
+    assert lines == [
+        "error: edge_index: index 7 at column 1 is out of range for 4 nodes (valid 0..3)"
+    ]
+    verbose = cli(
+        "-v", "run", str(workdir / "net.bundle"), "--input", str(workdir / "bad.json"), check=3
+    )
     assert "Traceback" in verbose.stderr
 
 
@@ -132,14 +147,30 @@ def test_tampered_bundle_exit_3_names_file(workdir: Path, tmp_path: Path) -> Non
 
 
 def test_unsupported_layer_exit_3(workdir: Path, tmp_path: Path) -> None:
-    proc = cli("export", "--model", f"{workdir}/models.py:unsupported", "-s",
-               f"{workdir}/sample.npz", "-o", str(tmp_path / "u"), check=3)
+    proc = cli(
+        "export",
+        "--model",
+        f"{workdir}/models.py:unsupported",
+        "-s",
+        f"{workdir}/sample.npz",
+        "-o",
+        str(tmp_path / "u"),
+        check=3,
+    )
     assert "TransformerConv" in proc.stderr and "supported layers" in proc.stderr
 
 
 def test_parity_failure_exit_4(workdir: Path, tmp_path: Path) -> None:
-    proc = cli("export", "--model", f"{workdir}/models.py:drifts", "-s",
-               f"{workdir}/sample.npz", "-o", str(tmp_path / "d"), check=4)
+    proc = cli(
+        "export",
+        "--model",
+        f"{workdir}/models.py:drifts",
+        "-s",
+        f"{workdir}/sample.npz",
+        "-o",
+        str(tmp_path / "d"),
+        check=4,
+    )
     assert "does not reproduce" in proc.stderr and "max abs err" in proc.stderr
     assert not (tmp_path / "d" / "manifest.json").exists()
 

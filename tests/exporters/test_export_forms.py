@@ -36,7 +36,9 @@ class GraphNet(nn.Module):
         self.bn = nn.BatchNorm1d(16)
         self.head = nn.Linear(32, C)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor
+    ) -> torch.Tensor:
         h = self.bn(self.c1(x, edge_index)).relu()
         return self.head(torch.cat([global_mean_pool(h, batch), global_max_pool(h, batch)], -1))
 
