@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO_OUT ?= demo-out
+DEMO_OUT ?= out/cora
 
 .PHONY: demo test lint typecheck unit clean help
 
@@ -18,7 +18,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[export,onnxruntime,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[export,onnxruntime,samples,dev]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

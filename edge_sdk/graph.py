@@ -170,8 +170,10 @@ def _float_field(field: str, arr: np.ndarray, rank: int, shape_hint: str) -> np.
         else:
             raise InvalidInputError(field, f"expected a float dtype, received {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    finite = np.isfinite(arr)
-    if not finite.all():
+    # min/max propagate NaN and expose ±Inf: two reductions, no temporary mask
+    # on the hot path; the mask is only built to describe a bad request.
+    if arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+        finite = np.isfinite(arr)
         bad = tuple(int(i) for i in np.argwhere(~finite)[0])
         n_bad = int((~finite).sum())
         raise InvalidInputError(
@@ -265,7 +267,7 @@ def _validate_dynamic(graph: DynamicGraph, spec: GraphSpec) -> DynamicGraph:
             "edge_index",
             f"graph has {e} edges, beyond the model's limit ({min(max_edges, spec.max_edges)})",
         )
-    if e:
+    if e and (ei.min() < 0 or ei.max() >= n):
         if (neg := ei < 0).any():
             col = int(np.argwhere(neg)[0][1])
             raise InvalidInputError(

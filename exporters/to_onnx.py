@@ -12,7 +12,7 @@ import io
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,7 @@ class ToOnnx:
         Raises:
             ExportError: Tracing, conversion or the ONNX checker failed.
         """
+        _quiet_torch_logs()
         ep, mode = self._trace(module, inputs)
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -109,9 +110,10 @@ class ToOnnx:
         # handles readouts whose graph count comes from batch.max(). Try both.
         for strict in (False, True):
             try:
-                with warnings.catch_warnings():
+                # torch prints the whole FX graph when a trace attempt fails;
+                # the first attempt failing is expected, so keep it off the terminal.
+                with warnings.catch_warnings(), redirect_stderr(io.StringIO()):
                     warnings.simplefilter("ignore")
-                    _quiet_torch_logs()
                     ep = torch.export.export(
                         module, (), dict(inputs), dynamic_shapes=shapes, strict=strict
                     )
@@ -173,6 +175,7 @@ def _quiet_torch_logs() -> None:
         "torch._export",
         "torch.fx.experimental.symbolic_shapes",
         "torch._dynamo",
+        "torch.onnx._internal.exporter._registration",  # "torchvision is not installed"
     ):
         logging.getLogger(name).setLevel(logging.ERROR)
 

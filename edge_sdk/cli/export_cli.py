@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from ._common import console, err_console, fail_on_errors, read_input, set_verbose
@@ -193,12 +194,23 @@ def run(
         from edge_sdk.runtime import Runtime
 
         data = read_input(input)
+        # Sample files may carry labels for export-time scoring; they are not model inputs.
+        labels_in = data.pop("y", None)
+        mask = data.pop("mask", None)
         with Runtime.load(bundle, profile=profile, backend=backend, threads=threads) as rt:
             outputs = rt.infer(data)
             info = rt.describe()
         if save:
             save_npz(save, outputs)
         labels = rt.manifest.model.labels
+        first = next(iter(outputs.values()))
+        if labels_in is not None and first.ndim >= 2:
+            pred = first.argmax(-1).reshape(np.shape(labels_in))
+            rows = np.asarray(mask, bool) if mask is not None else slice(None)
+            hits = pred[rows] == np.asarray(labels_in)[rows]
+            err_console.print(
+                f"accuracy on the labelled rows: {hits.mean():.4f} ({hits.size} rows)"
+            )
         if as_json:
             doc: dict[str, Any] = {
                 "backend": info["backend"],
