@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy edge_sdk
+	$(BIN)/mypy edge_sdk runtimes exporters
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 from torch_geometric.datasets import Planetoid

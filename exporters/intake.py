@@ -73,7 +73,7 @@ def sample_from_arrays(arrays: dict[str, Any], name: str = "sample") -> Sample:
     static = a["x"].ndim == 3
     if static:
         inputs = {"x": a["x"].astype(np.float32)}
-        topology = {k: a[k] for k in ("edge_index", "edge_weight") if k in a}
+        topology: dict[str, np.ndarray] = {k: a[k] for k in ("edge_index", "edge_weight") if k in a}
     else:
         inputs = {k: a[k] for k in _INPUT_KEYS if k in a}
         inputs["x"] = inputs["x"].astype(np.float32)

@@ -85,6 +85,8 @@ class ToOnnx:
                 )
             except Exception as exc:
                 raise ExportError(f"ONNX conversion failed: {_first_line(exc)}") from exc
+        if program is None:  # only when an output file is given, which we never do
+            raise ExportError("ONNX conversion returned no program")
         model = program.model_proto
         self._rename_dims(model)
         _check(model)

@@ -96,7 +96,11 @@ class VerifyParity:
         ]
         ref_metric = ref_hits / total if total else None
         art_metric = art_hits / total if total else None
-        metric_ok = ref_metric is None or art_metric >= ref_metric - self.max_metric_drop - 1e-12
+        metric_ok = (
+            ref_metric is None
+            or art_metric is None
+            or art_metric >= ref_metric - self.max_metric_drop - 1e-12
+        )
         report = ParityReport(
             artifact=artifact.name,
             backend=name,

@@ -107,6 +107,7 @@ class StaticWrapper(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
+        self.edge_index: Tensor
         self.register_buffer("edge_index", edge_index.long(), persistent=False)
         self.num_nodes = num_nodes
         self.names = tuple(names)

@@ -7,6 +7,8 @@ ever expressed as ``-1`` in reshapes so it stays symbolic under ``torch.export``
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
@@ -89,8 +91,9 @@ def aggr_name(path: str, conv: MessagePassing, allowed: tuple[str, ...]) -> str:
         UnsupportedModelError: For list/learnable aggregations or ones not in ``allowed``.
     """
     name = _AGGR_NAMES.get(type(conv.aggr_module))
-    if name not in allowed:
+    if name is None or name not in allowed:
         unsupported(path, conv, "aggr", conv.aggr, " / ".join(allowed))
+    assert name is not None  # unsupported() raises
     return name
 
 
@@ -134,6 +137,89 @@ def to_flat(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+class LowerContext(NamedTuple):
+    """What :meth:`StaticConv._lower` needs besides the layer itself.
+
+    Attributes:
+        edge_index: ``[2, E]`` topology of one graph, already oriented ``[source, target]``.
+        edge_weight: Optional ``[E]`` edge weights, as given to :func:`densify`.
+        path: Dotted path of the layer, for error messages.
+        dtype: Dtype the folded constants must use.
+        device: Device the folded constants must live on.
+    """
+
+    edge_index: Tensor
+    edge_weight: Tensor | None
+    path: str
+    dtype: torch.dtype
+    device: torch.device
+
+
+class StaticConv(nn.Module):
+    """Base of every dense lowered layer: a PyG conv with one graph's topology folded in.
+
+    One constructor for all lowerings lets :func:`densify` build any of them alike;
+    subclasses fold their layer in :meth:`_lower` and compute in :meth:`_dense`.
+
+    Args:
+        conv: The PyG layer to lower; its weights are reused, not copied.
+        edge_index: ``[2, E]`` topology of one graph.
+        num_nodes: Number of nodes ``N`` of one graph.
+        edge_weight: Optional ``[E]`` edge weights; ignored by layers whose PyG
+            counterpart takes none.
+        path: Dotted path of the layer, for error messages.
+
+    Raises:
+        UnsupportedModelError: For lazily initialised weights or an option the layer
+            cannot lower (see each subclass).
+    """
+
+    def __init__(
+        self,
+        conv: MessagePassing,
+        edge_index: Tensor,
+        num_nodes: int,
+        edge_weight: Tensor | None = None,
+        path: str = "",
+    ) -> None:
+        super().__init__()
+        self.num_nodes = num_nodes
+        dtype, device = check_lowerable(path, conv)
+        ctx = LowerContext(oriented(conv, edge_index), edge_weight, path, dtype, device)
+        self._lower(conv, ctx)
+
+    # `conv` is Any so each subclass can narrow it to the PyG class it lowers.
+    def _lower(self, conv: Any, ctx: LowerContext) -> None:
+        """Check ``conv``'s options and store its weights and folded topology."""
+        raise NotImplementedError
+
+    def _dense(self, xb: Tensor, x_flat: Tensor) -> Tensor:
+        """Compute the layer on ``xb`` ``[B, N, F_in]``; ``x_flat`` is the same data flat.
+
+        Returns ``[B, N, F_out]``, or ``[B * N, F_out]`` for a layer that has to finish
+        on the flat form.
+        """
+        raise NotImplementedError
+
+    def forward(
+        self, x: Tensor, edge_index: Tensor | None = None, *args: Any, **kwargs: Any
+    ) -> Tensor:
+        """Apply the layer.
+
+        Args:
+            x: Flat node features ``[B * N, F_in]``.
+            edge_index: Ignored; the topology is the folded constant.
+            *args: Ignored (e.g. the ``edge_weight`` the original layer took).
+            **kwargs: Ignored.
+
+        Returns:
+            Flat node features ``[B * N, F_out]``.
+        """
+        out = self._dense(to_batched(x, self.num_nodes), x)
+        # Flattening an already flat result would add a no-op Reshape to the export.
+        return out if out.dim() == 2 else to_flat(out)
+
+
 class DenseAggregation(nn.Module):
     """Neighbourhood aggregation over a constant topology, mirroring PyG's scatter reductions.
 
@@ -161,6 +247,12 @@ class DenseAggregation(nn.Module):
     ) -> None:
         super().__init__()
         self.aggr = aggr
+        # Buffers, declared for type checkers (register_buffer hides them).
+        self.adj: Tensor
+        self.mask: Tensor
+        self.has_in: Tensor
+        self.w_hi: Tensor
+        self.w_lo: Tensor
         weight = weight_matrix(edge_index, num_nodes, edge_weight)
         count = weight_matrix(edge_index, num_nodes)
         if aggr in ("sum", "mean"):
@@ -190,51 +282,3 @@ class DenseAggregation(nn.Module):
         msg = torch.where(self.mask, msg, fill)
         out = msg.amax(dim=2) if self.aggr == "max" else msg.amin(dim=2)
         return torch.where(self.has_in, out, 0.0)
-
-
-def attention_buffers(
-    edge_index: Tensor,
-    num_nodes: int,
-    add_self_loops: bool,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> tuple[Tensor, Tensor]:
-    """Fold a topology into the constants the dense edge softmax needs.
-
-    Args:
-        edge_index: ``[2, E]`` source/target indices (already oriented).
-        num_nodes: Number of nodes ``N``.
-        add_self_loops: Mirror GAT's ``remove_self_loops`` + one ``add_self_loops`` per node.
-        device: Device of the constants.
-        dtype: Dtype of the log-multiplicity matrix.
-
-    Returns:
-        ``mask`` (bool ``[N, N]``, edge ``j -> i`` present) and ``log_count``
-        (``log`` of the edge multiplicity, ``0`` where absent).
-    """
-    count = weight_matrix(edge_index, num_nodes)
-    if add_self_loops:
-        count.fill_diagonal_(1.0)
-    mask = count > 0
-    log_count = torch.where(mask, count.clamp(min=1).log(), 0.0)
-    return mask.to(device), log_count.to(dtype=dtype, device=device)
-
-
-def masked_softmax(logits: Tensor, mask: Tensor, log_count: Tensor) -> Tensor:
-    """Softmax over sources (last dim) as PyG's per-edge softmax would compute it.
-
-    PyG normalises over edges, so an edge present ``c`` times contributes ``c * exp(e)``;
-    adding ``log(c)`` reproduces that. Absent edges get the most negative finite value
-    (``-inf`` would turn rows without any incoming edge into NaN) and are zeroed after,
-    so such rows aggregate to ``0`` exactly like PyG.
-
-    Args:
-        logits: ``[..., N(target), N(source)]`` attention scores.
-        mask: Bool ``[N, N]`` edge mask.
-        log_count: ``[N, N]`` log edge multiplicities.
-
-    Returns:
-        Attention weights with the shape of ``logits``.
-    """
-    logits = torch.where(mask, logits + log_count, torch.finfo(logits.dtype).min)
-    return torch.where(mask, torch.softmax(logits, dim=-1), 0.0)

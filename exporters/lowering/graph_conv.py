@@ -2,68 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import Tensor, nn
+from torch import Tensor
 from torch_geometric.nn import GraphConv
 
-from .common import (
-    NEIGHBOUR_AGGRS,
-    DenseAggregation,
-    aggr_name,
-    check_lowerable,
-    oriented,
-    to_batched,
-    to_flat,
-)
+from .common import NEIGHBOUR_AGGRS, DenseAggregation, LowerContext, StaticConv, aggr_name
 
 
-class StaticGraphConv(nn.Module):
-    """``GraphConv`` with its (weighted) neighbourhood aggregation folded into constants.
+class StaticGraphConv(StaticConv):
+    """``GraphConv`` with its neighbourhood aggregation folded into constants.
 
-    Args:
-        conv: The PyG layer to lower; ``lin_rel`` and ``lin_root`` are reused.
-        edge_index: ``[2, E]`` topology of one graph.
-        num_nodes: Number of nodes ``N`` of one graph.
-        edge_weight: Optional ``[E]`` edge weights scaling each message.
-        path: Dotted path of the layer, for error messages.
+    Edge weights, when given, scale each message as in PyG.
 
     Raises:
-        UnsupportedModelError: For lazy weights or a list/custom aggregation.
+        UnsupportedModelError: For a list/custom aggregation.
     """
 
-    def __init__(
-        self,
-        conv: GraphConv,
-        edge_index: Tensor,
-        num_nodes: int,
-        edge_weight: Tensor | None = None,
-        path: str = "",
-    ) -> None:
-        super().__init__()
-        dtype, device = check_lowerable(path, conv)
-        aggr = aggr_name(path, conv, NEIGHBOUR_AGGRS)
-        self.num_nodes = num_nodes
+    def _lower(self, conv: GraphConv, ctx: LowerContext) -> None:
+        aggr = aggr_name(ctx.path, conv, NEIGHBOUR_AGGRS)
         self.lin_rel = conv.lin_rel
         self.lin_root = conv.lin_root
         self.propagate = DenseAggregation(
-            oriented(conv, edge_index), num_nodes, edge_weight, aggr, dtype, device
+            ctx.edge_index, self.num_nodes, ctx.edge_weight, aggr, ctx.dtype, ctx.device
         )
 
-    def forward(
-        self, x: Tensor, edge_index: Tensor | None = None, *args: Any, **kwargs: Any
-    ) -> Tensor:
-        """Apply the layer.
-
-        Args:
-            x: Flat node features ``[B * N, F_in]``.
-            edge_index: Ignored; the topology is the folded constant.
-            *args: Ignored (e.g. the ``edge_weight`` the original layer took).
-            **kwargs: Ignored.
-
-        Returns:
-            Flat node features ``[B * N, F_out]``.
-        """
-        x = to_batched(x, self.num_nodes)
-        out = self.lin_rel(self.propagate(x)) + self.lin_root(x)
-        return to_flat(out)
+    def _dense(self, xb: Tensor, x_flat: Tensor) -> Tensor:
+        return self.lin_rel(self.propagate(xb)) + self.lin_root(xb)

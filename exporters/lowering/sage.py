@@ -2,82 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch_geometric.nn import SAGEConv
 
-from .common import (
-    NEIGHBOUR_AGGRS,
-    DenseAggregation,
-    aggr_name,
-    check_lowerable,
-    oriented,
-    to_batched,
-    to_flat,
-)
+from .common import NEIGHBOUR_AGGRS, DenseAggregation, LowerContext, StaticConv, aggr_name
 
 
-class StaticSAGEConv(nn.Module):
+class StaticSAGEConv(StaticConv):
     """``SAGEConv`` with its neighbourhood aggregation folded into constants.
 
     Supports ``aggr`` sum/add, mean, max (and min), ``project``, ``normalize`` and
     ``root_weight``. Edge weights are ignored because PyG's ``SAGEConv`` has none.
 
-    Args:
-        conv: The PyG layer to lower; its linear layers are reused.
-        edge_index: ``[2, E]`` topology of one graph.
-        num_nodes: Number of nodes ``N`` of one graph.
-        edge_weight: Ignored (kept for a uniform constructor signature).
-        path: Dotted path of the layer, for error messages.
-
     Raises:
-        UnsupportedModelError: For lazy weights or an ``lstm``/list/custom aggregation.
+        UnsupportedModelError: For an ``lstm``/list/custom aggregation.
     """
 
-    def __init__(
-        self,
-        conv: SAGEConv,
-        edge_index: Tensor,
-        num_nodes: int,
-        edge_weight: Tensor | None = None,
-        path: str = "",
-    ) -> None:
-        super().__init__()
-        del edge_weight
-        dtype, device = check_lowerable(path, conv)
-        aggr = aggr_name(path, conv, NEIGHBOUR_AGGRS)
-        self.num_nodes = num_nodes
+    def _lower(self, conv: SAGEConv, ctx: LowerContext) -> None:
+        aggr = aggr_name(ctx.path, conv, NEIGHBOUR_AGGRS)
         self.normalize = conv.normalize
         # PyG only creates `lin` for project=True; mirror its hasattr check.
         self.lin = conv.lin if conv.project and hasattr(conv, "lin") else None
         self.lin_l = conv.lin_l
         self.lin_r = conv.lin_r if conv.root_weight else None
         self.propagate = DenseAggregation(
-            oriented(conv, edge_index), num_nodes, None, aggr, dtype, device
+            ctx.edge_index, self.num_nodes, None, aggr, ctx.dtype, ctx.device
         )
 
-    def forward(
-        self, x: Tensor, edge_index: Tensor | None = None, *args: Any, **kwargs: Any
-    ) -> Tensor:
-        """Apply the layer.
-
-        Args:
-            x: Flat node features ``[B * N, F_in]``.
-            edge_index: Ignored; the topology is the folded constant.
-            *args: Ignored.
-            **kwargs: Ignored.
-
-        Returns:
-            Flat node features ``[B * N, F_out]``.
-        """
-        x = to_batched(x, self.num_nodes)
+    def _dense(self, xb: Tensor, x_flat: Tensor) -> Tensor:
         # Projection only feeds the messages; the root term keeps the raw features.
-        src = self.lin(x).relu() if self.lin is not None else x
+        src = self.lin(xb).relu() if self.lin is not None else xb
         out = self.lin_l(self.propagate(src))
         if self.lin_r is not None:
-            out = out + self.lin_r(x)
+            out = out + self.lin_r(xb)
         if self.normalize:
             out = F.normalize(out, p=2.0, dim=-1)
-        return to_flat(out)
+        return out
