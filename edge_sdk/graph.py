@@ -170,10 +170,11 @@ def _float_field(field: str, arr: np.ndarray, rank: int, shape_hint: str) -> np.
         else:
             raise InvalidInputError(field, f"expected a float dtype, received {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    # min/max propagate NaN and expose ±Inf: two reductions, no temporary mask
-    # on the hot path; the mask is only built to describe a bad request.
-    if arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
-        finite = np.isfinite(arr)
+    # One reduction on the hot path: a sum is non-finite if any element is NaN/Inf
+    # (or, rarely, if finite values overflow, which the exact mask below clears).
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = arr.sum()
+    if arr.size and not np.isfinite(total) and not (finite := np.isfinite(arr)).all():
         bad = tuple(int(i) for i in np.argwhere(~finite)[0])
         n_bad = int((~finite).sum())
         raise InvalidInputError(

@@ -235,6 +235,7 @@ def export_model(
         toolchain=_toolchain(),
         export={
             "graph_layers": sorted(set(prepared.graph_layers)),
+            "rewrites": prepared.rewrites,
             "trace_mode": result.export_mode,
             "simplifier": result.simplifier,
             "nodes_before_simplify": result.nodes_before_simplify,

@@ -20,6 +20,7 @@ from edge_sdk.signature import GraphForm, OutputLevel
 
 from .intake import Sample
 from .lowering import densify
+from .rewrites import project_first
 from .support import check_supported
 from .wrappers import DynamicWrapper, StackedWrapper, StaticWrapper, as_tuple, model_inputs
 
@@ -39,6 +40,7 @@ class Prepared:
     edge_dim: int | None = None
     aggregation: str = "model"
     graph_layers: list[str] = field(default_factory=list)
+    rewrites: list[str] = field(default_factory=list)
 
     def feeds(self, sample: Sample) -> dict[str, np.ndarray]:
         """The model inputs of ``sample`` in this form's signature."""
@@ -112,11 +114,12 @@ def _dynamic(model: nn.Module, sample: Sample, graph_layers: list[str]) -> Prepa
     names = getattr(model, "program_inputs", None) or model_inputs(model, list(sample.inputs))
     if "edge_index" not in names:
         raise ExportError("a dynamic-form model must take 'edge_index' in forward")
-    module = DynamicWrapper(model, names)
+    reference = DynamicWrapper(model, names)
+    rewritten, rewrites = project_first(model)
     prepared = Prepared(
         form=GraphForm.DYNAMIC,
-        export_module=module,
-        reference=module,
+        export_module=DynamicWrapper(rewritten, names) if rewrites else reference,
+        reference=reference,
         input_names=names,
         dynamic_axes={
             "x": {0: "num_nodes"},
@@ -129,6 +132,7 @@ def _dynamic(model: nn.Module, sample: Sample, graph_layers: list[str]) -> Prepa
         edge_dim=int(sample.inputs["edge_attr"].shape[1]) if "edge_attr" in names else None,
         aggregation="scatter",
         graph_layers=graph_layers,
+        rewrites=[f"{p}: project before aggregating" for p in rewrites],
     )
     feeds = prepared.feeds(sample)
     outs = prepared.run_reference(feeds)
@@ -164,8 +168,13 @@ def _static_pyg(
     node_level = [o.ndim > 0 and o.shape[0] == b * n for o in outs]
     reference = StaticWrapper(model, ei, n, names, node_level)
     dense = n <= dense_threshold
-    lowered = densify(model, ei, n) if dense else model
-    export_module = StaticWrapper(lowered, ei, n, names, node_level) if dense else reference
+    rewrites: list[str] = []
+    if dense:
+        lowered = densify(model, ei, n)
+    else:
+        lowered, paths = project_first(model)
+        rewrites = [f"{p}: project before aggregating" for p in paths]
+    export_module = StaticWrapper(lowered, ei, n, names, node_level)
     return Prepared(
         form=GraphForm.STATIC,
         export_module=export_module,
@@ -177,6 +186,7 @@ def _static_pyg(
         num_nodes=n,
         aggregation="dense" if dense else "scatter",
         graph_layers=graph_layers,
+        rewrites=rewrites,
     )
 
 

@@ -569,3 +569,15 @@ def test_as_graph_does_not_modify_the_request() -> None:
     np.testing.assert_array_equal(x, before[0])
     np.testing.assert_array_equal(ei, before[1])
     assert x.dtype == np.float64 and ei.dtype == np.int32
+
+
+def test_huge_finite_features_are_not_mistaken_for_inf() -> None:
+    # Their sum overflows float32; the exact check must still accept them.
+    g = as_graph({"x": np.full((1, N_STATIC, F), 3e38, np.float32)}, STATIC)
+    assert np.isfinite(g.x).all()
+    with pytest.raises(
+        InvalidInputError, match=r"1 NaN/Inf value\(s\), first at index \[0, 1, 0\]"
+    ):
+        bad = np.full((1, N_STATIC, F), 3e38, np.float32)
+        bad[0, 1, 0] = np.inf
+        as_graph({"x": bad}, STATIC)
