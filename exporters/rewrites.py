@@ -60,18 +60,18 @@ class ProjectFirstGraphConv(nn.Module):
         return out + c.lin_root(x)
 
 
+def _narrows(linear: object) -> bool:
+    weight = getattr(linear, "weight", None)
+    if not isinstance(weight, Tensor):
+        return False
+    return weight.shape[0] < weight.shape[1]  # [out, in]
+
+
 def _eligible(module: nn.Module) -> bool:
     if type(module) is SAGEConv:
-        return (
-            not module.project
-            and module.aggr in _LINEAR_AGGRS
-            and module.lin_l.weight.shape[0] < module.lin_l.weight.shape[1]
-        )
+        return bool(not module.project and module.aggr in _LINEAR_AGGRS) and _narrows(module.lin_l)
     if type(module) is GraphConv:
-        return (
-            module.aggr in _LINEAR_AGGRS
-            and module.lin_rel.weight.shape[0] < module.lin_rel.weight.shape[1]
-        )
+        return module.aggr in _LINEAR_AGGRS and _narrows(module.lin_rel)
     return False
 
 
