@@ -25,7 +25,10 @@ class Sample:
         topology: Static form only: the fixed ``edge_index`` (and
             ``edge_weight``) that the exporter folds into the model.
         labels: Integer class per node (or per graph / per stacked graph).
-        mask: Which label rows count for the task metric (e.g. a test split).
+        mask: Which label rows count for the reported task metric (e.g. a test split).
+        val_mask: Rows used to *decide* (accuracy gate, quantisation fallback); the
+            reported ``mask`` rows are never used to choose anything. Defaults to ``mask``.
+        train_mask: Rows recovery fine-tuning may train on.
         name: Where it came from, for messages.
     """
 
@@ -34,17 +37,26 @@ class Sample:
     labels: np.ndarray | None = None
     mask: np.ndarray | None = None
     name: str = "sample"
+    val_mask: np.ndarray | None = None
+    train_mask: np.ndarray | None = None
+
+    @property
+    def decision_mask(self) -> np.ndarray | None:
+        """Rows that compression decisions are measured on (validation, else ``mask``)."""
+        return self.val_mask if self.val_mask is not None else self.mask
 
 
 _INPUT_KEYS = ("x", "edge_index", "edge_attr", "batch")
-_KNOWN_KEYS = {*_INPUT_KEYS, "edge_weight", "y", "mask"}
+_KNOWN_KEYS = {*_INPUT_KEYS, "edge_weight", "y", "mask", "val_mask", "train_mask"}
 
 
 def load_samples(path: str | Path) -> Sample:
     """Read a sample ``.npz``.
 
     Keys: ``x`` (required), ``edge_index``, ``edge_attr``, ``batch``, ``y``
-    (labels), ``mask`` (bool rows counted by the metric), ``edge_weight``.
+    (labels), ``mask`` (bool rows counted by the reported metric, e.g. test),
+    ``val_mask`` (rows compression decisions are made on), ``train_mask`` (rows
+    fine-tuning trains on), ``edge_weight``.
     A rank-3 ``x`` ``[B, N, F]`` with an ``edge_index`` is a static-topology
     sample: its ``edge_index`` is the one fixed graph of all B.
 
@@ -83,8 +95,16 @@ def sample_from_arrays(arrays: dict[str, Any], name: str = "sample") -> Sample:
             if k in inputs:
                 inputs[k] = inputs[k].astype(np.int64)
         topology = {}
-    mask = a["mask"].astype(bool) if "mask" in a else None
-    return Sample(inputs, topology, a.get("y"), mask, name)
+    masks = {k: a[k].astype(bool) if k in a else None for k in ("mask", "val_mask", "train_mask")}
+    return Sample(
+        inputs,
+        topology,
+        a.get("y"),
+        masks["mask"],
+        name,
+        val_mask=masks["val_mask"],
+        train_mask=masks["train_mask"],
+    )
 
 
 def load_model(spec: str, weights: str | Path | None = None) -> torch.nn.Module:

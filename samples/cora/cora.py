@@ -373,6 +373,8 @@ def run(
         edge_index=data.edge_index.numpy(),
         y=data.y.numpy(),
         mask=data.test_mask.numpy(),
+        val_mask=data.val_mask.numpy(),
+        train_mask=data.train_mask.numpy(),
     )
     rows = [
         _run_model(name, data, sample_path, out_dir, epochs, seed, threads, latency_calls, say)
