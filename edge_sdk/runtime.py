@@ -71,6 +71,7 @@ class Runtime:
         profile: str | Path | DeviceProfile = "auto",
         backend: str | None = None,
         threads: int | None = None,
+        precision: str | None = None,
     ) -> Runtime:
         """Open and verify a bundle and load the best artifact for this device.
 
@@ -80,6 +81,9 @@ class Runtime:
                 profile name, a path to a profile YAML, or a profile object.
             backend: Force one backend by name (overrides the profile's order).
             threads: Intra-op threads (overrides the profile).
+            precision: Force one precision (``fp32``, ``fp16``, ``int8``); by
+                default the profile's order, or for ``auto`` the smallest
+                artifact first (int8, fp16, fp32).
 
         Returns:
             The runtime.
@@ -100,7 +104,18 @@ class Runtime:
         order = [backend] if backend else (prof.backends if prof else AUTO_ORDER)
         if backend:
             runtimes.unavailable_reason(backend)  # raises on an unknown name
-        precisions = prof.precisions if prof else [Precision.INT8, Precision.FP32, Precision.FP16]
+        if precision is not None:
+            try:
+                precisions = [Precision(precision)]
+            except ValueError:
+                raise UnsupportedTargetError(
+                    f"unknown precision {precision!r}; expected one of "
+                    f"{', '.join(p.value for p in Precision)}"
+                ) from None
+        else:
+            precisions = (
+                prof.precisions if prof else [Precision.INT8, Precision.FP16, Precision.FP32]
+            )
         n_threads = threads if threads is not None else (prof.threads if prof else None)
         why: list[str] = [f"profile: {prof.name if prof else 'auto'}"]
         for name in order:

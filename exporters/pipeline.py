@@ -31,6 +31,7 @@ from edge_sdk.manifest import (
 from edge_sdk.profiles import load_profile
 from edge_sdk.signature import Bucket, GraphForm, GraphSpec, OutputLevel, TensorSpec
 
+from .calibration import induced_subgraph
 from .intake import Sample, load_model, load_program, load_samples
 from .prepare import Prepared, prepare
 from .to_onnx import OPSET, ToOnnx, op_types
@@ -333,7 +334,7 @@ def _write_canary(
 ) -> Canary:
     feeds = prepared.feeds(sample)
     if prepared.form is GraphForm.DYNAMIC:
-        feeds = _subgraph(feeds, cfg.canary_nodes)
+        feeds = induced_subgraph(feeds, np.arange(min(cfg.canary_nodes, feeds["x"].shape[0])))
     else:
         feeds = {"x": feeds["x"][:1]}
     expected = dict(zip(names, prepared.run_reference(feeds), strict=True))
@@ -341,19 +342,6 @@ def _write_canary(
     save_npz(out / "canary.npz", arrays)
     size, sha = file_digest(out / "canary.npz")
     return Canary(path="canary.npz", sha256=sha, size_bytes=size, atol=cfg.atol, rtol=cfg.rtol)
-
-
-def _subgraph(feeds: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
-    """Induced subgraph on the first ``k`` nodes (small enough to ship)."""
-    k = min(k, feeds["x"].shape[0])
-    ei = feeds["edge_index"]
-    keep = (ei[0] < k) & (ei[1] < k)
-    sub = {"x": feeds["x"][:k], "edge_index": ei[:, keep]}
-    if "edge_attr" in feeds:
-        sub["edge_attr"] = feeds["edge_attr"][keep]
-    if "batch" in feeds:
-        sub["batch"] = feeds["batch"][:k]
-    return {n: sub[n] for n in feeds}
 
 
 def _toolchain() -> dict[str, str]:

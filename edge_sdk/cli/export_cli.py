@@ -185,6 +185,9 @@ def run(
     backend: Annotated[str | None, typer.Option(help="Force a backend, e.g. onnxruntime.")] = None,
     profile: Annotated[str, typer.Option(help="Device profile name/path, or auto.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Intra-op threads.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="Force an artifact precision: fp32, fp16 or int8.")
+    ] = None,
     save: Annotated[Path | None, typer.Option(help="Write all outputs to this .npz.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print outputs as JSON.")] = False,
 ) -> None:
@@ -197,7 +200,9 @@ def run(
         # Sample files may carry labels for export-time scoring; they are not model inputs.
         labels_in = data.pop("y", None)
         mask = data.pop("mask", None)
-        with Runtime.load(bundle, profile=profile, backend=backend, threads=threads) as rt:
+        with Runtime.load(
+            bundle, profile=profile, backend=backend, threads=threads, precision=precision
+        ) as rt:
             outputs = rt.infer(data)
             info = rt.describe()
         if save:
