@@ -17,7 +17,7 @@ from .errors import ManifestError
 from .signature import GraphSpec, OutputLevel, TensorSpec
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1  # 1.1: compression sizes and metrics
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 MANIFEST_NAME = "manifest.json"
 
@@ -119,7 +119,15 @@ class CompressionReport(_Model):
 
     pruning: dict[str, Any] | None = None
     quantization: dict[str, Any] | None = None
-    stayed_float: list[str] = Field(default_factory=list)
+    stayed_float: list[dict[str, str]] = Field(
+        default_factory=list, description="ops kept in float and why: {node, op, reason}"
+    )
+    sizes: dict[str, int] = Field(
+        default_factory=dict, description="model file bytes: fp32, pruned, int8"
+    )
+    metrics: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict, description="task metric per stage on val and test rows"
+    )
 
 
 class Canary(_Model):

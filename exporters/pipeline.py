@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from edge_sdk.manifest import (
     SCHEMA_VERSION,
     Artifact,
     Canary,
+    CompressionReport,
     FeatureScaling,
     Manifest,
     ModelInfo,
@@ -32,6 +34,7 @@ from edge_sdk.profiles import load_profile
 from edge_sdk.signature import Bucket, GraphForm, GraphSpec, OutputLevel, TensorSpec
 
 from .calibration import induced_subgraph
+from .compress import check_gate, prune_model, quantize_step, torch_metrics
 from .intake import Sample, load_model, load_program, load_samples
 from .prepare import Prepared, prepare
 from .to_onnx import OPSET, ToOnnx, op_types
@@ -64,6 +67,16 @@ class ExportConfig:
         simplify: Simplify the ONNX graph (onnxslim).
         canary_nodes: Nodes in the canary subgraph (dynamic form).
         pack: Also write ``<out>.tar.gz``.
+        prune: ``unstructured:0.5`` (``:layer`` for per-layer), ``structured:0.5`` or None.
+        fine_tune_epochs: Recovery epochs after pruning (needs ``y`` and ``train_mask``).
+        fine_tune_fn: Or a callable that trains the pruned model in place.
+        int8: Add an INT8 (QDQ, symmetric, per-channel) artifact.
+        calibration: Maximum calibration items drawn from the samples.
+        calib_method: ``minmax`` | ``percentile`` | ``entropy``.
+        max_accuracy_drop: Gate: allowed validation accuracy drop of a compressed
+            model vs the original FP32 one (fraction; 0.01 = 1 pp).
+        max_rel_error: Gate without labels: relative output error bound of INT8.
+        allow_accuracy_drop: Keep a compressed model that fails the gate.
     """
 
     name: str = "model"
@@ -84,6 +97,15 @@ class ExportConfig:
     simplify: bool = True
     canary_nodes: int = 32
     pack: bool = False
+    prune: str | None = None
+    fine_tune_epochs: int = 0
+    fine_tune_fn: Callable[[nn.Module], None] | None = None
+    int8: bool = False
+    calibration: int = 32
+    calib_method: str = "minmax"
+    max_accuracy_drop: float = 0.01
+    max_rel_error: float = 0.05
+    allow_accuracy_drop: bool = False
 
     def __post_init__(self) -> None:
         if self.form not in {"auto", *(f.value for f in GraphForm)}:
@@ -94,6 +116,18 @@ class ExportConfig:
             raise ExportError("dense_threshold must be >= 1")
         for p in self.profiles:
             load_profile(p)  # raises ProfileError naming the field
+        if self.calib_method not in {"minmax", "percentile", "entropy"}:
+            raise ExportError(
+                f"calib_method {self.calib_method!r}: expected minmax, percentile or entropy"
+            )
+        if self.calibration < 1:
+            raise ExportError("calibration must be >= 1 graph")
+        if self.fine_tune_epochs < 0:
+            raise ExportError("fine_tune_epochs must be >= 0")
+        if (self.fine_tune_epochs or self.fine_tune_fn) and not self.prune:
+            raise ExportError("fine-tuning recovers accuracy after pruning: add --prune")
+        if self.max_accuracy_drop < 0 or self.max_rel_error < 0:
+            raise ExportError("max_accuracy_drop and max_rel_error must be >= 0")
 
 
 @dataclass
@@ -144,38 +178,38 @@ def export_model(
 
     t = time.perf_counter()
     say("preparing model")
-    prepared = prepare(module, sample_list, cfg.form, cfg.dense_threshold)
-    timings["prepare_s"] = time.perf_counter() - t
-
-    names = cfg.output_names or (
-        ["out"]
-        if len(prepared.output_levels) == 1
-        else [f"out{i}" for i in range(len(prepared.output_levels))]
-    )
-    if len(names) != len(prepared.output_levels):
-        raise ExportError(
-            f"{len(names)} output names given, the model has {len(prepared.output_levels)} outputs"
+    original = prepare(module, sample_list, cfg.form, cfg.dense_threshold)
+    names = _output_names(cfg, original)
+    base_metrics = torch_metrics(original, sample_list, names)
+    metrics: dict[str, dict[str, float | None]] = {"fp32": base_metrics.to_dict()}
+    sizes: dict[str, int] = {}
+    compression = CompressionReport()
+    prepared = original
+    if cfg.prune:
+        pruned, prune_info = prune_model(
+            module, original, sample_list, cfg.prune, cfg.fine_tune_epochs, cfg.fine_tune_fn, say
         )
+        prepared = prepare(pruned, sample_list, cfg.form, cfg.dense_threshold)
+        pruned_metrics = torch_metrics(prepared, sample_list, names)
+        metrics["pruned"] = pruned_metrics.to_dict()
+        check_gate(
+            "pruned model",
+            pruned_metrics,
+            base_metrics,
+            cfg.max_accuracy_drop,
+            cfg.allow_accuracy_drop,
+        )
+        compression = CompressionReport(pruning=prune_info)
+        with tempfile.TemporaryDirectory() as tmp:  # the unpruned size, for the report
+            sizes["fp32"] = _export_onnx(original, sample_list[0], names, cfg, Path(tmp))[0].size
+    timings["prepare_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     say(f"exporting ONNX ({prepared.form} form, opset {OPSET})")
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
-    example = {
-        k: torch.from_numpy(_traceable(k, v, prepared))
-        for k, v in prepared.feeds(sample_list[0]).items()
-    }
-    graph_dims = {
-        n: {
-            0: "num_graphs"
-            if lvl is OutputLevel.GRAPH
-            else ("num_nodes" if lvl is OutputLevel.NODE else "batch_size")
-        }
-        for n, lvl in zip(names, prepared.output_levels, strict=True)
-    }
-    result = ToOnnx(prepared.input_names, names, prepared.dynamic_axes, graph_dims, cfg.simplify)(
-        prepared.export_module, example, onnx_path
-    )
+    result, inputs, outputs = _export_onnx(prepared, sample_list[0], names, cfg, out)
+    sizes["pruned" if cfg.prune else "fp32"] = result.size
     timings["onnx_s"] = time.perf_counter() - t
 
     size, sha = file_digest(onnx_path)
@@ -190,11 +224,6 @@ def export_model(
         opset=OPSET,
         ops=op_types(result.model),
     )
-    inputs = [_spec(v) for v in result.model.graph.input]
-    outputs = [
-        _spec(v, level)
-        for v, level in zip(result.model.graph.output, prepared.output_levels, strict=True)
-    ]
 
     t = time.perf_counter()
     say(f"verifying parity on {len(sample_list)} sample(s)")
@@ -203,6 +232,31 @@ def export_model(
         onnx_path, artifact, inputs, outputs, cases
     )
     timings["parity_s"] = time.perf_counter() - t
+    artifacts, reports = [artifact], [report]
+
+    if cfg.int8:
+        t = time.perf_counter()
+        int8 = quantize_step(
+            out, onnx_path, original, prepared, sample_list, names, inputs, outputs, cfg, say
+        )
+        artifacts.append(int8.artifact)
+        reports.append(int8.parity)
+        sizes["int8"] = int8.artifact.size_bytes
+        metrics["int8"] = int8.metrics.to_dict()
+        compression = CompressionReport(
+            pruning=compression.pruning,
+            quantization=int8.report,
+            stayed_float=int8.stayed_float,
+        )
+        timings["int8_s"] = time.perf_counter() - t
+    if cfg.prune or cfg.int8:
+        compression = CompressionReport(
+            pruning=compression.pruning,
+            quantization=compression.quantization,
+            stayed_float=compression.stayed_float,
+            sizes=sizes,
+            metrics=metrics,
+        )
 
     say("writing bundle")
     canary = _write_canary(out, prepared, sample_list[0], names, cfg)
@@ -229,18 +283,19 @@ def export_model(
             if cfg.feature_scaling
             else None
         ),
-        artifacts=[artifact],
-        parity=[report],
+        artifacts=artifacts,
+        parity=reports,
+        compression=compression,
         profiles=cfg.profiles,
         canary=canary,
         toolchain=_toolchain(),
         export={
             "graph_layers": sorted(set(prepared.graph_layers)),
             "rewrites": prepared.rewrites,
-            "trace_mode": result.export_mode,
+            "trace_mode": result.mode,
             "simplifier": result.simplifier,
-            "nodes_before_simplify": result.nodes_before_simplify,
-            "nodes_after_simplify": result.nodes_after_simplify,
+            "nodes_before_simplify": result.nodes[0],
+            "nodes_after_simplify": result.nodes[1],
             "timings": {k: round(v, 3) for k, v in timings.items()},
         },
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -248,6 +303,57 @@ def export_model(
     write_manifest(out, manifest)
     archive = pack(out, out.with_name(out.name + ".tar.gz")) if cfg.pack else None
     return ExportResult(out, manifest, archive)
+
+
+def _output_names(cfg: ExportConfig, prepared: Prepared) -> list[str]:
+    count = len(prepared.output_levels)
+    names = cfg.output_names or (["out"] if count == 1 else [f"out{i}" for i in range(count)])
+    if len(names) != count:
+        raise ExportError(f"{len(names)} output names given, the model has {count} outputs")
+    return names
+
+
+@dataclass
+class _Exported:
+    model: onnx.ModelProto
+    size: int
+    mode: str
+    simplifier: str
+    nodes: tuple[int, int]
+
+
+def _export_onnx(
+    prepared: Prepared, sample: Sample, names: list[str], cfg: ExportConfig, out: Path
+) -> tuple[_Exported, list[TensorSpec], list[TensorSpec]]:
+    """Trace ``prepared`` to ``out/model.onnx``; return it and its tensor specs."""
+    example = {
+        k: torch.from_numpy(_traceable(k, v, prepared)) for k, v in prepared.feeds(sample).items()
+    }
+    level_dim = {
+        OutputLevel.GRAPH: "num_graphs",
+        OutputLevel.NODE: "num_nodes",
+        OutputLevel.BATCH: "batch_size",
+    }
+    graph_dims = {
+        n: {0: level_dim[lvl]} for n, lvl in zip(names, prepared.output_levels, strict=True)
+    }
+    path = out / "model.onnx"
+    result = ToOnnx(prepared.input_names, names, prepared.dynamic_axes, graph_dims, cfg.simplify)(
+        prepared.export_module, example, path
+    )
+    inputs = [_spec(v) for v in result.model.graph.input]
+    outputs = [
+        _spec(v, level)
+        for v, level in zip(result.model.graph.output, prepared.output_levels, strict=True)
+    ]
+    exported = _Exported(
+        result.model,
+        path.stat().st_size,
+        result.export_mode,
+        result.simplifier,
+        (result.nodes_before_simplify, result.nodes_after_simplify),
+    )
+    return exported, inputs, outputs
 
 
 def _samples(
