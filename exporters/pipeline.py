@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -168,11 +169,34 @@ def export_model(
         ExportError: Any other failure, with the reason.
     """
     cfg = config or ExportConfig()
-    say = progress or (lambda _msg: None)
-    timings: dict[str, float] = {}
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"output directory {out} is not empty; choose a new path")
+    existed = out.exists()
+    try:
+        return _export(model, samples, out, cfg, weights, progress or (lambda _msg: None))
+    except BaseException:
+        # A failed export leaves nothing behind: no half bundle to mistake for a good one.
+        if out.exists() and not existed:
+            shutil.rmtree(out)
+        elif out.exists():
+            for path in out.iterdir():
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        raise
+
+
+def _export(
+    model: nn.Module | torch.export.ExportedProgram | str | Path,
+    samples: Sample | Sequence[Sample] | str | Path | Sequence[str | Path],
+    out: Path,
+    cfg: ExportConfig,
+    weights: str | Path | None,
+    say: Progress,
+) -> ExportResult:
+    timings: dict[str, float] = {}
     sample_list = _samples(samples)
     module = _model(model, weights)
 

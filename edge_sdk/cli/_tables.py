@@ -38,6 +38,29 @@ def summary_table(m: Manifest) -> Table:
     return table
 
 
+def compression_table(m: Manifest) -> Table:
+    """Size and task metric per compression stage, and what stayed float."""
+    c = m.compression
+    table = Table(title="compression")
+    for col in ("stage", "size", "vs fp32", "val acc", "test acc"):
+        table.add_column(col)
+    fp32 = c.sizes.get("fp32")
+
+    def pct(v: float | None) -> str:
+        return f"{100 * v:.2f}%" if v is not None else "-"
+
+    for stage, size in c.sizes.items():
+        met = c.metrics.get(stage, {})
+        ratio = f"{fp32 / size:.1f}x smaller" if fp32 and stage != "fp32" else "-"
+        table.add_row(stage, _kb(size), ratio, pct(met.get("val")), pct(met.get("test")))
+    if c.stayed_float:
+        kept = "; ".join(
+            f"{f.get('node')} ({f.get('op')}): {f.get('reason')}" for f in c.stayed_float
+        )
+        table.caption = escape(f"stayed float: {kept}")[:2000]
+    return table
+
+
 def manifest_tables(m: Manifest) -> list[Table]:
     """All sections of a manifest as tables (``edge-export inspect``)."""
     model = Table(title="model", show_header=False)
@@ -110,7 +133,10 @@ def manifest_tables(m: Manifest) -> list[Table]:
     tools.add_column("version")
     for k, v in sorted(m.toolchain.items()):
         tools.add_row(k, v)
-    return [model, sig, arts, parity, tools]
+    tables = [model, sig, arts, parity, tools]
+    if m.compression.sizes:
+        tables.insert(4, compression_table(m))
+    return tables
 
 
 def outputs_table(outputs: Mapping[str, np.ndarray], labels: list[str], rows: int = 10) -> Table:

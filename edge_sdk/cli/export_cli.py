@@ -50,7 +50,10 @@ def _main(
         "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
         "--sample-data cora.npz -o out/gcn.bundle\n\n"
         "  edge-export export --model program.pt2 --sample-data sensors.npz --form static "
-        "-o out/plant.bundle --pack"
+        "-o out/plant.bundle --pack\n\n"
+        "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
+        "--sample-data cora.npz --prune structured:0.5 --fine-tune-epochs 50 --int8 "
+        "--max-accuracy-drop 1.5 -o out/gcn-small.bundle"
     )
 )
 def export(
@@ -103,6 +106,35 @@ def export(
         int, typer.Option(help="Static form: fold the adjacency densely up to this many nodes.")
     ] = 2048,
     pack: Annotated[bool, typer.Option(help="Also write OUTPUT.tar.gz.")] = False,
+    prune: Annotated[
+        str | None,
+        typer.Option(
+            help="unstructured:0.5 (magnitude; add :layer for per-layer) or structured:0.5 "
+            "(removes hidden channels / heads)."
+        ),
+    ] = None,
+    fine_tune_epochs: Annotated[
+        int, typer.Option(help="Recovery fine-tuning epochs after pruning (needs y, train_mask).")
+    ] = 0,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Add an INT8 artifact (QDQ, symmetric, per-channel).")
+    ] = False,
+    calibration: Annotated[
+        int, typer.Option(help="Maximum calibration graphs drawn from the samples.")
+    ] = 32,
+    calib_method: Annotated[
+        str, typer.Option(help="INT8 calibration: minmax, percentile or entropy.")
+    ] = "minmax",
+    max_accuracy_drop: Annotated[
+        float,
+        typer.Option(help="Gate: allowed validation accuracy drop vs FP32, percentage points."),
+    ] = 1.0,
+    max_rel_error: Annotated[
+        float, typer.Option(help="Gate without labels: relative output error bound of INT8.")
+    ] = 0.05,
+    allow_accuracy_drop: Annotated[
+        bool, typer.Option(help="Keep a compressed model that fails the gate (reported).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Export a model to a bundle: ONNX, parity against PyTorch, manifest, canary."""
@@ -124,6 +156,14 @@ def export(
             rtol=rtol,
             max_metric_drop=max_metric_drop,
             pack=pack,
+            prune=prune,
+            fine_tune_epochs=fine_tune_epochs,
+            int8=int8,
+            calibration=calibration,
+            calib_method=calib_method,
+            max_accuracy_drop=max_accuracy_drop / 100,
+            max_rel_error=max_rel_error,
+            allow_accuracy_drop=allow_accuracy_drop,
         )
         with Status("starting", console=err_console) as status:
 
@@ -142,9 +182,11 @@ def export(
         if as_json:
             console.print_json(result.manifest.to_json())
             return
-        from ._tables import summary_table
+        from ._tables import compression_table, summary_table
 
         console.print(summary_table(result.manifest))
+        if result.manifest.compression.sizes:
+            console.print(compression_table(result.manifest))
         console.print(f"bundle written to {result.bundle_dir}")
         if result.archive:
             console.print(f"packed to {result.archive}")

@@ -1,0 +1,143 @@
+"""ONNX Runtime static quantisation (QDQ, symmetric, per-channel) of one FP32 model.
+
+Only MatMul / Gemm / Conv are handed to the quantiser: their weights are what
+shrinks the file, and the INT8 kernels engines provide are for them. Gather /
+scatter, softmax, exp, normalisation and the index arithmetic of message
+passing stay float (they stay float in every INT8 path anyway, and their
+inputs are indices or small per-edge tensors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from edge_sdk.errors import ExportError
+
+from .config import CalibMethod
+from .reader import ORT_METHODS, FeedsReader
+
+QUANTISABLE_OPS = ("MatMul", "Gemm", "Conv")
+#: Zero point 0 everywhere (TensorRT's explicit INT8 requires it); calibrated ranges symmetric too.
+EXTRA_OPTIONS = {
+    "ActivationSymmetric": True,
+    "WeightSymmetric": True,
+    "CalibTensorRangeSymmetric": True,
+    "CalibStridedMinMax": 1,  # one graph per collection pass: graph sizes differ (see reader)
+}
+
+_log = logging.getLogger(__name__)
+
+
+class QdqModel:
+    """An FP32 model ready to be quantised repeatedly with one calibration.
+
+    Calibration runs once, on the first :meth:`quantize`; later calls (other
+    nodes kept float) reuse the ranges from a cache file in ``workdir``.
+
+    Args:
+        fp32_path: The FP32 ONNX model.
+        workdir: Scratch folder (pre-processed model, calibration cache).
+        method: Calibration method.
+        calib_feeds: Calibration graphs as model feeds.
+
+    Raises:
+        ExportError: Unreadable model, or no calibration data.
+    """
+
+    def __init__(
+        self,
+        fp32_path: Path,
+        workdir: Path,
+        method: CalibMethod,
+        calib_feeds: Sequence[dict[str, np.ndarray]],
+    ) -> None:
+        if not calib_feeds:
+            raise ExportError("INT8 needs at least one calibration graph; none was given")
+        try:
+            model = onnx.load(str(fp32_path))
+        except Exception as exc:  # missing file, truncated or not protobuf
+            raise ExportError(f"cannot read the FP32 model {fp32_path}: {exc}") from None
+        self.path = workdir / "fp32.pre.onnx"
+        self._cache = workdir / "calibration.json"
+        self._method = method
+        self._feeds = list(calib_feeds)
+        for i, node in enumerate(model.graph.node):
+            node.name = node.name or f"{node.op_type}_{i}"  # nodes_to_exclude needs names
+        self.nodes = [(n.name, n.op_type) for n in model.graph.node]
+        self.candidates = [name for name, op in self.nodes if op in QUANTISABLE_OPS]
+        self.input_names = [i.name for i in model.graph.input]
+        self.output_names = [o.name for o in model.graph.output]
+        _pre_process(model, self.path)
+
+    def quantize(
+        self, out: Path, exclude: Sequence[str] = (), only: Sequence[str] = ()
+    ) -> list[str]:
+        """Write a QDQ model to ``out``; return the names of the nodes now in INT8.
+
+        Args:
+            out: Where the quantised model goes.
+            exclude: Candidate nodes kept float.
+            only: Quantise only these nodes (empty: every candidate not excluded).
+
+        Raises:
+            ExportError: ONNX Runtime failed, or wrote a model the checker rejects.
+        """
+        fresh = not self._cache.is_file()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print
+                quantize_static(
+                    self.path,
+                    out,
+                    FeedsReader(self._feeds, self.input_names) if fresh else None,
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(QUANTISABLE_OPS),
+                    per_channel=True,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_quantize=list(only),
+                    nodes_to_exclude=list(exclude),
+                    calibrate_method=ORT_METHODS[self._method],
+                    extra_options=dict(EXTRA_OPTIONS),
+                    calibration_cache_path=self._cache,
+                )
+            model = onnx.load(str(out))
+            del model.graph.value_info[:]  # shape hints only: the runtime infers them again
+            onnx.checker.check_model(model, full_check=False)
+        except Exception as exc:  # ORT raises plain ValueError/RuntimeError/AssertionError
+            raise ExportError(f"ONNX Runtime could not quantise the model to INT8: {exc}") from exc
+        onnx.save(model, str(out))
+        return quantised_nodes(model, self.candidates)
+
+
+def quantised_nodes(model: onnx.ModelProto, candidates: Sequence[str]) -> list[str]:
+    """Candidates of ``model`` that read an input through DequantizeLinear."""
+    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    wanted = set(candidates)
+    return [
+        n.name
+        for n in model.graph.node
+        if n.name in wanted and any(i in dq_outputs for i in n.input)
+    ]
+
+
+def _pre_process(model: onnx.ModelProto, out: Path) -> None:
+    """ORT's shape inference before quantising (graph optimisation off: names stay)."""
+    try:
+        quant_pre_process(model, out, skip_optimization=True)
+        return
+    except Exception as exc:  # symbolic inference fails on some ops; plain ONNX inference next
+        _log.info("symbolic shape inference failed (%s); using ONNX shape inference", exc)
+    try:
+        quant_pre_process(model, out, skip_optimization=True, skip_symbolic_shape=True)
+    except Exception as exc:
+        _log.info("shape inference failed (%s); quantising the model as exported", exc)
+        onnx.save(model, str(out))
