@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
@@ -49,16 +50,39 @@ def compression_table(m: Manifest) -> Table:
     def pct(v: float | None) -> str:
         return f"{100 * v:.2f}%" if v is not None else "-"
 
-    for stage, size in c.sizes.items():
+    stages = sorted(
+        c.sizes,
+        key=lambda k: (
+            ["fp32", "pruned", "int8"].index(k) if k in ("fp32", "pruned", "int8") else 99
+        ),
+    )
+    for stage in stages:
+        size = c.sizes[stage]
         met = c.metrics.get(stage, {})
         ratio = f"{fp32 / size:.1f}x smaller" if fp32 and stage != "fp32" else "-"
         table.add_row(stage, _kb(size), ratio, pct(met.get("val")), pct(met.get("test")))
     if c.stayed_float:
-        kept = "; ".join(
-            f"{f.get('node')} ({f.get('op')}): {f.get('reason')}" for f in c.stayed_float
-        )
-        table.caption = escape(f"stayed float: {kept}")[:2000]
+        table.caption = escape(stayed_float_summary(c.stayed_float))
     return table
+
+
+def stayed_float_summary(items: list[dict[str, str]]) -> str:
+    """What stayed float, grouped: ops float by design by type, others by node and reason."""
+    by_design: Counter[str] = Counter()
+    chosen: list[str] = []
+    for f in items:
+        reason = f.get("reason", "")
+        if reason.startswith("not quantisable"):
+            by_design[f.get("op", "?")] += 1
+        else:
+            chosen.append(f"{f.get('node')} ({f.get('op')}): {reason}")
+    parts = []
+    if chosen:
+        parts.append("kept float: " + "; ".join(chosen))
+    if by_design:
+        ops = ", ".join(f"{op} x{n}" for op, n in by_design.most_common())
+        parts.append(f"float by design (no INT8 kernel or no weights): {ops}")
+    return "\n".join(parts)
 
 
 def manifest_tables(m: Manifest) -> list[Table]:

@@ -180,3 +180,45 @@ def test_usage_error_exit_2_and_help_has_examples() -> None:
     assert "Examples" in cli("export", "--help").stdout
     assert "generic-x86" in cli("profiles").stdout
     assert "edge-export" in cli("--help").stdout
+
+
+def test_int8_export_reports_compression(workdir: Path, tmp_path: Path) -> None:
+    out = cli(
+        "export",
+        "--model",
+        f"{workdir}/models.py:net",
+        "-s",
+        f"{workdir}/sample.npz",
+        "-o",
+        str(tmp_path / "q"),
+        "--int8",
+        "--max-accuracy-drop",
+        "100",
+    ).stdout
+    assert "compression" in out and "int8" in out
+    doc = json.loads(cli("inspect", str(tmp_path / "q"), "--json").stdout)
+    assert [a["precision"] for a in doc["artifacts"]] == ["fp32", "int8"]
+    assert doc["compression"]["quantization"]["method"] == "minmax"
+    assert doc["compression"]["sizes"]["int8"] < doc["compression"]["sizes"]["fp32"]
+    proc = cli(
+        "run",
+        str(tmp_path / "q"),
+        "--input",
+        str(workdir / "request.json"),
+        "--precision",
+        "int8",
+        "--json",
+    )
+    assert json.loads(proc.stdout)["artifact"] == "onnx-int8"
+    cli(
+        "export",
+        "--model",
+        f"{workdir}/models.py:net",
+        "-s",
+        f"{workdir}/sample.npz",
+        "-o",
+        str(tmp_path / "bad"),
+        "--calib-method",
+        "magic",
+        check=3,
+    )
