@@ -96,16 +96,7 @@ def main() -> None:
     cora = _load_sample_module()
     data = cora.load_cora(args.root)
     work = Path(tempfile.mkdtemp(prefix="bench-compression-"))
-    sample_path = work / "cora.npz"
-    np.savez(
-        sample_path,
-        x=data.x.numpy(),
-        edge_index=data.edge_index.numpy(),
-        y=data.y.numpy(),
-        mask=data.test_mask.numpy(),
-        val_mask=data.val_mask.numpy(),
-        train_mask=data.train_mask.numpy(),
-    )
+    sample_path = cora.save_sample(data, work / "cora.npz")
     sample = load_samples(sample_path)
     feeds = {"x": data.x.numpy(), "edge_index": data.edge_index.numpy()}
     y, test = data.y.numpy(), data.test_mask.numpy()

@@ -15,19 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
-from edge_sdk.bundle import file_digest
 from edge_sdk.errors import AccuracyError, ExportError
-from edge_sdk.manifest import Artifact, ParityReport, Precision, Target
+from edge_sdk.manifest import Artifact, ParityReport, Precision
 from edge_sdk.signature import GraphForm, TensorSpec
 
 from .calibration import calibration_feeds
 from .intake import Sample
 from .prepare import Prepared
-from .to_onnx import OPSET, op_types
+from .to_onnx import onnx_artifact
 from .verify import ParityCase, VerifyParity, accuracy, run_artifact
 from .wrappers import StaticWrapper
 
@@ -187,19 +185,12 @@ def quantize_step(
     )
     path = out / "model.int8.onnx"
     qreport = quantize_int8(fp32_path, path, calib, cases, names, qcfg)
-    size, sha = file_digest(path)
-    model = onnx.load(str(path), load_external_data=False)
-    artifact = Artifact(
-        name="onnx-int8",
-        path=path.name,
-        target=Target.ONNXRUNTIME,
-        precision=Precision.INT8,
-        layout="NF" if prepared.form is GraphForm.DYNAMIC else "BNF",
-        size_bytes=size,
-        sha256=sha,
-        opset=OPSET,
-        ops=op_types(model),
-        notes="QDQ, symmetric (zero point 0), per-channel weights",
+    artifact = onnx_artifact(
+        path,
+        "onnx-int8",
+        Precision.INT8,
+        prepared.form,
+        "QDQ, symmetric (zero point 0), per-channel",
     )
     got = run_artifact(path, artifact, inputs, outputs, [c.feeds for c in cases])
     parity_cases = [

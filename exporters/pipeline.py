@@ -21,7 +21,6 @@ from edge_sdk.bundle import file_digest, pack, save_npz, write_manifest
 from edge_sdk.errors import ExportError
 from edge_sdk.manifest import (
     SCHEMA_VERSION,
-    Artifact,
     Canary,
     CompressionReport,
     FeatureScaling,
@@ -29,7 +28,6 @@ from edge_sdk.manifest import (
     ModelInfo,
     Precision,
     Preprocessing,
-    Target,
 )
 from edge_sdk.profiles import load_profile
 from edge_sdk.signature import Bucket, GraphForm, GraphSpec, OutputLevel, TensorSpec
@@ -38,7 +36,7 @@ from .calibration import induced_subgraph
 from .compress import check_gate, prune_model, quantize_step, torch_metrics
 from .intake import Sample, load_model, load_program, load_samples
 from .prepare import Prepared, prepare
-from .to_onnx import OPSET, ToOnnx, op_types
+from .to_onnx import OPSET, ToOnnx, onnx_artifact
 from .verify import ParityCase, VerifyParity
 from .wrappers import DYNAMIC_INPUTS
 
@@ -236,18 +234,7 @@ def _export(
     sizes["pruned" if cfg.prune else "fp32"] = result.size
     timings["onnx_s"] = time.perf_counter() - t
 
-    size, sha = file_digest(onnx_path)
-    artifact = Artifact(
-        name="onnx-fp32",
-        path="model.onnx",
-        target=Target.ONNXRUNTIME,
-        precision=Precision.FP32,
-        layout="NF" if prepared.form is GraphForm.DYNAMIC else "BNF",
-        size_bytes=size,
-        sha256=sha,
-        opset=OPSET,
-        ops=op_types(result.model),
-    )
+    artifact = onnx_artifact(onnx_path, "onnx-fp32", Precision.FP32, prepared.form)
 
     t = time.perf_counter()
     say(f"verifying parity on {len(sample_list)} sample(s)")

@@ -20,7 +20,10 @@ import onnx
 import torch
 
 from edge_sdk._optional import is_available
+from edge_sdk.bundle import file_digest
 from edge_sdk.errors import ExportError
+from edge_sdk.manifest import Artifact, Precision, Target
+from edge_sdk.signature import GraphForm
 
 OPSET = 18
 
@@ -190,3 +193,23 @@ def _first_line(exc: BaseException) -> str:
 def op_types(model: onnx.ModelProto) -> list[str]:
     """Sorted distinct op types of a model (recorded in the manifest)."""
     return sorted({n.op_type for n in model.graph.node})
+
+
+def onnx_artifact(
+    path: Path, name: str, precision: Precision, form: GraphForm, notes: str = ""
+) -> Artifact:
+    """Describe an ONNX file in ``path`` as a bundle artifact (size, sha256, ops)."""
+    size, sha = file_digest(path)
+    model = onnx.load(str(path), load_external_data=False)
+    return Artifact(
+        name=name,
+        path=path.name,
+        target=Target.ONNXRUNTIME,
+        precision=precision,
+        layout="NF" if form is GraphForm.DYNAMIC else "BNF",
+        size_bytes=size,
+        sha256=sha,
+        opset=OPSET,
+        ops=op_types(model),
+        notes=notes,
+    )

@@ -5,7 +5,7 @@ maps node features ``[N, F]`` and edges ``[2, E]`` to class logits ``[N, C]``.
 The defaults fit Cora (1,433 features, 7 classes), so the export CLI can build
 them with no arguments::
 
-    edge-export --model samples/cora/models.py:gcn --weights gcn.pt ...
+    edge-export export --model samples/cora/models.py:gcn --weights gcn.pt ...
 """
 
 from __future__ import annotations
@@ -19,15 +19,32 @@ CORA_CLASSES = 7
 __all__ = ["CORA_CLASSES", "CORA_FEATURES", "GAT", "GCN", "SAGE", "gat", "gcn", "sage"]
 
 
-class GCN(nn.Module):
-    """Two-layer graph convolutional network (Kipf & Welling, ICLR 2017).
+class TwoLayer(nn.Module):
+    """``conv2(dropout(act(conv1(dropout(x)))))``: the shape of all three classics.
 
     Args:
-        in_channels: Node feature size.
-        hidden: Hidden units.
-        out_channels: Number of classes.
-        dropout: Dropout before each convolution (training only).
+        conv1: First graph layer.
+        conv2: Output graph layer.
+        act: Activation between them.
+        dropout: Dropout before each layer (training only).
     """
+
+    def __init__(self, conv1: nn.Module, conv2: nn.Module, act: nn.Module, dropout: float) -> None:
+        super().__init__()
+        self.drop1 = nn.Dropout(dropout)
+        self.conv1 = conv1
+        self.act = act
+        self.drop2 = nn.Dropout(dropout)
+        self.conv2 = conv2
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        """Class logits ``[N, C]`` from node features ``[N, F]`` and edges ``[2, E]``."""
+        h = self.act(self.conv1(self.drop1(x), edge_index))
+        return self.conv2(self.drop2(h), edge_index)
+
+
+class GCN(TwoLayer):
+    """Two-layer graph convolutional network (Kipf & Welling, ICLR 2017)."""
 
     def __init__(
         self,
@@ -36,40 +53,17 @@ class GCN(nn.Module):
         out_channels: int = CORA_CLASSES,
         dropout: float = 0.5,
     ) -> None:
-        super().__init__()
-        self.drop1 = nn.Dropout(dropout)
-        self.conv1 = GCNConv(in_channels, hidden)
-        self.act = nn.ReLU()
-        self.drop2 = nn.Dropout(dropout)
-        self.conv2 = GCNConv(hidden, out_channels)
-
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """Class logits per node.
-
-        Args:
-            x: Node features ``[N, F]``.
-            edge_index: Directed edges ``[2, E]``.
-
-        Returns:
-            Logits ``[N, C]``.
-        """
-        h = self.act(self.conv1(self.drop1(x), edge_index))
-        return self.conv2(self.drop2(h), edge_index)
+        super().__init__(
+            GCNConv(in_channels, hidden), GCNConv(hidden, out_channels), nn.ReLU(), dropout
+        )
 
 
-class GAT(nn.Module):
+class GAT(TwoLayer):
     """Two-layer graph attention network (Veličković et al., ICLR 2018).
 
     The first layer concatenates ``heads`` attention heads of ``hidden`` units
-    each, followed by ELU; the output layer has a single head. Dropout is
-    applied to the inputs of both layers and to the attention coefficients.
-
-    Args:
-        in_channels: Node feature size.
-        hidden: Units per head in the first layer.
-        heads: Attention heads in the first layer.
-        out_channels: Number of classes.
-        dropout: Feature and attention dropout (training only).
+    each, followed by ELU; the output layer has a single head. Dropout applies
+    to the inputs of both layers and to the attention coefficients.
     """
 
     def __init__(
@@ -80,36 +74,16 @@ class GAT(nn.Module):
         out_channels: int = CORA_CLASSES,
         dropout: float = 0.6,
     ) -> None:
-        super().__init__()
-        self.drop1 = nn.Dropout(dropout)
-        self.conv1 = GATConv(in_channels, hidden, heads=heads, dropout=dropout)
-        self.act = nn.ELU()
-        self.drop2 = nn.Dropout(dropout)
-        self.conv2 = GATConv(hidden * heads, out_channels, heads=1, concat=False, dropout=dropout)
-
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """Class logits per node.
-
-        Args:
-            x: Node features ``[N, F]``.
-            edge_index: Directed edges ``[2, E]``.
-
-        Returns:
-            Logits ``[N, C]``.
-        """
-        h = self.act(self.conv1(self.drop1(x), edge_index))
-        return self.conv2(self.drop2(h), edge_index)
+        super().__init__(
+            GATConv(in_channels, hidden, heads=heads, dropout=dropout),
+            GATConv(hidden * heads, out_channels, heads=1, concat=False, dropout=dropout),
+            nn.ELU(),
+            dropout,
+        )
 
 
-class SAGE(nn.Module):
-    """Two-layer GraphSAGE with mean aggregation (Hamilton et al., NeurIPS 2017).
-
-    Args:
-        in_channels: Node feature size.
-        hidden: Hidden units.
-        out_channels: Number of classes.
-        dropout: Dropout before each convolution (training only).
-    """
+class SAGE(TwoLayer):
+    """Two-layer GraphSAGE with mean aggregation (Hamilton et al., NeurIPS 2017)."""
 
     def __init__(
         self,
@@ -118,25 +92,12 @@ class SAGE(nn.Module):
         out_channels: int = CORA_CLASSES,
         dropout: float = 0.5,
     ) -> None:
-        super().__init__()
-        self.drop1 = nn.Dropout(dropout)
-        self.conv1 = SAGEConv(in_channels, hidden, aggr="mean")
-        self.act = nn.ReLU()
-        self.drop2 = nn.Dropout(dropout)
-        self.conv2 = SAGEConv(hidden, out_channels, aggr="mean")
-
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """Class logits per node.
-
-        Args:
-            x: Node features ``[N, F]``.
-            edge_index: Directed edges ``[2, E]``.
-
-        Returns:
-            Logits ``[N, C]``.
-        """
-        h = self.act(self.conv1(self.drop1(x), edge_index))
-        return self.conv2(self.drop2(h), edge_index)
+        super().__init__(
+            SAGEConv(in_channels, hidden, aggr="mean"),
+            SAGEConv(hidden, out_channels, aggr="mean"),
+            nn.ReLU(),
+            dropout,
+        )
 
 
 def gcn() -> GCN:
