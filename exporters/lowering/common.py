@@ -7,6 +7,7 @@ ever expressed as ``-1`` in reshapes so it stays symbolic under ``torch.export``
 
 from __future__ import annotations
 
+import abc
 from typing import Any, NamedTuple
 
 import torch
@@ -155,7 +156,7 @@ class LowerContext(NamedTuple):
     device: torch.device
 
 
-class StaticConv(nn.Module):
+class StaticConv(nn.Module, abc.ABC):
     """Base of every dense lowered layer: a PyG conv with one graph's topology folded in.
 
     One constructor for all lowerings lets :func:`densify` build any of them alike;
@@ -189,17 +190,17 @@ class StaticConv(nn.Module):
         self._lower(conv, ctx)
 
     # `conv` is Any so each subclass can narrow it to the PyG class it lowers.
+    @abc.abstractmethod
     def _lower(self, conv: Any, ctx: LowerContext) -> None:
         """Check ``conv``'s options and store its weights and folded topology."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _dense(self, xb: Tensor, x_flat: Tensor) -> Tensor:
         """Compute the layer on ``xb`` ``[B, N, F_in]``; ``x_flat`` is the same data flat.
 
         Returns ``[B, N, F_out]``, or ``[B * N, F_out]`` for a layer that has to finish
         on the flat form.
         """
-        raise NotImplementedError
 
     def forward(
         self, x: Tensor, edge_index: Tensor | None = None, *args: Any, **kwargs: Any
