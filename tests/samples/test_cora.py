@@ -97,7 +97,7 @@ def test_manifest_parity_records_the_bundle_accuracy(cora_run: dict[str, Any], n
     with np.load(out / "cora.npz") as npz:
         sample = {k: npz[k] for k in npz.files}
     assert sample["mask"].sum() == 1000
-    with edge_sdk.Runtime.load(out / f"{name}.bundle") as rt:
+    with edge_sdk.Runtime.load(out / f"{name}.bundle", precision="fp32") as rt:
         logits = rt.infer({"x": sample["x"], "edge_index": sample["edge_index"]})["logits"]
         manifest = rt.manifest
     mask = sample["mask"]
@@ -108,6 +108,9 @@ def test_manifest_parity_records_the_bundle_accuracy(cora_run: dict[str, Any], n
     assert parity.passed and parity.metric == "accuracy"
     assert parity.artifact_metric == pytest.approx(own_acc, abs=1e-12)
     assert parity.reference_metric == pytest.approx(row["torch_acc"], abs=1e-12)
+    # The INT8 artifact beside it: within the 1 pp gate and >= 3.5x smaller.
+    assert row["int8_acc"] >= row["torch_acc"] - 0.01
+    assert row["onnx_kb"] / row["int8_kb"] >= 3.5
     assert manifest.model.name == f"cora-{name}"
     assert manifest.model.labels == _cora_module().CORA_LABELS
     assert [o.name for o in manifest.outputs] == ["logits"]
