@@ -15,12 +15,8 @@ HALF = PruneSpec("structured", 0.5)
 
 
 @pytest.fixture
-def graph() -> dict[str, Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "x": torch.randn(N, F, generator=g),
-        "edge_index": torch.randint(0, N, (2, 160), generator=g),
-    }
+def graph(make_graph) -> dict[str, Tensor]:
+    return make_graph(N, F, 160)
 
 
 class Normed(nn.Module):

@@ -32,12 +32,8 @@ LINEARS = ["gat.lin", "sage.lin_l", "sage.lin_r", "gat2.lin_l", "head"]
 
 
 @pytest.fixture
-def graph() -> dict[str, Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "x": torch.randn(N, F, generator=g),
-        "edge_index": torch.randint(0, N, (2, 90), generator=g),
-    }
+def graph(make_graph) -> dict[str, Tensor]:
+    return make_graph(N, F, 90)
 
 
 def _weights(model: nn.Module) -> dict[str, Tensor]:
