@@ -18,7 +18,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[export,onnxruntime,samples,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[export,onnxruntime,samples,mqtt,dev]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

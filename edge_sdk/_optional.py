@@ -21,6 +21,7 @@ _EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "ai_edge_litert": (("tflite_runtime",), "tflite"),
     "tensorrt": ((), "tensorrt"),
     "paho.mqtt": ((), "mqtt"),
+    "cryptography": ((), "mqtt"),
     "torch": ((), "export"),
     "torch_geometric": ((), "export"),
     "onnx": ((), "export"),

@@ -23,6 +23,9 @@ from .manifest import MANIFEST_NAME, Manifest, parse_manifest
 
 _CHUNK = 1 << 20
 MAX_MANIFEST_BYTES = 16 << 20
+#: Detached ed25519 signature of ``manifest.json`` (see :mod:`edge_sdk.signing`).
+#: Not listed in the manifest; packed right after it when present.
+SIGNATURE_NAME = "manifest.sig"
 
 
 def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
@@ -166,12 +169,19 @@ def write_manifest(root: str | os.PathLike[str], manifest: Manifest) -> Path:
 def pack(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
     """Pack a bundle directory into ``.tar.gz`` (manifest first, sorted names).
 
+    The detached signature ``manifest.sig``, when present, is packed right
+    after the manifest; other files the manifest does not list are left out.
+
     Raises:
         ManifestError: ``root`` is not a valid bundle.
     """
     bundle = Bundle.open(root)
     out_path = Path(out)
-    names = [MANIFEST_NAME, *sorted({rel for rel, _, _ in bundle.listed_files()})]
+    head = [MANIFEST_NAME]
+    if (bundle.root / SIGNATURE_NAME).is_file():
+        head.append(SIGNATURE_NAME)
+    listed = sorted({rel for rel, _, _ in bundle.listed_files()} - set(head))
+    names = [*head, *listed]
     with tarfile.open(out_path, "w:gz") as tar:
         for rel in names:
             tar.add(bundle.root / rel, arcname=rel, recursive=False)

@@ -78,6 +78,27 @@ class BackendUnavailableError(EdgeSDKError, ImportError):
     """
 
 
+class ConfigError(EdgeSDKError):
+    """A node or fleet configuration (file, flag or URL) is invalid."""
+
+
+class SignatureError(EdgeSDKError):
+    """A bundle signature is missing, malformed, or not made by a trusted key."""
+
+
+class UpdateError(EdgeSDKError):
+    """A model update was refused (transfer, verification, version or health check).
+
+    Attributes:
+        step: The update step that refused it (``offer``, ``download``,
+            ``verify``, ``stage``, ``canary``, ``swap``).
+    """
+
+    def __init__(self, step: str, message: str) -> None:
+        self.step = step
+        super().__init__(f"update refused at {step}: {message}")
+
+
 class InternalError(Exception):
     """A bug in edge-graph-sdk: please report it with the traceback."""
 
@@ -85,6 +106,7 @@ class InternalError(Exception):
 __all__ = [
     "AccuracyError",
     "BackendUnavailableError",
+    "ConfigError",
     "EdgeSDKError",
     "ExportError",
     "InternalError",
@@ -92,6 +114,8 @@ __all__ = [
     "ManifestError",
     "ParityError",
     "ProfileError",
+    "SignatureError",
     "UnsupportedModelError",
     "UnsupportedTargetError",
+    "UpdateError",
 ]

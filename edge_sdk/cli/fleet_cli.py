@@ -1,0 +1,305 @@
+"""``edge-fleet``: the cloud-side tool (keys, signing, deploys, status, live watch).
+
+Exit codes: 0 success, 1 internal error, 2 usage error, 3 user error (one
+line), 5 a deploy that some node refused or never answered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from ._common import console, err_console, fail_on_errors, set_verbose
+
+EXIT_DEPLOY_INCOMPLETE = 5
+
+app = typer.Typer(
+    name="edge-fleet",
+    help=(
+        "Manage a fleet of edge nodes over MQTT: make signing keys, sign bundles, deploy "
+        "them to a group, and watch status, results and telemetry.\n\n"
+        "Example: edge-fleet deploy out/tep.bundle --group plant-a --key fleet.key "
+        "--broker mqtt://broker:1883"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+BrokerOpt = Annotated[
+    str,
+    typer.Option(
+        "--broker", envvar="EDGE_SDK_BROKER", help="mqtt://host:port or mqtts://host:port."
+    ),
+]
+UserOpt = Annotated[str | None, typer.Option(help="MQTT user (password: EDGE_SDK_MQTT_PASSWORD).")]
+CaOpt = Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")]
+
+
+def _broker(url: str, username: str | None, ca: Path | None) -> Any:
+    from edge_sdk.node.config import BrokerConfig
+
+    from ..errors import ConfigError
+
+    try:
+        return BrokerConfig(url=url, username=username, ca=ca)
+    except ValueError as exc:  # pydantic wraps the ConfigError of the URL check
+        raise ConfigError(str(exc).splitlines()[-1].strip()) from None
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Show tracebacks for errors.")
+    ] = False,
+) -> None:
+    set_verbose(verbose)
+
+
+@app.command(epilog="Example:\n\n  edge-fleet keys --out keys/ --name fleet")
+def keys(
+    out: Annotated[Path, typer.Option(help="Directory for the key pair.")] = Path("."),
+    name: Annotated[str, typer.Option(help="File stem: NAME.key and NAME.pub.")] = "fleet",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
+) -> None:
+    """Create an ed25519 signing key pair (keep NAME.key secret; give nodes NAME.pub)."""
+    with fail_on_errors():
+        from edge_sdk.signing import generate_keypair, key_id, load_private_key
+
+        priv, pub = generate_keypair(out, name, overwrite=overwrite)
+        kid = key_id(load_private_key(priv).public_key())
+        console.print(f"private key: {priv}\npublic key:  {pub}\nkey id:      {kid}")
+
+
+@app.command(epilog="Example:\n\n  edge-fleet sign out/tep.bundle --key keys/fleet.key")
+def sign(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    key: Annotated[Path, typer.Option(help="ed25519 private key (PEM).")],
+) -> None:
+    """Sign a bundle's manifest (writes manifest.sig into the bundle)."""
+    with fail_on_errors():
+        from edge_sdk.signing import sign_bundle
+
+        console.print(f"signed: {sign_bundle(bundle, key)}")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  edge-fleet deploy out/tep.bundle --group plant-a --key keys/fleet.key\n\n"
+        "  edge-fleet deploy tep-signed.tar.gz --group plant-a --node line3 --force\n\n"
+        "Nodes check the signature against their trusted keys, refuse versions that are not "
+        "newer (unless --force), run the bundle's canary, and report each step."
+    )
+)
+def deploy(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory or signed .tar.gz.")],
+    group: Annotated[str, typer.Option(help="Target group.")],
+    broker: BrokerOpt = "mqtt://127.0.0.1:1883",
+    node: Annotated[str | None, typer.Option(help="Only this node.")] = None,
+    key: Annotated[
+        Path | None, typer.Option(help="Sign the bundle directory with this key first.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Install even if not newer.")] = False,
+    wait_for: Annotated[
+        list[str] | None, typer.Option(help="Wait for these nodes (repeatable).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the nodes.")] = 300.0,
+    username: UserOpt = None,
+    ca: CaOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Offer a signed bundle to a group (or one node), serve its chunks, report outcomes."""
+    with fail_on_errors():
+        from edge_sdk.fleet.deploy import deploy as run_deploy
+
+        def show(p: Any) -> None:
+            if not as_json:
+                extra = f" {p.received}/{p.chunks}" if p.step == "downloading" else ""
+                reason = f": {p.reason}" if p.reason else ""
+                err_console.print(f"{p.node}: {p.step}{extra}{reason}", highlight=False)
+
+        outcome = run_deploy(
+            _broker(broker, username, ca),
+            group,
+            bundle,
+            key=key,
+            node=node,
+            force=force,
+            timeout_s=timeout,
+            wait_for=set(wait_for) if wait_for else None,
+            on_progress=show,
+        )
+        if as_json:
+            console.print_json(json.dumps({n: p.__dict__ for n, p in outcome.items()}))
+        else:
+            table = Table("node", "outcome", "reason")
+            for n, p in sorted(outcome.items()):
+                table.add_row(n, p.step, p.reason)
+            console.print(table)
+        if not outcome or any(p.step != "swapped" for p in outcome.values()):
+            if not outcome:
+                err_console.print("no node of the group answered (are they online?)")
+            raise typer.Exit(EXIT_DEPLOY_INCOMPLETE)
+
+
+def _node_table(views: list[Any]) -> Table:
+    table = Table(
+        "group/node",
+        "state",
+        "model",
+        "backend",
+        "results",
+        "last class",
+        "alerts",
+        "errors",
+        "p50/p99 ms",
+        "outbox",
+        "update",
+        "seen",
+    )
+    now = time.time()
+    for v in views:
+        lat = (
+            f"{v.latency_p50_ms:.2f}/{v.latency_p99_ms:.2f}"
+            if v.latency_p50_ms is not None and v.latency_p99_ms is not None
+            else ""
+        )
+        table.add_row(
+            f"{v.group}/{v.node}",
+            v.state,
+            f"{v.model} {v.version}".strip(),
+            v.backend,
+            str(v.results),
+            v.last_class,
+            f"{v.alerts} {v.alert_state}".strip(),
+            str(v.errors),
+            lat,
+            "" if v.outbox_pending is None else str(v.outbox_pending),
+            v.update,
+            f"{now - v.last_seen:.0f}s ago",
+        )
+    return table
+
+
+@app.command(epilog="Example:\n\n  edge-fleet status --group plant-a --json")
+def status(
+    broker: BrokerOpt = "mqtt://127.0.0.1:1883",
+    group: Annotated[str, typer.Option(help="Group, or + for all.")] = "+",
+    wait: Annotated[float, typer.Option(help="Seconds to collect retained statuses.")] = 1.0,
+    username: UserOpt = None,
+    ca: CaOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Which node runs which model version and backend (from their retained status)."""
+    with fail_on_errors():
+        from edge_sdk.fleet.watch import FleetWatcher
+
+        with FleetWatcher(_broker(broker, username, ca), group, streams=()) as watcher:
+            time.sleep(wait)
+            views = watcher.snapshot()
+        if as_json:
+            console.print_json(json.dumps([v.as_dict() for v in views]))
+        else:
+            console.print(_node_table(views))
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  edge-fleet watch --group plant-a\n\n"
+        "  edge-fleet watch --json --duration 60 > results.jsonl\n\n"
+        "  edge-fleet watch --share consumers --json    # MQTT 5 shared subscription"
+    )
+)
+def watch(
+    broker: BrokerOpt = "mqtt://127.0.0.1:1883",
+    group: Annotated[str, typer.Option(help="Group, or + for all.")] = "+",
+    share: Annotated[
+        str | None, typer.Option(help="MQTT 5 shared subscription name (scale out consumers).")
+    ] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    username: UserOpt = None,
+    ca: CaOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON message per line instead of a table.")
+    ] = False,
+) -> None:
+    """Live table of the fleet's results, alerts and telemetry (duplicates removed)."""
+    with fail_on_errors():
+        from edge_sdk.fleet.watch import FleetWatcher
+
+        def emit(kind: str, body: dict[str, Any]) -> None:
+            if as_json:
+                print(json.dumps(body, separators=(",", ":")), flush=True)
+
+        deadline = time.monotonic() + duration if duration else None
+        with FleetWatcher(_broker(broker, username, ca), group, share, on_message=emit) as w:
+            try:
+                if as_json:
+                    while deadline is None or time.monotonic() < deadline:
+                        time.sleep(0.2)
+                else:
+                    with Live(_node_table([]), console=console, refresh_per_second=4) as live:
+                        while deadline is None or time.monotonic() < deadline:
+                            live.update(_node_table(w.snapshot()))
+                            time.sleep(0.25)
+            except KeyboardInterrupt:
+                pass
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  edge-fleet command rollback --group plant-a --node line3\n\n"
+        "  edge-fleet command telemetry_interval --value 5 --group plant-a"
+    )
+)
+def command(
+    cmd: Annotated[str, typer.Argument(help="telemetry_interval, telemetry, rollback, rebirth.")],
+    group: Annotated[str, typer.Option(help="Target group.")],
+    node: Annotated[str | None, typer.Option(help="One node (default: the whole group).")] = None,
+    value: Annotated[float | None, typer.Option(help="Argument of the command.")] = None,
+    broker: BrokerOpt = "mqtt://127.0.0.1:1883",
+    username: UserOpt = None,
+    ca: CaOpt = None,
+) -> None:
+    """Send a command to one node or a whole group."""
+    with fail_on_errors():
+        import uuid
+
+        from edge_sdk.errors import ConfigError
+        from edge_sdk.node.link import MqttLink
+        from edge_sdk.node.topics import GROUP_WIDE, Inbound, JsonScheme, dumps
+
+        scheme = JsonScheme(group, node or GROUP_WIDE) if node else None
+        topic = scheme.topic(Inbound.CMD) if scheme else f"edge/{group}/{GROUP_WIDE}/{Inbound.CMD}"
+        link = MqttLink(_broker(broker, username, ca), f"edge-fleet-cmd-{uuid.uuid4().hex[:8]}")
+        link.start()
+        try:
+            if not link.wait_connected(10):
+                raise ConfigError(f"cannot reach the broker at {broker}")
+            body: dict[str, Any] = {"cmd": cmd}
+            if value is not None:
+                body["value"] = value
+            if not link.publish_wait(topic, dumps(body)):
+                raise ConfigError("the broker did not acknowledge the command")
+            console.print(f"sent {cmd} to {topic}")
+        finally:
+            link.stop(flush_s=0)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Cloud-side tools: deploy bundles, watch nodes, local brokers."""

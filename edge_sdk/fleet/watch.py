@@ -1,0 +1,189 @@
+"""Cloud-side view of the fleet: every node's status, results, alerts and telemetry.
+
+:class:`FleetWatcher` subscribes to ``edge/{group}/+/...``, drops the
+duplicates that QoS 1 and the node's replay after a lost link can produce
+(by message ``id``), and keeps one :class:`NodeView` per node. With
+``share="name"`` it uses an MQTT 5 shared subscription
+(``$share/name/edge/...``) so several consumers split the results between them;
+the retained ``status`` topic is always subscribed normally (brokers do not send
+retained messages to shared subscriptions).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import EdgeSDKError
+from ..node.config import BrokerConfig
+from ..node.link import MqttLink
+from ..node.topics import ROOT, JsonScheme, Outbound, loads
+
+#: Topics a watcher follows, besides the retained status.
+STREAMS = (
+    Outbound.RESULTS,
+    Outbound.ALERTS,
+    Outbound.ERRORS,
+    Outbound.TELEMETRY,
+    Outbound.OTA_STATUS,
+)
+
+
+class Deduplicator:
+    """Remembers the last ``capacity`` message ids; :meth:`seen` is True for a repeat."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+        self.duplicates = 0
+
+    def seen(self, msg_id: str) -> bool:
+        if msg_id in self._ids:
+            self.duplicates += 1
+            return True
+        self._ids[msg_id] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+        return False
+
+
+@dataclass
+class NodeView:
+    """The latest known state of one node."""
+
+    group: str
+    node: str
+    state: str = "unknown"
+    model: str = ""
+    version: str = ""
+    backend: str = ""
+    results: int = 0
+    alerts: int = 0
+    errors: int = 0
+    last_class: str = ""
+    alert_state: str = ""
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    outbox_pending: int | None = None
+    update: str = ""
+    last_seen: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class FleetWatcher:
+    """Follow a group (``"+"`` for all groups) and keep a table of its nodes.
+
+    Args:
+        broker: Broker connection.
+        group: Group name, or ``"+"`` for every group.
+        share: MQTT 5 shared-subscription name for horizontally scaled consumers.
+        on_message: Called (network thread) with ``(kind, body)`` for each new,
+            de-duplicated message.
+        streams: Which outgoing node topics to follow.
+        client_id: MQTT client id; a stable id with a persistent session makes
+            the broker queue messages for this watcher while it is away.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        group: str = "+",
+        share: str | None = None,
+        on_message: Callable[[str, dict[str, Any]], None] | None = None,
+        streams: tuple[Outbound, ...] = STREAMS,
+        client_id: str | None = None,
+    ) -> None:
+        self.nodes: dict[tuple[str, str], NodeView] = {}
+        self.dedup = Deduplicator()
+        self.counts: dict[str, int] = {}
+        self._on_message = on_message
+        self._lock = threading.Lock()
+        prefix = f"$share/{share}/" if share else ""
+        subs = [(f"{prefix}{ROOT}/{group}/+/{kind.value}", 1) for kind in streams]
+        subs.append((f"{ROOT}/{group}/+/{Outbound.STATUS.value}", 1))
+        self.link = MqttLink(
+            broker,
+            client_id=client_id or f"edge-fleet-watch-{uuid.uuid4().hex[:8]}",
+            on_message=self._receive,
+            subscriptions=subs,
+        )
+
+    def start(self, timeout_s: float = 10.0) -> FleetWatcher:
+        """Connect and subscribe.
+
+        Raises:
+            EdgeSDKError: The broker is not reachable within ``timeout_s``.
+        """
+        self.link.start()
+        if not self.link.wait_connected(timeout_s):
+            self.link.stop(flush_s=0)
+            raise EdgeSDKError(f"cannot reach the broker at {self.link.broker.url}")
+        return self
+
+    def stop(self) -> None:
+        self.link.stop(flush_s=0)
+
+    def __enter__(self) -> FleetWatcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def snapshot(self) -> list[NodeView]:
+        """Copy of the node table, sorted by group and node."""
+        with self._lock:
+            return [NodeView(**v.as_dict()) for _, v in sorted(self.nodes.items())]
+
+    def _receive(self, topic: str, payload: bytes, properties: Any) -> None:
+        parsed = JsonScheme.parse(topic)
+        if parsed is None or not payload:
+            return
+        group, node, kind = parsed
+        try:
+            body = loads(payload, max_bytes=4 << 20)
+        except EdgeSDKError:
+            return
+        msg_id = body.get("id")
+        with self._lock:
+            if isinstance(msg_id, str) and self.dedup.seen(msg_id):
+                return
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            view = self.nodes.setdefault((group, node), NodeView(group, node))
+            view.last_seen = time.time()
+            _update(view, kind, body)
+        if self._on_message is not None:
+            self._on_message(kind, body)
+
+
+def _update(view: NodeView, kind: str, body: dict[str, Any]) -> None:
+    if kind == Outbound.STATUS.value:
+        view.state = str(body.get("state", view.state))
+        model = body.get("model") or {}
+        view.model = str(model.get("name", view.model))
+        view.version = str(model.get("version", view.version))
+        view.backend = str(body.get("backend") or view.backend)
+    elif kind == Outbound.RESULTS.value:
+        view.results += 1
+        view.last_class = str(body.get("label", body.get("class", "")))
+    elif kind == Outbound.ALERTS.value:
+        view.alerts += body.get("state") == "raised"
+        view.alert_state = f"{body.get('state')}: {body.get('label', body.get('class', ''))}"
+    elif kind == Outbound.ERRORS.value:
+        view.errors += 1
+    elif kind == Outbound.TELEMETRY.value:
+        lat = body.get("latency_ms") or {}
+        view.latency_p50_ms = lat.get("p50")
+        view.latency_p99_ms = lat.get("p99")
+        view.outbox_pending = (body.get("outbox") or {}).get("pending")
+        view.backend = str(body.get("backend") or view.backend)
+    elif kind == Outbound.OTA_STATUS.value:
+        view.update = f"{body.get('step')} {body.get('version', '')}".strip()
+        if body.get("step") == "refused":
+            view.update += f" ({body.get('at')})"

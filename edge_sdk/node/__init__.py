@@ -1,0 +1,22 @@
+"""The edge node: MQTT sync, store-and-forward, model updates.
+
+Importing this package imports no MQTT client or crypto library: paho-mqtt and
+cryptography (the ``[mqtt]`` extra) load when a node connects or verifies.
+"""
+
+from __future__ import annotations
+
+from .config import BrokerConfig, NodeConfig, load_config
+from .node import EdgeNode
+from .outbox import Outbox, OutboxStats
+from .topics import JsonScheme
+
+__all__ = [
+    "BrokerConfig",
+    "EdgeNode",
+    "JsonScheme",
+    "NodeConfig",
+    "Outbox",
+    "OutboxStats",
+    "load_config",
+]

@@ -1,0 +1,275 @@
+"""Configuration of an edge node: one object for the CLI, the config file and the API.
+
+A config file is YAML (or JSON) with the same field names as :class:`NodeConfig`;
+command-line flags override it. Example::
+
+    node_id: line3-press
+    group: plant-a
+    bundle: /opt/models/tep.bundle
+    broker:
+      url: mqtts://broker.plant-a.local:8883
+      ca: /etc/edge-node/ca.pem
+      username: line3
+    window: {size: 20, stride: 1, timeout_s: 2.0}
+    telemetry_interval_s: 10
+    trusted_keys: [/etc/edge-node/fleet.pub]
+
+The password is never read from the file when ``EDGE_SDK_MQTT_PASSWORD`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .._env import env_str
+from ..errors import ConfigError
+from .outbox import SyncPolicy
+from .topics import check_name
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Strict):
+    """Where and how to connect.
+
+    Attributes:
+        url: ``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (TLS).
+        username: MQTT user name.
+        password: MQTT password (prefer ``EDGE_SDK_MQTT_PASSWORD``).
+        ca: CA certificate file for ``mqtts://`` (system CAs when omitted).
+        cert: Client certificate (mutual TLS).
+        key: Client private key (mutual TLS).
+        protocol: ``5``, ``3.1.1``, or ``auto`` (MQTT 5, falling back to 3.1.1
+            when the broker refuses it).
+        keepalive_s: Keep-alive; the broker publishes the last will after
+            about 1.5 x this without traffic.
+        session_expiry_s: How long the broker keeps the node's session (its
+            subscriptions and queued commands/offers) while it is away.
+        reconnect_min_s: First reconnect delay; doubles up to ``reconnect_max_s``.
+        reconnect_max_s: Longest reconnect delay.
+    """
+
+    url: str
+    username: str | None = None
+    password: str | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    protocol: Literal["5", "3.1.1", "auto"] = "auto"
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=24 * 3600, ge=0)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parse_broker_url(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        return parse_broker_url(self.url)[1]
+
+    @property
+    def port(self) -> int:
+        return parse_broker_url(self.url)[2]
+
+    @property
+    def tls(self) -> bool:
+        return parse_broker_url(self.url)[0] == "mqtts"
+
+    def effective_password(self) -> str | None:
+        """``EDGE_SDK_MQTT_PASSWORD`` when set, else the configured password."""
+        return env_str("MQTT_PASSWORD", self.password)
+
+
+def parse_broker_url(url: str) -> tuple[str, str, int, str | None, str | None]:
+    """Split ``mqtt[s]://[user[:pass]@]host[:port]`` into its parts.
+
+    Raises:
+        ConfigError: Another scheme, no host, or a bad port.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(
+            f"broker URL {url!r}: expected mqtt://host:port or mqtts://host:port "
+            f"(got scheme {parts.scheme or 'none'!r})"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"broker URL {url!r} has no host")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ConfigError(f"broker URL {url!r} has an invalid port") from None
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return parts.scheme, parts.hostname, port, user, password
+
+
+class WindowConfig(_Strict):
+    """How sensor messages become model input windows.
+
+    Attributes:
+        sensors: Sensor names in graph-node order (default ``s0..s{N-1}``).
+        size: Samples per window (default: the model's feature count).
+        stride: Run the model every ``stride`` complete samples.
+        timeout_s: How long a sample waits for missing sensors before it is
+            reported and dropped.
+    """
+
+    sensors: list[str] | None = None
+    size: int | None = Field(default=None, ge=1)
+    stride: int = Field(default=1, ge=1)
+    timeout_s: float = Field(default=2.0, gt=0)
+
+
+class AlertConfig(_Strict):
+    """When a result raises an alert.
+
+    Attributes:
+        normal_class: Class index meaning "no fault".
+        threshold: Minimum softmax probability of a fault class to raise it.
+    """
+
+    normal_class: int = Field(default=0, ge=0)
+    threshold: float = Field(default=0.5, ge=0, le=1)
+
+
+class OutboxConfig(_Strict):
+    """Store-and-forward settings (see :mod:`edge_sdk.node.outbox`).
+
+    Attributes:
+        max_bytes: Disk bound of the outbox; beyond it the drop policy applies.
+        sync: ``normal`` (survives a process kill) or ``full`` (fsync per commit,
+            survives power loss).
+        replay_s: Delivered messages kept this long and re-sent after a lost
+            connection, because a broker that crashes loses what it had not
+            yet saved; keep it above the broker's ``autosave_interval``.
+        inflight: Most messages published and not yet acknowledged (the node's
+            own flow control; brokers drop QoS 1 data beyond their queue limits).
+    """
+
+    max_bytes: int = Field(default=64 << 20, gt=0)
+    sync: SyncPolicy = SyncPolicy.NORMAL
+    replay_s: float = Field(default=30.0, ge=0)
+    inflight: int = Field(default=64, ge=1, le=65535)
+
+
+class NodeConfig(_Strict):
+    """Everything ``edge-node run`` needs.
+
+    Attributes:
+        node_id: This node's name in topics (default: the host name).
+        group: Fleet group the node belongs to.
+        bundle: Bundle to serve when the state directory has none yet.
+        state_dir: Model slots, outbox and downloads live here.
+        broker: MQTT broker; ``None`` runs local-only (Python API).
+        profile: Device profile (``auto``, a shipped name, or a YAML path).
+        backend: Force one inference backend.
+        precision: Force one precision.
+        threads: Inference threads.
+        window: Sensor windowing.
+        alert: Alert rule.
+        outbox: Store-and-forward.
+        telemetry_interval_s: Telemetry period (0 disables).
+        max_payload_bytes: Largest accepted incoming JSON message.
+        max_batch: Most windows run in one backend call.
+        queue_size: Inbound messages buffered before the node reports overload.
+        trusted_keys: Public keys (``.pub`` files or directories) accepted for
+            model updates; without any, updates are refused.
+        canary_latency_ms: Latency budget of an update's canary run (default:
+            3x the running model's canary latency, at least 50 ms).
+        allow_downgrade: Accept older model versions without ``force``.
+    """
+
+    node_id: str = Field(default_factory=lambda: _default_node_id())
+    group: str = "default"
+    bundle: Path | None = None
+    state_dir: Path = Path("edge-node-state")
+    broker: BrokerConfig | None = None
+    profile: str = "auto"
+    backend: str | None = None
+    precision: str | None = None
+    threads: int | None = Field(default=None, ge=1)
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    alert: AlertConfig = Field(default_factory=AlertConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    telemetry_interval_s: float = Field(default=10.0, ge=0)
+    max_payload_bytes: int = Field(default=1 << 20, gt=0)
+    max_batch: int = Field(default=32, ge=1)
+    queue_size: int = Field(default=10_000, ge=1)
+    trusted_keys: list[Path] = Field(default_factory=list)
+    canary_latency_ms: float | None = Field(default=None, gt=0)
+    allow_downgrade: bool = False
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        return check_name("node id", value)
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        return check_name("group", value)
+
+
+def _default_node_id() -> str:
+    host = socket.gethostname().split(".")[0] or "node"
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "-" for c in host)
+    return cleaned.lstrip("_.-")[:64] or "node"
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> NodeConfig:
+    """Read a config file (YAML/JSON) and apply overrides (None values ignored).
+
+    Nested overrides use dotted keys: ``{"broker.url": "mqtt://h:1883"}``.
+
+    Raises:
+        ConfigError: Unreadable file, unknown or invalid fields (named).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        try:
+            loaded = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"config file {p} is not valid YAML/JSON: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+        data = loaded or {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        target = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            nested = target.get(parent)
+            if not isinstance(nested, dict):
+                nested = target[parent] = {}
+            target = nested
+        target[leaf] = value
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid node configuration: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+    )

@@ -1,0 +1,377 @@
+"""The node's MQTT connection: paho-mqtt 2.x, reconnects, and a flow-controlled outbox pump.
+
+Delivery guarantees:
+
+* Every message from the outbox is published at QoS 1 in ``seq`` order, at most
+  ``inflight`` at a time; its row is marked delivered only when the broker's
+  PUBACK arrives. A broker that is down, slow or unreachable just pauses the
+  pump: rows wait on disk.
+* paho re-sends its unacknowledged publishes itself after a reconnect, so the
+  pump never publishes a row that is still in flight.
+* A broker that crashes loses whatever it acknowledged but had not saved yet
+  (mosquitto snapshots every ``autosave_interval``). So after any connection
+  that ended without a clean DISCONNECT, the rows delivered in the last
+  ``replay_s`` seconds are published again. Receivers drop the duplicates by
+  message ``id``: delivery is at-least-once, never at-most-once.
+* The node connects asynchronously and serves local inference while the broker
+  is down; paho reconnects with exponential back-off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._optional import require
+from .config import BrokerConfig, OutboxConfig
+from .outbox import Outbox
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import Client, MQTTMessage, MQTTMessageInfo
+
+log = logging.getLogger(__name__)
+
+#: MQTT 5 CONNACK "Unsupported Protocol Version"; MQTT 3.1.1 uses return code 1.
+_UNSUPPORTED_PROTOCOL = (0x84, 1)
+_PURGE_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class Will:
+    """Last-will message registered at connect."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass
+class LinkStats:
+    """Counters of the link (read by telemetry)."""
+
+    connected: bool = False
+    connects: int = 0
+    disconnects: int = 0
+    published: int = 0
+    acked: int = 0
+    replayed: int = 0
+    rejected: int = 0
+    inflight: int = 0
+    protocol: str = ""
+
+
+class MqttLink:
+    """One MQTT client for a node or a fleet tool.
+
+    Args:
+        broker: Where and how to connect.
+        client_id: MQTT client identifier (stable: the broker keeps its session).
+        on_message: Called from paho's network thread with ``(topic, payload,
+            properties)``; must not block.
+        subscriptions: ``(topic filter, qos)`` subscribed on every connect.
+        will: Last will, published by the broker if the link dies.
+        on_connect: Called (network thread) after every successful connect and
+            subscribe, with ``session_present``.
+        outbox: Pumped to the broker when given.
+        outbox_config: Flow-control and replay settings of the pump.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        client_id: str,
+        on_message: Callable[[str, bytes, Any], None] | None = None,
+        subscriptions: list[tuple[str, int]] | None = None,
+        will: Will | None = None,
+        on_connect: Callable[[bool], None] | None = None,
+        outbox: Outbox | None = None,
+        outbox_config: OutboxConfig | None = None,
+    ) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self._on_message_cb = on_message
+        self._subscriptions = list(subscriptions or [])
+        self._will = will
+        self._on_connect_cb = on_connect
+        self._outbox = outbox
+        self._ocfg = outbox_config or OutboxConfig()
+        self.stats = LinkStats()
+        self._cond = threading.Condition()
+        self._inflight: dict[int, MQTTMessageInfo] = {}  # outbox seq -> paho publish handle
+        self._cursor = 0
+        self._replay_needed = False
+        self._clean_stop = False
+        self._stopping = threading.Event()
+        self._connected = threading.Event()
+        self._pump_thread: threading.Thread | None = None
+        self._protocol = broker.protocol
+        self._client: Client = self._make_client()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> MqttLink:
+        """Connect in the background (returns at once, even with the broker down)."""
+        self._connect_async()
+        self._client.loop_start()
+        if self._outbox is not None:
+            self._pump_thread = threading.Thread(
+                target=self._pump, name=f"{self.client_id}-outbox", daemon=True
+            )
+            self._pump_thread.start()
+        return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until connected (and subscribed) or ``timeout`` passes."""
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self, final: tuple[str, bytes] | None = None, flush_s: float = 2.0) -> None:
+        """Disconnect cleanly (no last will), after ``final`` and in-flight rows are sent.
+
+        Args:
+            final: ``(topic, payload)`` published retained at QoS 1 before
+                disconnecting (e.g. an ``offline`` status).
+            flush_s: How long to wait for in-flight acknowledgements.
+        """
+        deadline = time.monotonic() + flush_s
+        if final is not None and self.connected:
+            info = self._client.publish(final[0], final[1], qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):  # not sent: the will covers it
+                info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+        while self.connected and self._inflight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._pump_thread is not None:
+            self._pump_thread.join(timeout=5)
+        self._flush_acks()
+        self._clean_stop = True
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- publishing outside the outbox -----------------------------------------------------
+    def publish_now(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Any = None,
+    ) -> bool:
+        """Publish directly (not durable); False when not connected.
+
+        For messages that are worthless later: chunk requests, replies to a
+        requester that is itself online, births.
+        """
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        return info.rc == 0
+
+    def publish_wait(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 10.0
+    ) -> bool:
+        """Publish directly and wait for the broker's acknowledgement (True when acked)."""
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        with contextlib.suppress(RuntimeError, ValueError):
+            info.wait_for_publish(timeout=timeout)
+        return info.is_published()
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Add a subscription (kept across reconnects)."""
+        self._subscriptions.append((topic, qos))
+        if self.connected:
+            self._client.subscribe(topic, qos)
+
+    @property
+    def is_v5(self) -> bool:
+        return self._protocol != "3.1.1"
+
+    def properties(self, **values: Any) -> Any:
+        """MQTT 5 PUBLISH properties (None on 3.1.1)."""
+        if not self.is_v5:
+            return None
+        props_mod = require("paho.mqtt.properties", "MQTT")
+        packets = require("paho.mqtt.packettypes", "MQTT")
+        props = props_mod.Properties(packets.PacketTypes.PUBLISH)
+        for name, value in values.items():
+            setattr(props, name, value)
+        return props
+
+    def wake(self) -> None:
+        """Tell the pump that new rows are waiting."""
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- paho --------------------------------------------------------------------------------
+    def _make_client(self) -> Client:
+        mqtt = require("paho.mqtt.client", "MQTT (install the [mqtt] extra)")
+        v5 = self._protocol != "3.1.1"
+        kwargs: dict[str, Any] = {
+            "callback_api_version": mqtt.CallbackAPIVersion.VERSION2,
+            "client_id": self.client_id,
+            "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        }
+        if not v5:
+            kwargs["clean_session"] = False
+        client = mqtt.Client(**kwargs)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.max_inflight_messages_set(self._ocfg.inflight)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(
+            min_delay=max(1, int(self.broker.reconnect_min_s)),
+            max_delay=max(1, int(self.broker.reconnect_max_s)),
+        )
+        if self.broker.username:
+            client.username_pw_set(self.broker.username, self.broker.effective_password())
+        if self.broker.tls:
+            client.tls_set(
+                ca_certs=str(self.broker.ca) if self.broker.ca else None,
+                certfile=str(self.broker.cert) if self.broker.cert else None,
+                keyfile=str(self.broker.key) if self.broker.key else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        if self._will is not None:
+            client.will_set(
+                self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain
+            )
+        self.stats.protocol = "5" if v5 else "3.1.1"
+        return client
+
+    def _connect_async(self) -> None:
+        kwargs: dict[str, Any] = {"keepalive": self.broker.keepalive_s}
+        if self._protocol != "3.1.1":
+            props_mod = require("paho.mqtt.properties", "MQTT")
+            packets = require("paho.mqtt.packettypes", "MQTT")
+            props = props_mod.Properties(packets.PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.broker.session_expiry_s
+            kwargs["clean_start"] = False
+            kwargs["properties"] = props
+        self._client.connect_async(self.broker.host, self.broker.port, **kwargs)
+
+    def _on_connect(
+        self, client: Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            if self._protocol == "auto" and reason.value in _UNSUPPORTED_PROTOCOL:
+                log.warning("broker refused MQTT 5; falling back to MQTT 3.1.1")
+                threading.Thread(target=self._fall_back, daemon=True).start()
+                return
+            log.warning("broker refused the connection: %s", reason)
+            return
+        for topic, qos in self._subscriptions:
+            client.subscribe(topic, qos)
+        with self._cond:
+            self.stats.connected = True
+            self.stats.connects += 1
+            if self._replay_needed and self._outbox is not None:
+                n = self._outbox.requeue_recent(self._ocfg.replay_s)
+                self.stats.replayed += n
+                if n:
+                    log.info("re-sending %d recently delivered messages after a lost link", n)
+            self._replay_needed = False
+            self._cursor = 0  # rescan: requeued and never-sent rows; in-flight ones are skipped
+            self._connected.set()
+            self._cond.notify_all()
+        if self._on_connect_cb is not None:
+            self._on_connect_cb(bool(getattr(flags, "session_present", False)))
+
+    def _fall_back(self) -> None:
+        self._client.loop_stop()
+        self._protocol = "3.1.1"
+        self._client = self._make_client()
+        self._connect_async()
+        self._client.loop_start()
+
+    def _on_disconnect(
+        self, client: Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        with self._cond:
+            was = self._connected.is_set()
+            self._connected.clear()
+            self.stats.connected = False
+            if was:
+                self.stats.disconnects += 1
+            if not self._clean_stop:
+                self._replay_needed = True
+        if was and not self._clean_stop:
+            log.warning("lost the broker (%s); results wait in the outbox", reason)
+
+    def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
+        if self._on_message_cb is None:
+            return
+        try:
+            self._on_message_cb(msg.topic, bytes(msg.payload), getattr(msg, "properties", None))
+        except Exception:  # a handler bug must not kill paho's network thread
+            log.exception("message handler failed on %s", msg.topic)
+
+    def _on_publish(
+        self, client: Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        # Runs under paho's message lock: only wake the pump (which never calls
+        # paho while holding ``_cond``, so this cannot deadlock).
+        if reason is not None and getattr(reason, "is_failure", False):
+            self.stats.rejected += 1
+            log.error("broker refused publish %d: %s", mid, reason)
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- the pump ------------------------------------------------------------------------------
+    def _flush_acks(self) -> None:
+        """Mark rows whose PUBACK arrived as delivered (one outbox transaction)."""
+        with self._cond:
+            done = [seq for seq, info in self._inflight.items() if info.is_published()]
+            for seq in done:
+                del self._inflight[seq]
+            self.stats.inflight = len(self._inflight)
+        if done and self._outbox is not None:
+            self._outbox.ack(done)
+            self.stats.acked += len(done)
+
+    def _pump(self) -> None:
+        assert self._outbox is not None
+        window = self._ocfg.inflight
+        last_purge = time.monotonic()
+        while not self._stopping.is_set():
+            with self._cond:
+                self._cond.wait(timeout=0.1)
+            self._flush_acks()
+            if time.monotonic() - last_purge > _PURGE_EVERY_S:
+                self._outbox.purge()
+                last_purge = time.monotonic()
+            while self.connected and not self._stopping.is_set():
+                with self._cond:
+                    busy = set(self._inflight)
+                    cursor = self._cursor
+                room = window - len(busy)
+                if room <= 0:
+                    break
+                rows = self._outbox.pending(after=cursor, limit=room + len(busy))
+                rows = [r for r in rows if r.seq not in busy][:room]
+                if not rows:
+                    break
+                for row in rows:
+                    # Never call paho while holding _cond (see _on_publish).
+                    info = self._client.publish(
+                        row.topic, row.payload, qos=max(1, row.qos), retain=row.retain
+                    )
+                    with self._cond:
+                        self._inflight[row.seq] = info
+                        self._cursor = max(self._cursor, row.seq)
+                    self.stats.published += 1
+                self._flush_acks()

@@ -1,0 +1,627 @@
+"""The edge node: sensor windows in, results out, through a durable outbox.
+
+Threads:
+
+* paho's network thread receives messages and only queues them;
+* the **worker** drains the queue in batches: assembles sensor windows, runs
+  up to ``max_batch`` windows in one backend call, writes results, alerts and
+  errors to the outbox in one transaction, and sends telemetry when due;
+* the **outbox pump** (:mod:`edge_sdk.node.link`) publishes stored rows with a
+  bounded in-flight window;
+* the **update agent** (:mod:`edge_sdk.node.ota`) downloads, verifies and
+  health-checks model updates, then hands the new runtime to
+  :class:`~edge_sdk.node.models.ActiveModel`, which swaps it in between calls.
+
+A bad message never stops the node: it is answered on the ``errors`` topic,
+naming the field and what was expected, and the worker carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import resource
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, EdgeSDKError, InvalidInputError
+from ..runtime import Runtime
+from ..signature import GraphForm
+from .config import NodeConfig
+from .health import run_canary
+from .link import MqttLink, Will
+from .models import ActiveModel
+from .outbox import Outbox, Outgoing, Priority
+from .slots import ModelSlots
+from .topics import Inbound, JsonScheme, Outbound, finite, loads
+from .windows import Incomplete, Window, WindowAssembler, WindowSpec
+
+log = logging.getLogger(__name__)
+
+#: Consecutive failed batches right after an update that trigger a rollback.
+ROLLBACK_AFTER_FAILURES = 3
+_LATENCY_SAMPLES = 4096
+
+
+@dataclass
+class NodeStats:
+    """Counters published in telemetry and returned by :meth:`EdgeNode.stats`."""
+
+    messages: int = 0
+    windows: int = 0
+    inferences: int = 0
+    batches: int = 0
+    errors: int = 0
+    incomplete: int = 0
+    overloaded: int = 0
+    alerts: int = 0
+    infer_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
+    e2e_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
+
+
+@dataclass(frozen=True)
+class _Msg:
+    kind: Inbound
+    payload: bytes
+    properties: Any
+    received: float
+
+
+class EdgeNode:
+    """A factory node: serves its model locally and, with a broker, over MQTT.
+
+    Example:
+        >>> cfg = load_config("node.yaml", bundle="tep.bundle")   # doctest: +SKIP
+        >>> with EdgeNode(cfg) as node:                           # doctest: +SKIP
+        ...     node.infer({"x": window})
+
+    Args:
+        config: The node configuration.
+        on_result: Optional local listener, called (worker thread) with each
+            result message body.
+    """
+
+    def __init__(
+        self, config: NodeConfig, on_result: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        self.config = config
+        self.scheme = JsonScheme(config.group, config.node_id)
+        self.stats = NodeStats()
+        self._on_result = on_result
+        state = Path(config.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.state_dir = state
+        self.slots = ModelSlots(state / "models")
+        source = self._initial_bundle()
+        self.model = ActiveModel(self._load_runtime(source), source)
+        self._failures_since_swap: int | None = None
+        self.canary_ms = self._measure_canary()
+        self._assembler = self._make_assembler()
+        self._alert_class: int | None = None
+        self._queue: queue.Queue[_Msg] = queue.Queue(maxsize=config.queue_size)
+        self._stop = threading.Event()
+        self._stopped = False
+        self._worker: threading.Thread | None = None
+        self._telemetry_interval = config.telemetry_interval_s
+        self._next_telemetry = time.monotonic() + (self._telemetry_interval or 0)
+        self._started = time.monotonic()
+        self._cpu0 = (time.monotonic(), time.process_time())
+        self.outbox: Outbox | None = None
+        self.link: MqttLink | None = None
+        self.updates: Any = None
+        if config.broker is not None:
+            oc = config.outbox
+            self.outbox = Outbox(
+                state / "outbox.sqlite", max_bytes=oc.max_bytes, sync=oc.sync, replay_s=oc.replay_s
+            )
+            self.link = MqttLink(
+                config.broker,
+                client_id=f"edge-node-{config.group}-{config.node_id}",
+                on_message=self._on_message,
+                subscriptions=self.scheme.subscriptions(),
+                will=Will(self.scheme.topic(Outbound.STATUS), self._status_payload("lost")),
+                on_connect=self._on_connect,
+                outbox=self.outbox,
+                outbox_config=oc,
+            )
+            from .ota import UpdateAgent
+
+            self.updates = UpdateAgent(self)
+
+    # -- model ---------------------------------------------------------------------------
+    def _initial_bundle(self) -> Path:
+        active = self.slots.active()
+        if active is not None:
+            return active
+        if self.config.bundle is None:
+            raise ConfigError(
+                f"no model: {self.state_dir / 'models'} holds none yet; pass --bundle "
+                "(or `bundle:` in the config file) for the first start"
+            )
+        log.info("installing %s as the first model", self.config.bundle)
+        return self.slots.install(self.config.bundle)
+
+    def _load_runtime(self, bundle_dir: Path) -> Runtime:
+        cfg = self.config
+        return Runtime.load(
+            bundle_dir,
+            profile=cfg.profile,
+            backend=cfg.backend,
+            threads=cfg.threads,
+            precision=cfg.precision,
+        )
+
+    def load_runtime(self, bundle_dir: Path) -> Runtime:
+        """Load a bundle the way this node loads its models (profile, backend...)."""
+        return self._load_runtime(bundle_dir)
+
+    def _measure_canary(self) -> float | None:
+        rt = self.model.runtime
+        if rt.manifest.canary is None:
+            log.warning("the running bundle has no canary: updates are still health-checked")
+            return None
+        result = run_canary(rt, rt.bundle)
+        if not result.passed:
+            log.error("the running model fails its own canary: %s", result.reason)
+        return result.latency_ms
+
+    def swap(self, runtime: Runtime, source: Path) -> None:
+        """Serve ``runtime`` from the next call on (in-flight calls finish on the old one)."""
+        self.model.swap(runtime, source)
+        self._assembler = self._make_assembler(keep=self._assembler)
+        self._failures_since_swap = 0
+        self.canary_ms = self._measure_canary()
+        self.publish_birth()
+
+    def _make_assembler(self, keep: WindowAssembler | None = None) -> WindowAssembler | None:
+        m = self.model.runtime.manifest
+        if m.graph.form is GraphForm.DYNAMIC or len(m.inputs[0].shape) != 3:
+            return None
+        n, f = m.inputs[0].shape[1], m.inputs[0].shape[2]
+        if not isinstance(n, int) or not isinstance(f, int):
+            return None
+        wc = self.config.window
+        sensors = tuple(wc.sensors) if wc.sensors else tuple(f"s{i}" for i in range(n))
+        size = wc.size or f
+        if len(sensors) != n or size != f:
+            raise ConfigError(
+                f"window config does not fit the model: it takes [{n} sensors, {f} samples], "
+                f"the config gives [{len(sensors)} sensors, {size} samples]"
+            )
+        spec = WindowSpec(sensors, size, wc.stride, wc.timeout_s)
+        if keep is not None and keep.spec == spec:
+            return keep  # same input layout: keep the buffered samples across a swap
+        return WindowAssembler(spec)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> EdgeNode:
+        """Start the worker and (with a broker) the MQTT link; returns at once."""
+        self._worker = threading.Thread(target=self._work, name="edge-node-worker", daemon=True)
+        self._worker.start()
+        if self.updates is not None:
+            self.updates.start()
+        if self.link is not None:
+            self.link.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop cleanly: publish ``offline``, flush in-flight messages, close (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=10)
+        if self.updates is not None:
+            self.updates.stop()
+        if self.link is not None:
+            self.link.stop(
+                final=(self.scheme.topic(Outbound.STATUS), self._status_payload("offline"))
+            )
+        if self.outbox is not None:
+            self.outbox.close()
+        self.model.close()
+
+    def __enter__(self) -> EdgeNode:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run_forever(self) -> None:
+        """Block until interrupted (SIGINT/SIGTERM handled by the CLI)."""
+        while not self._stop.is_set():
+            self._stop.wait(0.5)
+
+    # -- local API ---------------------------------------------------------------------------
+    def infer(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Run one request on the current model (thread-safe, swap-safe)."""
+        with self.model.use() as rt:
+            return rt.infer(inputs)
+
+    def submit_sensors(self, payload: dict[str, Any] | bytes) -> None:
+        """Feed one sensor message as if it came from MQTT (local-only nodes)."""
+        raw = payload if isinstance(payload, bytes) else _dumps(payload)
+        self._enqueue(Inbound.SENSORS, raw, None)
+
+    def describe(self) -> dict[str, Any]:
+        """Model, backend and state of this node."""
+        rt = self.model.runtime
+        d = rt.describe()
+        return {
+            "node": self.config.node_id,
+            "group": self.config.group,
+            "model": {"name": d["model"], "version": d["version"]},
+            "backend": d.get("backend"),
+            "precision": str(rt.artifact.precision),
+            "connected": bool(self.link and self.link.connected),
+        }
+
+    # -- MQTT in -----------------------------------------------------------------------------
+    def _on_message(self, topic: str, payload: bytes, properties: Any) -> None:
+        kind = self.scheme.classify(topic)
+        if kind is None:
+            return
+        if kind in (Inbound.OTA_OFFER, Inbound.OTA_CHUNK):
+            if self.updates is not None:
+                self.updates.submit(kind, payload)
+            return
+        self._enqueue(kind, payload, properties)
+
+    def _enqueue(self, kind: Inbound, payload: bytes, properties: Any) -> None:
+        try:
+            self._queue.put(_Msg(kind, payload, properties, time.monotonic()), timeout=1.0)
+        except queue.Full:
+            self.stats.overloaded += 1
+            self._error(
+                "queue",
+                f"node overloaded: {self.config.queue_size} messages waiting; message dropped",
+                kind=kind,
+            )
+
+    def _on_connect(self, session_present: bool) -> None:
+        self.publish_birth()
+
+    def publish_birth(self) -> None:
+        """Publish the retained ``online`` status (model, backend, version)."""
+        if self.link is not None:
+            self.link.publish_now(
+                self.scheme.topic(Outbound.STATUS), self._status_payload("online"), retain=True
+            )
+
+    def _status_payload(self, state: str) -> bytes:
+        body: dict[str, Any] = {"state": state}
+        if state != "lost" and hasattr(self, "model"):
+            body.update(self.describe())
+            body.pop("connected", None)
+        return self.scheme.envelope(Outbound.STATUS, body)
+
+    # -- worker ------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            batch: list[_Msg] = []
+            try:
+                batch.append(self._queue.get(timeout=0.05))
+                while len(batch) < self.config.max_batch * 4:
+                    batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            try:
+                self._process(batch)
+            except Exception:  # never let one bad batch stop the node
+                log.exception("worker failed on a batch of %d messages", len(batch))
+                self.stats.errors += 1
+
+    def _process(self, batch: list[_Msg]) -> None:
+        out: list[Outgoing] = []
+        windows: list[tuple[Window, float]] = []
+        for msg in batch:
+            self.stats.messages += 1
+            try:
+                if msg.kind is Inbound.SENSORS:
+                    windows.extend((w, msg.received) for w in self._sensors(msg, out))
+                elif msg.kind is Inbound.INFER:
+                    self._infer_request(msg, out)
+                elif msg.kind is Inbound.CMD:
+                    self._command(msg, out)
+            except InvalidInputError as exc:
+                out.append(self._error_msg(exc.field, str(exc), kind=msg.kind))
+        if self._assembler is not None:
+            # Giving up a timed-out sample can release complete ones queued behind it.
+            now = time.monotonic()
+            for item in self._assembler.poll():
+                if isinstance(item, Window):
+                    self.stats.windows += 1
+                    windows.append((item, now))
+                else:
+                    self._incomplete(item, out)
+        for i in range(0, len(windows), self.config.max_batch):
+            self._run_windows(windows[i : i + self.config.max_batch], out)
+        if time.monotonic() >= self._next_telemetry and self._telemetry_interval > 0:
+            out.append(self._telemetry())
+            self._next_telemetry = time.monotonic() + self._telemetry_interval
+        self._emit(out)
+
+    def _sensors(self, msg: _Msg, out: list[Outgoing]) -> list[Window]:
+        if self._assembler is None:
+            raise InvalidInputError(
+                "sensors", "this model takes whole graphs, not sensor windows: use the infer topic"
+            )
+        body = loads(msg.payload, self.config.max_payload_bytes)
+        rows = body.get("rows")
+        if rows is None:
+            rows = [body]
+        elif not isinstance(rows, list):
+            raise InvalidInputError("rows", f"expected a list of rows, got {type(rows).__name__}")
+        windows: list[Window] = []
+        for i, row in enumerate(rows):
+            where = "" if "rows" not in body else f"rows[{i}]."
+            if not isinstance(row, dict) or "values" not in row or "t" not in row:
+                raise InvalidInputError(
+                    f"{where}row", 'expected {"t": <seconds>, "values": [...] or {...}}'
+                )
+            t = finite(row["t"], f"{where}t")
+            try:
+                produced = self._assembler.add(t, row["values"])
+            except InvalidInputError as exc:
+                out.append(self._error_msg(f"{where}{exc.field}", str(exc), kind=msg.kind))
+                continue
+            for item in produced:
+                if isinstance(item, Window):
+                    windows.append(item)
+                else:
+                    self._incomplete(item, out)
+        self.stats.windows += len(windows)
+        return windows
+
+    def _incomplete(self, item: Incomplete, out: list[Outgoing]) -> None:
+        self.stats.incomplete += 1
+        out.append(
+            self._error_msg(
+                "values",
+                f"sample at t={item.t} gave up after {self.config.window.timeout_s}s: "
+                f"missing sensors {list(item.missing)}",
+                kind=Inbound.SENSORS,
+                extra={"t": item.t, "missing": list(item.missing)},
+            )
+        )
+
+    def _run_windows(self, items: list[tuple[Window, float]], out: list[Outgoing]) -> None:
+        if not items:
+            return
+        x = np.stack([w.x for w, _ in items])
+        t0 = time.perf_counter()
+        try:
+            with self.model.use() as rt:
+                outputs = rt.infer(x)
+                meta = {"name": rt.manifest.model.name, "version": rt.manifest.model.version}
+                labels = rt.manifest.model.labels
+        except EdgeSDKError as exc:
+            self._model_failed(exc, out)
+            return
+        infer_ms = (time.perf_counter() - t0) * 1e3
+        self._failures_since_swap = None  # a good batch ends the post-update probation
+        self.stats.batches += 1
+        self.stats.inferences += len(items)
+        self.stats.infer_ms.append(infer_ms / len(items))
+        now = time.monotonic()
+        names = list(outputs)
+        for i, (w, received) in enumerate(items):
+            values = {k: outputs[k][i] for k in names}
+            body = _result_body(values, labels)
+            body.update(
+                model=meta,
+                window={"seq": w.seq, "t_start": w.t_start, "t_end": w.t_end},
+                latency_ms=round((now - received) * 1e3, 3),
+            )
+            self.stats.e2e_ms.append(body["latency_ms"])
+            out.append(self._out(Outbound.RESULTS, body, Priority.RESULT))
+            self._alert(body, out)
+            if self._on_result is not None:
+                self._on_result(body)
+
+    def _alert(self, body: dict[str, Any], out: list[Outgoing]) -> None:
+        cls = body.get("class")
+        if cls is None:
+            return
+        rule = self.config.alert
+        fault = cls != rule.normal_class and body["score"] >= rule.threshold
+        if fault and cls != self._alert_class:
+            self._alert_class = cls
+            self.stats.alerts += 1
+            out.append(self._out(Outbound.ALERTS, {"state": "raised", **body}, Priority.CONTROL))
+        elif not fault and cls == rule.normal_class and self._alert_class is not None:
+            self._alert_class = None
+            out.append(self._out(Outbound.ALERTS, {"state": "cleared", **body}, Priority.CONTROL))
+
+    def _model_failed(self, exc: EdgeSDKError, out: list[Outgoing]) -> None:
+        self.stats.errors += 1
+        out.append(self._error_msg("model", f"inference failed: {exc}"))
+        if self._failures_since_swap is None:
+            return
+        self._failures_since_swap += 1
+        if self._failures_since_swap >= ROLLBACK_AFTER_FAILURES and self.updates is not None:
+            self._failures_since_swap = None
+            self.updates.rollback(f"{ROLLBACK_AFTER_FAILURES} failed batches after the update")
+
+    def _infer_request(self, msg: _Msg, out: list[Outgoing]) -> None:
+        body = loads(msg.payload, self.config.max_payload_bytes)
+        props = msg.properties
+        reply_to = getattr(props, "ResponseTopic", None) or body.get("reply_to")
+        correlation = getattr(props, "CorrelationData", None)
+        request_id = body.get("id")
+        try:
+            inputs = body.get("inputs")
+            if not isinstance(inputs, dict):
+                raise InvalidInputError("inputs", 'expected {"inputs": {"x": [...]}}')
+            feeds = {k: np.asarray(v) for k, v in inputs.items()}
+            t0 = time.perf_counter()
+            result = self.infer(feeds)
+            self.stats.infer_ms.append((time.perf_counter() - t0) * 1e3)
+            self.stats.inferences += 1
+            reply: dict[str, Any] = {"outputs": {k: v.tolist() for k, v in result.items()}}
+        except (InvalidInputError, ValueError, TypeError) as exc:
+            self.stats.errors += 1
+            field_name = exc.field if isinstance(exc, InvalidInputError) else "inputs"
+            reply = {"error": str(exc), "field": field_name}
+        reply["request_id"] = request_id
+        if "correlation" in body:
+            reply["correlation"] = body["correlation"]
+        if reply_to and self.link is not None:
+            payload = self.scheme.envelope(Outbound.RESULTS, reply)
+            props_out = self.link.properties(CorrelationData=correlation) if correlation else None
+            self.link.publish_now(str(reply_to), payload, properties=props_out)
+        elif "error" in reply:
+            out.append(self._error_msg(reply["field"], reply["error"], kind=msg.kind))
+        else:
+            out.append(self._out(Outbound.RESULTS, reply, Priority.RESULT))
+
+    def _command(self, msg: _Msg, out: list[Outgoing]) -> None:
+        body = loads(msg.payload, self.config.max_payload_bytes)
+        cmd = body.get("cmd")
+        if cmd == "telemetry_interval":
+            value = finite(body.get("value"), "value")
+            if value < 0:
+                raise InvalidInputError("value", f"expected seconds >= 0, got {value}")
+            self._telemetry_interval = value
+            self._next_telemetry = time.monotonic() + value
+            out.append(self._telemetry())
+        elif cmd == "rollback":
+            if self.updates is None:
+                raise InvalidInputError("cmd", "rollback needs the MQTT link")
+            self.updates.rollback("requested by command")
+        elif cmd == "rebirth":
+            self.publish_birth()
+        elif cmd == "telemetry":
+            out.append(self._telemetry())
+        else:
+            raise InvalidInputError(
+                "cmd",
+                f"unknown command {cmd!r}; expected telemetry_interval, telemetry, rollback "
+                "or rebirth",
+            )
+
+    # -- out ---------------------------------------------------------------------------------
+    def _out(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> Outgoing:
+        topic = self.scheme.topic(kind)
+        return Outgoing(
+            topic, lambda seq: self.scheme.envelope(kind, body, seq), qos=1, priority=priority
+        )
+
+    def _error_msg(
+        self,
+        field_name: str,
+        message: str,
+        kind: Inbound | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Outgoing:
+        self.stats.errors += 1
+        body: dict[str, Any] = {"field": field_name, "error": message}
+        if kind is not None:
+            body["input"] = kind.value
+        body.update(extra or {})
+        return self._out(Outbound.ERRORS, body, Priority.RESULT)
+
+    def _error(self, field_name: str, message: str, kind: Inbound | None = None) -> None:
+        self._emit([self._error_msg(field_name, message, kind)])
+
+    def publish(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> None:
+        """Queue one message through the outbox (no-op for a local-only node)."""
+        self._emit([self._out(kind, body, priority)])
+
+    def _emit(self, out: list[Outgoing]) -> None:
+        if not out or self.outbox is None:
+            return
+        self.outbox.put_many(out)
+        if self.link is not None:
+            self.link.wake()
+
+    def _telemetry(self) -> Outgoing:
+        s = self.stats
+        now, cpu = time.monotonic(), time.process_time()
+        wall0, cpu0 = self._cpu0
+        self._cpu0 = (now, cpu)
+        body: dict[str, Any] = {
+            **self.describe(),
+            "uptime_s": round(now - self._started, 1),
+            "counters": {
+                k: getattr(s, k)
+                for k in (
+                    "messages",
+                    "windows",
+                    "inferences",
+                    "batches",
+                    "errors",
+                    "incomplete",
+                    "overloaded",
+                    "alerts",
+                )
+            },
+            "infer_ms": _percentiles(s.infer_ms),
+            "latency_ms": _percentiles(s.e2e_ms),
+            "queue_depth": self._queue.qsize(),
+            "cpu_percent": round(100 * (cpu - cpu0) / max(now - wall0, 1e-6), 1),
+            "rss_mb": round(_rss_bytes() / 2**20, 1),
+            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        if self.outbox is not None:
+            st = self.outbox.stats()
+            body["outbox"] = {
+                "pending": st.pending,
+                "bytes": st.total_bytes,
+                "dropped": st.dropped,
+                "max_bytes": st.max_bytes,
+            }
+        if self.link is not None:
+            body["link"] = {
+                "connects": self.link.stats.connects,
+                "inflight": self.link.stats.inflight,
+                "replayed": self.link.stats.replayed,
+                "protocol": self.link.stats.protocol,
+            }
+        return self._out(Outbound.TELEMETRY, body, Priority.TELEMETRY)
+
+
+def _result_body(values: dict[str, np.ndarray], labels: list[str]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "outputs": {k: np.round(v.astype(np.float64), 6).tolist() for k, v in values.items()}
+    }
+    first = next(iter(values.values()))
+    if first.ndim == 1 and first.size > 1:
+        z = first.astype(np.float64) - float(first.max())
+        p = np.exp(z) / np.exp(z).sum()
+        cls = int(p.argmax())
+        body["class"] = cls
+        body["score"] = round(float(p[cls]), 6)
+        if cls < len(labels):
+            body["label"] = labels[cls]
+    return body
+
+
+def _percentiles(samples: deque[float]) -> dict[str, float]:
+    if not samples:
+        return {}
+    arr = np.fromiter(samples, np.float64)
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    return {"p50": round(p50, 3), "p90": round(p90, 3), "p99": round(p99, 3), "n": arr.size}
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()

@@ -1,0 +1,231 @@
+"""The JSON topic scheme: every topic and payload the node and the fleet exchange.
+
+All topics live under ``edge/{group}/{node}/``:
+
+In (subscribed at QoS 1):
+
+* ``sensors``: sensor rows, ``{"t": 12.5, "values": [..N..]}`` (or values by
+  sensor name), or ``{"rows": [...]}`` for several;
+* ``infer``: request/response, ``{"inputs": {"x": [[...]]}}``; the reply goes
+  to the MQTT 5 response topic with its correlation data (3.1.1: the
+  ``reply_to`` / ``correlation`` fields);
+* ``cmd``: ``{"cmd": "telemetry_interval", "value": 5}``, ``telemetry``,
+  ``rollback``, ``rebirth``;
+* ``ota/offer`` (retained): an update offer (:class:`edge_sdk.node.transfer.Offer`);
+* ``ota/chunk``: one chunk, ``EDGC`` + 4-byte header length + JSON header + bytes.
+
+Out (QoS 1, through the outbox unless noted):
+
+* ``results``: one result per window; ``alerts``: ``raised`` / ``cleared`` when
+  the predicted class leaves / returns to normal; ``errors``: a rejected input,
+  naming the field and what was expected;
+* ``telemetry``: every N seconds, latency percentiles, queue depth, outbox,
+  CPU and memory; ``ota/status``: each step of a model update, with the reason
+  of a refusal;
+* ``ota/get`` (direct): chunk requests ``{"deployment": id, "chunks": [3, 4]}``;
+* ``status`` (direct, retained): birth ``online`` on connect, last will
+  ``lost``, ``offline`` on a clean stop.
+
+Group-wide messages (commands and offers for every node) use the node name
+``_all``: ``edge/{group}/_all/cmd``. Node and group names therefore may not
+start with ``_`` and may not contain MQTT wildcards or ``/``.
+
+Every JSON message the node sends carries ``schema`` (``edge-sdk/1``), ``type``,
+``node``, ``group``, ``ts`` and, for messages that go through the outbox, a
+unique ``id`` (``{node}:{seq}``) and ``seq`` so the cloud side can put them in
+order and drop duplicates (QoS 1 is at-least-once).
+
+This module is the only place that knows topic strings; the Sparkplug B scheme
+(its own issue) provides the same :class:`Scheme` methods over ``spBv1.0/...``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from ..errors import ConfigError, InvalidInputError
+
+SCHEMA = "edge-sdk/1"
+ROOT = "edge"
+GROUP_WIDE = "_all"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CHUNK_MAGIC = b"EDGC"
+
+
+class Inbound(StrEnum):
+    """What an incoming message is."""
+
+    SENSORS = "sensors"
+    INFER = "infer"
+    CMD = "cmd"
+    OTA_OFFER = "ota/offer"
+    OTA_CHUNK = "ota/chunk"
+
+
+class Outbound(StrEnum):
+    """What an outgoing message is."""
+
+    RESULTS = "results"
+    ALERTS = "alerts"
+    ERRORS = "errors"
+    TELEMETRY = "telemetry"
+    OTA_STATUS = "ota/status"
+    OTA_GET = "ota/get"
+    STATUS = "status"
+
+
+def check_name(kind: str, value: str) -> str:
+    """Validate a group or node name for use in a topic.
+
+    Raises:
+        ConfigError: Empty, too long, leading ``_``, or characters outside
+            ``[A-Za-z0-9_.-]``.
+    """
+    if not _NAME.match(value):
+        raise ConfigError(
+            f"{kind} {value!r} is not a valid name: use 1-64 characters from "
+            "[A-Za-z0-9_.-], starting with a letter or digit (no '/', '+', '#')"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class JsonScheme:
+    """Topics and payloads of one node (or, with ``node="+"``, of a fleet view)."""
+
+    group: str
+    node: str
+    name: str = "json"
+
+    def __post_init__(self) -> None:
+        check_name("group", self.group)
+        if self.node != "+":
+            check_name("node id", self.node)
+
+    # -- topics --------------------------------------------------------------------------
+    def topic(self, kind: Outbound | Inbound, node: str | None = None) -> str:
+        """Full topic of ``kind`` for this node (or ``node``)."""
+        return f"{ROOT}/{self.group}/{node or self.node}/{kind.value}"
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """What a node subscribes to (its own and the group-wide inbound topics)."""
+        subs = []
+        for node in (self.node, GROUP_WIDE):
+            for kind in Inbound:
+                if node == GROUP_WIDE and kind in (Inbound.SENSORS, Inbound.OTA_CHUNK):
+                    continue  # sensors and chunks are always addressed to one node
+                subs.append((self.topic(kind, node), 1))
+        return subs
+
+    def classify(self, topic: str) -> Inbound | None:
+        """Return what an incoming topic is, or None when it is not for this node."""
+        prefix_own = f"{ROOT}/{self.group}/{self.node}/"
+        prefix_all = f"{ROOT}/{self.group}/{GROUP_WIDE}/"
+        for prefix in (prefix_own, prefix_all):
+            if topic.startswith(prefix):
+                try:
+                    return Inbound(topic[len(prefix) :])
+                except ValueError:
+                    return None
+        return None
+
+    @staticmethod
+    def parse(topic: str) -> tuple[str, str, str] | None:
+        """Split ``edge/{group}/{node}/{kind}`` into ``(group, node, kind)``."""
+        parts = topic.split("/", 3)
+        if len(parts) != 4 or parts[0] != ROOT:
+            return None
+        return parts[1], parts[2], parts[3]
+
+    # -- payloads ------------------------------------------------------------------------
+    def envelope(self, kind: Outbound, body: dict[str, Any], seq: int | None = None) -> bytes:
+        """Encode an outgoing JSON message; ``seq`` adds the de-duplication ``id``."""
+        msg: dict[str, Any] = {
+            "schema": SCHEMA,
+            "type": kind.value,
+            "node": self.node,
+            "group": self.group,
+            "ts": round(time.time(), 6),
+        }
+        if seq is not None:
+            msg["id"] = f"{self.node}:{seq}"
+            msg["seq"] = seq
+        msg.update(body)
+        return dumps(msg)
+
+
+def dumps(msg: dict[str, Any]) -> bytes:
+    """Compact JSON; NaN/inf are not valid JSON, so they are refused here too."""
+    return json.dumps(msg, separators=(",", ":"), allow_nan=False).encode()
+
+
+def loads(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    """Decode an incoming JSON object.
+
+    Raises:
+        InvalidInputError: Oversized, not UTF-8 JSON, not an object, or
+            containing NaN/Infinity literals.
+    """
+    if len(payload) > max_bytes:
+        raise InvalidInputError(
+            "payload", f"{len(payload)} bytes exceeds the limit of {max_bytes} bytes"
+        )
+    try:
+        msg = json.loads(payload, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError("payload", f"not valid JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise InvalidInputError("payload", f"expected a JSON object, got {type(msg).__name__}")
+    return msg
+
+
+def _refuse_constant(name: str) -> float:
+    raise InvalidInputError("payload", f"{name} is not allowed (readings must be finite)")
+
+
+def finite(value: Any, field: str) -> float:
+    """A finite float, or InvalidInputError naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(field, f"expected a number, got {type(value).__name__}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise InvalidInputError(field, f"expected a finite number, got {out}")
+    return out
+
+
+def encode_chunk(deployment: str, index: int, data: bytes) -> bytes:
+    """One OTA chunk: magic, header length, JSON header, raw bytes."""
+    header = dumps({"deployment": deployment, "index": index, "size": len(data)})
+    return _CHUNK_MAGIC + struct.pack(">I", len(header)) + header + data
+
+
+def decode_chunk(payload: bytes) -> tuple[str, int, bytes]:
+    """Inverse of :func:`encode_chunk`.
+
+    Raises:
+        InvalidInputError: Not a chunk message, or a header that does not
+            match the data length.
+    """
+    if len(payload) < 8 or payload[:4] != _CHUNK_MAGIC:
+        raise InvalidInputError("chunk", "not an OTA chunk (missing EDGC header)")
+    (hlen,) = struct.unpack(">I", payload[4:8])
+    if 8 + hlen > len(payload):
+        raise InvalidInputError("chunk", "header length runs past the end of the message")
+    header = loads(payload[8 : 8 + hlen], max_bytes=4096)
+    data = payload[8 + hlen :]
+    try:
+        deployment, index, size = header["deployment"], header["index"], header["size"]
+    except KeyError as exc:
+        raise InvalidInputError("chunk", f"header lacks {exc}") from None
+    if not isinstance(index, int) or not isinstance(size, int) or size != len(data):
+        raise InvalidInputError(
+            "chunk", f"header says {size!r} bytes at index {index!r}, message has {len(data)}"
+        )
+    return str(deployment), index, data

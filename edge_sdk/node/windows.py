@@ -1,0 +1,348 @@
+"""Assemble model input windows from sensor messages.
+
+A factory model sees the plant as a graph: one node per sensor, and per node
+the last ``size`` samples as features. For Tennessee Eastman that is 52
+sensors and windows of 20 samples, i.e. an input ``x`` of shape ``[52, 20]``.
+Sensor data reaches the node as messages, each either a full row (every
+sensor at one timestamp) or a partial row (some sensors at a timestamp, e.g.
+from different PLCs). :class:`WindowAssembler` turns that stream into
+windows:
+
+* Partial rows for the same timestamp merge (a sensor sent twice: last value
+  wins). A sample is *complete* once every sensor has a value.
+* Samples enter the window in timestamp order: a complete sample waits until
+  every earlier incomplete one has completed or expired.
+* A sample still incomplete ``timeout_s`` after its first value arrived is
+  given up: it is reported as :class:`Incomplete` (naming the missing
+  sensors) and dropped, so the window never advances with a hole in it.
+  At most ``max_pending`` incomplete samples are buffered; beyond that the
+  oldest is given up the same way.
+* Data for a timestamp older than the newest sample in the window, or for a
+  sample already given up, raises :class:`~edge_sdk.errors.InvalidInputError`
+  and leaves the assembler unchanged. An exact repeat of values already in the
+  newest sample (an MQTT QoS 1 redelivery) is ignored.
+* A :class:`Window` is emitted when ``size`` samples are buffered and then
+  every ``stride`` samples; its array is a copy the caller may keep.
+
+Not thread-safe: the node calls ``add``/``poll`` from one thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError, InvalidInputError
+
+__all__ = ["Incomplete", "Window", "WindowAssembler", "WindowSpec"]
+
+_NAMES_SHOWN = 10
+
+
+def _names(names: Sequence[str]) -> str:
+    """``a, b, c`` or ``a, b, ... (+N more)`` for long lists."""
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    if len(names) > _NAMES_SHOWN:
+        shown += f", ... (+{len(names) - _NAMES_SHOWN} more)"
+    return shown
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What a window looks like.
+
+    Attributes:
+        sensors: Sensor names in graph-node order; ``len(sensors)`` = N.
+        size: Samples per window (F); the window is ``[N, size]``.
+        stride: Emit a window every ``stride`` samples once ``size`` are buffered.
+        timeout_s: How long an incomplete sample waits for its missing sensors
+            (measured on the assembler's clock from its first value).
+        max_pending: Most incomplete samples buffered; the oldest beyond that
+            is given up as :class:`Incomplete`.
+    """
+
+    sensors: tuple[str, ...]
+    size: int
+    stride: int = 1
+    timeout_s: float = 2.0
+    max_pending: int = 1024
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sensors, str) or not all(isinstance(s, str) for s in self.sensors):
+            raise ConfigError("WindowSpec.sensors must be a sequence of sensor names")
+        object.__setattr__(self, "sensors", tuple(self.sensors))
+        if not self.sensors:
+            raise ConfigError("WindowSpec.sensors is empty: a window needs at least one sensor")
+        dupes = [name for name, count in Counter(self.sensors).items() if count > 1]
+        if dupes:
+            raise ConfigError(f"WindowSpec.sensors has duplicate names: {_names(dupes)}")
+        for name in ("size", "stride", "max_pending"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"WindowSpec.{name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.timeout_s, int | float) and self.timeout_s > 0):
+            raise ConfigError(f"WindowSpec.timeout_s must be > 0 seconds, got {self.timeout_s!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """One model input window.
+
+    Attributes:
+        x: float32 ``[N, size]`` in ``spec.sensors`` order; column -1 is the
+            newest sample. A copy owned by the caller.
+        t_start: Timestamp of the oldest sample (column 0).
+        t_end: Timestamp of the newest sample (column -1).
+        seq: Windows emitted before this one by the same assembler (0-based).
+    """
+
+    x: np.ndarray
+    t_start: float
+    t_end: float
+    seq: int
+
+
+@dataclass(frozen=True)
+class Incomplete:
+    """A sample given up on: still missing sensors after ``timeout_s`` (or evicted).
+
+    Attributes:
+        t: The sample's timestamp.
+        missing: Sensors that never sent a value for it, in spec order.
+    """
+
+    t: float
+    missing: tuple[str, ...]
+
+
+class _Pending:
+    __slots__ = ("deadline", "present", "values")
+
+    def __init__(self, n: int, deadline: float) -> None:
+        self.values = np.zeros(n, dtype=np.float32)
+        self.present = np.zeros(n, dtype=bool)
+        self.deadline = deadline
+
+
+Event = Window | Incomplete
+
+
+class WindowAssembler:
+    """Buffer sensor samples and emit :class:`Window` / :class:`Incomplete` events.
+
+    Args:
+        spec: Window layout.
+        clock: Monotonic clock in seconds, used for ``timeout_s`` only (sample
+            timestamps ``t`` are whatever the sensors send). Inject a fake
+            clock in tests.
+
+    Not thread-safe: call ``add`` and ``poll`` from one thread.
+    """
+
+    def __init__(self, spec: WindowSpec, clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self._clock = clock
+        n = len(spec.sensors)
+        self._index = {name: i for i, name in enumerate(spec.sensors)}
+        # Ring buffer of complete samples; column self._head is the next to write.
+        self._buf = np.zeros((n, spec.size), dtype=np.float32)
+        self._times = np.zeros(spec.size, dtype=np.float64)
+        self._head = 0
+        self._filled = 0
+        self._appended = 0  # complete samples appended in total
+        self._seq = 0
+        self._last_t: float | None = None  # newest appended timestamp
+        self._pending: dict[float, _Pending] = {}
+        self._order: list[float] = []  # sorted keys of _pending
+        # Timestamps given up recently (newer than _last_t at the time), so late
+        # values for them are refused instead of starting a new sample.
+        self._given_up: deque[float] = deque()
+        self._given_up_set: set[float] = set()
+
+    # -- public ------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Samples buffered outside the window: incomplete ones, and complete ones
+        waiting behind an earlier incomplete sample."""
+        return len(self._pending)
+
+    def add(
+        self, t: float, values: Mapping[str, float] | Sequence[float] | np.ndarray
+    ) -> list[Event]:
+        """Add a full or partial row at timestamp ``t``.
+
+        Args:
+            t: Sample timestamp (any finite number; typically epoch seconds).
+            values: Either a sequence (or 1-D array) of exactly N numbers in
+                ``spec.sensors`` order, or a mapping ``{sensor name: value}`` for some sensors.
+
+        Returns:
+            Events that became ready, in the order they happened: windows, and
+            samples given up (an :class:`Incomplete` is reported when it is given
+            up, which may be before windows holding older samples).
+
+        Raises:
+            InvalidInputError: ``t`` is not finite, older than the newest sample
+                in the window or already given up (field ``t``); ``values`` has
+                the wrong count, unknown sensor names or non-finite numbers
+                (field ``values``). The assembler is unchanged.
+        """
+        t = self._check_t(t)
+        idx, vals = self._parse(values)
+        now = self._clock()
+        if self._last_t is not None and t <= self._last_t:
+            if t == self._last_t and self._is_repeat(idx, vals):
+                return self._drain(now)  # QoS 1 redelivery of the newest sample
+            raise InvalidInputError(
+                "t",
+                f"sample t={t!r} is out of order: the window already holds t={self._last_t!r}; "
+                "samples must arrive in timestamp order (late data is dropped)",
+            )
+        if t in self._given_up_set:
+            raise InvalidInputError(
+                "t",
+                f"sample t={t!r} was already given up after timeout_s={self.spec.timeout_s:g} s "
+                "(reported as Incomplete); late values for it are dropped",
+            )
+        sample = self._pending.get(t)
+        if sample is None:
+            sample = _Pending(len(self.spec.sensors), now + self.spec.timeout_s)
+            self._pending[t] = sample
+            bisect.insort(self._order, t)
+        sample.values[idx] = vals
+        sample.present[idx] = True
+        return self._drain(now)
+
+    def poll(self) -> list[Event]:
+        """Give up samples whose timeout passed; return the events that became ready.
+
+        Call periodically (e.g. every ``timeout_s / 4``) so a sensor that goes
+        silent is reported even when no further messages arrive.
+        """
+        return self._drain(self._clock())
+
+    # -- validation --------------------------------------------------------------------
+
+    @staticmethod
+    def _check_t(t: float) -> float:
+        try:
+            value = float(t)
+        except (TypeError, ValueError):
+            raise InvalidInputError("t", f"expected a number, got {t!r}") from None
+        if not math.isfinite(value):
+            raise InvalidInputError("t", f"expected a finite timestamp, got {t!r}")
+        return value
+
+    def _parse(
+        self, values: Mapping[str, float] | Sequence[float] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (sensor indices, float32 values) or raise InvalidInputError('values')."""
+        n = len(self.spec.sensors)
+        if isinstance(values, Mapping):
+            unknown = [str(k) for k in values if k not in self._index]
+            if unknown:
+                raise InvalidInputError(
+                    "values",
+                    f"unknown sensors: {_names(unknown)}; expected names from the window "
+                    f"spec ({n} sensors: {_names(list(self.spec.sensors))})",
+                )
+            if not values:
+                raise InvalidInputError("values", "no sensor values in the message")
+            names = list(values)
+            idx = np.fromiter((self._index[k] for k in names), dtype=np.intp, count=len(names))
+            raw: object = [values[k] for k in names]
+        else:
+            if isinstance(values, str | bytes):
+                raise InvalidInputError(
+                    "values", f"expected {n} sensor values or a mapping, got a string"
+                )
+            names = list(self.spec.sensors)
+            idx = np.arange(n, dtype=np.intp)
+            raw = values
+        try:
+            with np.errstate(over="ignore"):  # beyond float32 range -> inf, reported below
+                arr = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError("values", f"expected numbers: {exc}") from None
+        if isinstance(values, Mapping):
+            if arr.ndim != 1:
+                raise InvalidInputError("values", "each sensor value must be a single number")
+        elif arr.ndim != 1 or arr.shape[0] != n:
+            got = arr.shape[0] if arr.ndim == 1 else f"an array of shape {list(arr.shape)}"
+            raise InvalidInputError("values", f"expected {n} sensor values, got {got}")
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            bad_names = [names[i] for i in np.flatnonzero(bad)]
+            raise InvalidInputError(
+                "values",
+                f"non-finite values (NaN, inf or beyond float32 range) for "
+                f"{len(bad_names)} sensor(s): {_names(bad_names)}",
+            )
+        return idx, arr
+
+    def _is_repeat(self, idx: np.ndarray, vals: np.ndarray) -> bool:
+        newest = self._buf[:, (self._head - 1) % self.spec.size]
+        return bool(np.array_equal(newest[idx], vals))
+
+    # -- assembly ----------------------------------------------------------------------
+
+    def _drain(self, now: float) -> list[Event]:
+        out: list[Event] = []
+        # Over max_pending: the oldest incomplete samples are given up first.
+        excess = len(self._pending) - self.spec.max_pending
+        blocked = False
+        keep: list[float] = []
+        for t in self._order:
+            sample = self._pending[t]
+            complete = bool(sample.present.all())
+            if not complete and (sample.deadline <= now or excess > 0):
+                self._give_up(t, out)
+                excess -= 1
+            elif complete and not blocked:
+                del self._pending[t]
+                self._append(t, sample.values, out)
+                excess -= 1
+            else:
+                blocked = True
+                keep.append(t)
+        self._order = keep
+        return out
+
+    def _give_up(self, t: float, out: list[Event]) -> None:
+        sample = self._pending.pop(t)
+        missing = tuple(self.spec.sensors[i] for i in np.flatnonzero(~sample.present))
+        out.append(Incomplete(t=t, missing=missing))
+        self._given_up.append(t)
+        self._given_up_set.add(t)
+        while len(self._given_up) > self.spec.max_pending:
+            self._given_up_set.discard(self._given_up.popleft())
+
+    def _append(self, t: float, values: np.ndarray, out: list[Event]) -> None:
+        size = self.spec.size
+        self._buf[:, self._head] = values
+        self._times[self._head] = t
+        self._head = (self._head + 1) % size
+        self._filled = min(self._filled + 1, size)
+        self._appended += 1
+        self._last_t = t
+        while self._given_up and self._given_up[0] <= t:  # the _last_t check covers these now
+            self._given_up_set.discard(self._given_up.popleft())
+        if self._filled == size and (self._appended - size) % self.spec.stride == 0:
+            # Oldest column is at _head once the ring is full; concatenate copies.
+            x = np.concatenate((self._buf[:, self._head :], self._buf[:, : self._head]), axis=1)
+            out.append(
+                Window(
+                    x=x,
+                    t_start=float(self._times[self._head]),
+                    t_end=t,
+                    seq=self._seq,
+                )
+            )
+            self._seq += 1

@@ -1,0 +1,153 @@
+"""Fixtures for node tests that talk to a real local mosquitto broker.
+
+Real-broker tests are part of the Definition of Done: when mosquitto or
+paho-mqtt is missing they *fail* with the install command (``make test``
+installs both). Set ``EDGE_SDK_SKIP_MQTT=1`` to skip them deliberately.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from edge_sdk.fleet.broker import INSTALL_HINT, LocalBroker, find_mosquitto
+
+if TYPE_CHECKING:
+    from mqtt_helpers import Recorder
+
+
+@pytest.fixture(scope="session")
+def mosquitto_path() -> str:
+    """Path of the mosquitto binary; the one place that decides skip vs fail."""
+    if os.environ.get("EDGE_SDK_SKIP_MQTT") == "1":
+        pytest.skip("EDGE_SDK_SKIP_MQTT=1: real-broker MQTT tests skipped on request")
+    path = find_mosquitto()
+    if path is None:
+        pytest.fail(f"{INSTALL_HINT} (or set EDGE_SDK_SKIP_MQTT=1 to skip MQTT tests)")
+    if importlib.util.find_spec("paho") is None:
+        pytest.fail(
+            'paho-mqtt is not installed: pip install -e ".[mqtt]" or `make test` '
+            "(or set EDGE_SDK_SKIP_MQTT=1 to skip MQTT tests)"
+        )
+    return path
+
+
+@pytest.fixture
+def broker(mosquitto_path: str, tmp_path: Path) -> Iterator[LocalBroker]:
+    """A fresh broker per test (own port, own persistence dir), stopped afterwards."""
+    b = LocalBroker(tmp_path / "broker").start()
+    try:
+        yield b
+    finally:
+        b.stop(timeout_s=5)  # SIGKILLs if SIGTERM hangs
+
+
+@pytest.fixture
+def mqtt_client_factory(mosquitto_path: str) -> Iterator[Callable[..., Recorder]]:
+    """Return ``make(broker, client_id=None, **opts) -> Recorder`` (connected, loop running).
+
+    ``opts``: ``clean_start`` (default True), ``session_expiry_s``, ``protocol``
+    (MQTT v5 by default). Every client is closed at teardown.
+    """
+    from mqtt_helpers import Recorder
+
+    made: list[Recorder] = []
+
+    def make(broker: LocalBroker, client_id: str | None = None, **opts: Any) -> Recorder:
+        rec = Recorder(broker.host, broker.port, client_id, **opts)
+        made.append(rec)
+        rec.wait_ready()
+        return rec
+
+    yield make
+    for rec in made:
+        rec.close()
+
+
+# -- bundles and keys ----------------------------------------------------------------------
+
+SENSOR_MODEL = Path(__file__).resolve().parents[2] / "samples" / "tep" / "sensor_model.py"
+
+
+def _sensor_model() -> Any:
+    for module in ("torch", "torch_geometric", "onnx"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"exporting a test bundle needs the [export] extra ({module} missing)")
+    spec = importlib.util.spec_from_file_location("tep_sensor_model", SENSOR_MODEL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # torch.export (strict) re-imports the model's module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def sensor_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """TEP-size static bundles (52 sensors x 20 samples, 22 classes). Read-only by contract.
+
+    ``v1`` is version 1.0.0 (seed 0), ``v2`` 1.1.0 (seed 1, different outputs),
+    ``old`` 0.9.0 (seed 2).
+    """
+    model = _sensor_model()
+    root = tmp_path_factory.mktemp("sensor_bundles")
+    versions = {"v1": ("1.0.0", 0), "v2": ("1.1.0", 1), "old": ("0.9.0", 2)}
+    return {
+        key: model.export_sensor_bundle(root / f"{key}.bundle", version=v, seed=seed).bundle_dir
+        for key, (v, seed) in versions.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A trusted key pair (``key``/``pub``) and an untrusted one (``rogue_key``/``rogue_pub``)."""
+    from edge_sdk.signing import generate_keypair
+
+    root = tmp_path_factory.mktemp("keys")
+    key, pub = generate_keypair(root, "fleet")
+    rogue_key, rogue_pub = generate_keypair(root, "rogue")
+    return {"key": key, "pub": pub, "rogue_key": rogue_key, "rogue_pub": rogue_pub}
+
+
+# -- nodes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, fleet_keys: dict[str, Path]) -> Iterator[Callable[..., Any]]:
+    """Return ``make(broker, bundle, node_id="n1", **config) -> EdgeNode`` (started).
+
+    With a broker it waits until the node is connected. Nodes stop at teardown.
+    """
+    from edge_sdk.node import BrokerConfig, EdgeNode, NodeConfig
+
+    made: list[Any] = []
+
+    def make(
+        broker: LocalBroker | None, bundle: Path | None, node_id: str = "n1", **cfg: Any
+    ) -> Any:
+        cfg.setdefault("state_dir", tmp_path / f"state-{node_id}")
+        cfg.setdefault("trusted_keys", [fleet_keys["pub"]])
+        cfg.setdefault("telemetry_interval_s", 0)
+        config = NodeConfig(
+            node_id=node_id,
+            group="plant",
+            bundle=bundle,
+            broker=BrokerConfig(url=broker.url, keepalive_s=5, reconnect_min_s=1)
+            if broker
+            else None,
+            **cfg,
+        )
+        node = EdgeNode(config).start()
+        made.append(node)
+        if broker is not None:
+            assert node.link.wait_connected(15), "node did not connect to the test broker"
+        return node
+
+    yield make
+    for node in made:
+        node.stop()
