@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,13 +130,27 @@ def quantised_nodes(model: onnx.ModelProto, candidates: Sequence[str]) -> list[s
     ]
 
 
+def _remove_debris(before: set[str]) -> None:
+    """Delete what ORT's failed symbolic inference dumps into the working directory.
+
+    It saves ``sym_shape_infer_temp.onnx`` plus a ``<uuid>.data`` weights file
+    in the current directory (a debugging aid) and leaves them there.
+    """
+    for name in set(os.listdir(".")) - before:
+        if name == "sym_shape_infer_temp.onnx" or name.endswith(".data"):
+            with contextlib.suppress(OSError):
+                os.remove(name)
+
+
 def _pre_process(model: onnx.ModelProto, out: Path) -> None:
     """ORT's shape inference before quantising (graph optimisation off: names stay)."""
+    before = set(os.listdir("."))
     try:
         quant_pre_process(model, out, skip_optimization=True)
         return
     except Exception as exc:  # symbolic inference fails on some ops; plain ONNX inference next
         _log.info("symbolic shape inference failed (%s); using ONNX shape inference", exc)
+        _remove_debris(before)
     try:
         quant_pre_process(model, out, skip_optimization=True, skip_symbolic_shape=True)
     except Exception as exc:

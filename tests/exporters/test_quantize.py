@@ -250,3 +250,36 @@ def test_mismatched_names_and_missing_data_are_errors(gcn: Exported) -> None:
         )
     with pytest.raises(ExportError, match="at least one calibration graph"):
         quantize_int8(gcn.fp32, gcn.tmp / "x.onnx", [], [gcn.case], ["logits"], QuantConfig())
+
+
+def test_int8_export_leaves_nothing_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ORT's symbolic shape inference fails on a pooled static GCN and dumps
+    # sym_shape_infer_temp.onnx + <uuid>.data into the current directory.
+    from torch_geometric.nn import global_mean_pool
+
+    class Pooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = GCNConv(6, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x, edge_index, batch):
+            return self.head(global_mean_pool(self.conv(x, edge_index).relu(), batch))
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    rng = np.random.default_rng(0)
+    ring = np.arange(10)
+    sample = sample_from_arrays(
+        {
+            "x": rng.standard_normal((4, 10, 6), dtype=np.float32),
+            "edge_index": np.stack([ring, (ring + 1) % 10]),
+        }
+    )
+    torch.manual_seed(0)
+    cfg = ExportConfig(name="pooled", form="static", int8=True, max_rel_error=1.0)
+    export_model(Pooled().eval(), sample, tmp_path / "b", cfg)
+    assert sorted(p.name for p in cwd.iterdir()) == []
