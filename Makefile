@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= out/cora
 
-.PHONY: demo test lint typecheck unit clean help
+.PHONY: demo test lint typecheck unit clean help mosquitto
 
 help:
 	@echo "make demo   - train, export and run the Cora GNN bundles end to end"
@@ -21,6 +21,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[export,onnxruntime,samples,mqtt,dev]"
 	@touch $(STAMP)
 
+# The node tests run against a real MQTT broker: install Debian's mosquitto once
+# when it is missing (sudo when not root). The package starts no service here;
+# the test fixtures run their own broker on a free port.
+mosquitto:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+	  echo "installing mosquitto (MQTT broker for the edge-node tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/python samples/cora/cora.py --out $(DEMO_OUT)
 
@@ -31,7 +42,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy edge_sdk runtimes exporters
 
-unit: $(STAMP)
+unit: $(STAMP) mosquitto
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit

@@ -86,6 +86,9 @@ def run(
     profile: Annotated[str | None, typer.Option(help="Device profile.")] = None,
     backend: Annotated[str | None, typer.Option(help="Force one inference backend.")] = None,
     precision: Annotated[str | None, typer.Option(help="Force fp32, fp16 or int8.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Inference threads (1 suits small sensor models).")
+    ] = None,
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (tests, demos).")
     ] = None,
@@ -110,11 +113,8 @@ def run(
             "profile": profile,
             "backend": backend,
             "precision": precision,
+            "threads": threads,
         }
-        if broker is None:
-            for k in [k for k in overrides if k.startswith("broker.")]:
-                if overrides[k] is not None and k != "broker.url":
-                    overrides[k] = overrides[k]  # applied to the file's broker section
         cfg = load_config(config, **overrides)
         node = EdgeNode(cfg)
         stop = threading.Event()
