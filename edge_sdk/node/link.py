@@ -112,6 +112,8 @@ class MqttLink:
         self._connected = threading.Event()
         self._pump_thread: threading.Thread | None = None
         self._protocol = broker.protocol
+        self._sub_mid: int | None = None
+        self._session_present = False
         self._client: Client = self._make_client()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -193,7 +195,7 @@ class MqttLink:
         """Add a subscription (kept across reconnects)."""
         self._subscriptions.append((topic, qos))
         if self.connected:
-            self._client.subscribe(topic, qos)
+            self._client.subscribe(topic, qos)  # its SUBACK is not waited for
 
     @property
     def is_v5(self) -> bool:
@@ -231,6 +233,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         client.max_inflight_messages_set(self._ocfg.inflight)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(
@@ -274,8 +277,25 @@ class MqttLink:
                 return
             log.warning("broker refused the connection: %s", reason)
             return
-        for topic, qos in self._subscriptions:
-            client.subscribe(topic, qos)
+        self._session_present = bool(getattr(flags, "session_present", False))
+        if self._subscriptions:
+            # Ready only once the broker confirmed the subscriptions (_on_subscribe):
+            # a message sent to the node right after "connected" must not be lost.
+            _, self._sub_mid = client.subscribe(list(self._subscriptions))
+        else:
+            self._ready()
+
+    def _on_subscribe(
+        self, client: Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        if mid != self._sub_mid:
+            return
+        for (topic, _), reason in zip(self._subscriptions, reasons, strict=False):
+            if getattr(reason, "is_failure", False):
+                log.error("broker refused the subscription to %s: %s", topic, reason)
+        self._ready()
+
+    def _ready(self) -> None:
         with self._cond:
             self.stats.connected = True
             self.stats.connects += 1
@@ -289,7 +309,7 @@ class MqttLink:
             self._connected.set()
             self._cond.notify_all()
         if self._on_connect_cb is not None:
-            self._on_connect_cb(bool(getattr(flags, "session_present", False)))
+            self._on_connect_cb(self._session_present)
 
     def _fall_back(self) -> None:
         self._client.loop_stop()

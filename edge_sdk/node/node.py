@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, EdgeSDKError, InvalidInputError
+from ..manifest import Manifest
 from ..runtime import Runtime
 from ..signature import GraphForm
 from .config import NodeConfig
@@ -105,7 +106,7 @@ class EdgeNode:
         self.model = ActiveModel(self._load_runtime(source), source)
         self._failures_since_swap: int | None = None
         self.canary_ms = self._measure_canary()
-        self._assembler = self._make_assembler()
+        self._assembler = self.assembler_for(self.model.runtime.manifest)
         self._alert_class: int | None = None
         self._queue: queue.Queue[_Msg] = queue.Queue(maxsize=config.queue_size)
         self._stop = threading.Event()
@@ -175,15 +176,27 @@ class EdgeNode:
         return result.latency_ms
 
     def swap(self, runtime: Runtime, source: Path) -> None:
-        """Serve ``runtime`` from the next call on (in-flight calls finish on the old one)."""
+        """Serve ``runtime`` from the next call on (in-flight calls finish on the old one).
+
+        Raises:
+            ConfigError: The new model's input layout does not fit the window
+                config (checked before anything changes).
+        """
+        assembler = self.assembler_for(runtime.manifest, keep=self._assembler)
         self.model.swap(runtime, source)
-        self._assembler = self._make_assembler(keep=self._assembler)
+        self._assembler = assembler
         self._failures_since_swap = 0
         self.canary_ms = self._measure_canary()
         self.publish_birth()
 
-    def _make_assembler(self, keep: WindowAssembler | None = None) -> WindowAssembler | None:
-        m = self.model.runtime.manifest
+    def assembler_for(
+        self, m: Manifest, keep: WindowAssembler | None = None
+    ) -> WindowAssembler | None:
+        """The window assembler a model needs (None for whole-graph models).
+
+        Raises:
+            ConfigError: The window config does not fit the model's input.
+        """
         if m.graph.form is GraphForm.DYNAMIC or len(m.inputs[0].shape) != 3:
             return None
         n, f = m.inputs[0].shape[1], m.inputs[0].shape[2]

@@ -37,7 +37,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
-from ..errors import EdgeSDKError, InvalidInputError, ManifestError, SignatureError, UpdateError
+from ..errors import (
+    ConfigError,
+    EdgeSDKError,
+    InvalidInputError,
+    ManifestError,
+    SignatureError,
+    UpdateError,
+)
 from ..manifest import MANIFEST_NAME, parse_manifest
 from ..signing import load_public_keys, verify_manifest
 from .health import run_canary
@@ -301,6 +308,11 @@ class UpdateAgent:
             latency_ms=round(result.latency_ms, 3),
             budget_ms=budget,
         )
+        try:
+            self.node.assembler_for(runtime.manifest)
+        except ConfigError as exc:
+            runtime.close()
+            raise UpdateError("stage", str(exc)) from None
         self.node.slots.activate(staged)
         old = self.node.model.runtime.manifest.model.version
         self.node.swap(runtime, staged)

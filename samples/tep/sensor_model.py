@@ -57,6 +57,7 @@ def export_sensor_bundle(
     seed: int = 0,
     int8: bool = False,
     name: str = "tep-sensor-gcn",
+    num_sensors: int = NUM_SENSORS,
 ) -> ExportResult:
     """Export an (untrained, seeded) sensor model to a static-topology bundle.
 
@@ -66,6 +67,7 @@ def export_sensor_bundle(
         seed: Weight and sample seed; different seeds give different outputs.
         int8: Also write an INT8 artifact.
         name: Model name in the manifest.
+        num_sensors: Graph nodes (sensors) of the model.
 
     Returns:
         The export result (bundle path, manifest).
@@ -74,8 +76,8 @@ def export_sensor_bundle(
         torch.manual_seed(seed)
         model = SensorGCN().eval()
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((8, NUM_SENSORS, WINDOW), dtype=np.float32)
-    sample = sample_from_arrays({"x": x, "edge_index": sensor_graph()})
+    x = rng.standard_normal((8, num_sensors, WINDOW), dtype=np.float32)
+    sample = sample_from_arrays({"x": x, "edge_index": sensor_graph(num_sensors)})
     cfg = ExportConfig(
         name=name,
         version=version,

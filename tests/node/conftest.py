@@ -88,6 +88,12 @@ def _sensor_model() -> Any:
 
 
 @pytest.fixture(scope="session")
+def sensor_model() -> Any:
+    """The ``samples/tep/sensor_model.py`` module (export builders of the TEP-size model)."""
+    return _sensor_model()
+
+
+@pytest.fixture(scope="session")
 def sensor_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """TEP-size static bundles (52 sensors x 20 samples, 22 classes). Read-only by contract.
 
@@ -119,7 +125,7 @@ def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def make_node(tmp_path: Path, fleet_keys: dict[str, Path]) -> Iterator[Callable[..., Any]]:
-    """Return ``make(broker, bundle, node_id="n1", **config) -> EdgeNode`` (started).
+    """Return ``make(broker, bundle, node_id="n1", broker_opts=None, **config) -> EdgeNode``.
 
     With a broker it waits until the node is connected. Nodes stop at teardown.
     """
@@ -128,7 +134,11 @@ def make_node(tmp_path: Path, fleet_keys: dict[str, Path]) -> Iterator[Callable[
     made: list[Any] = []
 
     def make(
-        broker: LocalBroker | None, bundle: Path | None, node_id: str = "n1", **cfg: Any
+        broker: LocalBroker | None,
+        bundle: Path | None,
+        node_id: str = "n1",
+        broker_opts: dict[str, Any] | None = None,
+        **cfg: Any,
     ) -> Any:
         cfg.setdefault("state_dir", tmp_path / f"state-{node_id}")
         cfg.setdefault("trusted_keys", [fleet_keys["pub"]])
@@ -137,7 +147,9 @@ def make_node(tmp_path: Path, fleet_keys: dict[str, Path]) -> Iterator[Callable[
             node_id=node_id,
             group="plant",
             bundle=bundle,
-            broker=BrokerConfig(url=broker.url, keepalive_s=5, reconnect_min_s=1)
+            broker=BrokerConfig(
+                url=broker.url, keepalive_s=5, reconnect_min_s=1, **(broker_opts or {})
+            )
             if broker
             else None,
             **cfg,

@@ -259,3 +259,24 @@ def test_results_queued_on_disk_survive_a_node_sigkill(
         restarted.terminate()
         _, err = restarted.communicate(timeout=20)
     assert restarted.returncode == 0, err
+
+
+def test_node_speaks_mqtt_311_with_payload_reply_to(
+    broker, make_node, mqtt_client_factory, sensor_bundles
+):
+    from paho.mqtt.enums import MQTTProtocolVersion
+
+    node = make_node(broker, sensor_bundles["v1"], broker_opts={"protocol": "3.1.1"})
+    assert node.link.stats.protocol == "3.1.1"
+    cloud = mqtt_client_factory(broker, protocol=MQTTProtocolVersion.MQTTv311)
+    cloud.subscribe("edge/plant/n1/results")
+    cloud.subscribe("cloud/replies")
+    x = _rows(N_SENSORS, seed=4)[:, :WINDOW][None]
+    request = {"inputs": {"x": x.tolist()}, "reply_to": "cloud/replies", "correlation": "c-9"}
+    cloud.publish("edge/plant/n1/infer", json.dumps(request))
+    for t, row in enumerate(_rows(WINDOW)):
+        cloud.publish("edge/plant/n1/sensors", json.dumps({"t": t, "values": row.tolist()}))
+    msgs = cloud.wait_for(2, timeout=20)
+    reply = next(json.loads(m.payload) for m in msgs if m.topic == "cloud/replies")
+    assert reply["correlation"] == "c-9" and np.asarray(reply["outputs"]["out"]).shape == (1, 22)
+    assert any(m.topic.endswith("/results") for m in msgs)

@@ -149,6 +149,20 @@ def test_forced_downgrade_is_installed(broker, make_node, sensor_bundles, fleet_
     assert _serving(node) == "0.9.0"
 
 
+def test_update_with_another_sensor_layout_is_refused_before_the_swap(
+    broker, make_node, fleet_keys, tmp_path, sensor_bundles, sensor_model
+):
+    from edge_sdk.node.config import WindowConfig
+
+    sensors = WindowConfig(sensors=[f"xmeas_{i}" for i in range(1, 53)])
+    node = make_node(broker, sensor_bundles["v1"], window=sensors)
+    other = sensor_model.export_sensor_bundle(tmp_path / "b", "2.0.0", num_sensors=40)
+    outcome = _deploy(broker, _prepare(other.bundle_dir, tmp_path, fleet_keys["key"]))
+    assert outcome.step == "refused" and "at stage" in outcome.reason
+    assert "it takes [40 sensors, 20 samples]" in outcome.reason, outcome.reason
+    assert _serving(node) == "1.0.0" and node.slots.active().name == "a"
+
+
 class _TamperingDeployer(Deployer):
     """Serves chunk 1 with one byte flipped, every time."""
 
