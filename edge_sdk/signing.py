@@ -23,12 +23,12 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ._fs import write_atomic
 from ._optional import require
 from .bundle import SIGNATURE_NAME, Bundle
 from .errors import ConfigError, ManifestError, SignatureError
@@ -65,21 +65,6 @@ def _crypto() -> tuple[ModuleType, ModuleType]:
     ed25519 = importlib.import_module("cryptography.hazmat.primitives.asymmetric.ed25519")
     serialization = importlib.import_module("cryptography.hazmat.primitives.serialization")
     return ed25519, serialization
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via a fsynced temp file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -126,8 +111,8 @@ def generate_keypair(
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _write_atomic(private_path, private_pem, mode=0o600)
-    _write_atomic(public_path, public_pem, mode=0o644)
+    write_atomic(private_path, private_pem, mode=0o600)
+    write_atomic(public_path, public_pem, mode=0o644)
     return private_path, public_path
 
 
@@ -340,7 +325,9 @@ def sign_bundle(
     manifest_bytes = (root / MANIFEST_NAME).read_bytes()
     doc = sign_manifest(manifest_bytes, key)
     out = root / SIGNATURE_NAME
-    _write_atomic(out, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    write_atomic(
+        out, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode=0o644
+    )
     return out
 
 

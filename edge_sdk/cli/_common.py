@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,9 +23,41 @@ _state = {"verbose": False}
 EXIT_INTERNAL = 1
 
 
+def make_app(name: str, help_text: str) -> typer.Typer:
+    """A typer app with the settings every edge-* command shares and a ``-v`` flag.
+
+    Plain help text (no rich markup), no shell-completion commands, help when
+    called without arguments, and tracebacks left to :func:`fail_on_errors`.
+    """
+    app = typer.Typer(
+        name=name,
+        help=help_text,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+    )
+
+    @app.callback()
+    def _main(
+        verbose: bool = typer.Option(False, "-v", "--verbose", help="Show tracebacks for errors."),
+    ) -> None:
+        set_verbose(verbose)
+
+    return app
+
+
 def set_verbose(value: bool) -> None:
     """Show tracebacks for user errors too."""
     _state["verbose"] = value
+
+
+def setup_logging() -> None:
+    """Log to stderr: INFO, or DEBUG with ``-v`` (daemons log what they do)."""
+    logging.basicConfig(
+        level=logging.DEBUG if _state["verbose"] else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @contextmanager

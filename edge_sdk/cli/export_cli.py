@@ -18,30 +18,17 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from ._common import console, err_console, fail_on_errors, read_input, set_verbose
+from ._common import console, err_console, fail_on_errors, make_app, read_input
 
-app = typer.Typer(
-    name="edge-export",
-    help=(
+app = make_app(
+    "edge-export",
+    (
         "Export trained PyTorch / PyG graph models to verified edge bundles, and inspect "
         "or try those bundles.\n\n"
         "Example: edge-export export --model samples/cora/models.py:gcn "
         "--weights gcn.pt --sample-data cora.npz -o out/gcn.bundle"
     ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
 )
-
-
-@app.callback()
-def _main(
-    verbose: Annotated[
-        bool, typer.Option("-v", "--verbose", help="Show tracebacks for errors.")
-    ] = False,
-) -> None:
-    set_verbose(verbose)
 
 
 @app.command(

@@ -15,23 +15,20 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from ._common import console, err_console, fail_on_errors, set_verbose
+from ._common import console, err_console, fail_on_errors, make_app
 
 EXIT_DEPLOY_INCOMPLETE = 5
 
-app = typer.Typer(
-    name="edge-fleet",
-    help=(
+app = make_app(
+    "edge-fleet",
+    (
         "Manage a fleet of edge nodes over MQTT: make signing keys, sign bundles, deploy "
         "them to a group, and watch status, results and telemetry.\n\n"
         "Example: edge-fleet deploy out/tep.bundle --group plant-a --key fleet.key "
         "--broker mqtt://broker:1883"
     ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
 )
+
 
 BrokerOpt = Annotated[
     str,
@@ -52,15 +49,6 @@ def _broker(url: str, username: str | None, ca: Path | None) -> Any:
         return BrokerConfig(url=url, username=username, ca=ca)
     except ValueError as exc:  # pydantic wraps the ConfigError of the URL check
         raise ConfigError(str(exc).splitlines()[-1].strip()) from None
-
-
-@app.callback()
-def _main(
-    verbose: Annotated[
-        bool, typer.Option("-v", "--verbose", help="Show tracebacks for errors.")
-    ] = False,
-) -> None:
-    set_verbose(verbose)
 
 
 @app.command(epilog="Example:\n\n  edge-fleet keys --out keys/ --name fleet")

@@ -6,7 +6,6 @@ config, bundle or broker URL; one line).
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from pathlib import Path
@@ -14,35 +13,18 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import console, fail_on_errors, set_verbose
+from ._common import console, fail_on_errors, make_app, setup_logging
 
-app = typer.Typer(
-    name="edge-node",
-    help=(
+app = make_app(
+    "edge-node",
+    (
         "Run a factory edge node: serve a bundle locally and, with a broker, keep it in sync "
         "with the cloud over MQTT (results and telemetry out through a durable outbox, "
         "signed model updates in).\n\n"
         "Example: edge-node run --bundle tep.bundle --broker mqtt://broker:1883 "
         "--node-id line3 --group plant-a --trusted-key fleet.pub"
     ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
 )
-
-
-@app.callback()
-def _main(
-    verbose: Annotated[
-        bool, typer.Option("-v", "--verbose", help="Show tracebacks and debug logs.")
-    ] = False,
-) -> None:
-    set_verbose(verbose)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 @app.command(
@@ -94,6 +76,7 @@ def run(
     ] = None,
 ) -> None:
     """Start the node and serve until stopped."""
+    setup_logging()
     with fail_on_errors():
         from edge_sdk.node import EdgeNode, load_config
 

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._fs import write_atomic
 from ..bundle import Bundle
 from ..errors import (
     ConfigError,
@@ -355,6 +356,4 @@ class UpdateAgent:
 
     def _remember(self, deployment: str, outcome: str) -> None:
         self._history[deployment] = outcome
-        tmp = self._history_path.with_suffix(".tmp")
-        tmp.write_bytes(dumps(self._history))
-        tmp.replace(self._history_path)
+        write_atomic(self._history_path, dumps(self._history))

@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .._fs import fsync_dir, fsync_tree, write_atomic
 from ..bundle import SIGNATURE_NAME, Bundle, unpack
 from ..errors import ConfigError, ManifestError, UpdateError
 from ..manifest import MANIFEST_NAME
@@ -32,32 +32,6 @@ from ..manifest import MANIFEST_NAME
 SLOTS = ("a", "b")
 POINTER_NAME = "active.json"
 _MAX_POINTER_BYTES = 64 << 10
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename/creation in ``path`` durable (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` to disk."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
 
 
 class ModelSlots:
@@ -109,17 +83,8 @@ class ModelSlots:
 
     def _write_pointer(self, doc: dict[str, Any]) -> None:
         data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{POINTER_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.pointer_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.root)
+        write_atomic(self.pointer_path, data)
+        fsync_dir(self.root)
 
     def slot_dir(self, slot: str) -> Path:
         """Directory of slot ``"a"`` or ``"b"``."""
@@ -205,7 +170,7 @@ class ModelSlots:
             bundle = Bundle.open(target)
         except ManifestError as exc:
             raise UpdateError("swap", f"staged slot {target.name} does not verify: {exc}") from exc
-        _fsync_tree(target)
+        fsync_tree(target)
         ptr = self._read_pointer()
         versions = {} if ptr is None else dict(ptr["versions"])
         versions[target.name] = bundle.manifest.model.version

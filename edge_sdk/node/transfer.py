@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from pydantic import (
     model_validator,
 )
 
+from .._fs import fsync_dir, write_atomic
 from ..bundle import MAX_MANIFEST_BYTES
 from ..errors import UpdateError
 from ..manifest import parse_manifest
@@ -234,32 +234,6 @@ def read_chunk(archive_path: str | os.PathLike[str], index: int, chunk_size: int
         return fh.read(chunk_size)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class Download:
     """The node's side of one offer: chunks received so far, persisted.
 
@@ -361,8 +335,8 @@ class Download:
         self._received = bytearray(self.offer.total_chunks)
         self._preallocate()
         self._write_record(bytes(self._received))
-        _write_atomic(self._offer_path, self.offer.to_json().encode("utf-8"))
-        _fsync_dir(self.directory)
+        write_atomic(self._offer_path, self.offer.to_json().encode("utf-8"))
+        fsync_dir(self.directory)
 
     def _preallocate(self) -> None:
         size = self.offer.size
@@ -492,7 +466,7 @@ class Download:
                 )
             if data != self._archive:
                 os.replace(data, self._archive)
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
             return self._archive
 
     def discard(self) -> None:

@@ -1,0 +1,107 @@
+"""edge-node and edge-fleet command lines against a real broker."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_sdk.cli.fleet_cli import app as fleet
+from edge_sdk.cli.node_cli import app as node_app
+
+runner = CliRunner()
+
+
+def test_keys_sign_and_deploy_through_the_cli(broker, make_node, sensor_bundles, tmp_path):
+    keys = tmp_path / "keys"
+    out = runner.invoke(fleet, ["keys", "--out", str(keys)])
+    assert out.exit_code == 0, out.output
+    assert "key id:" in out.output and (keys / "fleet.key").stat().st_mode & 0o077 == 0
+    again = runner.invoke(fleet, ["keys", "--out", str(keys)])
+    assert again.exit_code == 3 and "overwrite" in again.output  # never clobbers a key
+    bundle = shutil.copytree(sensor_bundles["v2"], tmp_path / "v2.bundle")
+    signed = runner.invoke(fleet, ["sign", str(bundle), "--key", str(keys / "fleet.key")])
+    assert signed.exit_code == 0 and (bundle / "manifest.sig").is_file()
+
+    node = make_node(broker, sensor_bundles["v1"], trusted_keys=[keys / "fleet.pub"])
+    deployed = runner.invoke(
+        fleet,
+        ["deploy", str(bundle), "--group", "plant", "--node", "n1", "--broker", broker.url],
+    )
+    assert deployed.exit_code == 0, deployed.output
+    assert "swapped" in deployed.output
+    assert node.model.runtime.manifest.model.version == "1.1.0"
+
+    status = runner.invoke(fleet, ["status", "--broker", broker.url, "--json", "--wait", "0.5"])
+    assert status.exit_code == 0, status.output
+    views = json.loads(status.output)
+    assert [(v["node"], v["state"], v["version"]) for v in views] == [("n1", "online", "1.1.0")]
+
+
+def test_refused_deploy_exits_5_with_the_reason(
+    broker, make_node, sensor_bundles, fleet_keys, tmp_path
+):
+    make_node(broker, sensor_bundles["v1"])
+    old = shutil.copytree(sensor_bundles["old"], tmp_path / "old.bundle")
+    out = runner.invoke(
+        fleet,
+        [
+            "deploy",
+            str(old),
+            "--group",
+            "plant",
+            "--node",
+            "n1",
+            "--broker",
+            broker.url,
+            "--key",
+            str(fleet_keys["key"]),
+            "--json",
+        ],
+    )
+    assert out.exit_code == 5
+    outcome = json.loads(out.output)["n1"]
+    assert outcome["step"] == "refused" and "older" in outcome["reason"]
+
+
+def test_watch_json_deduplicates_and_command_reaches_the_node(broker, make_node, sensor_bundles):
+    node = make_node(broker, sensor_bundles["v1"])
+    lines: list[str] = []
+
+    def watch() -> None:
+        res = runner.invoke(fleet, ["watch", "--broker", broker.url, "--json", "--duration", "4"])
+        lines.extend(res.output.splitlines())
+
+    t = threading.Thread(target=watch)
+    t.start()
+    time.sleep(1.0)
+    sent = runner.invoke(
+        fleet, ["command", "telemetry", "--group", "plant", "--node", "n1", "--broker", broker.url]
+    )
+    assert sent.exit_code == 0, sent.output
+    for i in range(21):
+        node.submit_sensors({"t": i, "values": [0.1 * i] * 52})
+    t.join()
+    bodies = [json.loads(line) for line in lines if line.startswith("{")]
+    kinds = [b["type"] for b in bodies]
+    assert kinds.count("telemetry") == 1 and kinds.count("results") == 2
+    outbox_msgs = [b for b in bodies if b["type"] != "status"]  # status is retained, id-less
+    assert len({b["id"] for b in outbox_msgs}) == len(outbox_msgs) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--broker", "http://broker:80"], "expected mqtt://host:port"),
+        (["--node-id", "bad/name"], "not a valid name"),
+        ([], "no model"),
+    ],
+)
+def test_node_cli_user_errors_are_one_line_exit_3(args, words, tmp_path):
+    out = runner.invoke(node_app, ["run", "--state-dir", str(tmp_path / "s"), *args])
+    assert out.exit_code == 3, out.output
+    assert words in out.output and "Traceback" not in out.output
