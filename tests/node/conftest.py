@@ -148,7 +148,7 @@ def make_node(tmp_path: Path, fleet_keys: dict[str, Path]) -> Iterator[Callable[
             group="plant",
             bundle=bundle,
             broker=BrokerConfig(
-                url=broker.url, keepalive_s=5, reconnect_min_s=1, **(broker_opts or {})
+                **{"url": broker.url, "keepalive_s": 5, "reconnect_min_s": 1, **(broker_opts or {})}
             )
             if broker
             else None,
