@@ -134,3 +134,29 @@ def test_exporters_without_pyg_name_the_extra(tmp_path: Path) -> None:
     assert err["edge_sdk_error"], err
     assert "torch_geometric is not installed" in err["message"]
     assert EXTRA_HINT in err["message"]
+
+
+NODE_WITHOUT_MQTT = r"""
+import edge_sdk.cli.fleet_cli, edge_sdk.cli.node_cli, edge_sdk.fleet.deploy, edge_sdk.fleet.watch
+from edge_sdk import Bundle
+from edge_sdk.node import EdgeNode, NodeConfig
+
+inputs, expected = Bundle.open(sys.argv[2]).load_canary()
+node = EdgeNode(NodeConfig(node_id="n1", bundle=sys.argv[2], state_dir="state")).start()
+got = node.infer(inputs)
+node.stop()
+RESULT["max_err"] = max(float(np.abs(got[k] - v).max()) for k, v in expected.items())
+RESULT["attempts"] = sorted(set(ATTEMPTS))
+print(json.dumps(RESULT))
+"""
+
+
+def test_local_only_node_needs_neither_torch_nor_mqtt_nor_crypto(
+    tiny_gcn_bundle: Path, tmp_path: Path
+) -> None:
+    blocked = ["torch", "torch_geometric", "edge_sdk.exporters", "paho", "cryptography"]
+    result = run_blocked(
+        blocked, "import numpy as np\n" + NODE_WITHOUT_MQTT, str(tiny_gcn_bundle), cwd=tmp_path
+    )
+    assert result["max_err"] < 1e-4
+    assert result["attempts"] == []  # the CLIs and fleet tools import engines lazily
