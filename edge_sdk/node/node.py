@@ -41,6 +41,7 @@ from .config import NodeConfig
 from .health import run_canary
 from .link import MqttLink, Will
 from .models import ActiveModel
+from .ota import UpdateAgent
 from .outbox import Outbox, Outgoing, Priority
 from .slots import ModelSlots
 from .topics import Inbound, JsonScheme, Outbound, finite, loads
@@ -118,7 +119,7 @@ class EdgeNode:
         self._cpu0 = (time.monotonic(), time.process_time())
         self.outbox: Outbox | None = None
         self.link: MqttLink | None = None
-        self.updates: Any = None
+        self.updates: UpdateAgent | None = None
         if config.broker is not None:
             oc = config.outbox
             self.outbox = Outbox(
@@ -134,8 +135,6 @@ class EdgeNode:
                 outbox=self.outbox,
                 outbox_config=oc,
             )
-            from .ota import UpdateAgent
-
             self.updates = UpdateAgent(self)
 
     # -- model ---------------------------------------------------------------------------

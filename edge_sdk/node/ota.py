@@ -34,7 +34,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._fs import write_atomic
 from ..bundle import Bundle
@@ -54,8 +54,13 @@ from .topics import Inbound, Outbound, decode_chunk, dumps
 from .transfer import Download, Offer
 
 if TYPE_CHECKING:
+    from ..manifest import Manifest
     from ..runtime import Runtime
-    from .node import EdgeNode
+    from .config import NodeConfig
+    from .link import MqttLink
+    from .models import ActiveModel
+    from .slots import ModelSlots
+    from .topics import JsonScheme
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,26 @@ def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     return tuple(parts)
 
 
+class UpdateHost(Protocol):
+    """What the update agent needs from the node it updates (the node implements it)."""
+
+    config: NodeConfig
+    state_dir: Path
+    model: ActiveModel
+    slots: ModelSlots
+    scheme: JsonScheme
+    link: MqttLink | None
+    canary_ms: float | None
+
+    def load_runtime(self, bundle_dir: Path) -> Runtime: ...
+
+    def assembler_for(self, m: Manifest) -> object: ...
+
+    def swap(self, runtime: Runtime, source: Path) -> None: ...
+
+    def publish(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> None: ...
+
+
 class UpdateAgent:
     """Runs model updates for one node on its own thread.
 
@@ -91,7 +116,7 @@ class UpdateAgent:
         node: The node to update.
     """
 
-    def __init__(self, node: EdgeNode) -> None:
+    def __init__(self, node: UpdateHost) -> None:
         self.node = node
         cfg = node.config
         self._trusted = load_public_keys(cfg.trusted_keys) if cfg.trusted_keys else {}
