@@ -18,16 +18,12 @@ naming the field and what was expected, and the worker carries on.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue
-import resource
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,30 +40,14 @@ from .models import ActiveModel
 from .ota import UpdateAgent
 from .outbox import Outbox, Outgoing, Priority
 from .slots import ModelSlots
-from .topics import Inbound, JsonScheme, Outbound, finite, loads
+from .telemetry import NodeStats, result_body
+from .topics import Inbound, JsonScheme, Outbound, dumps, finite, loads
 from .windows import Incomplete, Window, WindowAssembler, WindowSpec
 
 log = logging.getLogger(__name__)
 
 #: Consecutive failed batches right after an update that trigger a rollback.
 ROLLBACK_AFTER_FAILURES = 3
-_LATENCY_SAMPLES = 4096
-
-
-@dataclass
-class NodeStats:
-    """Counters published in telemetry and returned by :meth:`EdgeNode.stats`."""
-
-    messages: int = 0
-    windows: int = 0
-    inferences: int = 0
-    batches: int = 0
-    errors: int = 0
-    incomplete: int = 0
-    overloaded: int = 0
-    alerts: int = 0
-    infer_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
-    e2e_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
 
 
 @dataclass(frozen=True)
@@ -115,8 +95,6 @@ class EdgeNode:
         self._worker: threading.Thread | None = None
         self._telemetry_interval = config.telemetry_interval_s
         self._next_telemetry = time.monotonic() + (self._telemetry_interval or 0)
-        self._started = time.monotonic()
-        self._cpu0 = (time.monotonic(), time.process_time())
         self.outbox: Outbox | None = None
         self.link: MqttLink | None = None
         self.updates: UpdateAgent | None = None
@@ -261,8 +239,16 @@ class EdgeNode:
             return rt.infer(inputs)
 
     def submit_sensors(self, payload: dict[str, Any] | bytes) -> None:
-        """Feed one sensor message as if it came from MQTT (local-only nodes)."""
-        raw = payload if isinstance(payload, bytes) else _dumps(payload)
+        """Feed one sensor message as if it came from MQTT (local-only nodes).
+
+        Raises:
+            InvalidInputError: ``payload`` holds NaN or infinite readings (the
+                rest is checked by the worker, which answers on ``errors``).
+        """
+        try:
+            raw = payload if isinstance(payload, bytes) else dumps(payload)
+        except ValueError as exc:
+            raise InvalidInputError("values", f"readings must be finite numbers ({exc})") from None
         self._enqueue(Inbound.SENSORS, raw, None)
 
     def describe(self) -> dict[str, Any]:
@@ -429,7 +415,7 @@ class EdgeNode:
         names = list(outputs)
         for i, (w, received) in enumerate(items):
             values = {k: outputs[k][i] for k in names}
-            body = _result_body(values, labels)
+            body = result_body(values, labels)
             body.update(
                 model=meta,
                 window={"seq": w.seq, "t_start": w.t_start, "t_end": w.t_end},
@@ -558,33 +544,7 @@ class EdgeNode:
             self.link.wake()
 
     def _telemetry(self) -> Outgoing:
-        s = self.stats
-        now, cpu = time.monotonic(), time.process_time()
-        wall0, cpu0 = self._cpu0
-        self._cpu0 = (now, cpu)
-        body: dict[str, Any] = {
-            **self.describe(),
-            "uptime_s": round(now - self._started, 1),
-            "counters": {
-                k: getattr(s, k)
-                for k in (
-                    "messages",
-                    "windows",
-                    "inferences",
-                    "batches",
-                    "errors",
-                    "incomplete",
-                    "overloaded",
-                    "alerts",
-                )
-            },
-            "infer_ms": _percentiles(s.infer_ms),
-            "latency_ms": _percentiles(s.e2e_ms),
-            "queue_depth": self._queue.qsize(),
-            "cpu_percent": round(100 * (cpu - cpu0) / max(now - wall0, 1e-6), 1),
-            "rss_mb": round(_rss_bytes() / 2**20, 1),
-            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        }
+        body: dict[str, Any] = {**self.describe(), **self.stats.snapshot(self._queue.qsize())}
         if self.outbox is not None:
             st = self.outbox.stats()
             body["outbox"] = {
@@ -601,39 +561,3 @@ class EdgeNode:
                 "protocol": self.link.stats.protocol,
             }
         return self._out(Outbound.TELEMETRY, body, Priority.TELEMETRY)
-
-
-def _result_body(values: dict[str, np.ndarray], labels: list[str]) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "outputs": {k: np.round(v.astype(np.float64), 6).tolist() for k, v in values.items()}
-    }
-    first = next(iter(values.values()))
-    if first.ndim == 1 and first.size > 1:
-        z = first.astype(np.float64) - float(first.max())
-        p = np.exp(z) / np.exp(z).sum()
-        cls = int(p.argmax())
-        body["class"] = cls
-        body["score"] = round(float(p[cls]), 6)
-        if cls < len(labels):
-            body["label"] = labels[cls]
-    return body
-
-
-def _percentiles(samples: deque[float]) -> dict[str, float]:
-    if not samples:
-        return {}
-    arr = np.fromiter(samples, np.float64)
-    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"p50": round(p50, 3), "p90": round(p90, 3), "p99": round(p99, 3), "n": arr.size}
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body).encode()
