@@ -26,6 +26,8 @@ _EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "torch_geometric": ((), "export"),
     "onnx": ((), "export"),
     "onnxslim": ((), "export"),
+    "matplotlib": ((), "export"),
+    "prometheus_client": ((), "serve"),
 }
 
 

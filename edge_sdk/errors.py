@@ -99,6 +99,14 @@ class UpdateError(EdgeSDKError):
         super().__init__(f"update refused at {step}: {message}")
 
 
+class OverloadedError(EdgeSDKError):
+    """The service cannot take a request now; retry later (HTTP 503).
+
+    Raised when the dynamic batcher's queue is full, and set on requests still
+    queued when the batcher closes. The message says how many were waiting.
+    """
+
+
 class InternalError(Exception):
     """A bug in edge-graph-sdk: please report it with the traceback."""
 
@@ -112,6 +120,7 @@ __all__ = [
     "InternalError",
     "InvalidInputError",
     "ManifestError",
+    "OverloadedError",
     "ParityError",
     "ProfileError",
     "SignatureError",

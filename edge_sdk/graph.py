@@ -8,6 +8,7 @@ received.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -105,6 +106,8 @@ def as_graph(data: Any, spec: GraphSpec) -> Graph:
     Raises:
         InvalidInputError: Naming the field at fault.
     """
+    if type(data) is np.ndarray and spec.form is not GraphForm.DYNAMIC:
+        return _validate_static(data, spec)  # the hot path: a bare [B, N, F] array
     if isinstance(data, StaticGraph | DynamicGraph):
         graph = data
     elif isinstance(data, Mapping):
@@ -159,22 +162,41 @@ def _array(field: str, value: Any) -> np.ndarray:
     return arr
 
 
+_F32 = np.dtype(np.float32)
+#: Below this many elements the finiteness mask is cheapest; above, a sum avoids the temporary.
+_MASK_LIMIT = 1 << 16
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """Exactly whether every element of a float array is finite (no NaN, no +-Inf)."""
+    if arr.size <= _MASK_LIMIT:
+        # One SIMD pass that raises no FP flags, then a count (cheaper than .all(), a
+        # ufunc reduction): at request sizes faster than a sum, which would need
+        # np.errstate and an overflow fallback.
+        return int(np.count_nonzero(np.isfinite(arr))) == arr.size
+    # Large arrays: one reduction and no temporary. A sum is non-finite iff an element
+    # is NaN/Inf or finite values overflow; only then does the exact mask run.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(arr.sum())
+    return math.isfinite(total) or int(np.count_nonzero(np.isfinite(arr))) == arr.size
+
+
 def _float_field(field: str, arr: np.ndarray, rank: int, shape_hint: str) -> np.ndarray:
     if arr.ndim != rank:
         raise InvalidInputError(
             field, f"expected rank {rank} {shape_hint}, received rank {arr.ndim} {list(arr.shape)}"
         )
-    if not np.issubdtype(arr.dtype, np.floating):
-        if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
-            arr = arr.astype(np.float32)
-        else:
+    if arr.dtype != _F32 or not arr.flags.c_contiguous:  # else: used as is, no copy
+        if arr.dtype == object:
+            raise InvalidInputError(
+                field, "is ragged or holds non-numbers; expected a numeric array"
+            )
+        convertible = np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_
+        if not (np.issubdtype(arr.dtype, np.floating) or convertible):
             raise InvalidInputError(field, f"expected a float dtype, received {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    # One reduction on the hot path: a sum is non-finite if any element is NaN/Inf
-    # (or, rarely, if finite values overflow, which the exact mask below clears).
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = arr.sum()
-    if arr.size and not np.isfinite(total) and not (finite := np.isfinite(arr)).all():
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not _all_finite(arr):
+        finite = np.isfinite(arr)
         bad = tuple(int(i) for i in np.argwhere(~finite)[0])
         n_bad = int((~finite).sum())
         raise InvalidInputError(
@@ -219,12 +241,13 @@ def validate(graph: Graph, spec: GraphSpec) -> Graph:
     return _validate_static(graph, spec)
 
 
-def _validate_static(graph: StaticGraph, spec: GraphSpec) -> StaticGraph:
-    x = graph.x
-    if x.ndim == 2:
-        x = x[None]
+def _validate_static(graph: StaticGraph | np.ndarray, spec: GraphSpec) -> StaticGraph:
+    given = graph.x if isinstance(graph, StaticGraph) else graph
+    if type(given) is not np.ndarray or given.dtype.kind == "O":
+        given = _array("x", given)
+    x = given[None] if given.ndim == 2 else given
     x = _float_field("x", x, 3, "[B, N, F]")
-    _, n, f = x.shape
+    b, n, f = x.shape
     if n != spec.num_nodes:
         raise InvalidInputError(
             "x", f"expected {spec.num_nodes} nodes on axis 1 ([B, N, F]), received {n}"
@@ -233,13 +256,13 @@ def _validate_static(graph: StaticGraph, spec: GraphSpec) -> StaticGraph:
         raise InvalidInputError(
             "x", f"expected {spec.num_features} features on axis 2 ([B, N, F]), received {f}"
         )
-    if x.shape[0] == 0:
+    if b == 0:
         raise InvalidInputError("x", "batch is empty (B = 0)")
-    if x.shape[0] > spec.max_batch:
+    if b > spec.max_batch:
         raise InvalidInputError(
-            "x", f"batch of {x.shape[0]} graphs exceeds the model's max_batch {spec.max_batch}"
+            "x", f"batch of {b} graphs exceeds the model's max_batch {spec.max_batch}"
         )
-    return StaticGraph(x)
+    return graph if isinstance(graph, StaticGraph) and x is given else StaticGraph(x)
 
 
 def _validate_dynamic(graph: DynamicGraph, spec: GraphSpec) -> DynamicGraph:

@@ -7,7 +7,9 @@ the engine it runs.
 from __future__ import annotations
 
 import os
+import statistics
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,12 @@ from .batching import (
     unpad_outputs,
 )
 from .bundle import Bundle
-from .errors import InvalidInputError, UnsupportedTargetError
+from .errors import InvalidInputError, ManifestError, UnsupportedTargetError
 from .graph import DynamicGraph, Graph, StaticGraph, as_graph
 from .manifest import Artifact, Manifest, Precision
 from .profiles import AUTO_ORDER, DeviceProfile, load_profile
 from .runtimes import BackendOptions
+from .runtimes.base import CheckedFeeds
 from .signature import GraphForm, OutputLevel
 
 
@@ -54,6 +57,8 @@ class Runtime:
         self._why = why
         self._lock = threading.Lock()
         m = bundle.manifest
+        self._spec = m.graph
+        self._dynamic = m.graph.form is GraphForm.DYNAMIC
         self._levels = m.output_levels
         self._graph_level = OutputLevel.GRAPH in self._levels.values()
         scaling = m.preprocessing.feature_scaling
@@ -62,6 +67,11 @@ class Runtime:
             if scaling
             else None
         )
+        first = m.inputs[0].shape[0] if m.inputs and m.inputs[0].shape else None
+        #: Fixed batch dim of a static-form model (padded to on static-shape backends).
+        self._batch_dim = first if not self._dynamic and isinstance(first, int) else None
+        #: Whether validate() implies Backend.check_feeds (then feeds skip it).
+        self._prechecked = _validation_implies_specs(m)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -161,8 +171,7 @@ class Runtime:
             InvalidInputError: The request does not match the model; the
                 message names the field.
         """
-        g = as_graph(graph, self.manifest.graph)
-        return self._run(g)
+        return self._run(as_graph(graph, self._spec))
 
     def infer_batch(
         self, graphs: Sequence[Graph | dict[str, Any] | np.ndarray]
@@ -175,7 +184,7 @@ class Runtime:
         Raises:
             InvalidInputError: Naming the request index and field at fault.
         """
-        spec = self.manifest.graph
+        spec = self._spec
         checked: list[Graph] = []
         for i, item in enumerate(graphs):
             try:
@@ -184,13 +193,32 @@ class Runtime:
                 raise InvalidInputError(
                     f"graphs[{i}].{exc.field}", str(exc).split(": ", 1)[1]
                 ) from None
-        if not checked:
+        return self._infer_validated(checked)
+
+    def _infer_validated(self, graphs: Sequence[Graph]) -> list[dict[str, np.ndarray]]:
+        """:meth:`infer_batch` for graphs that already passed :func:`~edge_sdk.graph.as_graph`.
+
+        For callers that validate each request on arrival (the serving
+        layer's batcher) and must not pay for it twice. Handing in anything
+        else is a bug: unvalidated graphs are not re-checked here (the
+        backend still checks feeds that validation does not cover).
+
+        Args:
+            graphs: Graphs returned by ``as_graph(..., runtime.manifest.graph)``.
+
+        Returns:
+            Outputs per graph, in order.
+        """
+        if not graphs:
             return []
-        if spec.form is GraphForm.DYNAMIC:
-            dyn = [g for g in checked if isinstance(g, DynamicGraph)]
+        spec = self._spec
+        if self._dynamic:
+            dyn = [g for g in graphs if isinstance(g, DynamicGraph)]
             if self._graph_level and not spec.has_batch:
                 # Without a batch vector the readout would pool across requests.
                 return [self._run(g) for g in dyn]
+            if len(dyn) == 1:
+                return [self._run(dyn[0])]
             groups = (
                 group_for_buckets(dyn, spec.buckets, spec.has_batch)
                 if self.backend.static_shapes
@@ -203,38 +231,92 @@ class Runtime:
                 sizes = {OutputLevel.NODE: layout.nodes, OutputLevel.GRAPH: layout.graphs}
                 results.extend(unbatch_outputs(outputs, sizes, self._levels))
             return results
-        stat = [g for g in checked if isinstance(g, StaticGraph)]
-        merged_x = StaticGraph(np.concatenate([g.x for g in stat]))
-        outputs = self._run(merged_x)
+        stat = [g for g in graphs if isinstance(g, StaticGraph)]
+        if len(stat) == 1:
+            return [self._run(stat[0])]
+        outputs = self._run(StaticGraph(np.concatenate([g.x for g in stat])))
         counts = tuple(g.batch_size for g in stat)
         return unbatch_outputs(outputs, {OutputLevel.BATCH: counts}, self._levels)
 
+    def warmup(self, runs: int = 3) -> float:
+        """Run a few requests so the first real one does not pay for lazy setup.
+
+        Engines allocate buffers and pick kernels on their first calls; a
+        server or node calls this after :meth:`load`, before taking traffic.
+        Uses the bundle's canary inputs, or zeros shaped like the input spec
+        (one graph) when the bundle has no canary. Results are discarded and
+        nothing about later results changes.
+
+        Args:
+            runs: How many requests to run (>= 1).
+
+        Returns:
+            Median latency of the runs, in milliseconds.
+
+        Raises:
+            ValueError: ``runs`` < 1.
+        """
+        if runs < 1:
+            raise ValueError(f"runs must be >= 1, got {runs}")
+        inputs = self._warmup_inputs()
+        times: list[float] = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self.infer(inputs)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    def _warmup_inputs(self) -> dict[str, np.ndarray]:
+        if self.manifest.canary is not None:
+            try:
+                return self.bundle.load_canary()[0]
+            except (ManifestError, OSError, ValueError):
+                pass  # an unreadable canary: zeros warm the engine up just as well
+        spec = self._spec
+        if not self._dynamic:
+            assert spec.num_nodes is not None  # required for these forms by GraphSpec
+            return {"x": np.zeros((1, spec.num_nodes, spec.num_features), np.float32)}
+        inputs: dict[str, np.ndarray] = {
+            "x": np.zeros((2, spec.num_features), np.float32),
+            "edge_index": np.array([[0, 1], [1, 0]], np.int64),
+        }
+        if spec.edge_dim is not None:
+            inputs["edge_attr"] = np.zeros((2, spec.edge_dim), np.float32)
+        return inputs
+
     def _run(self, g: Graph) -> dict[str, np.ndarray]:
-        spec = self.manifest.graph
+        """Scale, pad, call the backend (serialised), unpad: one validated graph."""
+        feeds: dict[str, np.ndarray]
+        if isinstance(g, StaticGraph):
+            x = g.x
+            if self._scale is not None:
+                x = (x - self._scale[0]) / self._scale[1]
+            real_b = x.shape[0]
+            fixed = self._batch_dim
+            if fixed is not None and real_b != fixed and self.backend.static_shapes:
+                x = pad_static(StaticGraph(x), fixed).x
+            # A fixed batch dim the backend does not pad to is left to check_feeds.
+            checked = self._prechecked and (fixed is None or x.shape[0] == fixed)
+            feeds = CheckedFeeds(x=x) if checked else {"x": x}
+            with self._lock:
+                out = self.backend.infer(feeds)
+            if x.shape[0] != real_b:
+                out = {k: v[:real_b] for k, v in out.items()}
+            return out
+        spec = self._spec
         if self._scale is not None:
             mean, std = self._scale
-            g = (
-                StaticGraph((g.x - mean) / std)
-                if isinstance(g, StaticGraph)
-                else DynamicGraph((g.x - mean) / std, g.edge_index, g.edge_attr, g.batch)
-            )
+            g = DynamicGraph((g.x - mean) / std, g.edge_index, g.edge_attr, g.batch)
         padding = None
-        if isinstance(g, DynamicGraph):
-            if self.backend.static_shapes:
-                bucket = pick_bucket(g, spec.buckets, spec.has_batch)
-                g, padding = pad_graph(g, bucket, spec.has_batch, self._graph_level)
-            feeds = g.feeds(spec)
-        else:
-            real_b = g.batch_size
-            if self.backend.static_shapes and isinstance(self.manifest.inputs[0].shape[0], int):
-                g = pad_static(g, self.manifest.inputs[0].shape[0])
-            feeds = g.feeds()
+        if self.backend.static_shapes:
+            bucket = pick_bucket(g, spec.buckets, spec.has_batch)
+            g, padding = pad_graph(g, bucket, spec.has_batch, self._graph_level)
+        raw = g.feeds(spec)
+        feeds = CheckedFeeds(raw) if self._prechecked else raw
         with self._lock:
             out = self.backend.infer(feeds)
         if padding is not None:
             out = unpad_outputs(out, padding, self._levels)
-        elif isinstance(g, StaticGraph) and g.batch_size != real_b:
-            out = {k: v[:real_b] for k, v in out.items()}
         return out
 
     # -- introspection ---------------------------------------------------------------------
@@ -269,6 +351,41 @@ def _pick_artifact(
             if runtimes.backend_for_target(a.target) == backend and a.precision == precision:
                 return a
     return None
+
+
+def _validation_implies_specs(manifest: Manifest) -> bool:
+    """Whether a graph that passed ``validate`` always yields feeds the input specs accept.
+
+    True when the manifest's inputs are exactly the graph contract's (names,
+    the canonical dtypes and ranks, and only fixed dims that validation or
+    padding guarantees). A manifest that says more keeps the per-call
+    :meth:`Backend.check_feeds`.
+    """
+    spec = manifest.graph
+    by_name = {s.name: s for s in manifest.inputs}
+    if sorted(by_name) != sorted(spec.input_names) or len(by_name) != len(manifest.inputs):
+        return False
+    if spec.form is not GraphForm.DYNAMIC:
+        # Axis 0 (B) may be fixed: the runtime then checks it per call (see _run).
+        want: dict[str, tuple[str, list[int | None]]] = {
+            "x": ("float32", [None, spec.num_nodes, spec.num_features])
+        }
+    else:
+        want = {
+            "x": ("float32", [-1, spec.num_features]),
+            "edge_index": ("int64", [2, -1]),
+            "edge_attr": ("float32", [-1, spec.edge_dim or -1]),
+            "batch": ("int64", [-1]),
+        }
+    for name, tensor in by_name.items():
+        dtype, dims = want[name]
+        if tensor.dtype != dtype or len(tensor.shape) != len(dims):
+            return False
+        for have, guaranteed in zip(tensor.shape, dims, strict=True):
+            # None: any fixed value is fine (checked per call); -1: nothing is guaranteed.
+            if isinstance(have, int) and guaranteed is not None and have != guaranteed:
+                return False
+    return True
 
 
 def _drop_batch(g: DynamicGraph) -> DynamicGraph:

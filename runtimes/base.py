@@ -35,6 +35,19 @@ class BackendOptions:
     extra: dict[str, Any] | None = None
 
 
+class CheckedFeeds(dict[str, np.ndarray]):
+    """Feeds already proven to match the backend's input specs.
+
+    Only :class:`~edge_sdk.Runtime` builds these: from a graph that passed
+    :func:`~edge_sdk.graph.validate`, for a manifest whose input specs that
+    validation implies (names, dtypes, ranks, fixed dims; checked once at
+    load). :meth:`Backend.infer` then skips :meth:`Backend.check_feeds`,
+    which would only repeat the same checks. Anything else is checked.
+    """
+
+    __slots__ = ()
+
+
 class Backend(abc.ABC):
     """One loaded artifact on one engine."""
 
@@ -50,6 +63,9 @@ class Backend(abc.ABC):
         self.artifact: Artifact | None = None
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
+        self._input_set: set[str] = set()
+        self._output_set: set[str] = set()
+        self._checks: list[tuple[str, np.dtype[Any], list[int | str], list[tuple[int, int]]]] = []
         self._loaded = False
 
     # -- public template methods ------------------------------------------------
@@ -64,6 +80,18 @@ class Backend(abc.ABC):
         if artifact.target != self.target:
             raise InternalError(f"{self.name} cannot load a {artifact.target} artifact")
         self.artifact, self.inputs, self.outputs = artifact, inputs, outputs
+        # The per-call checks, precomputed: the hot path only compares.
+        self._input_set = {s.name for s in inputs}
+        self._output_set = {s.name for s in outputs}
+        self._checks = [
+            (
+                s.name,
+                np.dtype(s.dtype),
+                list(s.shape),
+                [(axis, dim) for axis, dim in enumerate(s.shape) if isinstance(dim, int)],
+            )
+            for s in inputs
+        ]
         try:
             self._load_impl(path)
         except BackendUnavailableError:
@@ -77,42 +105,47 @@ class Backend(abc.ABC):
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one call. Feeds are checked against the input specs first.
 
+        :class:`CheckedFeeds` (built by the runtime from a graph it validated
+        against the same contract) skip the per-feed check: it would repeat
+        what the runtime has just proved.
+
         Raises:
             InvalidInputError: Missing/unknown input, wrong dtype, rank or fixed dim.
         """
         if not self._loaded:
             raise InternalError(f"{self.name} backend used before load()")
-        self.check_feeds(feeds)
+        if type(feeds) is not CheckedFeeds:
+            self.check_feeds(feeds)
         out = self._infer_impl(feeds)
-        missing = [o.name for o in self.outputs if o.name not in out]
-        if missing:
+        if not out.keys() >= self._output_set:
+            missing = [o.name for o in self.outputs if o.name not in out]
             raise InternalError(f"{self.name} returned no output(s) {missing}")
         return out
 
     def check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
         """Check names, dtypes, ranks and fixed dims of the feeds."""
-        expected = {s.name: s for s in self.inputs}
-        for name in feeds:
-            if name not in expected:
-                raise InvalidInputError(name, f"unknown input; the model takes {list(expected)}")
-        for spec in self.inputs:
-            if spec.name not in feeds:
-                raise InvalidInputError(spec.name, f"missing input {spec.dtype}{spec.shape}")
-            arr = feeds[spec.name]
-            if arr.dtype != np.dtype(spec.dtype):
+        if feeds.keys() != self._input_set:
+            expected = [s.name for s in self.inputs]
+            for name in feeds:
+                if name not in self._input_set:
+                    raise InvalidInputError(name, f"unknown input; the model takes {expected}")
+            for spec in self.inputs:
+                if spec.name not in feeds:
+                    raise InvalidInputError(spec.name, f"missing input {spec.dtype}{spec.shape}")
+        for name, dtype, shape, fixed in self._checks:
+            arr = feeds[name]
+            if arr.dtype != dtype:
+                raise InvalidInputError(name, f"expected dtype {dtype}, received {arr.dtype}")
+            if arr.ndim != len(shape):
                 raise InvalidInputError(
-                    spec.name, f"expected dtype {spec.dtype}, received {arr.dtype}"
+                    name, f"expected rank {len(shape)} {shape}, received {list(arr.shape)}"
                 )
-            if arr.ndim != len(spec.shape):
-                raise InvalidInputError(
-                    spec.name,
-                    f"expected rank {len(spec.shape)} {spec.shape}, received {list(arr.shape)}",
-                )
-            for axis, (want, got) in enumerate(zip(spec.shape, arr.shape, strict=True)):
-                if isinstance(want, int) and want != got:
+            for axis, want in fixed:
+                if arr.shape[axis] != want:
                     raise InvalidInputError(
-                        spec.name,
-                        f"expected size {want} on axis {axis} of {spec.shape}, received {got}",
+                        name,
+                        f"expected size {want} on axis {axis} of {shape}, "
+                        f"received {arr.shape[axis]}",
                     )
 
     def describe(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,40 @@ def tiny_gcn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle_copy(tiny_gcn_bundle: Path, tmp_path: Path) -> Path:
     """A private copy of ``tiny_gcn_bundle`` that the test may tamper with."""
     return Path(shutil.copytree(tiny_gcn_bundle, tmp_path / "bundle"))
+
+
+# -- the TEP-size sensor model ---------------------------------------------------------------
+
+SENSOR_MODEL = Path(__file__).resolve().parents[1] / "samples" / "tep" / "sensor_model.py"
+
+
+def load_sensor_model() -> Any:
+    """Import ``samples/tep/sensor_model.py`` (skips without the [export] extra)."""
+    for module in ("torch", "torch_geometric", "onnx"):
+        if not _importable(module):
+            pytest.skip(f"exporting a test bundle needs the [export] extra ({module} missing)")
+    if "tep_sensor_model" in sys.modules:
+        return sys.modules["tep_sensor_model"]
+    spec = importlib.util.spec_from_file_location("tep_sensor_model", SENSOR_MODEL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # torch.export (strict) re-imports the model's module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def sensor_model() -> Any:
+    """The ``samples/tep/sensor_model.py`` module (export builders of the TEP-size model)."""
+    return load_sensor_model()
+
+
+@pytest.fixture(scope="session")
+def sensor_bundle(sensor_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The TEP-size static bundle, version 1.0.0 (seed 0). Read-only by contract.
+
+    Input ``x`` ``[B, 52, 20]`` float32 (52 sensors, windows of 20 samples),
+    output ``out`` ``[B, 22]`` (22 classes).
+    """
+    out = tmp_path_factory.mktemp("sensor_bundle") / "v1.bundle"
+    return Path(sensor_model.export_sensor_bundle(out, version="1.0.0", seed=0).bundle_dir)

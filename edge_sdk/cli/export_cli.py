@@ -299,6 +299,57 @@ def pack_cmd(
         console.print(f"packed to {pack(bundle, archive)}")
 
 
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  edge-export bench out/tep.bundle --out out/bench\n\n"
+        "  edge-export bench out/tep.bundle --concurrency 8 --duration 10 --threads 1 "
+        "--precision fp32 --rate 2000\n\n"
+        "Writes bench.json, bench.md and bench.png (throughput and p50/p90/p99 per backend, "
+        "precision and run: unbatched, batched, open loop)."
+    )
+)
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")] = Path("bench"),
+    concurrency: Annotated[int, typer.Option(min=1, help="Closed-loop clients.")] = 32,
+    duration: Annotated[float, typer.Option(min=0.1, help="Measured seconds per run.")] = 5.0,
+    rate: Annotated[
+        float | None, typer.Option(help="Open-loop requests/s (default 70 % of batched).")
+    ] = None,
+    backend: Annotated[
+        list[str] | None, typer.Option(help="Only this backend (repeatable).")
+    ] = None,
+    precision: Annotated[
+        list[str] | None, typer.Option(help="Only this precision (repeatable).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Inference threads.")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Batcher: most rows per call.")] = 32,
+    max_delay_ms: Annotated[
+        float, typer.Option(min=0, help="Batcher: longest wait to fill a batch.")
+    ] = 2.0,
+) -> None:
+    """Measure serving throughput and latency of a bundle on this machine."""
+    with fail_on_errors():
+        from edge_sdk.serving.batcher import BatcherConfig
+        from edge_sdk.serving.bench import bench_bundle
+
+        report = bench_bundle(
+            bundle,
+            out,
+            concurrency=concurrency,
+            duration_s=duration,
+            rate_rps=rate,
+            backends=backend,
+            precisions=precision,
+            threads=threads,
+            batcher=BatcherConfig(max_batch=max_batch, max_delay_ms=max_delay_ms),
+            say=lambda msg: err_console.print(msg, highlight=False),
+        )
+        console.print((out / "bench.md").read_text(), highlight=False, markup=False)
+        console.print(f"{len(report['rows'])} runs; reports in {out}/bench.{{json,md,png}}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -6,6 +6,7 @@ config, bundle or broker URL; one line).
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -13,7 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import console, fail_on_errors, make_app, setup_logging
+from ._common import console, err_console, fail_on_errors, make_app, setup_logging
+
+#: Environment variable holding the HTTP bearer token (never a flag: flags show in ps).
+TOKEN_ENV = "EDGE_SDK_HTTP_TOKEN"
 
 app = make_app(
     "edge-node",
@@ -74,6 +78,17 @@ def run(
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (tests, demos).")
     ] = None,
+    http: Annotated[
+        int | None,
+        typer.Option(
+            "--http",
+            help="Also serve the current model over HTTP (Open Inference Protocol) on this "
+            "port; token from EDGE_SDK_HTTP_TOKEN.",
+        ),
+    ] = None,
+    http_host: Annotated[
+        str, typer.Option(help="Address the --http server binds (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
 ) -> None:
     """Start the node and serve until stopped."""
     setup_logging()
@@ -111,11 +126,129 @@ def run(
             highlight=False,
         )
         node.start()
+        server = None
         try:
+            if http is not None:
+                from edge_sdk.serving.http import InferenceServer
+
+                adapter = _NodeModel(node)
+                server = InferenceServer(
+                    adapter,
+                    host=http_host,
+                    port=http,
+                    predictor=adapter,
+                    token=os.environ.get(TOKEN_ENV) or None,
+                ).start()
+                console.print(f"HTTP inference on {server.url}/v2", highlight=False)
             stop.wait(timeout=duration)
         finally:
+            if server is not None:
+                server.stop()
             node.stop()
             console.print("edge-node stopped")
+
+
+class _NodeModel:
+    """The node's current model as the HTTP server's source and predictor.
+
+    Every call borrows whatever runtime the node serves at that moment, so a
+    model update swaps under the HTTP server without failing a request.
+    """
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+
+    @property
+    def manifest(self) -> Any:
+        return self._node.model.runtime.manifest
+
+    def describe(self) -> dict[str, Any]:
+        with self._node.model.use() as rt:
+            return dict(rt.describe())
+
+    def infer(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._node.infer(inputs))
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  edge-node serve out/tep.bundle          # http://127.0.0.1:8000\n\n"
+        "  EDGE_SDK_HTTP_TOKEN=s3cret edge-node serve tep.bundle --host 0.0.0.0\n\n"
+        "  edge-node serve tep.bundle --max-batch 64 --max-delay-ms 5 --threads 2\n\n"
+        "  curl localhost:8000/v2/models/tep-sensor-gcn      # metadata\n\n"
+        "  curl -d @request.json localhost:8000/v2/models/tep-sensor-gcn/infer\n\n"
+        "Speaks the Open Inference Protocol (KServe v2 REST, with the binary tensor "
+        "extension); Prometheus metrics on /metrics. Concurrent requests are merged into "
+        "batches of up to --max-batch, waiting at most --max-delay-ms for company. Not meant "
+        "to face the internet: bind 127.0.0.1 (default) or put a reverse proxy with TLS in "
+        "front, and set a token. Stop with Ctrl-C or SIGTERM."
+    )
+)
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz.")],
+    host: Annotated[
+        str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: pick a free one).")] = 8000,
+    token_env: Annotated[
+        str,
+        typer.Option(
+            help="Environment variable holding the bearer token; unset or empty: no token."
+        ),
+    ] = TOKEN_ENV,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most requests per backend call.")] = 32,
+    max_delay_ms: Annotated[
+        float, typer.Option(min=0, help="Longest wait for a batch to fill, in milliseconds.")
+    ] = 2.0,
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest request body in MiB (larger: 413).")
+    ] = 8.0,
+    threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+    profile: Annotated[str, typer.Option(help="Device profile (auto, name or YAML).")] = "auto",
+    backend: Annotated[str | None, typer.Option(help="Force one inference backend.")] = None,
+    precision: Annotated[str | None, typer.Option(help="Force fp32, fp16 or int8.")] = None,
+) -> None:
+    """Serve a bundle over HTTP (Open Inference Protocol) until stopped."""
+    setup_logging()
+    with fail_on_errors():
+        from edge_sdk.runtime import Runtime
+        from edge_sdk.serving.batcher import BatcherConfig
+        from edge_sdk.serving.http import InferenceServer
+
+        token = os.environ.get(token_env) or None
+        rt = Runtime.load(
+            bundle, profile=profile, backend=backend, threads=threads, precision=precision
+        )
+        try:
+            server = InferenceServer(
+                rt,
+                host=host,
+                port=port,
+                token=token,
+                max_body_bytes=int(max_body_mb * (1 << 20)),
+                batcher=BatcherConfig(max_batch=max_batch, max_delay_ms=max_delay_ms),
+            )
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: server.request_stop())
+            d = rt.describe()
+            server.start()  # binds, warms up
+            console.print(
+                f"edge-node serve: {d['model']} {d['version']} on {d['backend']} "
+                f"({d['precision']}) at {server.url}/v2/models/{d['model']}"
+                + ("" if token else " (no token)"),
+                highlight=False,
+            )
+            if not token and host not in ("127.0.0.1", "localhost", "::1"):
+                err_console.print(
+                    f"warning: {host} without a token: anyone who reaches this port can "
+                    f"run the model (set {token_env})",
+                    highlight=False,
+                )
+            server.serve_forever()
+        finally:
+            rt.close()
+        console.print("edge-node serve stopped")
 
 
 def main() -> None:

@@ -151,3 +151,36 @@ def test_huge_finite_features_are_not_mistaken_for_inf() -> None:
         bad = np.full((1, N_STATIC, F), 3e38, np.float32)
         bad[0, 1, 0] = np.inf
         as_graph({"x": bad}, STATIC)
+
+
+def test_large_arrays_are_checked_by_a_sum_with_an_exact_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Above graph._MASK_LIMIT elements a sum replaces the mask: overflow must not
+    # be taken for Inf, and NaN/Inf must still be found (and no warning escape).
+    import warnings
+
+    from edge_sdk import graph
+
+    monkeypatch.setattr(graph, "_MASK_LIMIT", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        huge = np.full((2, N_STATIC, F), 3e38, np.float32)
+        assert as_graph(huge, STATIC).x is huge
+        for bad in (np.nan, np.inf, -np.inf):
+            x = huge.copy()
+            x[1, 2, 0] = bad
+            x[0, 0, 0] = -np.inf  # +Inf and -Inf together: the sum is NaN
+            with pytest.raises(InvalidInputError, match=r"first at index \[0, 0, 0\]"):
+                as_graph(x, STATIC)
+
+
+def test_float32_contiguous_features_are_not_copied() -> None:
+    x = np.ones((2, N_STATIC, F), np.float32)
+    assert as_graph(x, STATIC).x is x
+    assert as_graph({"x": x}, STATIC).x is x
+    assert np.shares_memory(as_graph(x[0], STATIC).x, x)
+    g = StaticGraph(x)
+    assert as_graph(g, STATIC) is g  # already canonical: the same container back
+    fortran = np.asfortranarray(x)
+    assert as_graph(fortran, STATIC).x.flags.c_contiguous

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,39 +71,22 @@ def mqtt_client_factory(mosquitto_path: str) -> Iterator[Callable[..., Recorder]
 
 # -- bundles and keys ----------------------------------------------------------------------
 
-SENSOR_MODEL = Path(__file__).resolve().parents[2] / "samples" / "tep" / "sensor_model.py"
-
-
-def _sensor_model() -> Any:
-    for module in ("torch", "torch_geometric", "onnx"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"exporting a test bundle needs the [export] extra ({module} missing)")
-    spec = importlib.util.spec_from_file_location("tep_sensor_model", SENSOR_MODEL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # torch.export (strict) re-imports the model's module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="session")
-def sensor_model() -> Any:
-    """The ``samples/tep/sensor_model.py`` module (export builders of the TEP-size model)."""
-    return _sensor_model()
-
-
-@pytest.fixture(scope="session")
-def sensor_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def sensor_bundles(
+    sensor_model: Any, sensor_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """TEP-size static bundles (52 sensors x 20 samples, 22 classes). Read-only by contract.
 
-    ``v1`` is version 1.0.0 (seed 0), ``v2`` 1.1.0 (seed 1, different outputs),
-    ``old`` 0.9.0 (seed 2).
+    ``v1`` is version 1.0.0 (seed 0; the suite-wide ``sensor_bundle``), ``v2``
+    1.1.0 (seed 1, different outputs), ``old`` 0.9.0 (seed 2).
     """
-    model = _sensor_model()
     root = tmp_path_factory.mktemp("sensor_bundles")
-    versions = {"v1": ("1.0.0", 0), "v2": ("1.1.0", 1), "old": ("0.9.0", 2)}
-    return {
-        key: model.export_sensor_bundle(root / f"{key}.bundle", version=v, seed=seed).bundle_dir
+    versions = {"v2": ("1.1.0", 1), "old": ("0.9.0", 2)}
+    return {"v1": sensor_bundle} | {
+        key: sensor_model.export_sensor_bundle(
+            root / f"{key}.bundle", version=v, seed=seed
+        ).bundle_dir
         for key, (v, seed) in versions.items()
     }
 

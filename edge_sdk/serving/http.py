@@ -1,0 +1,929 @@
+"""An Open Inference Protocol (KServe v2 REST) server for one bundle.
+
+Endpoints (``{m}`` is the model name; every model route also exists as
+``/v2/models/{m}/versions/{version}/...``):
+
+=========================  ======  ==============================================
+``/v2/health/live``         GET     200 ``{"live": true}`` while the process serves
+``/v2/health/ready``        GET     200 once the model is loaded and warmed, else 503
+``/v2``                     GET     server metadata (name, version, extensions)
+``/v2/models/{m}``          GET     model metadata: inputs/outputs, KServe datatypes
+``/v2/models/{m}/ready``    GET     200 when the model is ready, else 503
+``/v2/models/{m}/infer``    POST    inference, JSON or the binary tensor extension
+``/metrics``                GET     Prometheus text (:mod:`edge_sdk.serving.metrics`)
+=========================  ======  ==============================================
+
+Errors answer ``{"error": "message"}``: 400 bad request (the message names
+the input and what was expected), 401 missing/wrong bearer token, 404 unknown
+route or model (naming the served one), 405 wrong method, 411 no
+``Content-Length``, 413 body over ``max_body_bytes`` (refused before a byte
+of it is read), 503 overloaded or not ready, 500 internal error (traceback
+logged, never sent).
+
+Why the standard library's ``ThreadingHTTPServer`` on an edge device:
+
+* **no extra dependency** on the device: nothing to vendor, patch or
+  cross-compile for an ARM gateway, and an audited, long-maintained parser;
+* **one thread per connection** maps directly onto the thread-safe
+  :class:`~edge_sdk.serving.batcher.DynamicBatcher`, which merges the
+  requests of concurrent connections into one backend call: the server needs
+  no event loop of its own, and the expensive part (inference) releases the
+  GIL;
+* **bounded resources**: request bodies are capped (``max_body_bytes``,
+  checked on the header), idle keep-alive connections time out
+  (``idle_timeout_s``), and at most ``max_connections`` are served at once
+  (more are answered 503 and closed).
+
+Limits: this server is meant for a plant network or for local clients, not
+for the internet. It binds ``127.0.0.1`` by default; there is no TLS, no
+HTTP/2, no request-rate limiting and no slow-client defence beyond the idle
+timeout. To expose it, put a reverse proxy (nginx, Caddy, Envoy) in front for
+TLS, rate limits and connection management, and set a bearer ``token``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import math
+import socket
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ConfigError, InvalidInputError, OverloadedError
+from ..manifest import Manifest
+from ..signature import GraphForm
+from .batcher import BatcherConfig, DynamicBatcher
+from .metrics import ServingMetrics
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "edge-graph-sdk"
+#: Protocol extensions this server implements.
+EXTENSIONS = ["binary_tensor_data", "metrics"]
+#: Header that announces a binary body: its value is the JSON header's length.
+BINARY_HEADER = "Inference-Header-Content-Length"
+DEFAULT_MAX_BODY = 8 << 20
+
+#: numpy dtype name -> Open Inference Protocol datatype.
+DATATYPES: dict[str, str] = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+_KINDS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    411: "length_required",
+    413: "too_large",
+    500: "internal",
+    503: "overloaded",
+}
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What requests go through: a :class:`~edge_sdk.Runtime` or a batcher."""
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one request; raise ``InvalidInputError`` for a bad one."""
+        ...
+
+
+class ModelSource(Protocol):
+    """Where the server reads what it serves (a :class:`~edge_sdk.Runtime` fits).
+
+    Read on every request, so a source whose model changes (a node after an
+    update) is described as it is now.
+    """
+
+    @property
+    def manifest(self) -> Manifest:
+        """The served bundle's manifest."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, precision and the like (``Runtime.describe``)."""
+        ...
+
+
+class _HTTPError(Exception):
+    """An error answer: status, message, and the metrics kind."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind or _KINDS.get(status, "internal")
+        self.headers = dict(headers or {})
+        self.close = close
+
+
+def _default_predictor(runtime: Any, config: BatcherConfig | None = None) -> DynamicBatcher:
+    """The batcher requests go through when no predictor is given (owned by the server).
+
+    This is the single place where the dynamic batcher plugs in: concurrent
+    connections are merged into batched backend calls.
+    """
+    return DynamicBatcher(runtime, config if config is not None else BatcherConfig())
+
+
+def kserve_datatype(dtype: str | np.dtype[Any]) -> str:
+    """The protocol datatype of a numpy dtype (``float32`` -> ``FP32``).
+
+    Raises:
+        ValueError: The dtype has no protocol name.
+    """
+    name = np.dtype(dtype).name
+    try:
+        return DATATYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype {name} has no Open Inference Protocol datatype") from None
+
+
+def warmup_inputs(manifest: Manifest) -> dict[str, np.ndarray]:
+    """A small valid request for ``manifest`` (zeros), used to warm a model up."""
+    spec = manifest.graph
+    if spec.form is not GraphForm.DYNAMIC:
+        assert spec.num_nodes is not None  # required for these forms by GraphSpec
+        return {"x": np.zeros((1, spec.num_nodes, spec.num_features), np.float32)}
+    inputs: dict[str, np.ndarray] = {
+        "x": np.zeros((2, spec.num_features), np.float32),
+        "edge_index": np.array([[0, 1], [1, 0]], np.int64),
+    }
+    if spec.edge_dim is not None:
+        inputs["edge_attr"] = np.zeros((2, spec.edge_dim), np.float32)
+    return inputs
+
+
+class InferenceServer:
+    """Serve one model over the Open Inference Protocol (KServe v2 REST).
+
+    Example:
+        >>> rt = Runtime.load("tep.bundle")                               # doctest: +SKIP
+        >>> with InferenceServer(rt, port=8000) as server:                 # doctest: +SKIP
+        ...     print(server.url)   # http://127.0.0.1:8000
+
+    Args:
+        runtime: What is served (a :class:`~edge_sdk.Runtime`, or any
+            :class:`ModelSource`); metadata is read from it on every request.
+        host: Address to bind; ``127.0.0.1`` by default (local clients only).
+        port: TCP port; 0 picks a free one (see :attr:`port`).
+        predictor: What requests go through. Default: a
+            :class:`~edge_sdk.serving.batcher.DynamicBatcher` over ``runtime``,
+            started and closed by the server. A given predictor is neither
+            started nor closed.
+        token: Bearer token required on every endpoint except
+            ``/v2/health/*``; None serves without authentication.
+        max_body_bytes: Largest request body; larger ones get 413 unread.
+        metrics: Metrics to record into; default a new private set.
+        max_connections: Connections served at once; more get 503.
+        idle_timeout_s: Seconds a connection may stay silent (keep-alive
+            idle or a stalled upload) before it is closed.
+        warmup: Run one request before reporting ready.
+        batcher: ``BatcherConfig`` of the default batcher (ignored when a
+            ``predictor`` is given).
+
+    Raises:
+        BackendUnavailableError: ``prometheus_client`` is missing (``[serve]``
+            extra) and no ``metrics`` were given.
+    """
+
+    def __init__(
+        self,
+        runtime: ModelSource,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        predictor: Predictor | None = None,
+        token: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        metrics: ServingMetrics | None = None,
+        *,
+        max_connections: int = 128,
+        idle_timeout_s: float = 30.0,
+        warmup: bool = True,
+        batcher: BatcherConfig | None = None,
+    ) -> None:
+        if max_body_bytes <= 0:
+            raise ValueError("max_body_bytes must be > 0")
+        self.source = runtime
+        self.host = host
+        self._requested_port = port
+        self._token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self._warmup = warmup
+        self.metrics = metrics if metrics is not None else ServingMetrics()
+        #: The batcher the server made (and starts and closes), if no predictor was given.
+        self.batcher: DynamicBatcher | None = None
+        self.predictor: Predictor
+        if predictor is None:
+            self.batcher = self.predictor = _default_predictor(runtime, batcher)
+        else:
+            self.predictor = predictor
+        self.metrics.bind(self._info, self.predictor)
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop_requested = threading.Event()
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    # -- life cycle ---------------------------------------------------------------------
+    def start(self) -> InferenceServer:
+        """Bind, serve in a background thread, warm up, then report ready.
+
+        Returns:
+            The server (``with InferenceServer(...).start() as s`` works too).
+
+        Raises:
+            ConfigError: The address cannot be bound (port in use, bad host).
+            EdgeSDKError: The warm-up request failed.
+        """
+        with self._lock:
+            if self._httpd is not None:
+                return self
+            if self._stopped:
+                raise RuntimeError("a stopped InferenceServer cannot be restarted")
+            if self.batcher is not None:
+                self.batcher.start()
+            try:
+                httpd = _Server((self.host, self._requested_port), self)
+            except BaseException as exc:
+                if self.batcher is not None:
+                    self.batcher.close()
+                if isinstance(exc, OSError):
+                    raise ConfigError(
+                        f"cannot listen on {self.host}:{self._requested_port}: "
+                        f"{exc.strerror or exc}"
+                    ) from exc
+                raise
+            self._httpd = httpd
+            self._thread = threading.Thread(
+                target=httpd.serve_forever,
+                kwargs={"poll_interval": 0.2},
+                name=f"edge-http:{self.port}",
+                daemon=True,
+            )
+            self._thread.start()
+        try:
+            if self._warmup:
+                self.predictor.infer(warmup_inputs(self.source.manifest))
+        except BaseException:
+            self.stop()
+            raise
+        self._ready.set()
+        log.info("serving %s on %s", self.source.manifest.model.name, self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: close the listener and open connections, release the batcher."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            httpd, thread = self._httpd, self._thread
+        self._ready.clear()
+        self._stop_requested.set()
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.close_connections()
+            httpd.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve_forever` to return (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    def serve_forever(self) -> None:
+        """Start if needed and serve until :meth:`request_stop`, :meth:`stop` or Ctrl-C."""
+        self.start()
+        try:
+            while not self._stop_requested.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def __enter__(self) -> InferenceServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the picked one when constructed with 0)."""
+        if self._httpd is None:
+            return self._requested_port
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8000``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def ready(self) -> bool:
+        """True once started and warmed up, until stopped."""
+        return self._ready.is_set()
+
+    # -- what is served -------------------------------------------------------------------
+    def _info(self) -> dict[str, str]:
+        m = self.source.manifest
+        d = self.source.describe()
+        return {
+            "backend": str(d.get("backend") or ""),
+            "model": m.model.name,
+            "version": m.model.version,
+            "precision": str(d.get("precision") or ""),
+        }
+
+    def server_metadata(self) -> dict[str, Any]:
+        """Answer of ``GET /v2``."""
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self) -> dict[str, Any]:
+        """Answer of ``GET /v2/models/{name}``: symbolic dims are -1."""
+        m = self.source.manifest
+        backend = self.source.describe().get("backend") or "unknown"
+
+        def tensors(specs: Any) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": t.name,
+                    "datatype": kserve_datatype(t.dtype),
+                    "shape": [d if isinstance(d, int) else -1 for d in t.shape],
+                }
+                for t in specs
+            ]
+
+        return {
+            "name": m.model.name,
+            "versions": [m.model.version],
+            "platform": f"{SERVER_NAME}/{backend}",
+            "inputs": tensors(m.inputs),
+            "outputs": tensors(m.outputs),
+        }
+
+    # -- request handling (called from connection threads) ---------------------------------
+    def _handle(self, req: _Handler, method: str) -> tuple[int, bytes, dict[str, str]]:
+        """Route one request; return status, body and extra headers."""
+        path = urlsplit(req.path).path
+        parts = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
+        if parts[:2] == ["v2", "health"] and len(parts) == 3 and parts[2] in ("live", "ready"):
+            _allow(method, "GET")
+            if parts[2] == "live":
+                return _json(200, {"live": True})
+            return _json(200 if self.ready else 503, {"ready": self.ready})
+        self._authorize(req)
+        if parts == ["v2"]:
+            _allow(method, "GET")
+            return _json(200, self.server_metadata())
+        if parts == ["metrics"]:
+            _allow(method, "GET")
+            body, content_type = self.metrics.render()
+            return 200, body, {"Content-Type": content_type}
+        if len(parts) >= 3 and parts[:2] == ["v2", "models"]:
+            name, rest = parts[2], parts[3:]
+            version = None
+            if len(rest) >= 2 and rest[0] == "versions":
+                version, rest = rest[1], rest[2:]
+            if rest == []:
+                _allow(method, "GET")
+                self._check_model(name, version)
+                return _json(200, self.model_metadata())
+            if rest == ["ready"]:
+                _allow(method, "GET")
+                self._check_model(name, version)
+                return _json(200 if self.ready else 503, {"name": name, "ready": self.ready})
+            if rest == ["infer"]:
+                _allow(method, "POST")
+                return self._infer(req, name, version)
+        raise _HTTPError(404, f"no route {path!r}; see /v2 and /v2/models/{{name}}")
+
+    def _authorize(self, req: _Handler) -> None:
+        if self._token is None:
+            return
+        given = req.headers.get("Authorization", "").encode("latin-1", "replace")
+        if not hmac.compare_digest(given, b"Bearer " + self._token):
+            raise _HTTPError(
+                401,
+                "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                headers={"WWW-Authenticate": 'Bearer realm="edge-graph-sdk"'},
+            )
+
+    def _check_model(self, name: str, version: str | None) -> Manifest:
+        m = self.source.manifest
+        served = m.model
+        if name != served.name:
+            raise _HTTPError(
+                404,
+                f"unknown model {name!r}; this server serves {served.name!r} "
+                f"(version {served.version})",
+            )
+        if version is not None and version != served.version:
+            raise _HTTPError(
+                404,
+                f"model {name!r} has no version {version!r}; the served version is "
+                f"{served.version!r}",
+            )
+        return m
+
+    def _infer(
+        self, req: _Handler, name: str, version: str | None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        manifest = self._check_model(name, version)
+        req.metrics_model = manifest.model.name
+        if not self.ready:
+            raise _HTTPError(503, "model is not ready (warming up or stopping)", kind="not_ready")
+        body = req.read_body(self.max_body_bytes)
+        header_len = req.headers.get(BINARY_HEADER)
+        view = memoryview(body)
+        if header_len is not None:
+            try:
+                n = int(header_len)
+            except ValueError:
+                n = -1
+            if not 0 <= n <= len(body):
+                raise _HTTPError(
+                    400,
+                    f"{BINARY_HEADER} is {header_len!r}; expected the JSON header's length "
+                    f"(0..{len(body)} bytes)",
+                )
+            head, binary = view[:n], view[n:]
+        else:
+            head, binary = view, view[:0]
+        request = _parse_json(head)
+        inputs = _decode_inputs(request, manifest, binary)
+        wanted = _wanted_outputs(request, manifest)
+        try:
+            result = self.predictor.infer(inputs)
+        except InvalidInputError as exc:
+            raise _HTTPError(400, str(exc)) from None
+        except OverloadedError as exc:
+            raise _HTTPError(503, str(exc), headers={"Retry-After": "1"}) from None
+        response: dict[str, Any] = {
+            "model_name": manifest.model.name,
+            "model_version": manifest.model.version,
+        }
+        if "id" in request:
+            response["id"] = request["id"]
+        outputs, blobs = _encode_outputs(result, wanted)
+        response["outputs"] = outputs
+        head_bytes = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
+        if not blobs:
+            return 200, head_bytes, {"Content-Type": "application/json"}
+        return (
+            200,
+            b"".join([head_bytes, *blobs]),
+            {"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(head_bytes))},
+        )
+
+
+# -- request decoding ---------------------------------------------------------------------------
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise _HTTPError(
+            405, f"method {method} not allowed here; use {allowed}", headers={"Allow": allowed}
+        )
+
+
+def _json(status: int, doc: Any) -> tuple[int, bytes, dict[str, str]]:
+    return status, json.dumps(doc, separators=(",", ":")).encode(), {}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _parse_json(raw: memoryview) -> dict[str, Any]:
+    try:
+        doc = json.loads(bytes(raw), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+        raise _HTTPError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _HTTPError(400, "request body must be a JSON object with an 'inputs' list")
+    return doc
+
+
+def _params(item: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    params = item.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise _HTTPError(400, f"{where}: 'parameters' must be an object")
+    return params
+
+
+def _decode_inputs(
+    request: Mapping[str, Any], manifest: Manifest, binary: memoryview
+) -> dict[str, np.ndarray]:
+    specs = {t.name: t for t in manifest.inputs}
+    items = request.get("inputs")
+    if not isinstance(items, list) or not items:
+        raise _HTTPError(400, f"'inputs' must be a non-empty list; this model takes {list(specs)}")
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _HTTPError(400, f"inputs[{i}] must be an object with name, shape, datatype")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise _HTTPError(400, f"inputs[{i}]: 'name' (a string) is required")
+        if name not in specs:
+            raise _HTTPError(400, f"unknown input {name!r}; this model takes {list(specs)}")
+        if name in arrays:
+            raise _HTTPError(400, f"input {name!r} is given twice")
+        spec = specs[name]
+        expected = kserve_datatype(spec.dtype)
+        datatype = item.get("datatype")
+        if datatype != expected:
+            raise _HTTPError(
+                400,
+                f"input {name!r}: datatype {datatype!r} does not match the model, which "
+                f"expects {expected}",
+            )
+        shape = item.get("shape")
+        if not (
+            isinstance(shape, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise _HTTPError(
+                400, f"input {name!r}: 'shape' must be a list of non-negative integers"
+            )
+        count = math.prod(shape)
+        dtype = np.dtype(spec.dtype)
+        size = _params(item, f"input {name!r}").get("binary_data_size")
+        if size is not None:
+            if "data" in item:
+                raise _HTTPError(400, f"input {name!r}: give 'data' or binary_data_size, not both")
+            need = count * dtype.itemsize
+            if not isinstance(size, int) or isinstance(size, bool) or size != need:
+                raise _HTTPError(
+                    400,
+                    f"input {name!r}: binary_data_size is {size!r} but shape {shape} of "
+                    f"{expected} needs {need} bytes",
+                )
+            if offset + size > len(binary):
+                raise _HTTPError(
+                    400,
+                    f"input {name!r}: the binary section ends at {len(binary)} bytes, "
+                    f"before this input's {size} bytes (from offset {offset})",
+                )
+            le = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+            arrays[name] = le.astype(dtype, copy=False).reshape(shape)
+            offset += size
+            continue
+        if "data" not in item:
+            raise _HTTPError(400, f"input {name!r}: 'data' (or binary_data_size) is required")
+        arrays[name] = _json_tensor(name, item["data"], shape, count, dtype, expected)
+    if offset != len(binary):
+        raise _HTTPError(
+            400,
+            f"the binary section has {len(binary)} bytes but the inputs declare {offset} "
+            "(binary_data_size)",
+        )
+    return arrays
+
+
+def _json_tensor(
+    name: str, data: Any, shape: list[int], count: int, dtype: np.dtype[Any], datatype: str
+) -> np.ndarray:
+    if not isinstance(data, list):
+        raise _HTTPError(400, f"input {name!r}: 'data' must be a list (flat or nested)")
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise _HTTPError(400, f"input {name!r}: 'data' is ragged or not numeric ({exc})") from None
+    kind = arr.dtype.kind
+    ok = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind] if dtype.kind in "biuf" else ""
+    if arr.size and kind not in ok:
+        what = {"f": "non-integer numbers", "b": "booleans", "O": "non-numbers or huge integers"}
+        raise _HTTPError(
+            400,
+            f"input {name!r}: 'data' holds {what.get(kind, arr.dtype.name)}; "
+            f"{datatype} needs {'integers' if dtype.kind in 'iu' else 'numbers'}",
+        )
+    if arr.size != count:
+        raise _HTTPError(
+            400,
+            f"input {name!r}: 'data' has {arr.size} values but shape {shape} needs {count}",
+        )
+    try:
+        return arr.astype(dtype).reshape(shape)
+    except OverflowError as exc:
+        raise _HTTPError(400, f"input {name!r}: a value does not fit {datatype} ({exc})") from None
+
+
+def _wanted_outputs(request: Mapping[str, Any], manifest: Manifest) -> list[tuple[str, bool]]:
+    """Requested outputs in order, each with whether it goes back as binary."""
+    default_binary = bool(_params(request, "request").get("binary_data_output", False))
+    known = [t.name for t in manifest.outputs]
+    items = request.get("outputs")
+    if items is None:
+        return [(n, default_binary) for n in known]
+    if not isinstance(items, list):
+        raise _HTTPError(400, "'outputs' must be a list of {\"name\": ...} objects")
+    wanted: list[tuple[str, bool]] = []
+    for i, item in enumerate(items):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            raise _HTTPError(400, f"outputs[{i}]: 'name' (a string) is required")
+        if name not in known:
+            raise _HTTPError(400, f"unknown output {name!r}; this model gives {known}")
+        params = _params(item, f"output {name!r}")
+        flag = params.get("binary_data", params.get("binary_data_output", default_binary))
+        wanted.append((name, bool(flag)))
+    return wanted
+
+
+def _encode_outputs(
+    result: Mapping[str, np.ndarray], wanted: list[tuple[str, bool]]
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, binary in wanted:
+        arr = np.asarray(result[name])
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": kserve_datatype(arr.dtype),
+            "shape": list(arr.shape),
+        }
+        if binary:
+            blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise _HTTPError(
+                    500,
+                    f"output {name!r} holds NaN or Inf, which JSON cannot carry; request it "
+                    "with binary_data_output",
+                )
+            entry["data"] = arr.reshape(-1).tolist()
+        outputs.append(entry)
+    return outputs, blobs
+
+
+# -- HTTP plumbing --------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection: parses requests, hands them to the server, writes answers."""
+
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = SERVER_NAME
+    sys_version = ""
+    wbufsize = 64 * 1024  # headers and body leave in one write; flushed per request
+    metrics_model: str | None
+
+    def setup(self) -> None:
+        super().setup()
+        # Not TCP (a unix socket), or already closed: nothing to tune.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def handle_expect_100(self) -> bool:
+        """Answer ``Expect: 100-continue``: 413 at once for a body over the limit."""
+        limit = self.server.app.max_body_bytes
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = 0
+        if length > limit:
+            self.close_connection = True
+            self.server.app.metrics.count_error("too_large")
+            body = json.dumps(
+                {"error": f"request body of {length} bytes exceeds the limit of {limit}"}
+            ).encode()
+            self._send(413, body, {}, False)
+            return False
+        ok = super().handle_expect_100()
+        self.wfile.flush()  # the buffered writer would hold "100 Continue" back
+        return ok
+
+    def read_body(self, limit: int) -> bytearray:
+        """Read the request body, refusing a missing or too large one before reading it."""
+        self._body_pending = False
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise _HTTPError(
+                411, "chunked bodies are not supported; send Content-Length", close=True
+            )
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            raise _HTTPError(411, "Content-Length is required", close=True)
+        try:
+            length = int(raw)
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise _HTTPError(400, f"invalid Content-Length {raw!r}", close=True)
+        if length > limit:
+            raise _HTTPError(
+                413, f"request body of {length} bytes exceeds the limit of {limit}", close=True
+            )
+        buf = bytearray(length)
+        view, got = memoryview(buf), 0
+        while got < length:
+            n = self.rfile.readinto(view[got:])
+            if not n:
+                raise _HTTPError(
+                    400, f"body ended after {got} of {length} bytes", kind="bad_request", close=True
+                )
+            got += n
+        return buf
+
+    def _dispatch(self, method: str) -> None:
+        app = self.server.app
+        started = time.perf_counter()
+        self.metrics_model = None
+        self._body_pending = self._declares_body()
+        try:
+            status, body, headers = app._handle(self, method)
+        except _HTTPError as exc:
+            if exc.close:
+                self.close_connection = True
+            status, headers = exc.status, exc.headers
+            body = json.dumps({"error": exc.message}).encode()
+            app.metrics.count_error(exc.kind)
+            if exc.status == 500:
+                log.warning("%s %s: %s %s", method, self.path, exc.status, exc.message)
+        except Exception:
+            log.exception("internal error serving %s %s", method, self.path)
+            status, headers = 500, {}
+            body = json.dumps({"error": "internal error; see the server log"}).encode()
+            app.metrics.count_error("internal")
+        if self._body_pending:
+            # A body we did not read would be parsed as the next request.
+            self.close_connection = True
+        self._send(status, body, headers, method == "HEAD")
+        if self.metrics_model is not None:
+            app.metrics.observe_request(self.metrics_model, status, time.perf_counter() - started)
+
+    def _declares_body(self) -> bool:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return True
+        try:
+            return int(self.headers.get("Content-Length", "0")) > 0
+        except ValueError:
+            return True
+
+    def _send(self, status: int, body: bytes, headers: Mapping[str, str], head: bool) -> None:
+        try:
+            self.send_response(status)
+            headers = dict(headers)
+            self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in headers.items():
+                self.send_header(key, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+        except OSError:  # the client went away: nothing left to tell it
+            self.close_connection = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors the stdlib parser raises (bad request line, huge headers...), as JSON."""
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        self.server.app.metrics.count_error(_KINDS.get(code, "bad_request"))
+        body = json.dumps({"error": message or explain or phrase}).encode()
+        self._send(code, body, {}, getattr(self, "command", None) == "HEAD")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+
+_BUSY_BODY = b'{"error": "too many connections; retry later"}'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that caps and tracks connections (to close them on stop)."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], app: InferenceServer) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.app = app
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        # The idle timeout is a class attribute of the handler: one subclass per server.
+        handler = type("_Handler", (_Handler,), {"timeout": app.idle_timeout_s})
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conns_lock:
+            full = len(self._conns) >= self.app.max_connections
+            if not full:
+                self._conns.add(request)
+        if full:
+            self.app.metrics.count_error("overloaded")
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            super().shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection thread died: a vanished client is routine, anything else is logged."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("connection from %s ended: %r", client_address, exc)
+        else:
+            log.error("error on the connection from %s", client_address, exc_info=True)
+
+    def close_connections(self) -> None:
+        """Shut every open connection down (idle keep-alive ones would linger)."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+__all__ = [
+    "DATATYPES",
+    "EXTENSIONS",
+    "InferenceServer",
+    "ModelSource",
+    "Predictor",
+    "kserve_datatype",
+    "warmup_inputs",
+]
