@@ -44,7 +44,7 @@ import torch
 
 from edge_sdk import Runtime
 from edge_sdk.serving.batcher import BatcherConfig, DynamicBatcher
-from edge_sdk.serving.loadgen import closed_loop
+from edge_sdk.serving.loadgen import async_closed_loop, closed_loop
 
 REPO = Path(__file__).resolve().parents[1]
 CONCURRENCY, BATCH = 32, 32
@@ -124,10 +124,16 @@ def main() -> None:
     def make(i: int) -> np.ndarray:
         return windows[i % len(windows)]
 
+    sequential = closed_loop(rt.infer, make, 1, args.seconds)
     unbatched = closed_loop(rt.infer, make, CONCURRENCY, args.seconds)
-    with DynamicBatcher(rt, BatcherConfig(max_batch=BATCH, max_delay_ms=2.0)) as batcher:
-        batched = closed_loop(batcher.infer, make, CONCURRENCY, args.seconds)
+    cfg = BatcherConfig(max_batch=BATCH)  # continuous batching (max_delay_ms 0)
+    with DynamicBatcher(rt, cfg) as batcher:
+        batched_threads = closed_loop(batcher.infer, make, CONCURRENCY, args.seconds)
+    with DynamicBatcher(rt, cfg) as batcher:
+        batched = async_closed_loop(batcher.ainfer, make, CONCURRENCY, args.seconds)
         batch_stats = batcher.stats
+    with DynamicBatcher(rt, BatcherConfig(max_batch=BATCH, max_delay_ms=2.0)) as batcher:
+        batched_delay = async_closed_loop(batcher.ainfer, make, CONCURRENCY, args.seconds)
     raw32 = _times(lambda: sess.run(None, {in_name: x32}), max(200, args.repeats // 10))
     raw32_wps = BATCH / (raw32["median_us"] / 1e6)
 
@@ -147,16 +153,21 @@ def main() -> None:
         "runtime_over_raw": run_us / raw_us,
         "runtime_minus_raw_us": run_us - raw_us,
         "runtime_over_pytorch": run_us / latency["pytorch_eager"]["median_us"],
-        "throughput_c32": {
-            "unbatched_runtime": unbatched.as_dict(),
-            "batched": batched.as_dict(),
-            "batcher_stats": {
+        "throughput": {
+            "sequential_runtime_1_client": sequential.as_dict(),
+            "unbatched_runtime_32_threads": unbatched.as_dict(),
+            "batched_32_threads": batched_threads.as_dict(),
+            "batched_32_asyncio": batched.as_dict(),
+            "batched_32_asyncio_delay_2ms": batched_delay.as_dict(),
+            "batcher_stats_asyncio": {
                 k: v for k, v in batch_stats.items() if isinstance(v, int | float | str)
             },
             "raw_session_batch32_windows_per_s": raw32_wps,
+            "raw_session_batch1_windows_per_s": 1e6 / raw_us,
         },
         "batched_over_unbatched": batched.throughput_rps / unbatched.throughput_rps,
         "batched_over_raw_batch32": batched.throughput_rps / raw32_wps,
+        "engine_batch32_gain": raw32_wps / (1e6 / raw_us),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -180,19 +191,31 @@ def main() -> None:
         f"(+{report['runtime_minus_raw_us']:.1f} µs; target within 10 % or 10 µs). "
         f"Runtime / PyTorch eager: **{report['runtime_over_pytorch']:.2f}**.",
         "",
-        f"## Throughput at concurrency {CONCURRENCY} (one window per request)",
+        f"## Throughput, one window per request, {CONCURRENCY} concurrent clients",
         "",
-        "| path | windows/s | p50 ms | p99 ms |",
-        "|---|---|---|---|",
-        f"| Runtime.infer, unbatched | {unbatched.throughput_rps:.0f} | "
-        f"{unbatched.p50_ms:.2f} | {unbatched.p99_ms:.2f} |",
-        f"| DynamicBatcher (max {BATCH}, 2 ms) | {batched.throughput_rps:.0f} | "
-        f"{batched.p50_ms:.2f} | {batched.p99_ms:.2f} |",
-        f"| raw session, batch {BATCH} back to back | {raw32_wps:.0f} | | |",
+        "| clients | path | windows/s | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for clients, path, r in (
+        ("1 thread", "Runtime.infer back to back", sequential),
+        (f"{CONCURRENCY} threads", "Runtime.infer, unbatched", unbatched),
+        (f"{CONCURRENCY} threads", "DynamicBatcher.infer", batched_threads),
+        (f"{CONCURRENCY} asyncio tasks", "DynamicBatcher.ainfer", batched),
+        (f"{CONCURRENCY} asyncio tasks", "DynamicBatcher.ainfer, max_delay 2 ms", batched_delay),
+    ):
+        lines.append(
+            f"| {clients} | {path} | {r.throughput_rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
+        )
+    lines += [
+        f"| 1 thread | raw session, batch {BATCH} back to back | {raw32_wps:.0f} | | |",
         "",
-        f"Batched / unbatched: **{report['batched_over_unbatched']:.2f}x** (target >= 3x). "
-        f"Batched / raw batch-{BATCH}: **{report['batched_over_raw_batch32']:.2f}** "
-        "(target >= 0.8).",
+        f"Batched (asyncio) / unbatched (threads): **{report['batched_over_unbatched']:.2f}x** "
+        f"(issue target >= 3x). Batched / raw batch-{BATCH}: "
+        f"**{report['batched_over_raw_batch32']:.2f}** (target >= 0.8). The engine itself "
+        f"gains only **{report['engine_batch32_gain']:.2f}x** from batch {BATCH} over batch 1 "
+        "on this CPU, so no batcher can triple the throughput of back-to-back single calls "
+        "here; what batching buys is throughput under many concurrent callers and a bounded "
+        "p99 (the runtime's lock alone lets one thread starve the others).",
         "",
         "Reproduce with `python benchmarks/serving.py`.",
     ]

@@ -327,7 +327,7 @@ def bench(
     max_batch: Annotated[int, typer.Option(min=1, help="Batcher: most rows per call.")] = 32,
     max_delay_ms: Annotated[
         float, typer.Option(min=0, help="Batcher: longest wait to fill a batch.")
-    ] = 2.0,
+    ] = 0.0,
 ) -> None:
     """Measure serving throughput and latency of a bundle on this machine."""
     with fail_on_errors():

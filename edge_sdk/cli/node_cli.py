@@ -200,7 +200,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(min=1, help="Most requests per backend call.")] = 32,
     max_delay_ms: Annotated[
         float, typer.Option(min=0, help="Longest wait for a batch to fill, in milliseconds.")
-    ] = 2.0,
+    ] = 0.0,
     max_body_mb: Annotated[
         float, typer.Option(min=0.001, help="Largest request body in MiB (larger: 413).")
     ] = 8.0,

@@ -14,9 +14,10 @@ Both take any ``predict(inputs) -> outputs`` callable: ``Runtime.infer``, a
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -134,6 +135,42 @@ def closed_loop(
     for t in threads:
         t.join()
     return _summarise("closed", concurrency, latencies, errors[0], duration_s)
+
+
+def async_closed_loop(
+    apredict: Callable[[Any], Awaitable[Any]],
+    make_inputs: MakeInputs,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float = 0.5,
+) -> LoadResult:
+    """:func:`closed_loop` with ``concurrency`` asyncio tasks on one event loop.
+
+    The way an async server (one loop, many connections) drives
+    :meth:`~edge_sdk.serving.batcher.DynamicBatcher.ainfer`.
+    """
+    latencies: list[float] = []
+    errors = [0]
+
+    async def client(cid: int, measure_from: float, stop_at: float) -> None:
+        i = cid
+        while (t0 := time.perf_counter()) < stop_at:
+            try:
+                await apredict(make_inputs(i))
+            except Exception:
+                errors[0] += 1
+            t1 = time.perf_counter()
+            if t0 >= measure_from and t1 <= stop_at:
+                latencies.append(t1 - t0)
+            i += concurrency
+
+    async def main() -> None:
+        measure_from = time.perf_counter() + warmup_s
+        stop_at = measure_from + duration_s
+        await asyncio.gather(*(client(c, measure_from, stop_at) for c in range(concurrency)))
+
+    asyncio.run(main())
+    return _summarise("closed-async", concurrency, latencies, errors[0], duration_s)
 
 
 def open_loop(
