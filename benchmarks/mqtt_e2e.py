@@ -26,7 +26,6 @@ Writes benchmarks/results/mqtt_e2e.{json,md}.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -44,19 +43,15 @@ import paho.mqtt.client as mqtt
 
 from edge_sdk.fleet.broker import LocalBroker
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _sensor import sensor_module
+
 REPO = Path(__file__).resolve().parents[1]
 N_SENSORS, WINDOW = 52, 20
 
 
 def _sensor_bundle(out: Path) -> Path:
-    spec = importlib.util.spec_from_file_location(
-        "tep_sensor_model", REPO / "samples/tep/sensor_model.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.export_sensor_bundle(out).bundle_dir
+    return sensor_module().export_sensor_bundle(out).bundle_dir
 
 
 class Cloud:

@@ -26,7 +26,6 @@ Writes benchmarks/results/serving.{json,md}.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -46,19 +45,11 @@ from edge_sdk import Runtime
 from edge_sdk.serving.batcher import BatcherConfig, DynamicBatcher
 from edge_sdk.serving.loadgen import async_closed_loop, closed_loop
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _sensor import sensor_module
+
 REPO = Path(__file__).resolve().parents[1]
 CONCURRENCY, BATCH = 32, 32
-
-
-def _sensor_module():
-    spec = importlib.util.spec_from_file_location(
-        "tep_sensor_model", REPO / "samples/tep/sensor_model.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _times(fn, repeats: int) -> dict[str, float]:
@@ -81,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    mod = _sensor_module()
+    mod = sensor_module()
     work = Path(tempfile.mkdtemp(prefix="edge-bench-serving-"))
     result = mod.export_sensor_bundle(work / "tep.bundle")
     bundle = result.bundle_dir

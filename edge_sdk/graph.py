@@ -365,3 +365,21 @@ def with_batch(graph: DynamicGraph) -> DynamicGraph:
     if graph.batch is not None:
         return graph
     return replace(graph, batch=np.zeros(graph.num_nodes, np.int64))
+
+
+def zero_request(spec: GraphSpec) -> dict[str, np.ndarray]:
+    """The smallest valid request for ``spec``, all zeros (to warm an engine up).
+
+    One ``[1, N, F]`` window for the static and learned forms; a two-node,
+    two-edge graph for the dynamic form.
+    """
+    if spec.form is not GraphForm.DYNAMIC:
+        assert spec.num_nodes is not None  # required for these forms by GraphSpec
+        return {"x": np.zeros((1, spec.num_nodes, spec.num_features), np.float32)}
+    inputs: dict[str, np.ndarray] = {
+        "x": np.zeros((2, spec.num_features), np.float32),
+        "edge_index": np.array([[0, 1], [1, 0]], np.int64),
+    }
+    if spec.edge_dim is not None:
+        inputs["edge_attr"] = np.zeros((2, spec.edge_dim), np.float32)
+    return inputs

@@ -28,7 +28,7 @@ from .batching import (
 )
 from .bundle import Bundle
 from .errors import InvalidInputError, ManifestError, UnsupportedTargetError
-from .graph import DynamicGraph, Graph, StaticGraph, as_graph
+from .graph import DynamicGraph, Graph, StaticGraph, as_graph, zero_request
 from .manifest import Artifact, Manifest, Precision
 from .profiles import AUTO_ORDER, DeviceProfile, load_profile
 from .runtimes import BackendOptions
@@ -272,17 +272,7 @@ class Runtime:
                 return self.bundle.load_canary()[0]
             except (ManifestError, OSError, ValueError):
                 pass  # an unreadable canary: zeros warm the engine up just as well
-        spec = self._spec
-        if not self._dynamic:
-            assert spec.num_nodes is not None  # required for these forms by GraphSpec
-            return {"x": np.zeros((1, spec.num_nodes, spec.num_features), np.float32)}
-        inputs: dict[str, np.ndarray] = {
-            "x": np.zeros((2, spec.num_features), np.float32),
-            "edge_index": np.array([[0, 1], [1, 0]], np.int64),
-        }
-        if spec.edge_dim is not None:
-            inputs["edge_attr"] = np.zeros((2, spec.edge_dim), np.float32)
-        return inputs
+        return zero_request(self._spec)
 
     def _run(self, g: Graph) -> dict[str, np.ndarray]:
         """Scale, pad, call the backend (serialised), unpad: one validated graph."""

@@ -62,8 +62,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError, InvalidInputError, OverloadedError
+from ..graph import zero_request
 from ..manifest import Manifest
-from ..signature import GraphForm
 from .batcher import BatcherConfig, DynamicBatcher
 from .metrics import ServingMetrics
 
@@ -172,17 +172,7 @@ def kserve_datatype(dtype: str | np.dtype[Any]) -> str:
 
 def warmup_inputs(manifest: Manifest) -> dict[str, np.ndarray]:
     """A small valid request for ``manifest`` (zeros), used to warm a model up."""
-    spec = manifest.graph
-    if spec.form is not GraphForm.DYNAMIC:
-        assert spec.num_nodes is not None  # required for these forms by GraphSpec
-        return {"x": np.zeros((1, spec.num_nodes, spec.num_features), np.float32)}
-    inputs: dict[str, np.ndarray] = {
-        "x": np.zeros((2, spec.num_features), np.float32),
-        "edge_index": np.array([[0, 1], [1, 0]], np.int64),
-    }
-    if spec.edge_dim is not None:
-        inputs["edge_attr"] = np.zeros((2, spec.edge_dim), np.float32)
-    return inputs
+    return zero_request(manifest.graph)
 
 
 class InferenceServer:
