@@ -47,7 +47,6 @@ import contextlib
 import hmac
 import json
 import logging
-import math
 import socket
 import sys
 import threading
@@ -65,6 +64,17 @@ from ..errors import ConfigError, InvalidInputError, OverloadedError
 from ..graph import zero_request
 from ..manifest import Manifest
 from .batcher import BatcherConfig, DynamicBatcher
+from .kserve import (
+    BINARY_HEADER,
+    DATATYPES,
+    ERROR_KINDS,
+    ProtocolError,
+    decode_inputs,
+    encode_outputs,
+    kserve_datatype,
+    parse_json,
+    wanted_outputs,
+)
 from .metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
@@ -72,35 +82,7 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "edge-graph-sdk"
 #: Protocol extensions this server implements.
 EXTENSIONS = ["binary_tensor_data", "metrics"]
-#: Header that announces a binary body: its value is the JSON header's length.
-BINARY_HEADER = "Inference-Header-Content-Length"
 DEFAULT_MAX_BODY = 8 << 20
-
-#: numpy dtype name -> Open Inference Protocol datatype.
-DATATYPES: dict[str, str] = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "uint16": "UINT16",
-    "uint32": "UINT32",
-    "uint64": "UINT64",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float32": "FP32",
-    "float64": "FP64",
-}
-_KINDS = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    411: "length_required",
-    413: "too_large",
-    500: "internal",
-    503: "overloaded",
-}
 
 
 @runtime_checkable
@@ -129,25 +111,6 @@ class ModelSource(Protocol):
         ...
 
 
-class _HTTPError(Exception):
-    """An error answer: status, message, and the metrics kind."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        kind: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        close: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind or _KINDS.get(status, "internal")
-        self.headers = dict(headers or {})
-        self.close = close
-
-
 def _default_predictor(runtime: Any, config: BatcherConfig | None = None) -> DynamicBatcher:
     """The batcher requests go through when no predictor is given (owned by the server).
 
@@ -155,19 +118,6 @@ def _default_predictor(runtime: Any, config: BatcherConfig | None = None) -> Dyn
     connections are merged into batched backend calls.
     """
     return DynamicBatcher(runtime, config if config is not None else BatcherConfig())
-
-
-def kserve_datatype(dtype: str | np.dtype[Any]) -> str:
-    """The protocol datatype of a numpy dtype (``float32`` -> ``FP32``).
-
-    Raises:
-        ValueError: The dtype has no protocol name.
-    """
-    name = np.dtype(dtype).name
-    try:
-        return DATATYPES[name]
-    except KeyError:
-        raise ValueError(f"dtype {name} has no Open Inference Protocol datatype") from None
 
 
 def warmup_inputs(manifest: Manifest) -> dict[str, np.ndarray]:
@@ -425,14 +375,14 @@ class InferenceServer:
             if rest == ["infer"]:
                 _allow(method, "POST")
                 return self._infer(req, name, version)
-        raise _HTTPError(404, f"no route {path!r}; see /v2 and /v2/models/{{name}}")
+        raise ProtocolError(404, f"no route {path!r}; see /v2 and /v2/models/{{name}}")
 
     def _authorize(self, req: _Handler) -> None:
         if self._token is None:
             return
         given = req.headers.get("Authorization", "").encode("latin-1", "replace")
         if not hmac.compare_digest(given, b"Bearer " + self._token):
-            raise _HTTPError(
+            raise ProtocolError(
                 401,
                 "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
                 headers={"WWW-Authenticate": 'Bearer realm="edge-graph-sdk"'},
@@ -442,13 +392,13 @@ class InferenceServer:
         m = self.source.manifest
         served = m.model
         if name != served.name:
-            raise _HTTPError(
+            raise ProtocolError(
                 404,
                 f"unknown model {name!r}; this server serves {served.name!r} "
                 f"(version {served.version})",
             )
         if version is not None and version != served.version:
-            raise _HTTPError(
+            raise ProtocolError(
                 404,
                 f"model {name!r} has no version {version!r}; the served version is "
                 f"{served.version!r}",
@@ -461,7 +411,9 @@ class InferenceServer:
         manifest = self._check_model(name, version)
         req.metrics_model = manifest.model.name
         if not self.ready:
-            raise _HTTPError(503, "model is not ready (warming up or stopping)", kind="not_ready")
+            raise ProtocolError(
+                503, "model is not ready (warming up or stopping)", kind="not_ready"
+            )
         body = req.read_body(self.max_body_bytes)
         header_len = req.headers.get(BINARY_HEADER)
         view = memoryview(body)
@@ -471,7 +423,7 @@ class InferenceServer:
             except ValueError:
                 n = -1
             if not 0 <= n <= len(body):
-                raise _HTTPError(
+                raise ProtocolError(
                     400,
                     f"{BINARY_HEADER} is {header_len!r}; expected the JSON header's length "
                     f"(0..{len(body)} bytes)",
@@ -479,22 +431,22 @@ class InferenceServer:
             head, binary = view[:n], view[n:]
         else:
             head, binary = view, view[:0]
-        request = _parse_json(head)
-        inputs = _decode_inputs(request, manifest, binary)
-        wanted = _wanted_outputs(request, manifest)
+        request = parse_json(head)
+        inputs = decode_inputs(request, manifest, binary)
+        wanted = wanted_outputs(request, manifest)
         try:
             result = self.predictor.infer(inputs)
         except InvalidInputError as exc:
-            raise _HTTPError(400, str(exc)) from None
+            raise ProtocolError(400, str(exc)) from None
         except OverloadedError as exc:
-            raise _HTTPError(503, str(exc), headers={"Retry-After": "1"}) from None
+            raise ProtocolError(503, str(exc), headers={"Retry-After": "1"}) from None
         response: dict[str, Any] = {
             "model_name": manifest.model.name,
             "model_version": manifest.model.version,
         }
         if "id" in request:
             response["id"] = request["id"]
-        outputs, blobs = _encode_outputs(result, wanted)
+        outputs, blobs = encode_outputs(result, wanted)
         response["outputs"] = outputs
         head_bytes = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
         if not blobs:
@@ -511,189 +463,13 @@ class InferenceServer:
 
 def _allow(method: str, allowed: str) -> None:
     if method != allowed:
-        raise _HTTPError(
+        raise ProtocolError(
             405, f"method {method} not allowed here; use {allowed}", headers={"Allow": allowed}
         )
 
 
 def _json(status: int, doc: Any) -> tuple[int, bytes, dict[str, str]]:
     return status, json.dumps(doc, separators=(",", ":")).encode(), {}
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
-
-
-def _parse_json(raw: memoryview) -> dict[str, Any]:
-    try:
-        doc = json.loads(bytes(raw), parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
-        raise _HTTPError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise _HTTPError(400, "request body must be a JSON object with an 'inputs' list")
-    return doc
-
-
-def _params(item: Mapping[str, Any], where: str) -> Mapping[str, Any]:
-    params = item.get("parameters")
-    if params is None:
-        return {}
-    if not isinstance(params, dict):
-        raise _HTTPError(400, f"{where}: 'parameters' must be an object")
-    return params
-
-
-def _decode_inputs(
-    request: Mapping[str, Any], manifest: Manifest, binary: memoryview
-) -> dict[str, np.ndarray]:
-    specs = {t.name: t for t in manifest.inputs}
-    items = request.get("inputs")
-    if not isinstance(items, list) or not items:
-        raise _HTTPError(400, f"'inputs' must be a non-empty list; this model takes {list(specs)}")
-    arrays: dict[str, np.ndarray] = {}
-    offset = 0
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise _HTTPError(400, f"inputs[{i}] must be an object with name, shape, datatype")
-        name = item.get("name")
-        if not isinstance(name, str):
-            raise _HTTPError(400, f"inputs[{i}]: 'name' (a string) is required")
-        if name not in specs:
-            raise _HTTPError(400, f"unknown input {name!r}; this model takes {list(specs)}")
-        if name in arrays:
-            raise _HTTPError(400, f"input {name!r} is given twice")
-        spec = specs[name]
-        expected = kserve_datatype(spec.dtype)
-        datatype = item.get("datatype")
-        if datatype != expected:
-            raise _HTTPError(
-                400,
-                f"input {name!r}: datatype {datatype!r} does not match the model, which "
-                f"expects {expected}",
-            )
-        shape = item.get("shape")
-        if not (
-            isinstance(shape, list)
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-        ):
-            raise _HTTPError(
-                400, f"input {name!r}: 'shape' must be a list of non-negative integers"
-            )
-        count = math.prod(shape)
-        dtype = np.dtype(spec.dtype)
-        size = _params(item, f"input {name!r}").get("binary_data_size")
-        if size is not None:
-            if "data" in item:
-                raise _HTTPError(400, f"input {name!r}: give 'data' or binary_data_size, not both")
-            need = count * dtype.itemsize
-            if not isinstance(size, int) or isinstance(size, bool) or size != need:
-                raise _HTTPError(
-                    400,
-                    f"input {name!r}: binary_data_size is {size!r} but shape {shape} of "
-                    f"{expected} needs {need} bytes",
-                )
-            if offset + size > len(binary):
-                raise _HTTPError(
-                    400,
-                    f"input {name!r}: the binary section ends at {len(binary)} bytes, "
-                    f"before this input's {size} bytes (from offset {offset})",
-                )
-            le = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
-            arrays[name] = le.astype(dtype, copy=False).reshape(shape)
-            offset += size
-            continue
-        if "data" not in item:
-            raise _HTTPError(400, f"input {name!r}: 'data' (or binary_data_size) is required")
-        arrays[name] = _json_tensor(name, item["data"], shape, count, dtype, expected)
-    if offset != len(binary):
-        raise _HTTPError(
-            400,
-            f"the binary section has {len(binary)} bytes but the inputs declare {offset} "
-            "(binary_data_size)",
-        )
-    return arrays
-
-
-def _json_tensor(
-    name: str, data: Any, shape: list[int], count: int, dtype: np.dtype[Any], datatype: str
-) -> np.ndarray:
-    if not isinstance(data, list):
-        raise _HTTPError(400, f"input {name!r}: 'data' must be a list (flat or nested)")
-    try:
-        arr = np.asarray(data)
-    except (ValueError, TypeError) as exc:
-        raise _HTTPError(400, f"input {name!r}: 'data' is ragged or not numeric ({exc})") from None
-    kind = arr.dtype.kind
-    ok = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind] if dtype.kind in "biuf" else ""
-    if arr.size and kind not in ok:
-        what = {"f": "non-integer numbers", "b": "booleans", "O": "non-numbers or huge integers"}
-        raise _HTTPError(
-            400,
-            f"input {name!r}: 'data' holds {what.get(kind, arr.dtype.name)}; "
-            f"{datatype} needs {'integers' if dtype.kind in 'iu' else 'numbers'}",
-        )
-    if arr.size != count:
-        raise _HTTPError(
-            400,
-            f"input {name!r}: 'data' has {arr.size} values but shape {shape} needs {count}",
-        )
-    try:
-        return arr.astype(dtype).reshape(shape)
-    except OverflowError as exc:
-        raise _HTTPError(400, f"input {name!r}: a value does not fit {datatype} ({exc})") from None
-
-
-def _wanted_outputs(request: Mapping[str, Any], manifest: Manifest) -> list[tuple[str, bool]]:
-    """Requested outputs in order, each with whether it goes back as binary."""
-    default_binary = bool(_params(request, "request").get("binary_data_output", False))
-    known = [t.name for t in manifest.outputs]
-    items = request.get("outputs")
-    if items is None:
-        return [(n, default_binary) for n in known]
-    if not isinstance(items, list):
-        raise _HTTPError(400, "'outputs' must be a list of {\"name\": ...} objects")
-    wanted: list[tuple[str, bool]] = []
-    for i, item in enumerate(items):
-        name = item.get("name") if isinstance(item, dict) else None
-        if not isinstance(name, str):
-            raise _HTTPError(400, f"outputs[{i}]: 'name' (a string) is required")
-        if name not in known:
-            raise _HTTPError(400, f"unknown output {name!r}; this model gives {known}")
-        params = _params(item, f"output {name!r}")
-        flag = params.get("binary_data", params.get("binary_data_output", default_binary))
-        wanted.append((name, bool(flag)))
-    return wanted
-
-
-def _encode_outputs(
-    result: Mapping[str, np.ndarray], wanted: list[tuple[str, bool]]
-) -> tuple[list[dict[str, Any]], list[bytes]]:
-    outputs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for name, binary in wanted:
-        arr = np.asarray(result[name])
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": kserve_datatype(arr.dtype),
-            "shape": list(arr.shape),
-        }
-        if binary:
-            blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise _HTTPError(
-                    500,
-                    f"output {name!r} holds NaN or Inf, which JSON cannot carry; request it "
-                    "with binary_data_output",
-                )
-            entry["data"] = arr.reshape(-1).tolist()
-        outputs.append(entry)
-    return outputs, blobs
-
-
-# -- HTTP plumbing --------------------------------------------------------------------------------
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -756,20 +532,20 @@ class _Handler(BaseHTTPRequestHandler):
         """Read the request body, refusing a missing or too large one before reading it."""
         self._body_pending = False
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise _HTTPError(
+            raise ProtocolError(
                 411, "chunked bodies are not supported; send Content-Length", close=True
             )
         raw = self.headers.get("Content-Length")
         if raw is None:
-            raise _HTTPError(411, "Content-Length is required", close=True)
+            raise ProtocolError(411, "Content-Length is required", close=True)
         try:
             length = int(raw)
         except ValueError:
             length = -1
         if length < 0:
-            raise _HTTPError(400, f"invalid Content-Length {raw!r}", close=True)
+            raise ProtocolError(400, f"invalid Content-Length {raw!r}", close=True)
         if length > limit:
-            raise _HTTPError(
+            raise ProtocolError(
                 413, f"request body of {length} bytes exceeds the limit of {limit}", close=True
             )
         buf = bytearray(length)
@@ -777,7 +553,7 @@ class _Handler(BaseHTTPRequestHandler):
         while got < length:
             n = self.rfile.readinto(view[got:])
             if not n:
-                raise _HTTPError(
+                raise ProtocolError(
                     400, f"body ended after {got} of {length} bytes", kind="bad_request", close=True
                 )
             got += n
@@ -790,7 +566,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._body_pending = self._declares_body()
         try:
             status, body, headers = app._handle(self, method)
-        except _HTTPError as exc:
+        except ProtocolError as exc:
             if exc.close:
                 self.close_connection = True
             status, headers = exc.status, exc.headers
@@ -841,7 +617,7 @@ class _Handler(BaseHTTPRequestHandler):
             phrase = HTTPStatus(code).phrase
         except ValueError:
             phrase = "error"
-        self.server.app.metrics.count_error(_KINDS.get(code, "bad_request"))
+        self.server.app.metrics.count_error(ERROR_KINDS.get(code, "bad_request"))
         body = json.dumps({"error": message or explain or phrase}).encode()
         self._send(code, body, {}, getattr(self, "command", None) == "HEAD")
 
