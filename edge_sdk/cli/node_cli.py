@@ -175,7 +175,7 @@ class _NodeModel:
         "Examples:\n\n"
         "  edge-node serve out/tep.bundle          # http://127.0.0.1:8000\n\n"
         "  EDGE_SDK_HTTP_TOKEN=s3cret edge-node serve tep.bundle --host 0.0.0.0\n\n"
-        "  edge-node serve tep.bundle --max-batch 64 --max-delay-ms 5 --threads 2\n\n"
+        "  edge-node serve tep.bundle --max-batch 64 --max-delay-ms 5 --threads 2 --cache-mb 64\n\n"
         "  curl localhost:8000/v2/models/tep-sensor-gcn      # metadata\n\n"
         "  curl -d @request.json localhost:8000/v2/models/tep-sensor-gcn/infer\n\n"
         "Speaks the Open Inference Protocol (KServe v2 REST, with the binary tensor "
@@ -204,6 +204,10 @@ def serve(
     max_body_mb: Annotated[
         float, typer.Option(min=0.001, help="Largest request body in MiB (larger: 413).")
     ] = 8.0,
+    cache_mb: Annotated[
+        float,
+        typer.Option(min=0, help="Result cache in MiB (0: off); repeated requests skip the model."),
+    ] = 0.0,
     threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
     profile: Annotated[str, typer.Option(help="Device profile (auto, name or YAML).")] = "auto",
     backend: Annotated[str | None, typer.Option(help="Force one inference backend.")] = None,
@@ -228,6 +232,7 @@ def serve(
                 token=token,
                 max_body_bytes=int(max_body_mb * (1 << 20)),
                 batcher=BatcherConfig(max_batch=max_batch, max_delay_ms=max_delay_ms),
+                cache_bytes=int(cache_mb * (1 << 20)),
             )
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: server.request_stop())

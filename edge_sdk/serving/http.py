@@ -64,6 +64,7 @@ from ..errors import ConfigError, InvalidInputError, OverloadedError
 from ..graph import zero_request
 from ..manifest import Manifest
 from .batcher import BatcherConfig, DynamicBatcher
+from .cache import ResultCache
 from .kserve import (
     BINARY_HEADER,
     DATATYPES,
@@ -111,13 +112,17 @@ class ModelSource(Protocol):
         ...
 
 
-def _default_predictor(runtime: Any, config: BatcherConfig | None = None) -> DynamicBatcher:
+def _default_predictor(
+    runtime: Any, config: BatcherConfig | None = None, cache_bytes: int = 0
+) -> DynamicBatcher:
     """The batcher requests go through when no predictor is given (owned by the server).
 
     This is the single place where the dynamic batcher plugs in: concurrent
-    connections are merged into batched backend calls.
+    connections are merged into batched backend calls, and repeated requests
+    are answered from a result cache when ``cache_bytes`` > 0.
     """
-    return DynamicBatcher(runtime, config if config is not None else BatcherConfig())
+    cache = ResultCache(cache_bytes) if cache_bytes > 0 else None
+    return DynamicBatcher(runtime, config if config is not None else BatcherConfig(), cache)
 
 
 def warmup_inputs(manifest: Manifest) -> dict[str, np.ndarray]:
@@ -152,6 +157,8 @@ class InferenceServer:
         warmup: Run one request before reporting ready.
         batcher: ``BatcherConfig`` of the default batcher (ignored when a
             ``predictor`` is given).
+        cache_bytes: Result cache of the default batcher, in bytes (0: none):
+            a repeated request is answered without running the model.
 
     Raises:
         BackendUnavailableError: ``prometheus_client`` is missing (``[serve]``
@@ -172,6 +179,7 @@ class InferenceServer:
         idle_timeout_s: float = 30.0,
         warmup: bool = True,
         batcher: BatcherConfig | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be > 0")
@@ -188,7 +196,7 @@ class InferenceServer:
         self.batcher: DynamicBatcher | None = None
         self.predictor: Predictor
         if predictor is None:
-            self.batcher = self.predictor = _default_predictor(runtime, batcher)
+            self.batcher = self.predictor = _default_predictor(runtime, batcher, cache_bytes)
         else:
             self.predictor = predictor
         self.metrics.bind(self._info, self.predictor)

@@ -446,6 +446,20 @@ def test_32_concurrent_clients_each_get_their_own_result(
     assert 0 < s.batcher.stats["batches"] < n + 1
 
 
+def test_result_cache_answers_a_repeated_request(
+    sensor_runtime: Any, serve: Callable[..., Any], client_for: Any
+) -> None:
+    s = serve(sensor_runtime, cache_bytes=1 << 20)
+    c = client_for(s)
+    first, again = (output(c.post(INFER, infer_body(window(11)))) for _ in range(2))
+    np.testing.assert_array_equal(first, again)
+    other = output(c.post(INFER, infer_body(window(12))))
+    assert not np.allclose(first, other)
+    text = c.get("/metrics").body.decode()
+    assert metric(text, "edge_sdk_cache_hits_total") == 1
+    assert metric(text, "edge_sdk_cache_misses_total") >= 2  # the two distinct windows
+
+
 # -- CLI ------------------------------------------------------------------------------------------
 
 
