@@ -22,15 +22,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +35,9 @@ import torch
 
 from edge_sdk import Runtime
 from edge_sdk.exporters import ExportConfig, export_model, load_samples
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine_meta, meta_line
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -158,14 +157,7 @@ def _models() -> Any:
 
 def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "versions": {
-            d: version(d)
-            for d in ("edge-graph-sdk", "torch", "torch-geometric", "onnx", "onnxruntime")
-        },
+        **machine_meta("edge-graph-sdk", "torch", "torch-geometric", "onnx", "onnxruntime"),
         "calls": args.calls,
         "epochs": args.epochs,
         "fine_tune_epochs": args.fine_tune_epochs,
@@ -177,8 +169,7 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     lines = [
         "# Compression on Cora (test split, 1,000 nodes)",
         "",
-        f"{meta['date']} · {meta['machine']} · {meta['cpus']} CPUs · Python {meta['python']} · "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        meta_line(meta),
         "",
         "| model | variant | test acc | Δ vs PyTorch FP32 (pp) | size KiB | smaller by | "
         "ORT ms (1 thr) | ORT ms (2 thr) |",

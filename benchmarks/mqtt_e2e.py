@@ -27,15 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +40,7 @@ import paho.mqtt.client as mqtt
 from edge_sdk.fleet.broker import LocalBroker
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _sensor import sensor_module
+from _common import machine_meta, meta_line, sensor_module
 
 REPO = Path(__file__).resolve().parents[1]
 N_SENSORS, WINDOW = 52, 20
@@ -217,13 +213,7 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         rows.append(result)
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "versions": {
-            d: version(d) for d in ("edge-graph-sdk", "paho-mqtt", "onnxruntime", "numpy")
-        },
+        **machine_meta("edge-graph-sdk", "paho-mqtt", "onnxruntime", "numpy"),
         "mosquitto": subprocess.run(
             ["mosquitto", "-h"], capture_output=True, text=True, check=False
         ).stdout.splitlines()[0],
@@ -238,9 +228,7 @@ def main() -> None:
     lines = [
         "# End-to-end MQTT inference over loopback (TEP-size model, QoS 1)",
         "",
-        f"{meta['date']} · {meta['machine']} · {meta['cpus']} CPUs · Python {meta['python']} · "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-        + f" · {meta['mosquitto']} · node inference threads {args.threads}",
+        meta_line(meta) + f" · {meta['mosquitto']} · node inference threads {args.threads}",
         "",
         "| target rate | sustained results/s | p50 ms | p90 ms | p99 ms | max ms | "
         "lost | duplicates | node outbox drops | node CPU % |",

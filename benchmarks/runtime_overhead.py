@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import onnxruntime as ort
@@ -33,6 +31,9 @@ from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 
 from edge_sdk import Runtime
 from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine_meta, meta_line
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -123,13 +124,7 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]))
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": __import__("os").cpu_count(),
-        "python": platform.python_version(),
-        "versions": {
-            d: version(d) for d in ("edge-graph-sdk", "torch", "torch-geometric", "onnxruntime")
-        },
+        **machine_meta("edge-graph-sdk", "torch", "torch-geometric", "onnxruntime"),
         "repeats": args.repeats,
         "workload": "Cora full graph: 2708 nodes, 10556 edges, 1433 features, random weights",
     }
@@ -140,8 +135,7 @@ def main() -> None:
     lines = [
         "# Runtime overhead on Cora (full graph, ms)",
         "",
-        f"{meta['date']} · {meta['machine']} · {meta['cpus']} CPUs · Python {meta['python']} · "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        meta_line(meta),
         "",
         "| model | threads | PyTorch eager | Runtime (ORT) | raw ORT session | "
         "Runtime / raw | Runtime / PyTorch |",

@@ -27,14 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +42,7 @@ from edge_sdk.serving.batcher import BatcherConfig, DynamicBatcher
 from edge_sdk.serving.loadgen import async_closed_loop, closed_loop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _sensor import sensor_module
+from _common import machine_meta, meta_line, sensor_module
 
 REPO = Path(__file__).resolve().parents[1]
 CONCURRENCY, BATCH = 32, 32
@@ -130,13 +126,7 @@ def main() -> None:
 
     report = {
         "meta": {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "versions": {
-                d: version(d) for d in ("edge-graph-sdk", "onnxruntime", "torch", "numpy")
-            },
+            **machine_meta("edge-graph-sdk", "onnxruntime", "torch", "numpy"),
             "threads": 1,
             "workload": "TEP-size static GCN: 52 nodes x 20 features, 2 x GCN(64), 22 classes",
         },
@@ -166,8 +156,7 @@ def main() -> None:
     lines = [
         "# Serving the TEP-size model (one inference thread)",
         "",
-        f"{m['date']} · {m['machine']} · {m['cpus']} CPUs · Python {m['python']} · "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        meta_line(m),
         "",
         "## Latency of one window (batch 1)",
         "",

@@ -42,7 +42,7 @@ from pydantic import (
 )
 
 from .._fs import fsync_dir, write_atomic
-from ..bundle import MAX_MANIFEST_BYTES
+from ..bundle import MAX_MANIFEST_BYTES, file_digest
 from ..errors import UpdateError
 from ..manifest import parse_manifest
 
@@ -57,7 +57,6 @@ OFFER_NAME = "offer.json"
 PART_NAME = "bundle.part"
 RECORD_NAME = "chunks.map"
 ARCHIVE_NAME = "bundle.tar.gz"
-_READ = 1 << 20
 _sync = getattr(os, "fdatasync", os.fsync)  # sizes never change after preallocation
 
 
@@ -450,18 +449,13 @@ class Download:
                     "download", f"{todo} of {len(self._received)} chunks still missing"
                 )
             data = self._data
-            h = hashlib.sha256()
-            size = 0
-            with open(data, "rb") as fh:
-                while block := fh.read(_READ):
-                    h.update(block)
-                    size += len(block)
-            if size != self.offer.size or h.hexdigest() != self.offer.sha256:
+            size, digest = file_digest(data)
+            if size != self.offer.size or digest != self.offer.sha256:
                 self._start_over()
                 raise UpdateError(
                     "download",
                     f"downloaded archive does not match the offer (size {size} vs "
-                    f"{self.offer.size}, sha256 {h.hexdigest()[:12]}… vs "
+                    f"{self.offer.size}, sha256 {digest[:12]}… vs "
                     f"{self.offer.sha256[:12]}…); discarded",
                 )
             if data != self._archive:

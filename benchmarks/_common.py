@@ -1,0 +1,46 @@
+"""What the benchmark scripts share: the machine stamp of a result, the sensor model."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+SENSOR_MODEL = Path(__file__).resolve().parents[1] / "samples" / "tep" / "sensor_model.py"
+
+
+def machine_meta(*distributions: str) -> dict[str, Any]:
+    """Date, machine, CPU count, Python and the versions of ``distributions``."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": {d: version(d) for d in distributions},
+    }
+
+
+def meta_line(meta: dict[str, Any]) -> str:
+    """The one-line machine stamp under a result table's title."""
+    return (
+        f"{meta['date']} · {meta['machine']} · {meta['cpus']} CPUs · Python {meta['python']} · "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    )
+
+
+def sensor_module() -> ModuleType:
+    """Import ``samples/tep/sensor_model.py`` (registered, as torch.export re-imports it)."""
+    if "tep_sensor_model" in sys.modules:
+        return sys.modules["tep_sensor_model"]
+    spec = importlib.util.spec_from_file_location("tep_sensor_model", SENSOR_MODEL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
