@@ -108,10 +108,12 @@ class Bundle:
 
     def listed_files(self) -> list[tuple[str, int, str]]:
         """``(path, size, sha256)`` of every file the manifest names."""
-        files = [(a.path, a.size_bytes, a.sha256) for a in self.manifest.artifacts]
-        if self.manifest.canary is not None:
-            c = self.manifest.canary
-            files.append((c.path, c.size_bytes, c.sha256))
+        m = self.manifest
+        files = [(a.path, a.size_bytes, a.sha256) for a in m.artifacts]
+        files += [(f.path, f.size_bytes, f.sha256) for a in m.artifacts for f in a.companions]
+        for extra in (m.canary, m.verification):
+            if extra is not None:
+                files.append((extra.path, extra.size_bytes, extra.sha256))
         return files
 
     def verify(self) -> None:

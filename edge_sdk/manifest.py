@@ -17,7 +17,7 @@ from .errors import ManifestError
 from .signature import GraphSpec, OutputLevel, TensorSpec
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 1  # 1.1: compression sizes and metrics
+SCHEMA_MINOR = 2  # 1.1: compression sizes and metrics; 1.2: per-target artifacts and choices
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 MANIFEST_NAME = "manifest.json"
 
@@ -74,8 +74,16 @@ class Preprocessing(_Model):
     feature_scaling: FeatureScaling | None = None
 
 
+class FileRef(_Model):
+    """A file of the bundle besides an artifact's main file (e.g. OpenVINO's ``.bin``)."""
+
+    path: str
+    size_bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class Artifact(_Model):
-    """One compiled model file in the bundle."""
+    """One compiled model file in the bundle (plus companion files it needs)."""
 
     name: str
     path: str
@@ -87,6 +95,18 @@ class Artifact(_Model):
     opset: int | None = None
     ops: list[str] = Field(default_factory=list)
     notes: str = ""
+    input_shapes: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="fixed input shapes the artifact was compiled for (static-shape engines); "
+        "empty: the manifest's symbolic shapes",
+    )
+    companions: list[FileRef] = Field(
+        default_factory=list, description="other files this artifact loads, checksummed too"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="engine settings baked in at export (device, input names, build plan...)",
+    )
 
 
 class OutputParity(_Model):
@@ -112,6 +132,48 @@ class ParityReport(_Model):
     reference_metric: float | None = None
     artifact_metric: float | None = None
     passed: bool
+    note: str = Field(default="", description="why a run failed, when it did")
+
+
+class Measurement(_Model):
+    """One candidate artifact measured on the build machine."""
+
+    artifact: str
+    precision: Precision
+    layout: str = "native"
+    threads: int = 1
+    median_ms: float | None = None
+    p99_ms: float | None = None
+    accuracy: float | None = None
+    passed: bool = True
+    note: str = ""
+
+
+class TargetChoice(_Model):
+    """Which artifact a device profile runs on one of its engines, and why."""
+
+    profile: str
+    backend: str
+    device: str = "CPU"
+    artifact: str | None = Field(description="chosen artifact; None when none could be built")
+    precision: Precision | None = None
+    layout: str = "native"
+    reason: str
+    measured: list[Measurement] = Field(default_factory=list)
+
+
+class Verification(_Model):
+    """Inputs and reference outputs kept for ``edge-export verify`` on any machine."""
+
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    cases: int = Field(ge=0)
+    atol: float = Field(ge=0, description="FP32 tolerance, absolute")
+    rtol: float = Field(ge=0, description="FP32 tolerance, relative")
+    max_accuracy_drop: float = Field(ge=0, description="FP16/INT8 gate, fraction")
+    max_rel_error: float = Field(ge=0, description="FP16/INT8 gate without labels")
+    description: str = ""
 
 
 class CompressionReport(_Model):
@@ -153,7 +215,11 @@ class Manifest(_Model):
     compression: CompressionReport = Field(default_factory=CompressionReport)
     parity: list[ParityReport] = Field(default_factory=list)
     profiles: list[str] = Field(default_factory=list)
+    targets: list[TargetChoice] = Field(
+        default_factory=list, description="per profile and engine: chosen artifact and why"
+    )
     canary: Canary | None = None
+    verification: Verification | None = None
     toolchain: dict[str, str] = Field(default_factory=dict)
     export: dict[str, Any] = Field(default_factory=dict, description="options and timings")
     created_at: str = ""

@@ -10,7 +10,8 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,15 @@ from .batching import (
     unpad_outputs,
 )
 from .bundle import Bundle
-from .errors import InvalidInputError, ManifestError, UnsupportedTargetError
+from .errors import (
+    BackendUnavailableError,
+    InvalidInputError,
+    ManifestError,
+    UnsupportedTargetError,
+)
 from .graph import DynamicGraph, Graph, StaticGraph, as_graph, zero_request
 from .manifest import Artifact, Manifest, Precision
-from .profiles import AUTO_ORDER, DeviceProfile, load_profile
+from .profiles import AUTO_ORDER, DeviceProfile, TargetSpec, load_profile
 from .runtimes import BackendOptions
 from .runtimes.base import CheckedFeeds
 from .signature import GraphForm, OutputLevel
@@ -68,6 +74,9 @@ class Runtime:
             else None
         )
         first = m.inputs[0].shape[0] if m.inputs and m.inputs[0].shape else None
+        compiled = artifact.input_shapes.get("x")
+        if compiled:  # a static-shape engine compiled for one batch size
+            first = compiled[0]
         #: Fixed batch dim of a static-form model (padded to on static-shape backends).
         self._batch_dim = first if not self._dynamic and isinstance(first, int) else None
         #: Whether validate() implies Backend.check_feeds (then feeds skip it).
@@ -111,24 +120,24 @@ class Runtime:
             prof = profile
         elif str(profile) != "auto":
             prof = load_profile(profile)
-        order = [backend] if backend else (prof.backends if prof else AUTO_ORDER)
         if backend:
             runtimes.unavailable_reason(backend)  # raises on an unknown name
+        forced: list[Precision] | None = None
         if precision is not None:
             try:
-                precisions = [Precision(precision)]
+                forced = [Precision(precision)]
             except ValueError:
                 raise UnsupportedTargetError(
                     f"unknown precision {precision!r}; expected one of "
                     f"{', '.join(p.value for p in Precision)}"
                 ) from None
-        else:
-            precisions = (
-                prof.precisions if prof else [Precision.INT8, Precision.FP16, Precision.FP32]
-            )
-        n_threads = threads if threads is not None else (prof.threads if prof else None)
         why: list[str] = [f"profile: {prof.name if prof else 'auto'}"]
-        for name in order:
+        tried: set[str] = set()
+        for plan in _plans(b.manifest, prof, backend, forced):
+            name, artifact = plan.backend, plan.artifact
+            if artifact.name in tried:
+                continue
+            tried.add(artifact.name)
             if name not in runtimes.known_backends():
                 why.append(f"{name}: not supported by this runtime version")
                 continue
@@ -136,16 +145,23 @@ class Runtime:
             if reason:
                 why.append(f"{name}: unavailable: {reason}")
                 continue
-            artifact = _pick_artifact(b.manifest, name, precisions)
-            if artifact is None:
-                why.append(
-                    f"{name}: bundle has no artifact for it at {[str(p) for p in precisions]}"
-                )
+            n_threads = threads if threads is not None else plan.threads
+            options = BackendOptions(threads=n_threads, extra=plan.extra or None)
+            be = runtimes.create_backend(name, options)
+            try:
+                be.load(b.path_of(artifact.path), artifact, b.manifest.inputs, b.manifest.outputs)
+            except BackendUnavailableError as exc:
+                # e.g. an NPU artifact on a machine without the NPU: try the next one.
+                why.append(f"{name}: {artifact.name} did not load: {exc}")
                 continue
-            be = runtimes.create_backend(name, BackendOptions(threads=n_threads))
-            be.load(b.path_of(artifact.path), artifact, b.manifest.inputs, b.manifest.outputs)
-            why.append(f"{name}: chosen, artifact {artifact.name} ({artifact.precision})")
+            why.append(
+                f"{name}: chosen, artifact {artifact.name} ({artifact.precision})"
+                + (f": {plan.reason}" if plan.reason else "")
+            )
             return cls(b, be, artifact, why)
+        if len(why) == 1:
+            asked = [str(p) for p in forced] if forced else "any precision"
+            why.append(f"bundle has no artifact for {backend or 'these backends'} at {asked}")
         raise UnsupportedTargetError(
             "no artifact of this bundle can run here: " + "; ".join(why[1:])
         )
@@ -281,18 +297,12 @@ class Runtime:
             x = g.x
             if self._scale is not None:
                 x = (x - self._scale[0]) / self._scale[1]
-            real_b = x.shape[0]
             fixed = self._batch_dim
-            if fixed is not None and real_b != fixed and self.backend.static_shapes:
-                x = pad_static(StaticGraph(x), fixed).x
-            # A fixed batch dim the backend does not pad to is left to check_feeds.
-            checked = self._prechecked and (fixed is None or x.shape[0] == fixed)
-            feeds = CheckedFeeds(x=x) if checked else {"x": x}
-            with self._lock:
-                out = self.backend.infer(feeds)
-            if x.shape[0] != real_b:
-                out = {k: v[:real_b] for k, v in out.items()}
-            return out
+            if fixed is not None and x.shape[0] > fixed and self.backend.static_shapes:
+                # An engine compiled for batch `fixed` runs a larger batch in slices.
+                parts = [self._run_static(x[i : i + fixed]) for i in range(0, x.shape[0], fixed)]
+                return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            return self._run_static(x)
         spec = self._spec
         if self._scale is not None:
             mean, std = self._scale
@@ -307,6 +317,21 @@ class Runtime:
             out = self.backend.infer(feeds)
         if padding is not None:
             out = unpad_outputs(out, padding, self._levels)
+        return out
+
+    def _run_static(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Pad ``x`` to the engine's fixed batch where it has one, run, cut back."""
+        real_b = x.shape[0]
+        fixed = self._batch_dim
+        if fixed is not None and real_b != fixed and self.backend.static_shapes:
+            x = pad_static(StaticGraph(x), fixed).x
+        # A fixed batch dim the backend does not pad to is left to check_feeds.
+        checked = self._prechecked and (fixed is None or x.shape[0] == fixed)
+        feeds = CheckedFeeds(x=x) if checked else {"x": x}
+        with self._lock:
+            out = self.backend.infer(feeds)
+        if x.shape[0] != real_b:
+            out = {k: v[:real_b] for k, v in out.items()}
         return out
 
     # -- introspection ---------------------------------------------------------------------
@@ -333,14 +358,101 @@ class Runtime:
         self.close()
 
 
-def _pick_artifact(
-    manifest: Manifest, backend: str, precisions: Sequence[Precision]
-) -> Artifact | None:
+@dataclass(frozen=True)
+class _Plan:
+    """One artifact to try, with the engine settings the profile gives it."""
+
+    backend: str
+    artifact: Artifact
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+_SMALLEST_FIRST = [Precision.INT8, Precision.FP16, Precision.FP32]
+
+
+def _plans(
+    manifest: Manifest,
+    prof: DeviceProfile | None,
+    backend: str | None,
+    forced: list[Precision] | None,
+) -> Iterator[_Plan]:
+    """Artifacts to try, best first.
+
+    - ``backend`` forced: that engine's artifacts, by ``forced`` or the
+      profile's (else smallest-first) precision order.
+    - a profile: what the export chose for it (``manifest.targets``); for a
+      profile the bundle was not built for, its targets' declared order.
+    - ``auto``: the export's choices in the bundle's profile order, then every
+      engine fastest-first (TensorRT, OpenVINO, LiteRT, ONNX Runtime).
+    """
+    if backend:
+        target = prof.target_for(backend) if prof else None
+        order = forced or (target.precisions if target else _SMALLEST_FIRST)
+        yield from _by_precision(manifest, backend, order, None, prof, target)
+        return
+    if prof is not None:
+        recorded = [c for c in manifest.targets if c.profile == prof.name and c.artifact]
+        if not forced:
+            for c in recorded:
+                target = next(
+                    (t for t in prof.targets if t.backend == c.backend and t.device == c.device),
+                    None,
+                )
+                yield _plan(manifest.artifact(str(c.artifact)), c.backend, prof, target, c.reason)
+        for target in prof.targets:
+            yield from _by_precision(
+                manifest, target.backend, forced or target.precisions, target.device, prof, target
+            )
+        return
+    if not forced:
+        for name in manifest.profiles:
+            for c in manifest.targets:
+                if c.profile == name and c.artifact:
+                    artifact = manifest.artifact(c.artifact)
+                    yield _Plan(
+                        c.backend,
+                        artifact,
+                        extra={"device": c.device},
+                        reason=f"chosen at export for profile {name}",
+                    )
+    for name in AUTO_ORDER:
+        yield from _by_precision(manifest, name, forced or _SMALLEST_FIRST, None, None, None)
+
+
+def _by_precision(
+    manifest: Manifest,
+    backend: str,
+    precisions: Sequence[Precision],
+    device: str | None,
+    prof: DeviceProfile | None,
+    target: TargetSpec | None,
+) -> Iterator[_Plan]:
     for precision in precisions:
         for a in manifest.artifacts:
-            if runtimes.backend_for_target(a.target) == backend and a.precision == precision:
-                return a
-    return None
+            if runtimes.backend_for_target(a.target) != backend or a.precision != precision:
+                continue
+            if device is not None and a.options.get("device", device) != device:
+                continue
+            yield _plan(a, backend, prof, target, "")
+
+
+def _plan(
+    artifact: Artifact,
+    backend: str,
+    prof: DeviceProfile | None,
+    target: TargetSpec | None,
+    reason: str,
+) -> _Plan:
+    threads = (prof.threads_for(target) if target else prof.threads) if prof else None
+    # The profile's engine settings apply to artifacts built for its device (an NPU
+    # profile's hints must not move its CPU fallback artifact onto the NPU).
+    same_device = (
+        target is not None and artifact.options.get("device", target.device) == target.device
+    )
+    extra = target.engine_options() if target and same_device else {}
+    return _Plan(backend, artifact, threads, extra, reason)
 
 
 def _validation_implies_specs(manifest: Manifest) -> bool:

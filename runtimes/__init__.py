@@ -29,6 +29,10 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {
     "onnxruntime": _Entry("edge_sdk.runtimes.ort", "OrtBackend", "onnxruntime", Target.ONNXRUNTIME),
+    "openvino": _Entry("edge_sdk.runtimes.ov", "OpenVinoBackend", "openvino", Target.OPENVINO),
+    # ai-edge-litert, or tflite-runtime where that is what a device has.
+    "litert": _Entry("edge_sdk.runtimes.litert", "LiteRtBackend", "ai_edge_litert", Target.LITERT),
+    "tensorrt": _Entry("edge_sdk.runtimes.trt", "TensorRtBackend", "tensorrt", Target.TENSORRT),
 }
 
 

@@ -56,7 +56,7 @@ class Backend(abc.ABC):
     #: Artifact target this backend runs.
     target: ClassVar[Target]
     #: Whether the engine needs every dim fixed (then the runtime pads to buckets).
-    static_shapes: ClassVar[bool] = False
+    static_shapes: bool = False  # a backend may set it per instance (e.g. OpenVINO on an NPU)
 
     def __init__(self, options: BackendOptions | None = None) -> None:
         self.options = options or BackendOptions()

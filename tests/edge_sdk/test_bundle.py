@@ -261,7 +261,7 @@ def test_pack_unpack_roundtrip(tiny_gcn_bundle: Path, tmp_path: Path) -> None:
     archive = pack(tiny_gcn_bundle, tmp_path / "tiny.tar.gz")
     with tarfile.open(archive) as tar:
         assert tar.getnames()[0] == MANIFEST_NAME
-        assert sorted(tar.getnames()) == sorted([MANIFEST_NAME, ARTIFACT, CANARY])
+        assert sorted(tar.getnames()) == sorted([MANIFEST_NAME, ARTIFACT, CANARY, "verify.npz"])
     unpacked = unpack(archive, tmp_path / "unpacked")
     for name in (MANIFEST_NAME, ARTIFACT, CANARY):
         assert (unpacked / name).read_bytes() == (tiny_gcn_bundle / name).read_bytes()
