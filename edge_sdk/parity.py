@@ -1,23 +1,34 @@
-"""Parity of an exported artifact against the PyTorch reference.
+"""Parity of an artifact against the reference outputs recorded at export.
 
 Measured at export time on the user's sample graphs, through the same
-runtime backend a device uses, and recorded in the manifest. A failure is an
-error, never a warning.
+runtime backend a device uses, and recorded in the manifest; repeated on a
+device by ``edge-export verify`` from the bundle's ``verify.npz``. A failure
+is an error, never a warning.
+
+Tolerances depend on precision (:func:`judge`). FP32 must reproduce the
+reference within ``atol``/``rtol`` and lose at most 0.1 pp of the task
+metric. FP16 and INT8 move outputs by design: their per-output errors are
+reported and the gate is the task metric (within ``max_accuracy_drop``) or,
+without labels, the relative output error ``sqrt(sum |a - r|^2 / sum |r|^2)``
+within ``max_rel_error``. A converter that silently breaks a model (onnx2tf
+once turned a GAT into a 24 %-accurate one) fails both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge_sdk import runtimes
-from edge_sdk.errors import ParityError
-from edge_sdk.manifest import Artifact, OutputParity, ParityReport
-from edge_sdk.runtimes import BackendOptions
-from edge_sdk.signature import TensorSpec
+from . import runtimes
+from .bundle import Bundle
+from .errors import BackendUnavailableError, ManifestError, ParityError
+from .manifest import MANIFEST_NAME, Artifact, OutputParity, ParityReport, Precision
+from .runtimes import BackendOptions
+from .signature import TensorSpec
 
 
 @dataclass
@@ -184,3 +195,166 @@ def _explain(report: ParityReport, max_drop: float) -> str:
         + "; ".join(parts)
         + ". The artifact was not written to a bundle."
     )
+
+
+#: FP32 artifacts may lose at most this much of the task metric (0.1 pp).
+FP32_METRIC_DROP = 0.001
+
+
+def judge(
+    artifact: Artifact,
+    got: Sequence[dict[str, np.ndarray]],
+    cases: Sequence[ParityCase],
+    names: list[str],
+    *,
+    atol: float,
+    rtol: float,
+    max_accuracy_drop: float,
+    max_rel_error: float,
+) -> ParityReport:
+    """Compare outputs ``got`` with the cases' references, with tolerances by precision."""
+    exact = artifact.precision is Precision.FP32
+    drop = FP32_METRIC_DROP if exact else max_accuracy_drop
+    report = VerifyParity(atol, rtol, drop, outputs_gate=exact).report(artifact, got, cases, names)
+    if exact or report.metric is not None:
+        return report
+    rel = relative_error(got, cases, names)
+    return report.model_copy(update={"passed": report.passed and rel <= max_rel_error})
+
+
+def relative_error(
+    got: Sequence[dict[str, np.ndarray]], cases: Sequence[ParityCase], names: list[str]
+) -> float:
+    """Worst output's ``sqrt(sum |a - r|^2 / sum |r|^2)`` over all cases."""
+    worst = 0.0
+    for name in names:
+        err = norm = 0.0
+        for out, case in zip(got, cases, strict=True):
+            a = np.asarray(out[name], np.float64)
+            r = np.asarray(case.expected[name], np.float64)
+            if a.shape != r.shape or not np.isfinite(a).all():
+                return math.inf
+            err += float(np.sum((a - r) ** 2))
+            norm += float(np.sum(r**2))
+        worst = max(worst, math.sqrt(err / norm) if norm > 0 else (0.0 if err == 0 else math.inf))
+    return worst
+
+
+def explain(report: ParityReport) -> str:
+    """One line: why a report failed (or its numbers when it passed)."""
+    parts = [
+        f"{o.output}: max abs err {o.max_abs_err:.3g} (atol {o.atol:g})"
+        for o in report.outputs
+        if not o.passed
+    ]
+    if report.reference_metric is not None and report.artifact_metric is not None:
+        parts.append(
+            f"accuracy {100 * report.artifact_metric:.2f} % vs reference "
+            f"{100 * report.reference_metric:.2f} %"
+        )
+    return "; ".join(parts) or "outputs beyond tolerance"
+
+
+@dataclass
+class ArtifactCheck:
+    """One artifact of a bundle re-checked on this machine."""
+
+    artifact: Artifact
+    backend: str
+    report: ParityReport | None = None
+    skipped: str = ""
+
+
+def load_verification(bundle: Bundle) -> list[ParityCase]:
+    """The bundle's ``verify.npz`` as parity cases.
+
+    Raises:
+        ManifestError: The bundle has no verification set (exported before 1.2).
+    """
+    v = bundle.manifest.verification
+    if v is None:
+        raise ManifestError(
+            "bundle has no verification set (exported by an older edge-graph-sdk); re-export it",
+            MANIFEST_NAME,
+        )
+    with np.load(bundle.path_of(v.path), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    cases = []
+    for i in range(v.cases):
+        feeds = {k.split("/", 2)[2]: a for k, a in arrays.items() if k.startswith(f"{i}/in/")}
+        expected = {k.split("/", 2)[2]: a for k, a in arrays.items() if k.startswith(f"{i}/out/")}
+        cases.append(
+            ParityCase(feeds, expected, arrays.get(f"{i}/labels"), arrays.get(f"{i}/mask"))
+        )
+    return cases
+
+
+def verify_bundle(
+    bundle: Bundle,
+    backends: Sequence[str] | None = None,
+    threads: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> list[ArtifactCheck]:
+    """Re-run the export-time parity check for every artifact this machine can run.
+
+    Each artifact runs through :class:`~edge_sdk.Runtime` (validation, padding,
+    the engine) on the bundle's verification inputs and is judged with the
+    tolerances recorded at export. Artifacts whose engine is absent here (or
+    that fail to load, e.g. an NPU artifact without the NPU) are skipped with
+    the reason.
+
+    Args:
+        bundle: An opened (checksum-verified) bundle.
+        backends: Only these backends (default: all).
+        threads: Intra-op threads for each engine.
+        progress: Called with a short message per artifact.
+    """
+    from .manifest import Preprocessing
+    from .runtime import Runtime
+
+    v = bundle.manifest.verification
+    cases = load_verification(bundle)
+    assert v is not None
+    names = [o.name for o in bundle.manifest.outputs]
+    # The cases are in model space: the runtime must not scale them again.
+    raw = Bundle(
+        bundle.root,
+        bundle.manifest.model_copy(update={"preprocessing": Preprocessing()}),
+        bundle.source,
+    )
+    checks = []
+    for art in bundle.manifest.artifacts:
+        name = runtimes.backend_for_target(art.target) or str(art.target)
+        if backends and name not in backends:
+            continue
+        reason = (
+            runtimes.unavailable_reason(name)
+            if name in runtimes.known_backends()
+            else ("not supported by this runtime version")
+        )
+        if reason:
+            checks.append(ArtifactCheck(art, name, skipped=reason))
+            continue
+        if progress:
+            progress(f"checking {art.name} on {name}")
+        extra = {"device": art.options["device"]} if "device" in art.options else None
+        backend = runtimes.create_backend(name, BackendOptions(threads=threads, extra=extra))
+        try:
+            backend.load(bundle.path_of(art.path), art, raw.manifest.inputs, raw.manifest.outputs)
+        except BackendUnavailableError as exc:
+            checks.append(ArtifactCheck(art, name, skipped=str(exc)))
+            continue
+        with Runtime(raw, backend, art, []) as rt:
+            got = [rt.infer(dict(c.feeds)) for c in cases]
+        report = judge(
+            art,
+            got,
+            cases,
+            names,
+            atol=v.atol,
+            rtol=v.rtol,
+            max_accuracy_drop=v.max_accuracy_drop,
+            max_rel_error=v.max_rel_error,
+        )
+        checks.append(ArtifactCheck(art, name, report))
+    return checks

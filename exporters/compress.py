@@ -20,13 +20,13 @@ from torch import nn
 
 from edge_sdk.errors import AccuracyError, ExportError
 from edge_sdk.manifest import Artifact, ParityReport, Precision
+from edge_sdk.parity import ParityCase, VerifyParity, accuracy, run_artifact
 from edge_sdk.signature import GraphForm, TensorSpec
 
 from .calibration import calibration_feeds
 from .intake import Sample
 from .prepare import Prepared
 from .to_onnx import onnx_artifact
-from .verify import ParityCase, VerifyParity, accuracy, run_artifact
 from .wrappers import StaticWrapper
 
 

@@ -29,15 +29,18 @@ from edge_sdk.manifest import (
     Precision,
     Preprocessing,
 )
+from edge_sdk.parity import VerifyParity
 from edge_sdk.profiles import load_profile
 from edge_sdk.signature import Bucket, GraphForm, GraphSpec, OutputLevel, TensorSpec
 
-from .calibration import induced_subgraph
+from .calibration import calibration_feeds, induced_subgraph
 from .compress import check_gate, prune_model, quantize_step, torch_metrics
 from .intake import Sample, load_model, load_program, load_samples
 from .prepare import Prepared, prepare
+from .targets.base import TargetJob
+from .targets.cases import parity_case, target_cases, write_verification
+from .targets.compile import CompileTargets
 from .to_onnx import OPSET, ToOnnx, onnx_artifact
-from .verify import ParityCase, VerifyParity
 from .wrappers import DYNAMIC_INPUTS
 
 Progress = Callable[[str], None]
@@ -238,7 +241,7 @@ def _export(
 
     t = time.perf_counter()
     say(f"verifying parity on {len(sample_list)} sample(s)")
-    cases = [_case(prepared, s, names) for s in sample_list]
+    cases = [parity_case(prepared, s, names) for s in sample_list]
     report = VerifyParity(cfg.atol, cfg.rtol, cfg.max_metric_drop)(
         onnx_path, artifact, inputs, outputs, cases
     )
@@ -269,22 +272,43 @@ def _export(
             metrics=metrics,
         )
 
+    graph = _graph_spec(prepared, cfg)
+    profiles = [load_profile(p) for p in cfg.profiles]
+    t = time.perf_counter()
+    compiled = CompileTargets(
+        lambda target: TargetJob(
+            out=out,
+            onnx_fp32=onnx_path,
+            onnx_int8=out / "model.int8.onnx" if cfg.int8 else None,
+            prepared=prepared,
+            graph=graph,
+            inputs=inputs,
+            outputs=outputs,
+            calibration=calibration_feeds(prepared, sample_list, cfg.calibration),
+            cases=target_cases(prepared, sample_list, names),
+            target=target,
+            int8=cfg.int8,
+            atol=cfg.atol,
+            rtol=cfg.rtol,
+            max_accuracy_drop=cfg.max_accuracy_drop,
+            max_rel_error=cfg.max_rel_error,
+            say=say,
+        ),
+        artifacts,
+        reports,
+        say,
+    )(profiles)
+    artifacts += compiled.artifacts
+    reports += compiled.parity
+    timings["targets_s"] = time.perf_counter() - t
+
     say("writing bundle")
     canary = _write_canary(out, prepared, sample_list[0], names, cfg)
+    verification = write_verification(out, prepared, sample_list, names, cfg)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         model=ModelInfo(name=cfg.name, version=cfg.version, task=cfg.task, labels=cfg.labels),
-        graph=GraphSpec(
-            form=prepared.form,
-            num_features=prepared.num_features,
-            num_nodes=prepared.num_nodes,
-            edge_dim=prepared.edge_dim,
-            has_batch="batch" in prepared.input_names,
-            max_nodes=cfg.max_nodes,
-            max_edges=cfg.max_edges,
-            buckets=cfg.buckets,
-            aggregation=prepared.aggregation,
-        ),
+        graph=graph,
         inputs=inputs,
         outputs=outputs,
         preprocessing=Preprocessing(
@@ -297,8 +321,10 @@ def _export(
         artifacts=artifacts,
         parity=reports,
         compression=compression,
-        profiles=cfg.profiles,
+        profiles=[p.name for p in profiles],
+        targets=compiled.choices,
         canary=canary,
+        verification=verification,
         toolchain=_toolchain(),
         export={
             "graph_layers": sorted(set(prepared.graph_layers)),
@@ -314,6 +340,20 @@ def _export(
     write_manifest(out, manifest)
     archive = pack(out, out.with_name(out.name + ".tar.gz")) if cfg.pack else None
     return ExportResult(out, manifest, archive)
+
+
+def _graph_spec(prepared: Prepared, cfg: ExportConfig) -> GraphSpec:
+    return GraphSpec(
+        form=prepared.form,
+        num_features=prepared.num_features,
+        num_nodes=prepared.num_nodes,
+        edge_dim=prepared.edge_dim,
+        has_batch="batch" in prepared.input_names,
+        max_nodes=cfg.max_nodes,
+        max_edges=cfg.max_edges,
+        buckets=cfg.buckets,
+        aggregation=prepared.aggregation,
+    )
 
 
 def _output_names(cfg: ExportConfig, prepared: Prepared) -> list[str]:
@@ -438,12 +478,6 @@ def _spec(value: onnx.ValueInfoProto, level: OutputLevel | None = None) -> Tenso
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
     shape: list[int | str] = [d.dim_param or d.dim_value for d in tt.shape.dim]
     return TensorSpec(name=value.name, dtype=dtype, shape=shape, level=level)
-
-
-def _case(prepared: Prepared, sample: Sample, names: list[str]) -> ParityCase:
-    feeds = prepared.feeds(sample)
-    expected = dict(zip(names, prepared.run_reference(feeds), strict=True))
-    return ParityCase(feeds, expected, sample.labels, sample.mask)
 
 
 def _write_canary(

@@ -174,7 +174,7 @@ def _static_pyg(
     else:
         lowered, paths = project_first(model)
         rewrites = [f"{p}: project before aggregating" for p in paths]
-    export_module = StaticWrapper(lowered, ei, n, names, node_level)
+    export_module = StaticWrapper(lowered, ei, n, names, node_level, dense_readout=dense)
     return Prepared(
         form=GraphForm.STATIC,
         export_module=export_module,

@@ -95,6 +95,8 @@ class StaticWrapper(nn.Module):
         names: Forward parameters to feed (subset of x/edge_index/batch).
         node_level: Outputs have one row per node (reshaped to ``[B, N, C]``);
             otherwise one row per graph (``[B, C]``).
+        dense_readout: Pool ``global_*_pool`` readouts as dense reductions
+            (see :mod:`.lowering.readout`) instead of scatters.
     """
 
     def __init__(
@@ -104,9 +106,11 @@ class StaticWrapper(nn.Module):
         num_nodes: int,
         names: Sequence[str],
         node_level: Sequence[bool],
+        dense_readout: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        self.dense_readout = dense_readout
         self.edge_index: Tensor
         self.register_buffer("edge_index", edge_index.long(), persistent=False)
         self.num_nodes = num_nodes
@@ -127,7 +131,14 @@ class StaticWrapper(nn.Module):
         return feeds
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        outs = as_tuple(self.model(**self.flat_inputs(x)))
+        feeds = self.flat_inputs(x)
+        if self.dense_readout and "batch" in feeds:
+            from .lowering.readout import dense_readout
+
+            with dense_readout(feeds["batch"], self.num_nodes):
+                outs = as_tuple(self.model(**feeds))
+        else:
+            outs = as_tuple(self.model(**feeds))
         if len(outs) != len(self.node_level):
             raise ExportError(
                 f"model returned {len(outs)} outputs, expected {len(self.node_level)}"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
 from edge_sdk.manifest import Manifest
+from edge_sdk.parity import ArtifactCheck
 
 
 def _kb(n: int) -> str:
@@ -35,7 +36,64 @@ def summary_table(m: Manifest) -> Table:
             else "-"
         )
         verdict = ("passed" if r.passed else "FAILED") if r else "not measured"
-        table.add_row(a.name, str(a.target), str(a.precision), _kb(a.size_bytes), err, acc, verdict)
+        size = a.size_bytes + sum(f.size_bytes for f in a.companions)
+        table.add_row(a.name, str(a.target), str(a.precision), _kb(size), err, acc, verdict)
+    return table
+
+
+def targets_table(m: Manifest) -> Table:
+    """Per profile and engine: the artifact chosen and why (with measurements)."""
+    table = Table(title="targets: what each device profile runs")
+    for col in ("profile", "engine", "artifact", "layout", "measured (median ms)", "why"):
+        table.add_column(col)
+    for c in m.targets:
+        measured = ", ".join(
+            f"{x.artifact} {x.median_ms:.3f}" + ("" if x.passed else " refused")
+            for x in c.measured
+            if x.median_ms is not None or not x.passed
+        )
+        table.add_row(
+            c.profile,
+            f"{c.backend}:{c.device}",
+            c.artifact or "-",
+            c.layout,
+            measured or "-",
+            escape(c.reason),
+        )
+    return table
+
+
+def verify_table(checks: Sequence[ArtifactCheck]) -> Table:
+    """``edge-export verify``: one row per artifact."""
+    table = Table(title="parity on this machine")
+    for col in ("artifact", "backend", "precision", "max abs err", "accuracy", "result"):
+        table.add_column(col)
+    for c in checks:
+        r = c.report
+        if r is None:
+            table.add_row(
+                c.artifact.name,
+                c.backend,
+                str(c.artifact.precision),
+                "-",
+                "-",
+                f"skipped: {escape(c.skipped)}",
+            )
+            continue
+        err = f"{max(o.max_abs_err for o in r.outputs):.2e}" if r.outputs else "-"
+        acc = (
+            f"{100 * r.artifact_metric:.2f}% (ref {100 * r.reference_metric:.2f}%)"
+            if r.artifact_metric is not None and r.reference_metric is not None
+            else "-"
+        )
+        table.add_row(
+            c.artifact.name,
+            c.backend,
+            str(c.artifact.precision),
+            err,
+            acc,
+            "passed" if r.passed else "FAILED",
+        )
     return table
 
 
@@ -158,8 +216,10 @@ def manifest_tables(m: Manifest) -> list[Table]:
     for k, v in sorted(m.toolchain.items()):
         tools.add_row(k, v)
     tables = [model, sig, arts, parity, tools]
+    if m.targets:
+        tables.insert(3, targets_table(m))
     if m.compression.sizes:
-        tables.insert(4, compression_table(m))
+        tables.insert(-1, compression_table(m))
     return tables
 
 

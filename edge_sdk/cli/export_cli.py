@@ -169,9 +169,11 @@ def export(
         if as_json:
             console.print_json(result.manifest.to_json())
             return
-        from ._tables import compression_table, summary_table
+        from ._tables import compression_table, summary_table, targets_table
 
         console.print(summary_table(result.manifest))
+        if result.manifest.targets:
+            console.print(targets_table(result.manifest))
         if result.manifest.compression.sizes:
             console.print(compression_table(result.manifest))
         console.print(f"bundle written to {result.bundle_dir}")
@@ -259,32 +261,108 @@ def run(
         console.print(outputs_table(outputs, labels))
 
 
-@app.command()
+@app.command(
+    epilog=(
+        "Examples:\n\n  edge-export profiles\n\n  edge-export profiles --show raspberry-pi-5\n\n"
+        "  edge-export profiles --show host --json\n\n"
+        "  edge-export profiles --show ./my-board.yaml"
+    )
+)
 def profiles(
+    show: Annotated[
+        str | None,
+        typer.Option(help="Show one profile in full: a shipped name, host, or a .yaml path."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """List the device profiles shipped with the SDK."""
+    """List the device profiles shipped with the SDK (and `host`, this machine)."""
     with fail_on_errors():
         from rich.table import Table
 
         from edge_sdk.profiles import load_profile, shipped_profiles
 
-        items = [load_profile(n) for n in shipped_profiles()]
+        items = [load_profile(show)] if show else [load_profile(n) for n in shipped_profiles()]
         if as_json:
             console.print_json(json.dumps([p.model_dump(mode="json") for p in items]))
             return
-        table = Table(title="device profiles")
-        for col in ("name", "backends", "precisions", "threads", "description"):
+        table = Table(title="device profiles" if not show else f"profile {items[0].name}")
+        for col in ("name", "arch", "targets (engine:device precisions)", "threads", "about"):
             table.add_column(col)
         for p in items:
+            targets = "\n".join(
+                f"{t.backend}:{t.device} {'/'.join(t.precisions)}"
+                + (" static" if t.static_shapes else "")
+                + (f" layout={t.layout}" if t.layout != "native" else "")
+                for t in p.targets
+            )
             table.add_row(
                 p.name,
-                ", ".join(p.backends),
-                ", ".join(str(x) for x in p.precisions),
+                p.arch,
+                targets,
                 str(p.threads or "auto"),
-                p.description,
+                p.description + (" (measured on this machine)" if p.measure else ""),
             )
         console.print(table)
+        if not show:
+            err_console.print("also: host (this machine, measured); or give a .yaml path")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n  edge-export verify out/gcn.bundle\n\n"
+        "  edge-export verify gcn.bundle.tar.gz --backend litert --json\n\n"
+        "Run it on the device after copying the bundle: every artifact whose engine is "
+        "installed there is checked against the reference outputs recorded at export."
+    )
+)
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz.")],
+    backend: Annotated[
+        list[str] | None, typer.Option(help="Only this backend; repeatable.")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="Intra-op threads per engine.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Re-run cross-backend parity on this machine (exit 4 when an artifact fails)."""
+    with fail_on_errors():
+        from edge_sdk.bundle import Bundle
+        from edge_sdk.errors import ParityError
+        from edge_sdk.parity import verify_bundle
+
+        b = Bundle.open(bundle)
+        checks = verify_bundle(b, backend, threads, progress=err_console.log)
+        if as_json:
+            console.print_json(
+                json.dumps(
+                    [
+                        {
+                            "artifact": c.artifact.name,
+                            "backend": c.backend,
+                            "precision": str(c.artifact.precision),
+                            "skipped": c.skipped or None,
+                            "report": c.report.model_dump(mode="json") if c.report else None,
+                        }
+                        for c in checks
+                    ]
+                )
+            )
+        else:
+            from ._tables import verify_table
+
+            console.print(verify_table(checks))
+        failed = [c.artifact.name for c in checks if c.report and not c.report.passed]
+        ran = [c for c in checks if c.report]
+        if failed:
+            raise ParityError(f"parity failed on this machine for {', '.join(failed)}")
+        if not ran:
+            from edge_sdk.errors import UnsupportedTargetError
+
+            raise UnsupportedTargetError(
+                "no artifact could run here: "
+                + "; ".join(f"{c.artifact.name}: {c.skipped}" for c in checks)
+            )
+        if not as_json:
+            console.print(f"{len(ran)} artifact(s) reproduce the reference", style="green")
 
 
 @app.command(name="pack", epilog="Example:\n\n  edge-export pack out/gcn.bundle gcn.tar.gz")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..verify import accuracy
+from edge_sdk.parity import accuracy
+
 from .config import EvalCase, QuantConfig
 
 Outputs = list[dict[str, np.ndarray]]

@@ -1,0 +1,351 @@
+"""Compile one bundle for several device profiles and choose what each ships.
+
+For every distinct profile target the compiler of its engine builds candidate
+artifacts (precisions, layouts); each candidate is checked against the FP32
+PyTorch reference through the on-device runtime (tolerances by precision, see
+:mod:`.parity`); then, per profile, the precision is chosen:
+
+- **measured** when the build machine is of the profile's class (``--profile
+  host``, or a profile with ``measure: true``): the fastest candidate that
+  passes the gate;
+- otherwise **declared**: the first of the target's precisions that passes.
+
+Candidates no profile chose are deleted. The ONNX artifacts (``model.onnx``,
+``model.int8.onnx``) always stay: they are the ONNX Runtime fallback and the
+source the device-side TensorRT build starts from.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_sdk.errors import BackendUnavailableError, ExportError, ParityError
+from edge_sdk.manifest import (
+    Artifact,
+    Measurement,
+    ParityReport,
+    Precision,
+    TargetChoice,
+)
+from edge_sdk.profiles import DeviceProfile, TargetSpec
+from edge_sdk.runtimes import unavailable_reason
+
+from .base import Candidate, TargetJob, TargetNotSupported, artifact_bytes, openvino_has
+from .parity import explain
+
+Progress = Callable[[str], None]
+
+#: Compiler class of each engine, as ``module:Class`` under this package (imported on use).
+COMPILERS: dict[str, str] = {
+    "openvino": "to_openvino:CompileOpenVINO",
+    "litert": "to_litert:CompileLiteRT",
+    "tensorrt": "to_tensorrt:CompileTensorRT",
+}
+
+
+@dataclass
+class Compiled:
+    """What :class:`CompileTargets` adds to the bundle."""
+
+    artifacts: list[Artifact] = field(default_factory=list)
+    parity: list[ParityReport] = field(default_factory=list)
+    choices: list[TargetChoice] = field(default_factory=list)
+
+
+@dataclass
+class _Built:
+    """A candidate with its parity report and, when measured, its latency."""
+
+    candidate: Candidate
+    report: ParityReport | None  # None: the engine is not installed here
+    timing: dict[str, float] | None = None
+
+
+class CompileTargets:
+    """Pipeline step: compile, check and choose per profile.
+
+    Args:
+        make_job: Builds the :class:`TargetJob` for a target (the pipeline's context).
+        onnx_artifacts: The bundle's ONNX artifacts (already checked by the pipeline).
+        onnx_reports: Their parity reports.
+        say: Progress callback.
+    """
+
+    def __init__(
+        self,
+        make_job: Callable[[TargetSpec], TargetJob],
+        onnx_artifacts: Sequence[Artifact],
+        onnx_reports: Sequence[ParityReport],
+        say: Progress,
+    ) -> None:
+        self.make_job = make_job
+        self.onnx = list(onnx_artifacts)
+        self.onnx_reports = {r.artifact: r for r in onnx_reports}
+        self.say = say
+
+    def __call__(self, profiles: Sequence[DeviceProfile]) -> Compiled:
+        """Compile every profile's targets.
+
+        Raises:
+            ParityError: An FP32 artifact does not reproduce the model (a
+                converter bug: refused, never shipped).
+            ExportError: A profile ends with no artifact at all.
+        """
+        built: dict[str, tuple[TargetJob, list[_Built]] | str] = {}
+        measured: set[str] = set()
+        result = Compiled()
+        for profile in profiles:
+            chosen_any = False
+            for target in profile.targets:
+                if target.backend == "onnxruntime":
+                    choice = self._choose_onnx(profile, target)
+                else:
+                    key = target.model_dump_json()
+                    if key not in built:
+                        built[key] = self._build(target)
+                    entry = built[key]
+                    if isinstance(entry, str):
+                        choice = _choice(profile, target, None, entry)
+                    else:
+                        job, cands = entry
+                        if profile.measure and key not in measured:
+                            self._measure(job, cands, profile.threads_for(target) or 1)
+                            measured.add(key)
+                        choice = _pick(profile, target, cands)
+                result.choices.append(choice)
+                chosen_any |= choice.artifact is not None
+            if not chosen_any:
+                raise ExportError(
+                    f"profile {profile.name}: no target could be built: "
+                    + "; ".join(c.reason for c in result.choices if c.profile == profile.name)
+                )
+        keep = {c.artifact for c in result.choices if c.artifact}
+        for entry in built.values():
+            if isinstance(entry, str):
+                continue
+            job, cands = entry
+            for b in cands:
+                art = b.candidate.artifact
+                if art.name in keep:
+                    result.artifacts.append(art)
+                    if b.report is not None:
+                        result.parity.append(b.report)
+                else:
+                    _delete(job.out, art)
+        return result
+
+    # -- building -----------------------------------------------------------------------------
+    def _build(self, target: TargetSpec) -> tuple[TargetJob, list[_Built]] | str:
+        """Compile and check one target; a string says why nothing was built."""
+        module, cls = COMPILERS[target.backend].split(":")
+        try:
+            compiler = getattr(importlib.import_module(f"{__package__}.{module}"), cls)()
+        except BackendUnavailableError as exc:
+            # The build tools for this engine are missing: the user asked for
+            # the profile, so this is an error, not a silent omission.
+            raise ExportError(f"cannot build {target.key} artifacts here: {exc}") from exc
+        job = self.make_job(target)
+        if not job.precisions:
+            return f"{target.key}: no buildable precision in {target.precisions} (add --int8)"
+        self.say(f"compiling for {target.key} ({', '.join(job.precisions)})")
+        try:
+            candidates: list[Candidate] = compiler(job)
+        except TargetNotSupported as exc:
+            self.say(f"{target.key}: not built: {exc}")
+            return f"{target.key}: not built: {exc}"
+        runnable = _runnable_here(target)
+        out: list[_Built] = []
+        for cand in candidates:
+            art = cand.artifact
+            if not runnable:
+                out.append(_Built(cand, None))
+                continue
+            self.say(f"checking parity of {art.name}")
+            report = job.check(art)
+            if target.backend == "openvino" and not openvino_has(target.device):
+                report = report.model_copy(
+                    update={"note": f"checked on the CPU plugin: no {target.device} here"}
+                )
+            if report.passed:
+                out.append(_Built(cand, report))
+                continue
+            why = report.note or explain(report)
+            _delete(job.out, art)
+            out.append(_Built(cand, report))
+            if art.precision is Precision.FP32:
+                raise ParityError(
+                    f"artifact {art.name} does not reproduce the PyTorch model on "
+                    f"{target.backend}: {why}. It was refused and not written to the bundle."
+                )
+            self.say(f"{art.name} refused by parity: {why}")
+            cand.details["refused"] = why
+        return job, out
+
+    def _measure(self, job: TargetJob, cands: list[_Built], threads: int) -> None:
+        for b in cands:
+            if b.report is not None:
+                self.say(f"timing {b.candidate.artifact.name} ({threads} thread(s))")
+                b.timing = job.latency(b.candidate.artifact, threads=threads)
+                b.timing["threads"] = threads
+
+    def _choose_onnx(self, profile: DeviceProfile, target: TargetSpec) -> TargetChoice:
+        by_precision = {a.precision: a for a in self.onnx}
+        for precision in target.precisions:
+            art = by_precision.get(precision)
+            if art is not None and self.onnx_reports.get(art.name, _PASS).passed:
+                return _choice(
+                    profile,
+                    target,
+                    art,
+                    f"declared preference: first of {[str(p) for p in target.precisions]} "
+                    "built and passing parity",
+                )
+        return _choice(profile, target, None, f"no ONNX artifact at {target.precisions}")
+
+
+def _runnable_here(target: TargetSpec) -> bool:
+    """Whether this machine can run ``target`` artifacts (and so check their parity)."""
+    if unavailable_reason(target.backend) is not None:
+        return False
+    if target.backend == "tensorrt":
+        from edge_sdk.runtimes.trt import gpu_available
+
+        return bool(gpu_available()[0])
+    return True
+
+
+def _pick(profile: DeviceProfile, target: TargetSpec, cands: list[_Built]) -> TargetChoice:
+    usable = [b for b in cands if b.report is None or b.report.passed]
+    measured = [_measurement(b) for b in cands]
+    if not usable:
+        return _choice(profile, target, None, f"{target.key}: no candidate passed parity", measured)
+    timed = [b for b in usable if b.timing]
+    if profile.measure and timed:
+        best = min(timed, key=lambda b: b.timing["median_ms"] if b.timing else np.inf)
+        others = ", ".join(
+            f"{b.candidate.artifact.name} {b.timing['median_ms']:.3f} ms"
+            for b in timed
+            if b.timing and b is not best
+        )
+        assert best.timing is not None
+        reason = (
+            f"measured on the build machine (profile {profile.name} is its class): "
+            f"{best.candidate.artifact.name} fastest at {best.timing['median_ms']:.3f} ms"
+            + (f" vs {others}" if others else "")
+            + " and passes the accuracy gate"
+        )
+        return _choice(profile, target, best.candidate.artifact, reason, measured)
+    order = {p: i for i, p in enumerate(target.precisions)}
+    best = min(usable, key=lambda b: order.get(b.candidate.artifact.precision, 99))
+    unchecked = " (not run here: engine not installed; parity is checked on the device)"
+    reason = (
+        f"declared preference {[str(p) for p in target.precisions]}: first that passes parity"
+        + (unchecked if best.report is None else "")
+    )
+    return _choice(profile, target, best.candidate.artifact, reason, measured)
+
+
+def _measurement(b: _Built) -> Measurement:
+    art = b.candidate.artifact
+    report = b.report
+    return Measurement(
+        artifact=art.name,
+        precision=art.precision,
+        layout=art.layout,
+        threads=int(b.timing["threads"]) if b.timing else 1,
+        median_ms=round(b.timing["median_ms"], 4) if b.timing else None,
+        p99_ms=round(b.timing["p99_ms"], 4) if b.timing else None,
+        accuracy=report.artifact_metric if report else None,
+        passed=report.passed if report else True,
+        note=b.candidate.details.get("refused", "")
+        or ("parity not run: engine not installed here" if report is None else ""),
+    )
+
+
+def _choice(
+    profile: DeviceProfile,
+    target: TargetSpec,
+    art: Artifact | None,
+    reason: str,
+    measured: list[Measurement] | None = None,
+) -> TargetChoice:
+    return TargetChoice(
+        profile=profile.name,
+        backend=target.backend,
+        device=target.device,
+        artifact=art.name if art else None,
+        precision=art.precision if art else None,
+        layout=art.layout if art else "native",
+        reason=reason,
+        measured=measured or [],
+    )
+
+
+def _delete(out: Path, art: Artifact) -> None:
+    for rel in [art.path, *(f.path for f in art.companions)]:
+        (out / rel).unlink(missing_ok=True)
+
+
+class _Pass:
+    passed = True
+
+
+_PASS: Any = _Pass()
+
+
+def make_job(
+    model: Any,
+    samples: Any,
+    workdir: str | Path,
+    target: TargetSpec,
+    *,
+    form: str = "auto",
+    int8: bool = False,
+    dense_threshold: int = 2048,
+    calibration: int = 32,
+) -> TargetJob:
+    """A :class:`TargetJob` for one target outside a full export (tests, benchmarks).
+
+    Exports ``model`` for ONNX Runtime into ``workdir`` (``model.onnx``, and
+    ``model.int8.onnx`` with ``int8``) and fills the job as the pipeline would.
+    """
+    from ..calibration import calibration_feeds
+    from ..pipeline import ExportConfig, _graph_spec, _model, _output_names, _samples, export_model
+    from ..prepare import prepare
+    from .cases import target_cases
+
+    cfg = ExportConfig(
+        form=form, int8=int8, dense_threshold=dense_threshold, calibration=calibration
+    )
+    out = Path(workdir)
+    sample_list = _samples(samples)
+    result = export_model(model, sample_list, out, cfg)
+    prepared = prepare(_model(model, None), sample_list, form, dense_threshold)
+    names = _output_names(cfg, prepared)
+    m = result.manifest
+    return TargetJob(
+        out=out,
+        onnx_fp32=out / "model.onnx",
+        onnx_int8=out / "model.int8.onnx" if int8 else None,
+        prepared=prepared,
+        graph=_graph_spec(prepared, cfg),
+        inputs=m.inputs,
+        outputs=m.outputs,
+        calibration=calibration_feeds(prepared, sample_list, calibration),
+        cases=target_cases(prepared, sample_list, names),
+        target=target,
+        int8=int8,
+        atol=cfg.atol,
+        rtol=cfg.rtol,
+        max_accuracy_drop=cfg.max_accuracy_drop,
+        max_rel_error=cfg.max_rel_error,
+    )
+
+
+__all__ = ["COMPILERS", "CompileTargets", "Compiled", "artifact_bytes", "make_job"]

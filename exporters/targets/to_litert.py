@@ -1,0 +1,325 @@
+"""LiteRT (TFLite) artifacts through onnx2tf: FP32, FP16, INT8, native or NHWC layout.
+
+Only fixed-shape, scatter-free graphs convert: onnx2tf 1.28 refuses
+``ScatterElements`` with a reduction. The FP32 ONNX is given its fixed input
+shape and simplified, constant-index scatter-adds (mean pooling over a fixed
+batch vector) become a one-hot ``MatMul`` (:mod:`.litert_graph`); anything
+still scattering is refused with the fix.
+
+Layouts: ``native`` converts the graph as exported (x ``[1, N, F]``); ``nhwc``
+rewrites every node-wise linear layer as a 1x1 convolution over a 4-D view so
+the model takes x ``[1, 1, N, F]`` (a pure reshape of the manifest's ``x``,
+recorded in ``artifact.options``) and XNNPACK runs ``CONV_2D``; ``auto``
+builds both, checks parity of both through the runtime, times both and keeps
+the faster one that passes, per precision.
+
+INT8 is onnx2tf's full-integer quantisation (weights and activations int8,
+calibrated on the job's calibration feeds) with **float32 input and output**
+(``*_integer_quant.tflite``): measured as fast as the int8-IO flavour
+(``*_full_integer_quant.tflite``) on the sensor model, and it keeps scale
+handling out of the device's hot path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_sdk._optional import require
+from edge_sdk.errors import ExportError
+from edge_sdk.manifest import Artifact, Precision, Target
+
+from . import litert_graph as lg
+from .base import Candidate, TargetJob, TargetNotSupported, fixed_shapes, make_artifact
+
+#: onnx2tf output file suffix per precision.
+_SUFFIX = {
+    Precision.FP32: "float32",
+    Precision.FP16: "float16",
+    Precision.INT8: "integer_quant",  # float IO; "full_integer_quant" has int8 IO
+}
+#: Artifact layout label per layout.
+_LAYOUT = {"native": "BNF", "nhwc": "NHWC"}
+
+
+@dataclass
+class _Variant:
+    """One converted layout: the .tflite per precision in the temp dir, and how to feed it."""
+
+    layout: str
+    files: dict[Precision, Path]
+    options: dict[str, Any]
+    rewrites: list[str]
+
+
+class CompileLiteRT:
+    """Compiler: ONNX -> onnx2tf -> ``litert/model[.nhwc].<precision>.tflite``.
+
+    Args:
+        max_calibration: At most this many graphs (rows of ``x``) calibrate INT8.
+    """
+
+    def __init__(self, max_calibration: int = 200) -> None:
+        self.max_calibration = max_calibration
+
+    def __call__(self, job: TargetJob) -> list[Candidate]:
+        """Convert, and for ``layout: auto`` choose the layout per precision.
+
+        Raises:
+            TargetNotSupported: Dynamic form, or scatters with a reduction left.
+            ExportError: onnx2tf failed on the native layout.
+        """
+        import onnx
+
+        require("onnx2tf", "LiteRT conversion")
+        model = onnx.load(str(job.onnx_fp32))
+        scatters = lg.reducing_scatters(model)
+        if scatters and job.graph.num_nodes is None:
+            raise TargetNotSupported(
+                f"onnx2tf cannot convert {', '.join(scatters)} (dynamic-form aggregation): "
+                "export with --form static to fold the topology into dense operators"
+            )
+        shapes = fixed_shapes(job)
+        try:
+            fixed = lg.fix_shapes(model, shapes)
+        except Exception as exc:
+            raise ExportError(f"LiteRT: fixing input shapes {shapes} failed: {exc}") from exc
+        rewrites = [f"{n}: scatter-add as one-hot MatMul" for n in lg.scatter_to_matmul(fixed)]
+        left = lg.reducing_scatters(fixed)
+        if left:
+            n = job.graph.num_nodes
+            raise TargetNotSupported(
+                f"onnx2tf cannot convert {', '.join(left)} (scatter aggregation of a large "
+                f"static graph): export with --form static; raise --dense-threshold above {n} "
+                "so the adjacency is folded densely"
+            )
+        layouts = {"native": ["native"], "nhwc": ["nhwc"], "auto": ["native", "nhwc"]}[
+            job.target.layout
+        ]
+        with tempfile.TemporaryDirectory(prefix="edge-litert-") as tmp:
+            variants: dict[str, _Variant] = {}
+            failures: dict[str, str] = {}
+            for layout in layouts:
+                job.say(f"litert: converting ({layout} layout) with onnx2tf")
+                try:
+                    variants[layout] = self._convert(job, fixed, layout, Path(tmp), rewrites)
+                except Exception as exc:
+                    failures[layout] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            if "native" not in variants and "native" not in failures and failures:
+                # nhwc asked and it failed: fall back to the native layout, with the reason.
+                job.say(f"litert: NHWC conversion failed ({failures['nhwc']}); trying native")
+                try:
+                    variants["native"] = self._convert(job, fixed, "native", Path(tmp), rewrites)
+                except Exception as exc:
+                    failures["native"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            if not variants:
+                raise ExportError(f"onnx2tf failed: {failures}")
+            return [self._choose(job, variants, failures, p) for p in job.precisions]
+
+    # -- conversion --------------------------------------------------------------------------
+    def _convert(
+        self, job: TargetJob, fixed: Any, layout: str, tmp: Path, rewrites: list[str]
+    ) -> _Variant:
+        import onnx
+
+        onnx2tf = require("onnx2tf", "LiteRT conversion")
+        model = onnx.ModelProto()
+        model.CopyFrom(fixed)
+        x_shape = fixed_shapes(job)["x"]
+        notes = list(rewrites)
+        if layout == "nhwc":
+            count = lg.to_nhwc(model)
+            if count == 0:
+                raise TargetNotSupported("no node-wise MatMul with a constant weight to rewrite")
+            lg.nhwc_input(model, "x", x_shape)
+            model = lg.fix_shapes(model, {"x": lg.nchw_shape(x_shape)})
+            notes.append(f"{count} node-wise MatMul(s) as 1x1 Conv")
+            tf_shape = [x_shape[0], 1, x_shape[1], x_shape[2]]
+        else:
+            tf_shape = list(x_shape)
+        work = tmp / layout
+        work.mkdir()
+        src = work / "model.onnx"
+        onnx.save(model, str(src))
+        cal = self._calibration(job, tf_shape, work) if Precision.INT8 in job.precisions else None
+        kwargs: dict[str, Any] = {
+            "input_onnx_file_path": str(src),
+            "output_folder_path": str(work / "tf"),
+            "output_signaturedefs": True,
+            "copy_onnx_input_output_names_to_tflite": True,
+            "non_verbose": True,
+            # x [1, N, F] is not a sequence: keep its axes as they are.
+            "keep_ncw_or_nchw_or_ncdhw_input_names": ["x"] if layout == "native" else None,
+        }
+        if cal is not None:
+            kwargs |= {
+                "output_integer_quantized_tflite": True,
+                "custom_input_op_name_np_data_path": [["x", str(cal), 0.0, 1.0]],
+                "quant_type": "per-channel",
+            }
+        with lg.quiet() as log, warnings.catch_warnings():
+            # onnx2tf's own checks use the deprecated tf.lite.Interpreter: not ours to fix.
+            warnings.simplefilter("ignore")
+            try:
+                onnx2tf.convert(**kwargs)
+            except BaseException as exc:  # onnx2tf calls sys.exit on some errors
+                raise ExportError(f"onnx2tf: {exc}; log tail: {log.getvalue()[-800:]}") from exc
+        files = {}
+        for p in job.precisions:
+            f = work / "tf" / f"model_{_SUFFIX[p]}.tflite"
+            if not f.exists():
+                raise ExportError(f"onnx2tf wrote no {f.name} (log: {log.getvalue()[-800:]})")
+            files[p] = f
+        options = {
+            "layout": layout,
+            # The runtime reshapes x [B, N, F] into this (same memory order: no transpose).
+            "input_transform": {"x": {"reshape": tf_shape}} if layout == "nhwc" else {},
+        }
+        return _Variant(layout, files, options, notes)
+
+    def _calibration(self, job: TargetJob, tf_shape: list[int], work: Path) -> Path:
+        """Calibration rows in the TF input layout, one graph per row (onnx2tf needs batch 1)."""
+        rows = [
+            np.asarray(f["x"], np.float32).reshape(-1, *tf_shape[1:]) for f in job.calibration
+        ] or [np.asarray(c.feeds["x"], np.float32).reshape(-1, *tf_shape[1:]) for c in job.cases]
+        data = np.concatenate(rows)[: self.max_calibration]
+        path = work / "calibration_x.npy"
+        np.save(path, data)
+        return path
+
+    # -- choosing ----------------------------------------------------------------------------
+    def _choose(
+        self,
+        job: TargetJob,
+        variants: dict[str, _Variant],
+        failures: dict[str, str],
+        precision: Precision,
+    ) -> Candidate:
+        litert_dir = job.out / "litert"
+        litert_dir.mkdir(parents=True, exist_ok=True)
+        arts: dict[str, Artifact] = {}
+        for layout, v in variants.items():
+            stem = "model" if layout == "native" else f"model.{layout}"
+            dest = litert_dir / f"{stem}.{precision}.tflite"
+            shutil.copyfile(v.files[precision], dest)
+            # Each file has its own tensor names (full-INT8 renames x to serving_default_x:0).
+            io_map, ops = _io_map(dest, [i.name for i in job.inputs], [o.name for o in job.outputs])
+            arts[layout] = make_artifact(
+                job.out,
+                dest,
+                name=f"{job.target.key}-{precision}" + ("" if len(variants) == 1 else f"-{layout}"),
+                target=Target.LITERT,
+                precision=precision,
+                layout=_LAYOUT[layout],
+                input_shapes=fixed_shapes(job),
+                options=v.options
+                | io_map
+                | ({"int8_io": "float32 (integer_quant)"} if precision is Precision.INT8 else {}),
+                notes="; ".join(v.rewrites),
+                ops=ops,
+            )
+        decision: dict[str, Any] = {
+            "asked": job.target.layout,
+            **{f"{k}_failed": w for k, w in failures.items()},
+        }
+        if len(arts) == 1:
+            chosen = next(iter(arts))
+            decision["why"] = (
+                f"only {chosen} built" if failures else f"layout {job.target.layout} asked"
+            )
+        else:
+            chosen = self._measure(job, arts, decision)
+            for layout, art in arts.items():
+                if layout != chosen:
+                    (job.out / art.path).unlink(missing_ok=True)
+        decision["chosen"] = chosen
+        art = arts[chosen].model_copy(update={"name": f"{job.target.key}-{precision}"})
+        return Candidate(
+            art,
+            {
+                "converter": _versions(),
+                "layout": decision,
+                "int8_flavour": "integer_quant (int8 weights/activations, float32 IO)"
+                if precision is Precision.INT8
+                else None,
+            },
+        )
+
+    def _measure(self, job: TargetJob, arts: dict[str, Artifact], decision: dict[str, Any]) -> str:
+        """Check and time every layout; the fastest that passes wins (native on a tie)."""
+        threads = [job.target.threads] if job.target.threads else [1, 2]
+        score: dict[str, float] = {}
+        for layout, art in arts.items():
+            report = job.check(art)
+            decision[f"{layout}_parity"] = bool(report.passed)
+            if not report.passed:
+                decision[f"{layout}_refused"] = report.note or "outputs beyond tolerance"
+                continue
+            ms = {t: job.latency(art, threads=t)["median_ms"] for t in threads}
+            decision[f"{layout}_ms"] = {str(t): round(v, 4) for t, v in ms.items()}
+            score[layout] = sum(ms.values())
+        if not score:
+            # Neither passes: return native and let the orchestrator refuse it with the report.
+            decision["why"] = "no layout passed parity"
+            return "native" if "native" in arts else next(iter(arts))
+        best = min(score, key=lambda k: (score[k], k != "native"))
+        others = [k for k in arts if k != best]
+        if len(score) == 1:
+            decision["why"] = f"{best} is the only layout that passes parity"
+        else:
+            other = others[0]
+            decision["why"] = (
+                f"{best} faster: {score[best]:.4f} vs {score[other]:.4f} ms "
+                f"(sum of medians at {threads} thread(s))"
+            )
+        return best
+
+
+def _io_map(
+    path: Path, input_names: list[str], output_names: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """Manifest input/output names -> TFLite tensor names (via the serving signature), and ops.
+
+    The signature keeps ONNX input names; outputs come out as ``Identity``,
+    ``Identity_1``, ... in ONNX output order, whatever the tensors are called
+    or how a full-INT8 file orders them.
+    """
+    interpreter_mod = require("ai_edge_litert.interpreter", "reading converted .tflite files")
+    it = interpreter_mod.Interpreter(model_path=str(path))
+    sig = it._get_full_signature_list().get("serving_default")
+    ins, outs = it.get_input_details(), it.get_output_details()
+    names = {d["index"]: d["name"] for d in ins + outs}
+    if sig is None:
+        inputs = {n: d["name"] for n, d in zip(input_names, ins, strict=True)}
+        outputs = {n: d["name"] for n, d in zip(output_names, outs, strict=True)}
+    else:
+        inputs = {n: names[sig["inputs"][n]] for n in input_names}
+        keys = (
+            output_names
+            if set(output_names) <= set(sig["outputs"])
+            else sorted(sig["outputs"], key=_identity_order)
+        )
+        outputs = {n: names[sig["outputs"][k]] for n, k in zip(output_names, keys, strict=True)}
+    ops = sorted({d["op_name"] for d in it._get_ops_details()} - {"DELEGATE"})
+    return {"inputs": inputs, "outputs": outputs}, ops
+
+
+def _identity_order(key: str) -> tuple[int, str]:
+    head, _, tail = key.rpartition("_")
+    return (int(tail) + 1, head) if head and tail.isdigit() else (0, key)
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tf = version("tensorflow-cpu")
+    except PackageNotFoundError:
+        tf = version("tensorflow")
+    return f"onnx2tf {version('onnx2tf')}, tensorflow {tf}"

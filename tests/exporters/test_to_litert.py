@@ -1,0 +1,291 @@
+"""LiteRT compilation through onnx2tf: parity, INT8, NHWC layout choice, refusals.
+
+The conversions are slow (onnx2tf + TensorFlow): each is done once per module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from edge_sdk.manifest import Precision
+from edge_sdk.profiles import TargetSpec
+
+pytestmark = pytest.mark.requires_backend("ai_edge_litert")
+
+NODES, GRAPHS = 52, 16
+
+
+def _need_onnx2tf() -> None:
+    pytest.importorskip(
+        "onnx2tf", reason="LiteRT conversion needs onnx2tf (the [tflite] build extra)"
+    )
+    pytest.importorskip("onnxsim", reason="onnx2tf's shape checks need onnxsim")
+
+
+def _litert(layout: str, precisions: tuple[str, ...] = ("int8", "fp32")) -> TargetSpec:
+    return TargetSpec(
+        backend="litert", precisions=list(precisions), static_shapes=True, layout=layout
+    )
+
+
+@pytest.fixture(scope="module")
+def sensor_job(sensor_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A LiteRT job (layout auto, INT8 on) for the 52-sensor model, static dense form."""
+    _need_onnx2tf()
+    import torch
+
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.exporters.targets.compile import make_job
+
+    torch.manual_seed(0)
+    model = sensor_model.SensorGCN().eval()
+    x = np.random.default_rng(0).standard_normal((GRAPHS, NODES, 20), dtype=np.float32)
+    sample = sample_from_arrays({"x": x, "edge_index": sensor_model.sensor_graph(NODES)})
+    out = tmp_path_factory.mktemp("litert") / "bundle"
+    return make_job(model, sample, out, _litert("auto"), form="static", int8=True)
+
+
+@pytest.fixture(scope="module")
+def auto(sensor_job: Any) -> dict[Precision, Any]:
+    from edge_sdk.exporters.targets.to_litert import CompileLiteRT
+
+    return {c.artifact.precision: c for c in CompileLiteRT()(sensor_job)}
+
+
+@pytest.fixture(scope="module")
+def nhwc(sensor_job: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The same model with ``layout: nhwc``, FP32 only, in its own bundle directory."""
+    from edge_sdk.exporters.targets.to_litert import CompileLiteRT
+
+    out = Path(shutil.copytree(sensor_job.out, tmp_path_factory.mktemp("nhwc") / "bundle"))
+    shutil.rmtree(out / "litert", ignore_errors=True)
+    job = dataclasses.replace(
+        sensor_job,
+        out=out,
+        onnx_fp32=out / "model.onnx",
+        target=_litert("nhwc", ("fp32",)),
+        int8=False,
+    )
+    (cand,) = CompileLiteRT()(job)
+    return job, cand
+
+
+def test_fp32_reproduces_pytorch(sensor_job: Any, auto: dict[Precision, Any]) -> None:
+    art = auto[Precision.FP32].artifact
+    assert art.path.startswith("litert/") and art.path.endswith(".fp32.tflite")
+    assert (sensor_job.out / art.path).is_file()
+    assert art.input_shapes == {"x": [1, NODES, 20]}
+    report = sensor_job.check(art)
+    assert report.passed, report
+    assert max(o.max_abs_err for o in report.outputs) <= 1e-4
+    assert not {"ScatterElements", "ScatterND"} & set(art.ops)
+
+
+def test_int8_runs_and_passes_the_gate(sensor_job: Any, auto: dict[Precision, Any]) -> None:
+    cand = auto[Precision.INT8]
+    art = cand.artifact
+    report = sensor_job.check(art)
+    assert report.passed, report
+    err = max(o.max_abs_err for o in report.outputs)
+    assert 0 < err < 0.05  # quantised: close to, not equal to, the reference
+    # Full-INT8 conversion renames the input; the mapping is recorded for the runtime.
+    assert art.options["inputs"] == {"x": "serving_default_x:0"}
+    assert set(art.options["outputs"]) == {o.name for o in sensor_job.outputs}
+    assert "float32 IO" in cand.details["int8_flavour"]
+    fp32 = sensor_job.out / auto[Precision.FP32].artifact.path
+    assert art.size_bytes < fp32.stat().st_size
+
+
+def test_auto_layout_measures_both_and_records_the_choice(
+    sensor_job: Any, auto: dict[Precision, Any]
+) -> None:
+    for precision, cand in auto.items():
+        layout = cand.details["layout"]
+        assert layout["asked"] == "auto"
+        assert layout["native_parity"] and layout["nhwc_parity"], layout
+        for name in ("native_ms", "nhwc_ms"):
+            assert set(layout[name]) == {"1", "2"}
+            assert all(v > 0 for v in layout[name].values())
+        chosen = layout["chosen"]
+        assert chosen in ("native", "nhwc")
+        assert chosen in layout["why"] and "faster" in layout["why"]
+        other = "nhwc" if chosen == "native" else "native"
+        score = {k: sum(layout[f"{k}_ms"].values()) for k in ("native", "nhwc")}
+        assert score[chosen] <= score[other]
+        assert cand.artifact.options["layout"] == chosen
+        assert cand.artifact.name == f"litert-{precision}"
+    # Only the chosen file of each precision stays in the bundle.
+    kept = sorted(p.name for p in (sensor_job.out / "litert").iterdir())
+    assert kept == sorted(Path(c.artifact.path).name for c in auto.values())
+
+
+def test_nhwc_layout_is_conv2d_over_a_reshaped_input(nhwc: Any) -> None:
+    job, cand = nhwc
+    art = cand.artifact
+    assert art.layout == "NHWC" and art.path == "litert/model.nhwc.fp32.tflite"
+    assert art.options["input_transform"] == {"x": {"reshape": [1, 1, NODES, 20]}}
+    assert "CONV_2D" in art.ops
+    assert cand.details["layout"]["chosen"] == "nhwc"
+    report = job.check(art)
+    assert report.passed, report
+    assert max(o.max_abs_err for o in report.outputs) <= 1e-4
+
+
+def test_a_broken_conversion_fails_the_check(
+    sensor_job: Any, auto: dict[Precision, Any], tmp_path: Path
+) -> None:
+    # Another model's file (the INT8 one) behind the FP32 artifact's manifest entry.
+    art = auto[Precision.FP32].artifact
+    wrong = sensor_job.out / "litert" / "broken.fp32.tflite"
+    shutil.copyfile(sensor_job.out / auto[Precision.INT8].artifact.path, wrong)
+    try:
+        broken = art.model_copy(
+            update={
+                "path": "litert/broken.fp32.tflite",
+                "options": auto[Precision.INT8].artifact.options,
+            }
+        )
+        report = sensor_job.check(broken)
+    finally:
+        wrong.unlink()
+    assert not report.passed
+    assert max(o.max_abs_err for o in report.outputs) > sensor_job.atol
+
+
+def test_dynamic_form_is_refused_naming_the_scatter(tmp_path: Path) -> None:
+    _need_onnx2tf()
+    import torch
+    from torch_geometric.nn import GCNConv
+
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.exporters.targets import TargetNotSupported
+    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.to_litert import CompileLiteRT
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    sample = sample_from_arrays(
+        {
+            "x": rng.standard_normal((12, 4), dtype=np.float32),
+            "edge_index": rng.integers(0, 12, size=(2, 30)),
+        }
+    )
+    job = make_job(
+        GCNConv(4, 3).eval(), sample, tmp_path, _litert("auto", ("fp32",)), form="dynamic"
+    )
+    with pytest.raises(TargetNotSupported) as info:
+        CompileLiteRT()(job)
+    assert "ScatterElements(reduction=add)" in str(info.value)
+    assert "--form static" in str(info.value)
+    assert not (tmp_path / "litert").exists()
+
+
+def test_static_scatter_form_is_refused(sensor_model: Any, tmp_path: Path) -> None:
+    """Static form lowered with scatter (N above --dense-threshold): message-passing
+    scatter-adds stay scatters, which onnx2tf refuses: the error gives the fix."""
+    import onnx as _onnx
+    import torch
+
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.exporters.targets import TargetNotSupported, litert_graph
+    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.to_litert import CompileLiteRT
+
+    torch.manual_seed(0)
+    n = 12
+    x = np.random.default_rng(0).standard_normal((4, n, 20), dtype=np.float32)
+    sample = sample_from_arrays({"x": x, "edge_index": sensor_model.sensor_graph(n, chords=6)})
+    target = _litert("native", ("fp32",))
+    job = make_job(
+        sensor_model.SensorGCN().eval(), sample, tmp_path, target, form="static", dense_threshold=4
+    )
+    assert litert_graph.reducing_scatters(_onnx.load(str(job.onnx_fp32)))
+    with pytest.raises(TargetNotSupported) as info:
+        CompileLiteRT()(job)
+    assert "ScatterElements(reduction=add)" in str(info.value)
+    assert f"--dense-threshold above {n}" in str(info.value)
+    assert not (tmp_path / "litert").exists()
+
+
+# -- graph rewrites (no converter needed) ------------------------------------------------------
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def test_scatter_add_with_constant_indices_becomes_a_matmul() -> None:
+    from edge_sdk.exporters.targets import litert_graph
+
+    rng = np.random.default_rng(0)
+    rows = np.array([2, 0, 2, 1, 2], np.int64)
+    idx = np.repeat(rows[:, None], 4, axis=1)
+    data = rng.standard_normal((3, 4)).astype(np.float32)  # non-zero: kept as an Add
+    graph = helper.make_graph(
+        [helper.make_node("ScatterElements", ["d", "i", "u"], ["y"], axis=0, reduction="add")],
+        "g",
+        [helper.make_tensor_value_info("u", onnx.TensorProto.FLOAT, [5, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 4])],
+        [numpy_helper.from_array(data, "d"), numpy_helper.from_array(idx, "i")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    u = rng.standard_normal((5, 4)).astype(np.float32)
+    (want,) = _run(model, {"u": u})
+    assert litert_graph.reducing_scatters(model) == ["ScatterElements(reduction=add)"]
+    assert litert_graph.scatter_to_matmul(model)
+    assert litert_graph.reducing_scatters(model) == []
+    assert sorted(n.op_type for n in model.graph.node) == ["Add", "MatMul"]
+    (got,) = _run(model, {"u": u})
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_scatter_with_mixed_columns_is_left_alone() -> None:
+    from edge_sdk.exporters.targets import litert_graph
+
+    idx = np.array([[0, 1], [1, 0]], np.int64)  # rows differ per column: no one-hot MatMul
+    graph = helper.make_graph(
+        [helper.make_node("ScatterElements", ["d", "i", "u"], ["y"], axis=0, reduction="add")],
+        "g",
+        [helper.make_tensor_value_info("u", onnx.TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])],
+        [
+            numpy_helper.from_array(np.zeros((2, 2), np.float32), "d"),
+            numpy_helper.from_array(idx, "i"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert litert_graph.scatter_to_matmul(model) == []
+    assert litert_graph.reducing_scatters(model) == ["ScatterElements(reduction=add)"]
+
+
+def test_matmul_to_nhwc_conv_keeps_values() -> None:
+    from edge_sdk.exporters.targets import litert_graph
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 5, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 5, 3])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((1, 5, 6)).astype(np.float32)
+    assert litert_graph.to_nhwc(model) == 1
+    litert_graph.nhwc_input(model, "x", [1, 5, 6])
+    onnx.checker.check_model(model, full_check=True)
+    assert "Conv" in {n.op_type for n in model.graph.node}
+    # x [1, N, F] enters as the NCHW view [1, F, 1, N].
+    (got,) = _run(model, {"x": x.transpose(0, 2, 1)[:, :, None, :].copy()})
+    np.testing.assert_allclose(got, x @ w, atol=1e-5)

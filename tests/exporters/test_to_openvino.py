@@ -1,0 +1,224 @@
+"""OpenVINO compiler: FP32 IR parity, INT8 from NNCF and from QDQ (measured), static reshape.
+
+Real OpenVINO and NNCF on the 52-sensor model (static form) and the tiny GCN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_sdk.manifest import Precision
+
+pytestmark = pytest.mark.requires_backend("openvino")
+
+TINY_GCN_NODES, TINY_GCN_FEATURES, TINY_GCN_CLASSES = 20, 8, 3
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _tiny_gcn() -> Any:
+    """A seeded 2-layer PyG GCN like the suite's ``tiny_gcn_bundle`` model (torch imported here)."""
+    import torch
+    from torch_geometric.nn import GCNConv
+
+    class TinyGCN(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = GCNConv(TINY_GCN_FEATURES, 16)
+            self.conv2 = GCNConv(16, TINY_GCN_CLASSES)
+
+        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+            return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return TinyGCN().eval()
+
+
+def _need_export() -> None:
+    for module in ("torch", "torch_geometric", "onnx", "openvino", "nncf"):
+        if not _importable(module):
+            pytest.skip(f"compiling OpenVINO artifacts needs {module}")
+
+
+def _target(**fields: Any) -> Any:
+    from edge_sdk.profiles import TargetSpec
+
+    return TargetSpec(backend="openvino", **fields)
+
+
+def _retarget(job: Any, target: Any, where: Path) -> Any:
+    """The same job in a private copy of its bundle directory, for another target."""
+    out = Path(shutil.copytree(job.out, where, ignore=shutil.ignore_patterns("openvino")))
+    int8 = out / job.onnx_int8.name if job.onnx_int8 else None
+    return dataclasses.replace(
+        job, out=out, onnx_fp32=out / job.onnx_fp32.name, onnx_int8=int8, target=target
+    )
+
+
+def _max_err(job: Any, artifact: Any) -> float:
+    report = job.check(artifact)
+    assert report.passed, report
+    return max(o.max_abs_err for o in report.outputs)
+
+
+@pytest.fixture(scope="module")
+def sensor_job(sensor_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The 52-sensor model (static form), FP32 + QDQ INT8 ONNX exported."""
+    _need_export()
+    import torch
+
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.exporters.targets.compile import make_job
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = sensor_model.SensorGCN().eval()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, sensor_model.NUM_SENSORS, sensor_model.WINDOW), dtype=np.float32)
+    sample = sample_from_arrays({"x": x, "edge_index": sensor_model.sensor_graph()})
+    out = tmp_path_factory.mktemp("ov_sensor") / "bundle"
+    target = _target(precisions=["int8", "fp32"])
+    return make_job(model, sample, out, target, form="static", int8=True)
+
+
+@pytest.fixture(scope="module")
+def sensor_built(sensor_job: Any) -> dict[Precision, Any]:
+    from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
+
+    return {c.artifact.precision: c for c in CompileOpenVINO(latency_runs=20)(sensor_job)}
+
+
+def test_sensor_fp32_ir_matches_reference(sensor_job: Any, sensor_built: dict) -> None:
+    cand = sensor_built[Precision.FP32]
+    art = cand.artifact
+    assert art.name == "openvino-fp32"
+    assert art.path == "openvino/model.fp32.xml"
+    assert [f.path for f in art.companions] == ["openvino/model.fp32.bin"]
+    assert art.options["inference_precision"] == "f32"
+    assert art.options["device"] == "CPU"
+    assert art.input_shapes == {}  # CPU: the IR keeps the dynamic batch
+    assert _max_err(sensor_job, art) <= 1e-4
+
+
+def test_sensor_int8_both_routes_measured(sensor_job: Any, sensor_built: dict) -> None:
+    cand = sensor_built[Precision.INT8]
+    art, details = cand.artifact, cand.details
+    assert art.name == "openvino-int8"
+    assert art.path == "openvino/model.int8.xml"
+    assert details["int8_source"] in {"nncf", "qdq"}
+    assert art.options["int8_source"] == details["int8_source"]
+    numbers = details["candidates"]
+    assert set(numbers) == {"nncf", "qdq"}, details.get("failed")
+    for source in ("nncf", "qdq"):
+        assert numbers[source]["passed"] is True
+        assert numbers[source]["median_ms"] > 0
+        assert 0 < numbers[source]["max_abs_err"] < 0.5  # quantised: moved, not broken
+    assert details["int8_source"] in details["why"]
+    assert "faster" in details["why"] or "output error" in details["why"]
+    # Quantised for real: the IR carries FakeQuantize (NNCF) or its QDQ equivalent.
+    assert {"FakeQuantize"} & set(art.ops) or {"Convert", "Subtract", "Multiply"} <= set(art.ops)
+    # The losing route's files are gone; only the kept IRs remain.
+    files = sorted(p.name for p in (sensor_job.out / "openvino").iterdir())
+    assert files == ["model.fp32.bin", "model.fp32.xml", "model.int8.bin", "model.int8.xml"]
+    assert sensor_job.check(art).passed
+
+
+def test_int8_without_qdq_keeps_nncf_and_says_why(sensor_job: Any, tmp_path: Path) -> None:
+    from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
+
+    job = dataclasses.replace(
+        _retarget(sensor_job, _target(precisions=["int8"]), tmp_path / "b"), onnx_int8=None
+    )
+    (cand,) = CompileOpenVINO(latency_runs=5)(job)
+    assert cand.details["int8_source"] == "nncf"
+    assert "QDQ" in cand.details["failed"]["qdq"]
+    assert "only one built" in cand.details["why"]
+
+
+def test_static_reshape_pads_and_slices_batches(sensor_job: Any, tmp_path: Path) -> None:
+    from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
+
+    job = _retarget(sensor_job, _target(static_shapes=True), tmp_path / "b")
+    (cand,) = CompileOpenVINO()(job)
+    art = cand.artifact
+    assert art.input_shapes == {"x": [1, 52, 20]}
+    rt = job.open(art)
+    try:
+        assert rt.backend.static_shapes is True
+        assert rt.describe()["input_shapes"] == {"x": [1, 52, 20]}
+        x = job.cases[0].feeds["x"][:3]  # B=3 on an engine compiled for B=1
+        got = rt.infer({"x": x})["out"]
+    finally:
+        rt.close()
+    want = job.cases[0].expected["out"][:3]
+    assert got.shape == want.shape == (3, 22)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_npu_target_builds_static_irs_without_the_device(sensor_job: Any, tmp_path: Path) -> None:
+    from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
+
+    target = _target(device="NPU", static_shapes=True, precisions=["int8", "fp16"])
+    job = _retarget(sensor_job, target, tmp_path / "b")
+    built = {c.artifact.precision: c for c in CompileOpenVINO()(job)}
+    assert set(built) == {Precision.INT8, Precision.FP16}
+    for cand in built.values():
+        assert cand.artifact.name.startswith("openvino-npu-")
+        assert cand.artifact.input_shapes == {"x": [1, 52, 20]}
+        assert cand.artifact.options["device"] == "NPU"
+    why = built[Precision.INT8].details["why"]
+    assert "not measured" in why and "NPU" in why
+
+
+def test_tiny_gcn_static_form_fp32(tmp_path: Path) -> None:
+    _need_export()
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
+
+    rng = np.random.default_rng(1)
+    sample = sample_from_arrays(
+        {
+            "x": rng.standard_normal((4, TINY_GCN_NODES, TINY_GCN_FEATURES), dtype=np.float32),
+            "edge_index": rng.integers(0, TINY_GCN_NODES, size=(2, 3 * TINY_GCN_NODES)),
+        }
+    )
+    job = make_job(_tiny_gcn(), sample, tmp_path / "b", _target(), form="static")
+    (cand,) = CompileOpenVINO()(job)
+    assert cand.artifact.precision is Precision.FP32
+    assert _max_err(job, cand.artifact) <= 1e-4
+
+
+def test_dynamic_form_with_static_shapes_refused(tmp_path: Path) -> None:
+    _need_export()
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.exporters.targets import TargetNotSupported
+    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
+
+    rng = np.random.default_rng(2)
+    sample = sample_from_arrays(
+        {
+            "x": rng.standard_normal((TINY_GCN_NODES, TINY_GCN_FEATURES), dtype=np.float32),
+            "edge_index": rng.integers(0, TINY_GCN_NODES, size=(2, 3 * TINY_GCN_NODES)),
+        }
+    )
+    target = _target(device="NPU", static_shapes=True, precisions=["fp16"])
+    job = make_job(_tiny_gcn(), sample, tmp_path / "b", target, form="dynamic")
+    with pytest.raises(TargetNotSupported) as info:
+        CompileOpenVINO()(job)
+    message = str(info.value)
+    assert "openvino-npu" in message
+    assert "dynamic-form" in message
+    assert "--form static" in message
+    assert not (job.out / "openvino").exists() or not any((job.out / "openvino").iterdir())
