@@ -222,7 +222,11 @@ def unpack(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Pat
 
 
 def save_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays to ``.npz`` deterministically (no pickles)."""
+    """Write arrays to a compressed ``.npz`` deterministically (no pickles).
+
+    Compressed: graph features are often sparse or binary (Cora's canary, the
+    full graph, is 15.6 MB raw and 0.2 MB compressed).
+    """
     buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
     Path(path).write_bytes(buf.getvalue())

@@ -29,38 +29,47 @@ def attention_buffers(
         num_nodes: Number of nodes ``N``.
         add_self_loops: Mirror GAT's ``remove_self_loops`` + one ``add_self_loops`` per node.
         device: Device of the constants.
-        dtype: Dtype of the log-multiplicity matrix.
+        dtype: Dtype of the constants.
 
     Returns:
-        ``mask`` (bool ``[N, N]``, edge ``j -> i`` present) and ``log_count``
-        (``log`` of the edge multiplicity, ``0`` where absent).
+        ``count`` (``[N, N]`` multiplicity of edge ``j -> i``, 0 where absent) and
+        ``edge`` (``[N, N]``, 1.0 where an edge exists, else 0.0).
     """
     count = weight_matrix(edge_index, num_nodes)
     if add_self_loops:
         count.fill_diagonal_(1.0)
-    mask = count > 0
-    log_count = torch.where(mask, count.clamp(min=1).log(), 0.0)
-    return mask.to(device), log_count.to(dtype=dtype, device=device)
+    edge = (count > 0).to(dtype)
+    return count.to(dtype=dtype, device=device), edge.to(device)
 
 
-def masked_softmax(logits: Tensor, mask: Tensor, log_count: Tensor) -> Tensor:
+def masked_softmax(logits: Tensor, count: Tensor, edge: Tensor) -> Tensor:
     """Softmax over sources (last dim) as PyG's per-edge softmax would compute it.
 
-    PyG normalises over edges, so an edge present ``c`` times contributes ``c * exp(e)``;
-    adding ``log(c)`` reproduces that. Absent edges get the most negative finite value
-    (``-inf`` would turn rows without any incoming edge into NaN) and are zeroed after,
-    so such rows aggregate to ``0`` exactly like PyG.
+    PyG normalises over edges, so an edge present ``c`` times contributes
+    ``c * exp(e)``: the exponentials are weighted by the multiplicity matrix,
+    which is 0 for absent edges, so no mask, ``Where`` or ``-inf``/``finfo.min``
+    constant is needed. Those broke converters: LiteRT's INT8 ``SELECT_V2`` fed
+    -3.4e38 aborted at load, and a huge constant ruins any int8 scale.
+
+    The shift ``m`` is the row's largest edge logit, or 0 when that is smaller
+    (``max(logits * edge)``): exact for edges (softmax is shift-invariant; it
+    differs from PyG only if every edge logit of a row is below -87, where
+    float32 ``exp`` underflows), and non-edge terms are clamped at ``exp(0)``
+    before being multiplied by 0, so they cannot overflow into NaN. A row
+    without incoming edges sums to 0 and aggregates to 0, as in PyG.
 
     Args:
         logits: ``[..., N(target), N(source)]`` attention scores.
-        mask: Bool ``[N, N]`` edge mask.
-        log_count: ``[N, N]`` log edge multiplicities.
+        count: ``[N, N]`` edge multiplicities.
+        edge: ``[N, N]`` 1.0 where an edge exists.
 
     Returns:
         Attention weights with the shape of ``logits``.
     """
-    logits = torch.where(mask, logits + log_count, torch.finfo(logits.dtype).min)
-    return torch.where(mask, torch.softmax(logits, dim=-1), 0.0)
+    shift = (logits * edge).amax(dim=-1, keepdim=True)
+    weights = torch.exp((logits - shift).clamp(max=0.0)) * count
+    total = weights.sum(dim=-1, keepdim=True)
+    return weights / total.clamp(min=torch.finfo(logits.dtype).tiny)
 
 
 class StaticAttentionConv(StaticConv):
@@ -75,8 +84,8 @@ class StaticAttentionConv(StaticConv):
         UnsupportedModelError: For ``edge_dim`` or a non-sum ``aggr``.
     """
 
-    mask: Tensor
-    log_count: Tensor
+    count: Tensor
+    edge: Tensor
     res: nn.Module | None
     bias: Tensor | None
 
@@ -93,29 +102,32 @@ class StaticAttentionConv(StaticConv):
         aggr_name(ctx.path, conv, ("sum",))
         self.heads, self.channels = conv.heads, conv.out_channels
         self.concat, self.negative_slope = conv.concat, conv.negative_slope
-        mask, log_count = attention_buffers(
+        count, edge = attention_buffers(
             ctx.edge_index, self.num_nodes, conv.add_self_loops, ctx.device, ctx.dtype
         )
-        self.register_buffer("mask", mask)
-        self.register_buffer("log_count", log_count)
+        self.register_buffer("count", count)
+        self.register_buffer("edge", edge)
 
     def _attend(self, logits: Tensor, x_src: Tensor, xb: Tensor) -> Tensor:
         """Weight source features by the edge softmax of ``logits``.
 
         Args:
-            logits: ``[B, H, N_dst, N_src]`` attention scores.
-            x_src: ``[B, N, H, C]`` projected source (message) features.
+            logits: ``[B * H, N_dst, N_src]`` attention scores (heads folded into the batch).
+            x_src: ``[B, N, H * C]`` projected source (message) features.
             xb: ``[B, N, F_in]`` layer input, for the residual.
 
         Returns:
             ``[B, N, H * C]`` (``concat``) or ``[B, N, C]``.
         """
-        alpha = masked_softmax(logits, self.mask, self.log_count)
-        out = torch.matmul(alpha, x_src.transpose(1, 2)).transpose(1, 2)  # [B, N, H, C]
+        n, h, c = self.num_nodes, self.heads, self.channels
+        alpha = masked_softmax(logits, self.count, self.edge)
+        # [B, N, H * C] -> [B * H, N, C] through 3-D views only (see StaticGATConv._dense).
+        msg = x_src.transpose(1, 2).reshape(-1, c, n).transpose(1, 2)
+        out = torch.matmul(alpha, msg)  # [B * H, N, C]
         if self.concat:
-            out = out.reshape(-1, self.num_nodes, self.heads * self.channels)
+            out = out.transpose(1, 2).reshape(-1, h * c, n).transpose(1, 2)  # [B, N, H * C]
         else:
-            out = out.mean(dim=2)
+            out = out.reshape(-1, h, n * c).mean(dim=1).reshape(-1, n, c)
         if self.res is not None:
             out = out + self.res(xb)
         if self.bias is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_sdk.bundle import file_digest
+from edge_sdk.bundle import file_digest, save_npz
 from edge_sdk.manifest import Verification
 from edge_sdk.parity import ParityCase
 from edge_sdk.signature import GraphForm
@@ -67,8 +67,7 @@ def write_verification(
         if case.mask is not None:
             arrays[f"{i}/mask"] = case.mask
     path = out / VERIFY_FILE
-    # Compressed: sample features are often sparse or binary (Cora's are).
-    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+    save_npz(path, arrays)
     size, sha = file_digest(path)
     return Verification(
         path=VERIFY_FILE,
