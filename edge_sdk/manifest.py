@@ -160,6 +160,11 @@ class TargetChoice(_Model):
     layout: str = "native"
     reason: str
     measured: list[Measurement] = Field(default_factory=list)
+    build: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the compiler decided for the chosen artifact (INT8 source or "
+        "flavour, layout timings and why)",
+    )
 
 
 class Verification(_Model):

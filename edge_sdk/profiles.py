@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from ._optional import is_available
 from .errors import ProfileError
 from .manifest import Precision
 
@@ -35,13 +41,6 @@ _M = TypeVar("_M", bound=BaseModel)
 AUTO_ORDER = ["tensorrt", "openvino", "litert", "onnxruntime"]
 
 BackendName = Literal["onnxruntime", "openvino", "litert", "tensorrt"]
-#: Import name of each backend's engine (what ``host`` checks for).
-ENGINE_MODULES: dict[str, str] = {
-    "onnxruntime": "onnxruntime",
-    "openvino": "openvino",
-    "litert": "ai_edge_litert",
-    "tensorrt": "tensorrt",
-}
 
 
 class TargetSpec(BaseModel):
@@ -134,13 +133,15 @@ class DeviceProfile(BaseModel):
     measure: bool = False
     targets: list[TargetSpec] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique(self) -> DeviceProfile:
-        keys = [t.key for t in self.targets]
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, targets: list[TargetSpec]) -> list[TargetSpec]:
+        # A field validator, so that the error names ``targets``.
+        keys = [t.key for t in targets]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
             raise ValueError(f"targets repeat {dupes}: one entry per engine and device")
-        return self
+        return targets
 
     @property
     def backends(self) -> list[str]:
@@ -235,7 +236,7 @@ def profile_from_dict(raw: dict[str, Any], source: str = "profile") -> DevicePro
 
 
 def host_profile() -> DeviceProfile:
-    """A profile of this machine: every installed engine, precisions measured.
+    """A profile of this machine: every usable engine, precisions measured.
 
     The engines are ordered like ``auto`` (TensorRT, OpenVINO, LiteRT, ONNX
     Runtime); each offers every precision it can build so that the export
@@ -252,9 +253,13 @@ def host_profile() -> DeviceProfile:
         "litert": "litert-xnnpack",
         "onnxruntime": "ort-cpu",
     }
+    from .runtimes import unavailable_reason
+
     targets: list[dict[str, Any]] = []
     for backend in AUTO_ORDER:
-        if not is_available(ENGINE_MODULES[backend]):
+        # Installed and not disabled (EDGE_SDK_DISABLE_BACKENDS): the export runs and
+        # times every host target, which it cannot do with a disabled engine.
+        if unavailable_reason(backend) is not None:
             continue
         entry = dict(sets[chosen[backend]])
         if backend == "litert":

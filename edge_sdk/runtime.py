@@ -401,9 +401,18 @@ def _plans(
                     None,
                 )
                 yield _plan(manifest.artifact(str(c.artifact)), c.backend, prof, target, c.reason)
+        built_for = prof.name in manifest.profiles
         for target in prof.targets:
+            order = forced or target.precisions
+            reason = (
+                f"precision forced to {forced[0]}"
+                if forced
+                else f"declared order of profile {prof.name} for {target.key}: "
+                f"{[str(p) for p in order]}"
+                + ("" if built_for else " (the bundle was not built for this profile)")
+            )
             yield from _by_precision(
-                manifest, target.backend, forced or target.precisions, target.device, prof, target
+                manifest, target.backend, order, target.device, prof, target, reason
             )
         return
     if not forced:
@@ -428,6 +437,7 @@ def _by_precision(
     device: str | None,
     prof: DeviceProfile | None,
     target: TargetSpec | None,
+    reason: str = "",
 ) -> Iterator[_Plan]:
     for precision in precisions:
         for a in manifest.artifacts:
@@ -435,7 +445,7 @@ def _by_precision(
                 continue
             if device is not None and a.options.get("device", device) != device:
                 continue
-            yield _plan(a, backend, prof, target, "")
+            yield _plan(a, backend, prof, target, reason)
 
 
 def _plan(

@@ -107,6 +107,38 @@ def sample_from_arrays(arrays: dict[str, Any], name: str = "sample") -> Sample:
     )
 
 
+def as_static(sample: Sample) -> Sample:
+    """One graph ``x [N, F]`` + ``edge_index`` seen as a static-form sample ``x [1, N, F]``.
+
+    So the same ``.npz`` (e.g. the Cora graph) exports in either form: with
+    ``--form static`` its ``edge_index`` becomes the fixed topology.
+
+    Raises:
+        ExportError: The sample has edge features or several graphs (``batch``),
+            which the static form cannot fold.
+    """
+    x = sample.inputs["x"]
+    if x.ndim != 2:
+        return sample
+    if "edge_index" not in sample.inputs:
+        raise ExportError(f"{sample.name}: the static form needs the graph's edge_index")
+    extra = sorted({"edge_attr", "batch"} & set(sample.inputs))
+    if extra:
+        raise ExportError(
+            f"{sample.name}: the static form folds one graph's topology; {extra} cannot be "
+            "folded (stack several graphs as x [B, N, F] instead)"
+        )
+    return Sample(
+        {"x": x[None]},
+        {"edge_index": sample.inputs["edge_index"], **sample.topology},
+        sample.labels,
+        sample.mask,
+        sample.name,
+        val_mask=sample.val_mask,
+        train_mask=sample.train_mask,
+    )
+
+
 def load_model(spec: str, weights: str | Path | None = None) -> torch.nn.Module:
     """Build a model from ``module:function`` (or ``path/to/file.py:function``).
 

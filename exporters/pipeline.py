@@ -35,7 +35,7 @@ from edge_sdk.signature import Bucket, GraphForm, GraphSpec, OutputLevel, Tensor
 
 from .calibration import calibration_feeds, induced_subgraph
 from .compress import check_gate, prune_model, quantize_step, torch_metrics
-from .intake import Sample, load_model, load_program, load_samples
+from .intake import Sample, as_static, load_model, load_program, load_samples
 from .prepare import Prepared, prepare
 from .targets.base import TargetJob
 from .targets.cases import parity_case, target_cases, write_verification
@@ -199,6 +199,8 @@ def _export(
 ) -> ExportResult:
     timings: dict[str, float] = {}
     sample_list = _samples(samples)
+    if cfg.form == GraphForm.STATIC:
+        sample_list = [as_static(s) for s in sample_list]
     module = _model(model, weights)
 
     t = time.perf_counter()

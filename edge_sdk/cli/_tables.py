@@ -44,21 +44,15 @@ def summary_table(m: Manifest) -> Table:
 def targets_table(m: Manifest) -> Table:
     """Per profile and engine: the artifact chosen and why (with measurements)."""
     table = Table(title="targets: what each device profile runs")
-    for col in ("profile", "engine", "artifact", "layout", "measured (median ms)", "why"):
+    for col in ("profile", "engine", "artifact", "why"):
         table.add_column(col)
     for c in m.targets:
-        measured = ", ".join(
-            f"{x.artifact} {x.median_ms:.3f}" + ("" if x.passed else " refused")
-            for x in c.measured
-            if x.median_ms is not None or not x.passed
-        )
+        refused = [f"{x.artifact} refused: {x.note}" for x in c.measured if not x.passed]
         table.add_row(
             c.profile,
             f"{c.backend}:{c.device}",
             c.artifact or "-",
-            c.layout,
-            measured or "-",
-            escape(c.reason),
+            escape("; ".join([c.reason, *refused])),
         )
     return table
 

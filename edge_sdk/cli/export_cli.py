@@ -40,7 +40,11 @@ app = make_app(
         "-o out/plant.bundle --pack\n\n"
         "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
         "--sample-data cora.npz --prune structured:0.5 --fine-tune-epochs 50 --int8 "
-        "--max-accuracy-drop 1.5 -o out/gcn-small.bundle"
+        "--max-accuracy-drop 1.5 -o out/gcn-small.bundle\n\n"
+        "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
+        "--sample-data cora.npz --form static --dense-threshold 4096 --int8 "
+        "--profile intel-core-cpu --profile raspberry-pi-5 --profile jetson-orin-nano "
+        "-o out/gcn-multi.bundle"
     )
 )
 def export(
@@ -71,7 +75,12 @@ def export(
     ] = "auto",
     profile: Annotated[
         list[str] | None,
-        typer.Option("--profile", "-p", help="Device profile name or YAML path; repeatable."),
+        typer.Option(
+            "--profile",
+            "-p",
+            help="Device profile: a shipped name (edge-export profiles), host (this machine, "
+            "precision measured), or a YAML path; repeatable: one bundle for several devices.",
+        ),
     ] = None,
     name: Annotated[str, typer.Option(help="Model name in the manifest.")] = "model",
     version: Annotated[str, typer.Option(help="Model version in the manifest.")] = "1.0.0",

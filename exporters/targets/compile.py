@@ -17,7 +17,10 @@ source the device-side TensorRT build starts from.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +89,8 @@ class CompileTargets:
     ) -> None:
         self.make_job = make_job
         self.onnx = list(onnx_artifacts)
+        #: Artifact names built so far (a second build of one engine must not reuse one).
+        self.names: set[str] = {a.name for a in onnx_artifacts}
         self.onnx_reports = {r.artifact: r for r in onnx_reports}
         self.say = say
 
@@ -98,7 +103,8 @@ class CompileTargets:
             ExportError: A profile ends with no artifact at all.
         """
         built: dict[str, tuple[TargetJob, list[_Built]] | str] = {}
-        measured: set[str] = set()
+        folders: dict[str, int] = {}  # target.key -> builds so far (distinct settings)
+        measured: set[tuple[str, int]] = set()
         result = Compiled()
         for profile in profiles:
             chosen_any = False
@@ -106,17 +112,23 @@ class CompileTargets:
                 if target.backend == "onnxruntime":
                     choice = self._choose_onnx(profile, target)
                 else:
-                    key = target.model_dump_json()
+                    key = _build_key(target)
                     if key not in built:
-                        built[key] = self._build(target)
+                        # Two profiles may set the same engine and device differently
+                        # (e.g. TensorRT workspace 512 vs 4096 MB): the later build goes
+                        # to its own folder so that it cannot overwrite the earlier one.
+                        n = folders.get(target.key, 0)
+                        folders[target.key] = n + 1
+                        built[key] = self._build(target, n + 1 if n else 0)
                     entry = built[key]
                     if isinstance(entry, str):
                         choice = _choice(profile, target, None, entry)
                     else:
                         job, cands = entry
-                        if profile.measure and key not in measured:
-                            self._measure(job, cands, profile.threads_for(target) or 1)
-                            measured.add(key)
+                        threads = profile.threads_for(target) or 1
+                        if profile.measure and (key, threads) not in measured:
+                            self._measure(job, cands, threads)
+                            measured.add((key, threads))
                         choice = _pick(profile, target, cands)
                 result.choices.append(choice)
                 chosen_any |= choice.artifact is not None
@@ -141,8 +153,12 @@ class CompileTargets:
         return result
 
     # -- building -----------------------------------------------------------------------------
-    def _build(self, target: TargetSpec) -> tuple[TargetJob, list[_Built]] | str:
-        """Compile and check one target; a string says why nothing was built."""
+    def _build(self, target: TargetSpec, copy: int = 0) -> tuple[TargetJob, list[_Built]] | str:
+        """Compile and check one target; a string says why nothing was built.
+
+        ``copy`` > 0: another build of an already built ``target.key`` (different
+        settings); its files and artifact names get the suffix ``-<copy>``.
+        """
         module, cls = COMPILERS[target.backend].split(":")
         try:
             compiler = getattr(importlib.import_module(f"{__package__}.{module}"), cls)()
@@ -154,11 +170,20 @@ class CompileTargets:
         if not job.precisions:
             return f"{target.key}: no buildable precision in {target.precisions} (add --int8)"
         self.say(f"compiling for {target.key} ({', '.join(job.precisions)})")
+        final_out = job.out
+        if copy:
+            job = dataclasses.replace(job, out=final_out / f".build-{target.key}-{copy}")
         try:
             candidates: list[Candidate] = compiler(job)
         except TargetNotSupported as exc:
+            if copy:
+                shutil.rmtree(job.out, ignore_errors=True)
             self.say(f"{target.key}: not built: {exc}")
             return f"{target.key}: not built: {exc}"
+        if copy:
+            candidates = _relocate(candidates, job.out, final_out, f"-{copy}", self.names)
+            job = dataclasses.replace(job, out=final_out)
+        self.names |= {c.artifact.name for c in candidates}
         runnable = _runnable_here(target)
         out: list[_Built] = []
         for cand in candidates:
@@ -189,7 +214,8 @@ class CompileTargets:
 
     def _measure(self, job: TargetJob, cands: list[_Built], threads: int) -> None:
         for b in cands:
-            if b.report is not None:
+            # A refused candidate's files are already deleted: nothing to time.
+            if b.report is not None and b.report.passed:
                 self.say(f"timing {b.candidate.artifact.name} ({threads} thread(s))")
                 b.timing = job.latency(b.candidate.artifact, threads=threads)
                 b.timing["threads"] = threads
@@ -203,10 +229,60 @@ class CompileTargets:
                     profile,
                     target,
                     art,
-                    f"declared preference: first of {[str(p) for p in target.precisions]} "
-                    "built and passing parity",
+                    f"declared order {' > '.join(target.precisions)}: first built and passing",
                 )
         return _choice(profile, target, None, f"no ONNX artifact at {target.precisions}")
+
+
+#: Target fields the runtime takes from the profile at load time, not baked into artifacts.
+_RUNTIME_ONLY = {"threads", "performance_hint", "num_requests"}
+
+
+def _build_key(target: TargetSpec) -> str:
+    """Targets with equal keys share one build (they differ only in run-time settings)."""
+    return target.model_copy(update=dict.fromkeys(_RUNTIME_ONLY)).model_dump_json()
+
+
+def _relocate(
+    cands: list[Candidate], stage: Path, out: Path, suffix: str, taken: set[str]
+) -> list[Candidate]:
+    """Move a staged build into ``out``.
+
+    Files and artifact names that collide with nothing built so far (e.g. an
+    INT8-only build beside an FP32-only one) keep their names; otherwise the
+    build's folders become ``<folder><suffix>`` and its artifacts ``<name><suffix>``.
+    """
+    files = [p.relative_to(stage) for p in stage.rglob("*") if p.is_file()]
+    if not any((out / f).exists() for f in files) and not {c.artifact.name for c in cands} & taken:
+        for f in files:
+            (out / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(stage / f), out / f)
+        shutil.rmtree(stage, ignore_errors=True)
+        return cands
+    moved: dict[str, str] = {}
+    for folder in stage.iterdir():
+        dest = out / f"{folder.name}{suffix}"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.move(str(folder), dest)
+        moved[folder.name] = dest.name
+
+    def rel(path: str) -> str:
+        head, _, tail = path.partition("/")
+        return f"{moved.get(head, head)}/{tail}" if tail else path
+
+    shutil.rmtree(stage, ignore_errors=True)
+    out_cands = []
+    for c in cands:
+        a = c.artifact
+        art = a.model_copy(
+            update={
+                "name": a.name + suffix,
+                "path": rel(a.path),
+                "companions": [f.model_copy(update={"path": rel(f.path)}) for f in a.companions],
+            }
+        )
+        out_cands.append(Candidate(art, c.details))
+    return out_cands
 
 
 def _runnable_here(target: TargetSpec) -> bool:
@@ -235,20 +311,20 @@ def _pick(profile: DeviceProfile, target: TargetSpec, cands: list[_Built]) -> Ta
         )
         assert best.timing is not None
         reason = (
-            f"measured on the build machine (profile {profile.name} is its class): "
-            f"{best.candidate.artifact.name} fastest at {best.timing['median_ms']:.3f} ms"
-            + (f" vs {others}" if others else "")
-            + " and passes the accuracy gate"
+            f"measured here (build machine of the profile's class): fastest passing, "
+            f"{best.timing['median_ms']:.3f} ms" + (f" vs {others}" if others else "")
         )
-        return _choice(profile, target, best.candidate.artifact, reason, measured)
+        return _choice(
+            profile, target, best.candidate.artifact, reason, measured, best.candidate.details
+        )
     order = {p: i for i, p in enumerate(target.precisions)}
     best = min(usable, key=lambda b: order.get(b.candidate.artifact.precision, 99))
-    unchecked = " (not run here: engine not installed; parity is checked on the device)"
-    reason = (
-        f"declared preference {[str(p) for p in target.precisions]}: first that passes parity"
-        + (unchecked if best.report is None else "")
+    reason = f"declared order {' > '.join(target.precisions)}: first passing" + (
+        " (parity not run here: no engine; checked on the device)" if best.report is None else ""
     )
-    return _choice(profile, target, best.candidate.artifact, reason, measured)
+    return _choice(
+        profile, target, best.candidate.artifact, reason, measured, best.candidate.details
+    )
 
 
 def _measurement(b: _Built) -> Measurement:
@@ -274,6 +350,7 @@ def _choice(
     art: Artifact | None,
     reason: str,
     measured: list[Measurement] | None = None,
+    build: dict[str, Any] | None = None,
 ) -> TargetChoice:
     return TargetChoice(
         profile=profile.name,
@@ -284,6 +361,8 @@ def _choice(
         layout=art.layout if art else "native",
         reason=reason,
         measured=measured or [],
+        # JSON-safe copy: compilers record numbers, strings and flags, maybe a Path.
+        build=json.loads(json.dumps(build or {}, default=str)),
     )
 
 
@@ -316,6 +395,7 @@ def make_job(
     ``model.int8.onnx`` with ``int8``) and fills the job as the pipeline would.
     """
     from ..calibration import calibration_feeds
+    from ..intake import as_static
     from ..pipeline import ExportConfig, _graph_spec, _model, _output_names, _samples, export_model
     from ..prepare import prepare
     from .cases import target_cases
@@ -325,6 +405,8 @@ def make_job(
     )
     out = Path(workdir)
     sample_list = _samples(samples)
+    if form == "static":
+        sample_list = [as_static(s) for s in sample_list]
     result = export_model(model, sample_list, out, cfg)
     prepared = prepare(_model(model, None), sample_list, form, dense_threshold)
     names = _output_names(cfg, prepared)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,21 @@ from edge_sdk.manifest import Artifact, Precision, Target
 
 from . import litert_graph as lg
 from .base import Candidate, TargetJob, TargetNotSupported, fixed_shapes, make_artifact
+from .parity import explain
 
 #: onnx2tf output file suffix per precision.
 _SUFFIX = {
     Precision.FP32: "float32",
     Precision.FP16: "float16",
     Precision.INT8: "integer_quant",  # float IO; "full_integer_quant" has int8 IO
+}
+#: INT8 files onnx2tf writes in one conversion, tried in this order until one passes
+#: the accuracy gate: full integer first (fastest on XNNPACK), then 16-bit activations
+#: (attention weights and other small probabilities survive), then weights only.
+INT8_FLAVOURS = {
+    "integer_quant": "int8 weights and activations, float32 IO",
+    "integer_quant_with_int16_act": "int8 weights, int16 activations (16x8), float32 IO",
+    "dynamic_range_quant": "int8 weights, float activations (dynamic range)",
 }
 #: Artifact layout label per layout.
 _LAYOUT = {"native": "BNF", "nhwc": "NHWC"}
@@ -56,6 +65,8 @@ class _Variant:
     files: dict[Precision, Path]
     options: dict[str, Any]
     rewrites: list[str]
+    #: INT8 files that run, by flavour, in :data:`INT8_FLAVOURS` order.
+    int8: dict[str, Path] = field(default_factory=dict)
 
 
 class CompileLiteRT:
@@ -119,8 +130,14 @@ class CompileLiteRT:
                 except Exception as exc:
                     failures["native"] = f"{type(exc).__name__}: {str(exc)[:300]}"
             if not variants:
-                raise ExportError(f"onnx2tf failed: {failures}")
-            return [self._choose(job, variants, failures, p) for p in job.precisions]
+                # Recorded as "not built" for this target; the profile's other engines ship.
+                raise TargetNotSupported(f"onnx2tf could not convert this model: {failures}")
+            built = [p for p in job.precisions if any(p in v.files for v in variants.values())]
+            if not built:
+                raise ExportError(
+                    f"no converted file runs: {[v.rewrites for v in variants.values()]}"
+                )
+            return [self._choose(job, variants, failures, p) for p in built]
 
     # -- conversion --------------------------------------------------------------------------
     def _convert(
@@ -147,22 +164,25 @@ class CompileLiteRT:
         work.mkdir()
         src = work / "model.onnx"
         onnx.save(model, str(src))
-        cal = self._calibration(job, tf_shape, work) if Precision.INT8 in job.precisions else None
+        # Real rows always go to onnx2tf, INT8 or not: it runs them through ONNX Runtime to
+        # check ambiguous axes (Softmax over a square [.., N, N] attention matrix), and with
+        # its default all-ones input every node looks alike and a wrong axis can pass.
+        cal = self._calibration(job, tf_shape, work)
         kwargs: dict[str, Any] = {
             "input_onnx_file_path": str(src),
             "output_folder_path": str(work / "tf"),
             "output_signaturedefs": True,
             "copy_onnx_input_output_names_to_tflite": True,
             "non_verbose": True,
-            # x [1, N, F] is not a sequence: keep its axes as they are.
-            "keep_ncw_or_nchw_or_ncdhw_input_names": ["x"] if layout == "native" else None,
+            # x [1, N, F] is not a sequence: keep its axes as they are. "Absolutely" and not
+            # keep_ncw_or_nchw_or_ncdhw_input_names: that one still transposes the rows above
+            # to [K, F, N] before its ONNX Runtime check, which then fails and is skipped
+            # silently, leaving Softmax axes to a guess (a dense GAT converted wrong).
+            "keep_shape_absolutely_input_names": ["x"] if layout == "native" else None,
+            "custom_input_op_name_np_data_path": [["x", str(cal), 0.0, 1.0]],
         }
-        if cal is not None:
-            kwargs |= {
-                "output_integer_quantized_tflite": True,
-                "custom_input_op_name_np_data_path": [["x", str(cal), 0.0, 1.0]],
-                "quant_type": "per-channel",
-            }
+        if Precision.INT8 in job.precisions:
+            kwargs |= {"output_integer_quantized_tflite": True, "quant_type": "per-channel"}
         with lg.quiet() as log, warnings.catch_warnings():
             # onnx2tf's own checks use the deprecated tf.lite.Interpreter: not ours to fix.
             warnings.simplefilter("ignore")
@@ -170,18 +190,29 @@ class CompileLiteRT:
                 onnx2tf.convert(**kwargs)
             except BaseException as exc:  # onnx2tf calls sys.exit on some errors
                 raise ExportError(f"onnx2tf: {exc}; log tail: {log.getvalue()[-800:]}") from exc
-        files = {}
+        files: dict[Precision, Path] = {}
+        int8: dict[str, Path] = {}
         for p in job.precisions:
-            f = work / "tf" / f"model_{_SUFFIX[p]}.tflite"
-            if not f.exists():
-                raise ExportError(f"onnx2tf wrote no {f.name} (log: {log.getvalue()[-800:]})")
-            files[p] = f
+            flavours = list(INT8_FLAVOURS) if p is Precision.INT8 else [_SUFFIX[p]]
+            for flavour in flavours:
+                f = work / "tf" / f"model_{flavour}.tflite"
+                if not f.exists():
+                    raise ExportError(f"onnx2tf wrote no {f.name} (log: {log.getvalue()[-800:]})")
+                crash = _probe(f)
+                if crash:
+                    # Left out, not raised: the other files of this layout are still good.
+                    job.say(f"litert: {layout} {flavour} file does not run ({crash}); left out")
+                    notes.append(f"{p} {flavour}: {crash}")
+                    continue
+                if p is Precision.INT8:
+                    int8[flavour] = f
+                files.setdefault(p, f)
         options = {
             "layout": layout,
             # The runtime reshapes x [B, N, F] into this (same memory order: no transpose).
             "input_transform": {"x": {"reshape": tf_shape}} if layout == "nhwc" else {},
         }
-        return _Variant(layout, files, options, notes)
+        return _Variant(layout, files, options, notes, int8)
 
     def _calibration(self, job: TargetJob, tf_shape: list[int], work: Path) -> Path:
         """Calibration rows in the TF input layout, one graph per row (onnx2tf needs batch 1)."""
@@ -203,11 +234,21 @@ class CompileLiteRT:
     ) -> Candidate:
         litert_dir = job.out / "litert"
         litert_dir.mkdir(parents=True, exist_ok=True)
+        failures = dict(failures)  # per-precision entries below stay in this decision
         arts: dict[str, Artifact] = {}
+        flavours: dict[str, dict[str, str]] = {}  # layout -> flavour -> outcome
         for layout, v in variants.items():
+            if precision not in v.files:
+                failures[f"{layout}_{precision}"] = next(
+                    (n for n in v.rewrites if n.startswith(f"{precision}: ")), "did not run"
+                )
+                continue
             stem = "model" if layout == "native" else f"model.{layout}"
             dest = litert_dir / f"{stem}.{precision}.tflite"
-            shutil.copyfile(v.files[precision], dest)
+            flavour = _SUFFIX[precision]
+            if precision is Precision.INT8:
+                flavour = self._int8_flavour(job, v, dest, flavours)
+            shutil.copyfile(v.int8.get(flavour, v.files[precision]), dest)
             # Each file has its own tensor names (full-INT8 renames x to serving_default_x:0).
             io_map, ops = _io_map(dest, [i.name for i in job.inputs], [o.name for o in job.outputs])
             arts[layout] = make_artifact(
@@ -220,7 +261,11 @@ class CompileLiteRT:
                 input_shapes=fixed_shapes(job),
                 options=v.options
                 | io_map
-                | ({"int8_io": "float32 (integer_quant)"} if precision is Precision.INT8 else {}),
+                | (
+                    {"int8_flavour": flavour, "int8_io": "float32"}
+                    if precision is Precision.INT8
+                    else {}
+                ),
                 notes="; ".join(v.rewrites),
                 ops=ops,
             )
@@ -245,11 +290,49 @@ class CompileLiteRT:
             {
                 "converter": _versions(),
                 "layout": decision,
-                "int8_flavour": "integer_quant (int8 weights/activations, float32 IO)"
-                if precision is Precision.INT8
-                else None,
+                "int8_flavour": (
+                    {
+                        "chosen": f"{art.options['int8_flavour']} "
+                        f"({INT8_FLAVOURS[art.options['int8_flavour']]})",
+                        "tried": flavours.get(chosen, {}),
+                    }
+                    if precision is Precision.INT8
+                    else None
+                ),
             },
         )
+
+    def _int8_flavour(
+        self, job: TargetJob, v: _Variant, dest: Path, flavours: dict[str, dict[str, str]]
+    ) -> str:
+        """The first INT8 flavour of ``v`` that passes parity (else the first; it is refused).
+
+        Full-integer attention (GAT) can lose far more than the gate allows: a
+        probability of 1/degree in an 8-bit activation rounds to 0 for most
+        neighbours (Cora GAT: 62.9 % against 81.5 %).
+        """
+        tried = flavours.setdefault(v.layout, {})
+        for flavour, path in v.int8.items():
+            shutil.copyfile(path, dest)
+            io_map, ops = _io_map(dest, [i.name for i in job.inputs], [o.name for o in job.outputs])
+            probe = make_artifact(
+                job.out,
+                dest,
+                name=f"{job.target.key}-int8-{flavour}",
+                target=Target.LITERT,
+                precision=Precision.INT8,
+                layout=_LAYOUT[v.layout],
+                input_shapes=fixed_shapes(job),
+                options=v.options | io_map,
+                ops=ops,
+            )
+            report = job.check(probe)
+            if report.passed:
+                tried[flavour] = "passed"
+                return flavour
+            tried[flavour] = report.note or explain(report)
+            job.say(f"litert: {v.layout} INT8 {flavour} fails the gate ({tried[flavour]})")
+        return next(iter(v.int8))
 
     def _measure(self, job: TargetJob, arts: dict[str, Artifact], decision: dict[str, Any]) -> str:
         """Check and time every layout; the fastest that passes wins (native on a tie)."""
@@ -308,6 +391,43 @@ def _io_map(
         outputs = {n: names[sig["outputs"][k]] for n, k in zip(output_names, keys, strict=True)}
     ops = sorted({d["op_name"] for d in it._get_ops_details()} - {"DELEGATE"})
     return {"inputs": inputs, "outputs": outputs}, ops
+
+
+#: Loads, allocates and runs a .tflite once on zeros; a crash there kills only this child.
+_PROBE = """
+import sys, numpy as np
+from ai_edge_litert.interpreter import Interpreter
+it = Interpreter(model_path=sys.argv[1])
+it.allocate_tensors()
+for d in it.get_input_details():
+    it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+it.invoke()
+"""
+
+
+def _probe(path: Path, timeout: float = 300.0) -> str:
+    """Run ``path`` once in a child process; ``""`` if it runs, else why not.
+
+    Some onnx2tf outputs abort inside LiteRT's native code (a full-INT8 ``SELECT_V2``
+    fed the float32 minimum, for one): in-process that would kill the whole export.
+    """
+    import subprocess
+    import sys
+
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return f"did not finish one inference in {timeout:.0f} s"
+    if r.returncode == 0:
+        return ""
+    tail = [ln for ln in r.stderr.strip().splitlines() if ln and not ln.startswith("I0000")]
+    how = f"signal {-r.returncode}" if r.returncode < 0 else f"exit code {r.returncode}"
+    return f"LiteRT interpreter crashed ({how})" + (f": {tail[-1][:200]}" if tail else "")
 
 
 def _identity_order(key: str) -> tuple[int, str]:

@@ -99,7 +99,7 @@ def test_int8_runs_and_passes_the_gate(sensor_job: Any, auto: dict[Precision, An
     # Full-INT8 conversion renames the input; the mapping is recorded for the runtime.
     assert art.options["inputs"] == {"x": "serving_default_x:0"}
     assert set(art.options["outputs"]) == {o.name for o in sensor_job.outputs}
-    assert "float32 IO" in cand.details["int8_flavour"]
+    assert "float32 IO" in cand.details["int8_flavour"]["chosen"]
     fp32 = sensor_job.out / auto[Precision.FP32].artifact.path
     assert art.size_bytes < fp32.stat().st_size
 
@@ -289,3 +289,48 @@ def test_matmul_to_nhwc_conv_keeps_values() -> None:
     # x [1, N, F] enters as the NCHW view [1, F, 1, N].
     (got,) = _run(model, {"x": x.transpose(0, 2, 1)[:, :, None, :].copy()})
     np.testing.assert_allclose(got, x @ w, atol=1e-5)
+
+
+def test_dense_gat_converts_and_matches_pytorch(tmp_path: Path) -> None:
+    """A multi-head GAT in the static dense form: a converter layout trap, twice over.
+
+    Its ``[heads, N, N]`` attention once met onnx2tf's NCHW handling as 4-D tensors (the
+    pairwise score broadcast failed to convert); its square ``[N, N]`` reductions need
+    onnx2tf's ONNX Runtime axis check, which the INT8 calibration rows used to break
+    silently (the FP32 file then converted with the wrong axis); and a masked softmax
+    with a ``finfo.min`` fill became an int8 SELECT_V2 that aborted LiteRT at load.
+    """
+    _need_onnx2tf()
+    import torch
+    from torch_geometric.nn import GATConv
+
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.to_litert import CompileLiteRT
+
+    class TinyGAT(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = GATConv(8, 4, heads=4)
+            self.conv2 = GATConv(16, 3, heads=1, concat=False)
+
+        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+            return self.conv2(torch.nn.functional.elu(self.conv1(x, edge_index)), edge_index)
+
+    torch.manual_seed(0)
+    n = 24
+    rng = np.random.default_rng(0)
+    src, dst = rng.integers(0, n, 3 * n), rng.integers(0, n, 3 * n)
+    edges = np.stack([np.r_[src, dst], np.r_[dst, src]]).astype(np.int64)
+    x = rng.standard_normal((3, n, 8), dtype=np.float32)
+    sample = sample_from_arrays({"x": x, "edge_index": edges})
+    target = _litert("native", ("fp32", "int8"))
+    job = make_job(TinyGAT().eval(), sample, tmp_path / "b", target, form="static", int8=True)
+    cands = {c.artifact.precision: c.artifact for c in CompileLiteRT()(job)}
+    assert set(cands) == {"fp32", "int8"}, "INT8 must convert and load (no int8 SELECT_V2)"
+    assert {"EXP", "BATCH_MATMUL"} <= set(cands["fp32"].ops)
+    report = job.check(cands["fp32"])
+    assert report.passed, report
+    assert max(o.max_abs_err for o in report.outputs) <= 1e-4
+    int8 = job.check(cands["int8"])
+    assert int8.passed, int8

@@ -153,3 +153,107 @@ def test_unknown_model_is_refused(tmp_path: Path) -> None:
     cora = _cora_module()
     with pytest.raises(ValueError, match="unknown model"):
         cora.run(tmp_path, tmp_path / "out", ["gin"], epochs=1)
+
+
+# -- the same trained models compiled for OpenVINO and LiteRT (issue #4's must-show) ------------
+
+TARGET_MODELS = ("gcn", "gat")
+ENGINES = {"openvino": "openvino", "litert": "ai_edge_litert"}
+
+
+def _profiles(tmp: Path) -> list[str]:
+    """Two profiles whose declared precisions keep both FP32 and INT8 of each engine."""
+    paths = []
+    for precision in ("fp32", "int8"):
+        path = tmp / f"{precision}.yaml"
+        path.write_text(
+            f"name: cora-{precision}\n"
+            "targets:\n"
+            f"  - {{use: openvino-cpu, precisions: [{precision}]}}\n"
+            f"  - {{use: litert-xnnpack, precisions: [{precision}], layout: native}}\n",
+            encoding="utf-8",
+        )
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cora_targets(cora_run: dict[str, Any]) -> dict[str, Path]:
+    """The sample's trained GCN and GAT exported in the static form for both engines."""
+    for module in ("openvino", "onnx2tf", "ai_edge_litert"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"needs {module} to compile and run the OpenVINO / LiteRT artifacts")
+    from edge_sdk.exporters import ExportConfig, export_model, load_model, load_samples
+
+    out: Path = cora_run["out"]
+    profiles = _profiles(out)
+    bundles = {}
+    for name in TARGET_MODELS:
+        model = load_model(f"{REPO}/samples/cora/models.py:{name}", out / f"{name}.pt")
+        bundles[name] = out / f"{name}-targets.bundle"
+        export_model(
+            model,
+            load_samples(out / "cora.npz"),
+            bundles[name],
+            ExportConfig(
+                form="static", dense_threshold=4096, int8=True, profiles=profiles, name=name
+            ),
+        )
+    return bundles
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TARGET_MODELS)
+@pytest.mark.parametrize("backend", list(ENGINES))
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_engines_reproduce_pytorch_accuracy(
+    cora_run: dict[str, Any],
+    cora_targets: dict[str, Path],
+    name: str,
+    backend: str,
+    precision: str,
+) -> None:
+    """Through Runtime: FP32 within 0.1 pp of PyTorch, INT8 within 1 pp, on the test split."""
+    with np.load(cora_run["out"] / "cora.npz") as npz:
+        x, y, mask = npz["x"], npz["y"], npz["mask"]
+    with edge_sdk.Runtime.load(
+        cora_targets[name], backend=backend, precision=precision, threads=2
+    ) as rt:
+        assert rt.describe()["backend"] == backend
+        assert str(rt.artifact.precision) == precision
+        logits = rt.infer(x[None])["out"][0]
+    acc = float((logits.argmax(-1)[mask] == y[mask]).mean())
+    torch_acc = cora_run["rows"][name]["torch_acc"]
+    assert abs(acc - torch_acc) <= (MAX_ACC_DELTA if precision == "fp32" else 0.01), (
+        acc,
+        torch_acc,
+    )
+    if precision == "fp32":
+        torch_logits = _torch_logits(cora_run, name)
+        assert np.abs(logits - torch_logits).max() <= MAX_LOGIT_DIFF
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TARGET_MODELS)
+def test_target_choices_recorded(cora_targets: dict[str, Path], name: str) -> None:
+    manifest = edge_sdk.Bundle.open(cora_targets[name]).manifest
+    chosen = {(c.profile, c.backend): c for c in manifest.targets}
+    for precision in ("fp32", "int8"):
+        for backend in ENGINES:
+            choice = chosen[(f"cora-{precision}", backend)]
+            assert choice.artifact == f"{backend}-{precision}", choice
+            assert choice.reason.startswith(f"declared order {precision}")
+    reports = {r.artifact: r for r in manifest.parity}
+    assert {f"{b}-{p}" for b in ENGINES for p in ("fp32", "int8")} <= set(reports)
+    assert all(r.passed for r in reports.values())
+
+
+def _torch_logits(cora_run: dict[str, Any], name: str) -> np.ndarray:
+    import torch
+
+    from edge_sdk.exporters import load_model
+
+    out: Path = cora_run["out"]
+    model = load_model(f"{REPO}/samples/cora/models.py:{name}", out / f"{name}.pt").eval()
+    with np.load(out / "cora.npz") as npz, torch.no_grad():
+        return model(torch.from_numpy(npz["x"]), torch.from_numpy(npz["edge_index"])).numpy()
