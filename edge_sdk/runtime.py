@@ -96,13 +96,17 @@ class Runtime:
 
         Args:
             bundle: Bundle directory, ``.tar.gz``, or an opened :class:`Bundle`.
-            profile: ``"auto"`` (fastest available engine first), a shipped
-                profile name, a path to a profile YAML, or a profile object.
+            profile: A shipped profile name, ``host``, a path to a profile
+                YAML, or a profile object: the artifacts the export chose for
+                it (its declared order if the bundle was not built for it).
+                ``"auto"``: the export's choices for the engines installed
+                here, in the bundle's profile order, then any engine
+                (TensorRT, OpenVINO, LiteRT, ONNX Runtime).
             backend: Force one backend by name (overrides the profile's order).
             threads: Intra-op threads (overrides the profile).
             precision: Force one precision (``fp32``, ``fp16``, ``int8``); by
-                default the profile's order, or for ``auto`` the smallest
-                artifact first (int8, fp16, fp32).
+                default what the export chose, else the profile's order, else
+                the smallest artifact first (int8, fp16, fp32).
 
         Returns:
             The runtime.

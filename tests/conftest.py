@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from tiny_models import tiny_gcn, tiny_gcn_arrays
 
 # -- markers -------------------------------------------------------------------------------
 
@@ -55,27 +55,6 @@ def disable_backends(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 
 # -- bundles -------------------------------------------------------------------------------
 
-TINY_GCN_NODES, TINY_GCN_FEATURES, TINY_GCN_CLASSES = 20, 8, 3
-
-
-def _tiny_gcn() -> Any:
-    """A 2-layer PyG GCN (torch is imported here, never at conftest import)."""
-    import torch
-    from torch_geometric.nn import GCNConv
-
-    class TinyGCN(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = GCNConv(TINY_GCN_FEATURES, 16)
-            self.conv2 = GCNConv(16, TINY_GCN_CLASSES)
-
-        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-            return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
-
-    with torch.random.fork_rng(devices=[]):  # deterministic weights, global RNG untouched
-        torch.manual_seed(0)
-        return TinyGCN().eval()
-
 
 @pytest.fixture(scope="session")
 def tiny_gcn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -85,15 +64,9 @@ def tiny_gcn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.skip(f"exporting a test bundle needs the [export] extra ({module} missing)")
     from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
 
-    rng = np.random.default_rng(0)
-    sample = sample_from_arrays(
-        {
-            "x": rng.standard_normal((TINY_GCN_NODES, TINY_GCN_FEATURES), dtype=np.float32),
-            "edge_index": rng.integers(0, TINY_GCN_NODES, size=(2, 3 * TINY_GCN_NODES)),
-        }
-    )
+    sample = sample_from_arrays(tiny_gcn_arrays())
     out = tmp_path_factory.mktemp("tiny_gcn") / "tiny_gcn.bundle"
-    export_model(_tiny_gcn(), sample, out, ExportConfig(name="tiny-gcn", form="dynamic"))
+    export_model(tiny_gcn(), sample, out, ExportConfig(name="tiny-gcn", form="dynamic"))
     return out
 
 

@@ -13,6 +13,7 @@ precisions and picks what the profile ships.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,18 +25,19 @@ import numpy as np
 
 from edge_sdk import runtimes
 from edge_sdk.bundle import Bundle, file_digest
-from edge_sdk.errors import ExportError
+from edge_sdk.errors import EdgeSDKError, ExportError
 from edge_sdk.manifest import (
     SCHEMA_VERSION,
     Artifact,
     FileRef,
     Manifest,
     ModelInfo,
+    OutputParity,
     ParityReport,
     Precision,
     Target,
 )
-from edge_sdk.parity import ParityCase
+from edge_sdk.parity import ParityCase, judge
 from edge_sdk.profiles import TargetSpec
 from edge_sdk.runtime import Runtime
 from edge_sdk.runtimes import BackendOptions
@@ -153,8 +155,6 @@ class TargetJob:
         accuracy gate (or, without labels, ``max_rel_error``), their output
         errors reported.
         """
-        from .parity import check_candidate
-
         return check_candidate(self, artifact)
 
     def latency(
@@ -238,3 +238,48 @@ def openvino_has(device: str) -> bool:
 
     ov = require("openvino", "OpenVINO parity checks")
     return any(d.split(".")[0] == device for d in ov.Core().available_devices)
+
+
+def check_candidate(job: TargetJob, artifact: Artifact) -> ParityReport:
+    """Run ``artifact`` on ``job.cases`` through the runtime and judge it (no raising).
+
+    A run that fails (the engine refuses the file, or an input) is a failed
+    report whose note says why, not an exception: the caller decides.
+    """
+    names = [o.name for o in job.outputs]
+    try:
+        got = job.run(artifact, [c.feeds for c in job.cases])
+    except EdgeSDKError as exc:
+        return _failed(artifact, job, names, f"{type(exc).__name__}: {exc}")
+    return judge(
+        artifact,
+        got,
+        job.cases,
+        names,
+        atol=job.atol,
+        rtol=job.rtol,
+        max_accuracy_drop=job.max_accuracy_drop,
+        max_rel_error=job.max_rel_error,
+    )
+
+
+def _failed(artifact: Artifact, job: TargetJob, names: list[str], why: str) -> ParityReport:
+    return ParityReport(
+        artifact=artifact.name,
+        backend=job.target.backend,
+        samples=len(job.cases),
+        outputs=[
+            OutputParity(
+                output=n,
+                max_abs_err=math.inf,
+                max_rel_err=math.inf,
+                atol=job.atol,
+                rtol=job.rtol,
+                passed=False,
+            )
+            for n in names
+        ],
+        metric=None,
+        passed=False,
+        note=why,
+    )

@@ -3,7 +3,7 @@
 For every distinct profile target the compiler of its engine builds candidate
 artifacts (precisions, layouts); each candidate is checked against the FP32
 PyTorch reference through the on-device runtime (tolerances by precision, see
-:mod:`.parity`); then, per profile, the precision is chosen:
+:func:`edge_sdk.parity.judge`); then, per profile, the precision is chosen:
 
 - **measured** when the build machine is of the profile's class (``--profile
   host``, or a profile with ``measure: true``): the fastest candidate that
@@ -36,11 +36,11 @@ from edge_sdk.manifest import (
     Precision,
     TargetChoice,
 )
+from edge_sdk.parity import explain
 from edge_sdk.profiles import DeviceProfile, TargetSpec
 from edge_sdk.runtimes import unavailable_reason
 
 from .base import Candidate, TargetJob, TargetNotSupported, artifact_bytes, openvino_has
-from .parity import explain
 
 Progress = Callable[[str], None]
 
@@ -378,56 +378,4 @@ class _Pass:
 _PASS: Any = _Pass()
 
 
-def make_job(
-    model: Any,
-    samples: Any,
-    workdir: str | Path,
-    target: TargetSpec,
-    *,
-    form: str = "auto",
-    int8: bool = False,
-    dense_threshold: int = 2048,
-    calibration: int = 32,
-) -> TargetJob:
-    """A :class:`TargetJob` for one target outside a full export (tests, benchmarks).
-
-    Exports ``model`` for ONNX Runtime into ``workdir`` (``model.onnx``, and
-    ``model.int8.onnx`` with ``int8``) and fills the job as the pipeline would.
-    """
-    from ..calibration import calibration_feeds
-    from ..intake import as_static
-    from ..pipeline import ExportConfig, _graph_spec, _model, _output_names, _samples, export_model
-    from ..prepare import prepare
-    from .cases import target_cases
-
-    cfg = ExportConfig(
-        form=form, int8=int8, dense_threshold=dense_threshold, calibration=calibration
-    )
-    out = Path(workdir)
-    sample_list = _samples(samples)
-    if form == "static":
-        sample_list = [as_static(s) for s in sample_list]
-    result = export_model(model, sample_list, out, cfg)
-    prepared = prepare(_model(model, None), sample_list, form, dense_threshold)
-    names = _output_names(cfg, prepared)
-    m = result.manifest
-    return TargetJob(
-        out=out,
-        onnx_fp32=out / "model.onnx",
-        onnx_int8=out / "model.int8.onnx" if int8 else None,
-        prepared=prepared,
-        graph=_graph_spec(prepared, cfg),
-        inputs=m.inputs,
-        outputs=m.outputs,
-        calibration=calibration_feeds(prepared, sample_list, calibration),
-        cases=target_cases(prepared, sample_list, names),
-        target=target,
-        int8=int8,
-        atol=cfg.atol,
-        rtol=cfg.rtol,
-        max_accuracy_drop=cfg.max_accuracy_drop,
-        max_rel_error=cfg.max_rel_error,
-    )
-
-
-__all__ = ["COMPILERS", "CompileTargets", "Compiled", "artifact_bytes", "make_job"]
+__all__ = ["COMPILERS", "CompileTargets", "Compiled", "artifact_bytes"]

@@ -34,10 +34,10 @@ import numpy as np
 from edge_sdk._optional import require
 from edge_sdk.errors import ExportError
 from edge_sdk.manifest import Artifact, Precision, Target
+from edge_sdk.parity import explain
 
 from . import litert_graph as lg
 from .base import Candidate, TargetJob, TargetNotSupported, fixed_shapes, make_artifact
-from .parity import explain
 
 #: onnx2tf output file suffix per precision.
 _SUFFIX = {

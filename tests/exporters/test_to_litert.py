@@ -43,7 +43,7 @@ def sensor_job(sensor_model: Any, tmp_path_factory: pytest.TempPathFactory) -> A
     import torch
 
     from edge_sdk.exporters import sample_from_arrays
-    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.jobs import make_job
 
     torch.manual_seed(0)
     model = sensor_model.SensorGCN().eval()
@@ -167,7 +167,7 @@ def test_dynamic_form_is_refused_naming_the_scatter(tmp_path: Path) -> None:
 
     from edge_sdk.exporters import sample_from_arrays
     from edge_sdk.exporters.targets import TargetNotSupported
-    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_litert import CompileLiteRT
 
     torch.manual_seed(0)
@@ -196,7 +196,7 @@ def test_static_scatter_form_is_refused(sensor_model: Any, tmp_path: Path) -> No
 
     from edge_sdk.exporters import sample_from_arrays
     from edge_sdk.exporters.targets import TargetNotSupported, litert_graph
-    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_litert import CompileLiteRT
 
     torch.manual_seed(0)
@@ -305,7 +305,7 @@ def test_dense_gat_converts_and_matches_pytorch(tmp_path: Path) -> None:
     from torch_geometric.nn import GATConv
 
     from edge_sdk.exporters import sample_from_arrays
-    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_litert import CompileLiteRT
 
     class TinyGAT(torch.nn.Module):

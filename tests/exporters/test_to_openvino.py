@@ -13,35 +13,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tiny_models import tiny_gcn, tiny_gcn_arrays
 
 from edge_sdk.manifest import Precision
 
 pytestmark = pytest.mark.requires_backend("openvino")
 
-TINY_GCN_NODES, TINY_GCN_FEATURES, TINY_GCN_CLASSES = 20, 8, 3
-
 
 def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
-
-
-def _tiny_gcn() -> Any:
-    """A seeded 2-layer PyG GCN like the suite's ``tiny_gcn_bundle`` model (torch imported here)."""
-    import torch
-    from torch_geometric.nn import GCNConv
-
-    class TinyGCN(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = GCNConv(TINY_GCN_FEATURES, 16)
-            self.conv2 = GCNConv(16, TINY_GCN_CLASSES)
-
-        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-            return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return TinyGCN().eval()
 
 
 def _need_export() -> None:
@@ -78,7 +58,7 @@ def sensor_job(sensor_model: Any, tmp_path_factory: pytest.TempPathFactory) -> A
     import torch
 
     from edge_sdk.exporters import sample_from_arrays
-    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.jobs import make_job
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -183,17 +163,11 @@ def test_npu_target_builds_static_irs_without_the_device(sensor_job: Any, tmp_pa
 def test_tiny_gcn_static_form_fp32(tmp_path: Path) -> None:
     _need_export()
     from edge_sdk.exporters import sample_from_arrays
-    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
 
-    rng = np.random.default_rng(1)
-    sample = sample_from_arrays(
-        {
-            "x": rng.standard_normal((4, TINY_GCN_NODES, TINY_GCN_FEATURES), dtype=np.float32),
-            "edge_index": rng.integers(0, TINY_GCN_NODES, size=(2, 3 * TINY_GCN_NODES)),
-        }
-    )
-    job = make_job(_tiny_gcn(), sample, tmp_path / "b", _target(), form="static")
+    sample = sample_from_arrays(tiny_gcn_arrays(batch=4, seed=1))
+    job = make_job(tiny_gcn(), sample, tmp_path / "b", _target(), form="static")
     (cand,) = CompileOpenVINO()(job)
     assert cand.artifact.precision is Precision.FP32
     assert _max_err(job, cand.artifact) <= 1e-4
@@ -203,18 +177,12 @@ def test_dynamic_form_with_static_shapes_refused(tmp_path: Path) -> None:
     _need_export()
     from edge_sdk.exporters import sample_from_arrays
     from edge_sdk.exporters.targets import TargetNotSupported
-    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
 
-    rng = np.random.default_rng(2)
-    sample = sample_from_arrays(
-        {
-            "x": rng.standard_normal((TINY_GCN_NODES, TINY_GCN_FEATURES), dtype=np.float32),
-            "edge_index": rng.integers(0, TINY_GCN_NODES, size=(2, 3 * TINY_GCN_NODES)),
-        }
-    )
+    sample = sample_from_arrays(tiny_gcn_arrays(seed=2))
     target = _target(device="NPU", static_shapes=True, precisions=["fp16"])
-    job = make_job(_tiny_gcn(), sample, tmp_path / "b", target, form="dynamic")
+    job = make_job(tiny_gcn(), sample, tmp_path / "b", target, form="dynamic")
     with pytest.raises(TargetNotSupported) as info:
         CompileOpenVINO()(job)
     message = str(info.value)

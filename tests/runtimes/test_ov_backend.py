@@ -13,36 +13,16 @@ from typing import Any
 import numpy as np
 import pytest
 from backend_conformance import BackendConformance
+from tiny_models import TINY_GCN_FEATURES, TINY_GCN_NODES, tiny_gcn, tiny_gcn_arrays
 
 from edge_sdk import Bundle, InvalidInputError, Runtime
 from edge_sdk.bundle import write_manifest
 
 pytestmark = pytest.mark.requires_backend("openvino")
 
-TINY_GCN_NODES, TINY_GCN_FEATURES, TINY_GCN_CLASSES = 20, 8, 3
-
 
 def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
-
-
-def _tiny_gcn() -> Any:
-    """A seeded 2-layer PyG GCN like the suite's ``tiny_gcn_bundle`` model (torch imported here)."""
-    import torch
-    from torch_geometric.nn import GCNConv
-
-    class TinyGCN(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = GCNConv(TINY_GCN_FEATURES, 16)
-            self.conv2 = GCNConv(16, TINY_GCN_CLASSES)
-
-        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-            return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return TinyGCN().eval()
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +32,13 @@ def ov_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if not _importable(module):
             pytest.skip(f"building the OpenVINO test bundle needs {module}")
     from edge_sdk.exporters import sample_from_arrays
-    from edge_sdk.exporters.targets.compile import make_job
+    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
     from edge_sdk.profiles import TargetSpec
 
-    rng = np.random.default_rng(0)
-    sample = sample_from_arrays(
-        {
-            "x": rng.standard_normal((TINY_GCN_NODES, TINY_GCN_FEATURES), dtype=np.float32),
-            "edge_index": rng.integers(0, TINY_GCN_NODES, size=(2, 3 * TINY_GCN_NODES)),
-        }
-    )
+    sample = sample_from_arrays(tiny_gcn_arrays())
     out = tmp_path_factory.mktemp("ov") / "tiny_gcn.bundle"
-    job = make_job(_tiny_gcn(), sample, out, TargetSpec(backend="openvino"), form="dynamic")
+    job = make_job(tiny_gcn(), sample, out, TargetSpec(backend="openvino"), form="dynamic")
     (cand,) = CompileOpenVINO()(job)
     manifest = Bundle.open(out).manifest
     write_manifest(

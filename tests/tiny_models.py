@@ -1,0 +1,51 @@
+"""The suite's tiny hand-made models, shared by conftest.py and the engine tests.
+
+Imported by name (``from tiny_models import tiny_gcn``): tests/ is on
+``sys.path`` because its conftest.py lives there. torch is imported inside
+the builders, never at import time, so torch-free tests can import this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+TINY_GCN_NODES, TINY_GCN_FEATURES, TINY_GCN_CLASSES = 20, 8, 3
+
+
+def tiny_gcn() -> Any:
+    """A seeded 2-layer PyG GCN (deterministic weights, global RNG untouched)."""
+    import torch
+    from torch_geometric.nn import GCNConv
+
+    class TinyGCN(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = GCNConv(TINY_GCN_FEATURES, 16)
+            self.conv2 = GCNConv(16, TINY_GCN_CLASSES)
+
+        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+            return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return TinyGCN().eval()
+
+
+def tiny_gcn_arrays(batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Sample arrays for :func:`tiny_gcn`: one graph ``x [N, F]``, or ``x [batch, N, F]``."""
+    rng = np.random.default_rng(seed)
+    shape = (
+        (TINY_GCN_NODES, TINY_GCN_FEATURES)
+        if batch is None
+        else (
+            batch,
+            TINY_GCN_NODES,
+            TINY_GCN_FEATURES,
+        )
+    )
+    return {
+        "x": rng.standard_normal(shape, dtype=np.float32),
+        "edge_index": rng.integers(0, TINY_GCN_NODES, size=(2, 3 * TINY_GCN_NODES)),
+    }
