@@ -10,8 +10,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,10 @@ from .errors import (
 )
 from .graph import DynamicGraph, Graph, StaticGraph, as_graph, zero_request
 from .manifest import Artifact, Manifest, Precision
-from .profiles import AUTO_ORDER, DeviceProfile, TargetSpec, load_profile
+from .profiles import DeviceProfile, load_profile
 from .runtimes import BackendOptions
 from .runtimes.base import CheckedFeeds
+from .selection import artifact_plans
 from .signature import GraphForm, OutputLevel
 
 
@@ -137,7 +137,7 @@ class Runtime:
                 ) from None
         why: list[str] = [f"profile: {prof.name if prof else 'auto'}"]
         tried: set[str] = set()
-        for plan in _plans(b.manifest, prof, backend, forced):
+        for plan in artifact_plans(b.manifest, prof, backend, forced):
             name, artifact = plan.backend, plan.artifact
             if artifact.name in tried:
                 continue
@@ -360,113 +360,6 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """One artifact to try, with the engine settings the profile gives it."""
-
-    backend: str
-    artifact: Artifact
-    threads: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
-
-
-_SMALLEST_FIRST = [Precision.INT8, Precision.FP16, Precision.FP32]
-
-
-def _plans(
-    manifest: Manifest,
-    prof: DeviceProfile | None,
-    backend: str | None,
-    forced: list[Precision] | None,
-) -> Iterator[_Plan]:
-    """Artifacts to try, best first.
-
-    - ``backend`` forced: that engine's artifacts, by ``forced`` or the
-      profile's (else smallest-first) precision order.
-    - a profile: what the export chose for it (``manifest.targets``); for a
-      profile the bundle was not built for, its targets' declared order.
-    - ``auto``: the export's choices in the bundle's profile order, then every
-      engine fastest-first (TensorRT, OpenVINO, LiteRT, ONNX Runtime).
-    """
-    if backend:
-        target = prof.target_for(backend) if prof else None
-        order = forced or (target.precisions if target else _SMALLEST_FIRST)
-        yield from _by_precision(manifest, backend, order, None, prof, target)
-        return
-    if prof is not None:
-        recorded = [c for c in manifest.targets if c.profile == prof.name and c.artifact]
-        if not forced:
-            for c in recorded:
-                target = next(
-                    (t for t in prof.targets if t.backend == c.backend and t.device == c.device),
-                    None,
-                )
-                yield _plan(manifest.artifact(str(c.artifact)), c.backend, prof, target, c.reason)
-        built_for = prof.name in manifest.profiles
-        for target in prof.targets:
-            order = forced or target.precisions
-            reason = (
-                f"precision forced to {forced[0]}"
-                if forced
-                else f"declared order of profile {prof.name} for {target.key}: "
-                f"{[str(p) for p in order]}"
-                + ("" if built_for else " (the bundle was not built for this profile)")
-            )
-            yield from _by_precision(
-                manifest, target.backend, order, target.device, prof, target, reason
-            )
-        return
-    if not forced:
-        for name in manifest.profiles:
-            for c in manifest.targets:
-                if c.profile == name and c.artifact:
-                    artifact = manifest.artifact(c.artifact)
-                    yield _Plan(
-                        c.backend,
-                        artifact,
-                        extra={"device": c.device},
-                        reason=f"chosen at export for profile {name}",
-                    )
-    for name in AUTO_ORDER:
-        yield from _by_precision(manifest, name, forced or _SMALLEST_FIRST, None, None, None)
-
-
-def _by_precision(
-    manifest: Manifest,
-    backend: str,
-    precisions: Sequence[Precision],
-    device: str | None,
-    prof: DeviceProfile | None,
-    target: TargetSpec | None,
-    reason: str = "",
-) -> Iterator[_Plan]:
-    for precision in precisions:
-        for a in manifest.artifacts:
-            if runtimes.backend_for_target(a.target) != backend or a.precision != precision:
-                continue
-            if device is not None and a.options.get("device", device) != device:
-                continue
-            yield _plan(a, backend, prof, target, reason)
-
-
-def _plan(
-    artifact: Artifact,
-    backend: str,
-    prof: DeviceProfile | None,
-    target: TargetSpec | None,
-    reason: str,
-) -> _Plan:
-    threads = (prof.threads_for(target) if target else prof.threads) if prof else None
-    # The profile's engine settings apply to artifacts built for its device (an NPU
-    # profile's hints must not move its CPU fallback artifact onto the NPU).
-    same_device = (
-        target is not None and artifact.options.get("device", target.device) == target.device
-    )
-    extra = target.engine_options() if target and same_device else {}
-    return _Plan(backend, artifact, threads, extra, reason)
 
 
 def _validation_implies_specs(manifest: Manifest) -> bool:

@@ -277,6 +277,9 @@ def _export(
     graph = _graph_spec(prepared, cfg)
     profiles = [load_profile(p) for p in cfg.profiles]
     t = time.perf_counter()
+    # Computed once: every target is checked on the same cases (and verify.npz holds them).
+    cases = target_cases(prepared, sample_list, names, base=cases)
+    calibration = calibration_feeds(prepared, sample_list, cfg.calibration)
     compiled = CompileTargets(
         lambda target: TargetJob(
             out=out,
@@ -286,8 +289,8 @@ def _export(
             graph=graph,
             inputs=inputs,
             outputs=outputs,
-            calibration=calibration_feeds(prepared, sample_list, cfg.calibration),
-            cases=target_cases(prepared, sample_list, names),
+            calibration=calibration,
+            cases=cases,
             target=target,
             int8=cfg.int8,
             atol=cfg.atol,
@@ -306,7 +309,7 @@ def _export(
 
     say("writing bundle")
     canary = _write_canary(out, prepared, sample_list[0], names, cfg)
-    verification = write_verification(out, prepared, sample_list, names, cfg)
+    verification = write_verification(out, cases, len(sample_list), cfg)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         model=ModelInfo(name=cfg.name, version=cfg.version, task=cfg.task, labels=cfg.labels),

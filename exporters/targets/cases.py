@@ -35,10 +35,14 @@ def parity_case(prepared: Prepared, sample: Sample, names: list[str]) -> ParityC
 
 
 def target_cases(
-    prepared: Prepared, samples: Sequence[Sample], names: list[str]
+    prepared: Prepared,
+    samples: Sequence[Sample],
+    names: list[str],
+    base: Sequence[ParityCase] | None = None,
 ) -> list[ParityCase]:
-    """The samples' cases, plus a duplicate-edge graph for the dynamic form."""
-    cases = [parity_case(prepared, s, names) for s in samples]
+    """The samples' cases (``base`` when already computed), plus a duplicate-edge graph
+    for the dynamic form."""
+    cases = list(base) if base is not None else [parity_case(prepared, s, names) for s in samples]
     if prepared.form is GraphForm.DYNAMIC:
         feeds = dict(cases[0].feeds)
         ei = feeds["edge_index"]
@@ -54,10 +58,16 @@ def target_cases(
 
 
 def write_verification(
-    out: Path, prepared: Prepared, samples: Sequence[Sample], names: list[str], cfg: Any
+    out: Path, cases: Sequence[ParityCase], samples: int, cfg: Any
 ) -> Verification:
-    """Write ``verify.npz`` (inputs, reference outputs, labels) and describe it."""
-    cases = target_cases(prepared, samples, names)
+    """Write ``verify.npz`` (inputs, reference outputs, labels) and describe it.
+
+    Args:
+        out: Bundle directory.
+        cases: :func:`target_cases` of the export.
+        samples: How many of them are the user's samples (the rest are derived).
+        cfg: The export config (its tolerances are recorded).
+    """
     arrays: dict[str, np.ndarray] = {}
     for i, case in enumerate(cases):
         arrays |= {f"{i}/in/{k}": v for k, v in case.feeds.items()}
@@ -79,6 +89,6 @@ def write_verification(
         # A negative bound is a test's "impossible gate" (with allow_accuracy_drop).
         max_accuracy_drop=max(0.0, cfg.max_accuracy_drop),
         max_rel_error=max(0.0, cfg.max_rel_error),
-        description=f"{len(samples)} sample(s)"
-        + (" + a duplicate-edge graph" if len(cases) > len(samples) else ""),
+        description=f"{samples} sample(s)"
+        + (" + a duplicate-edge graph" if len(cases) > samples else ""),
     )
