@@ -17,9 +17,17 @@ SENSOR_MODEL = Path(__file__).resolve().parents[1] / "samples" / "tep" / "sensor
 
 def machine_meta(*distributions: str) -> dict[str, Any]:
     """Date, machine, CPU count, Python and the versions of ``distributions``."""
+    from edge_sdk.profiles import cpu_flags
+
+    isa = [
+        f
+        for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+        if f in cpu_flags()
+    ]
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
+        + (f" ({', '.join(isa)})" if isa else ""),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "versions": {d: version(d) for d in distributions},
