@@ -42,13 +42,21 @@ def meta_line(meta: dict[str, Any]) -> str:
     )
 
 
-def sensor_module() -> ModuleType:
-    """Import ``samples/tep/sensor_model.py`` (registered, as torch.export re-imports it)."""
-    if "tep_sensor_model" in sys.modules:
-        return sys.modules["tep_sensor_model"]
-    spec = importlib.util.spec_from_file_location("tep_sensor_model", SENSOR_MODEL)
+def sample_module(name: str, path: Path) -> ModuleType:
+    """Import a sample script (not a package) as ``name``, once.
+
+    Registered in ``sys.modules``: torch.export and dataclasses look modules up there.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def sensor_module() -> ModuleType:
+    """Import ``samples/tep/sensor_model.py``."""
+    return sample_module("tep_sensor_model", SENSOR_MODEL)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import importlib.util
 import json
 import statistics
 import sys
@@ -62,7 +61,7 @@ from edge_sdk.profiles import load_profile
 from edge_sdk.runtimes import BackendOptions
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_meta, meta_line, sensor_module
+from _common import machine_meta, meta_line, sample_module, sensor_module
 
 REPO = Path(__file__).resolve().parents[1]
 CORA_PY = REPO / "samples" / "cora" / "cora.py"
@@ -118,14 +117,7 @@ class Subject:
 
 
 def _cora_module() -> Any:
-    if "cora_sample" in sys.modules:
-        return sys.modules["cora_sample"]
-    spec = importlib.util.spec_from_file_location("cora_sample", CORA_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return sample_module("cora_sample", CORA_PY)
 
 
 def cora_subject(name: str, work: Path) -> Subject:
