@@ -26,7 +26,7 @@ from .errors import (
     UnsupportedTargetError,
 )
 from .graph import DynamicGraph, StaticGraph, as_graph, validate
-from .manifest import Manifest
+from .manifest import Decision, Manifest, Topology
 from .runtime import Runtime
 from .signature import Bucket, GraphForm, GraphSpec, OutputLevel, TensorSpec
 
@@ -41,6 +41,7 @@ __all__ = [
     "BatchLayout",
     "Bucket",
     "Bundle",
+    "Decision",
     "DynamicGraph",
     "EdgeSDKError",
     "ExportError",
@@ -58,6 +59,7 @@ __all__ = [
     "Runtime",
     "StaticGraph",
     "TensorSpec",
+    "Topology",
     "UnsupportedModelError",
     "UnsupportedTargetError",
     "__version__",

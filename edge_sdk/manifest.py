@@ -8,16 +8,26 @@ and refuses another major with a clear error.
 from __future__ import annotations
 
 import json
+import math
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from .errors import ManifestError
 from .signature import GraphSpec, OutputLevel, TensorSpec
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 2  # 1.1: compression sizes and metrics; 1.2: per-target artifacts and choices
+# 1.1: compression sizes and metrics; 1.2: per-target artifacts and choices;
+# 1.3: the model's alarm rule (decision) and where its topology came from (topology)
+SCHEMA_MINOR = 3
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 MANIFEST_NAME = "manifest.json"
 
@@ -207,6 +217,69 @@ class Canary(_Model):
     rtol: float
 
 
+class Decision(_Model):
+    """The model's alarm rule, fitted at training time: it travels with the model.
+
+    An alarm is raised after ``consecutive`` windows in a row whose anomaly
+    score (output ``output``, one value per window) is above ``threshold``
+    (an on-delay), and cleared after ``clear_after`` windows in a row at or
+    below it (an off-delay; by default as many as raise it). A retrained model
+    brings its own threshold, so the rule lives in the bundle, not in the node's
+    configuration (which may still override it, see ``edge_sdk.node.AlertConfig``).
+
+    Attributes:
+        output: Name of the anomaly-score output (one value per window).
+        threshold: Score above which a window counts as anomalous.
+        consecutive: Windows in a row above the threshold that raise the alarm.
+        clear_after: Windows in a row at or below the threshold that clear it
+            (None: ``consecutive``).
+        class_output: Output holding class logits, used to name the fault of an
+            alarm (argmax over the classes other than ``normal_class``).
+        normal_class: Class index meaning "no fault" in ``class_output``.
+        fitted_on: What data chose the threshold (free text, for people).
+    """
+
+    output: str = Field(min_length=1)
+    threshold: float
+    consecutive: int = Field(default=1, ge=1)
+    clear_after: int | None = Field(default=None, ge=1)
+    class_output: str | None = None
+    normal_class: int = Field(default=0, ge=0)
+    fitted_on: str = ""
+
+    @property
+    def clear_count(self) -> int:
+        """Windows in a row at or below the threshold that clear the alarm."""
+        return self.consecutive if self.clear_after is None else self.clear_after
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"threshold must be a finite number, got {v}")
+        return v
+
+
+class Topology(_Model):
+    """Where the model's graph came from, e.g. a learned adjacency folded into a static model.
+
+    Attributes:
+        source: ``given`` (a known sensor graph) or ``learned`` (computed by the
+            model from node embeddings during training).
+        folded: The adjacency is a constant inside the exported model (the
+            bundle then has the static form even if the graph was learned).
+        num_nodes: Nodes of the graph.
+        num_edges: Edges kept (e.g. after top-k sparsification); None: dense or unknown.
+        note: Free text (how it was learned or sparsified).
+    """
+
+    source: Literal["given", "learned"]
+    folded: bool
+    num_nodes: int = Field(gt=0)
+    num_edges: int | None = Field(default=None, ge=0)
+    note: str = ""
+
+
 class Manifest(_Model):
     """Everything a device needs to know about a bundle."""
 
@@ -215,6 +288,12 @@ class Manifest(_Model):
     graph: GraphSpec
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    decision: Decision | None = Field(
+        default=None, description="the model's alarm rule (anomaly score, threshold, run length)"
+    )
+    topology: Topology | None = Field(
+        default=None, description="where the graph came from (given or learned, folded or not)"
+    )
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     artifacts: list[Artifact] = Field(min_length=1)
     compression: CompressionReport = Field(default_factory=CompressionReport)
@@ -242,6 +321,25 @@ class Manifest(_Model):
             )
         return v
 
+    @field_validator("decision")
+    @classmethod
+    def _decision_outputs(cls, v: Decision | None, info: ValidationInfo) -> Decision | None:
+        outputs = info.data.get("outputs")
+        if v is None or outputs is None:  # outputs invalid: that error is reported instead
+            return v
+        check_decision(v, outputs)
+        return v
+
+    @field_validator("topology")
+    @classmethod
+    def _topology_nodes(cls, v: Topology | None, info: ValidationInfo) -> Topology | None:
+        graph = info.data.get("graph")
+        if v is not None and graph is not None and graph.num_nodes not in (None, v.num_nodes):
+            raise ValueError(
+                f"topology has {v.num_nodes} nodes but the graph input has {graph.num_nodes}"
+            )
+        return v
+
     @property
     def output_levels(self) -> dict[str, OutputLevel]:
         """Level of each output name (node / graph / batch)."""
@@ -261,6 +359,47 @@ class Manifest(_Model):
     def to_json(self) -> str:
         """Serialise with stable key order (what is hashed and signed)."""
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+def check_decision(decision: Decision, outputs: list[TensorSpec]) -> None:
+    """Check that a decision's outputs exist and have the shapes the rule needs.
+
+    Args:
+        decision: The alarm rule.
+        outputs: The model's outputs.
+
+    Raises:
+        ValueError: An output is unknown (the known ones are listed), the score
+            output gives more than one value per window, or ``normal_class`` is
+            not a class of ``class_output``.
+    """
+    by_name = {o.name: o for o in outputs}
+    known = ", ".join(by_name) or "none"
+    for field, name in (("output", decision.output), ("class_output", decision.class_output)):
+        if name is not None and name not in by_name:
+            raise ValueError(
+                f"decision.{field} {name!r} is not an output of the model (outputs: {known})"
+            )
+    per_window = by_name[decision.output].shape[1:]
+    # Symbolic or unknown (0) dims pass here; the node checks the values it gets.
+    if any(isinstance(d, int) and d > 1 for d in per_window):
+        raise ValueError(
+            f"decision.output {decision.output!r} must give one score per window "
+            f"(shape [B] or [B, 1]); it has shape {by_name[decision.output].shape}"
+        )
+    if decision.class_output is not None:
+        shape = by_name[decision.class_output].shape
+        classes = shape[-1] if len(shape) == 2 else None
+        if len(shape) != 2 or (isinstance(classes, int) and classes < 2):
+            raise ValueError(
+                f"decision.class_output {decision.class_output!r} must hold class logits "
+                f"[B, classes >= 2]; it has shape {shape}"
+            )
+        if isinstance(classes, int) and decision.normal_class >= classes:
+            raise ValueError(
+                f"decision.normal_class {decision.normal_class} is not a class of "
+                f"{decision.class_output!r} ({classes} classes)"
+            )
 
 
 def parse_manifest(text: str | bytes, source: str = MANIFEST_NAME) -> Manifest:

@@ -23,11 +23,14 @@ from edge_sdk.manifest import (
     SCHEMA_VERSION,
     Canary,
     CompressionReport,
+    Decision,
     FeatureScaling,
     Manifest,
     ModelInfo,
     Precision,
     Preprocessing,
+    Topology,
+    check_decision,
 )
 from edge_sdk.parity import VerifyParity
 from edge_sdk.profiles import load_profile
@@ -79,6 +82,10 @@ class ExportConfig:
             model vs the original FP32 one (fraction; 0.01 = 1 pp).
         max_rel_error: Gate without labels: relative output error bound of INT8.
         allow_accuracy_drop: Keep a compressed model that fails the gate.
+        decision: The model's alarm rule (anomaly-score output, threshold, run
+            length), written into the manifest; ``edge-node`` raises alerts by it.
+        topology: Where the graph came from (e.g. a learned adjacency folded
+            into a static-topology model), written into the manifest.
     """
 
     name: str = "model"
@@ -108,6 +115,8 @@ class ExportConfig:
     max_accuracy_drop: float = 0.01
     max_rel_error: float = 0.05
     allow_accuracy_drop: bool = False
+    decision: Decision | None = None
+    topology: Topology | None = None
 
     def __post_init__(self) -> None:
         if self.form not in {"auto", *(f.value for f in GraphForm)}:
@@ -130,6 +139,23 @@ class ExportConfig:
             raise ExportError("fine-tuning recovers accuracy after pruning: add --prune")
         if self.max_accuracy_drop < 0 or self.max_rel_error < 0:
             raise ExportError("max_accuracy_drop and max_rel_error must be >= 0")
+        if self.decision is not None and self.output_names is not None:
+            # Checked here too (not only once the model is traced) so a typo fails at once.
+            check_decision_names(self.decision, self.output_names)
+
+
+def check_decision_names(decision: Decision, names: Sequence[str]) -> None:
+    """Check that the outputs a decision names are outputs of the model.
+
+    Raises:
+        ExportError: An unknown output (the model's outputs are listed).
+    """
+    for flag, name in (("output", decision.output), ("class_output", decision.class_output)):
+        if name is not None and name not in names:
+            raise ExportError(
+                f"decision {flag} {name!r} is not an output of the model; its outputs are "
+                f"{list(names)} (set output_names / --output-name to name them)"
+            )
 
 
 @dataclass
@@ -207,6 +233,13 @@ def _export(
     say("preparing model")
     original = prepare(module, sample_list, cfg.form, cfg.dense_threshold)
     names = _output_names(cfg, original)
+    if cfg.decision is not None:
+        check_decision_names(cfg.decision, names)  # before the slow steps
+    if cfg.topology is not None and original.num_nodes not in (None, cfg.topology.num_nodes):
+        raise ExportError(
+            f"topology.num_nodes is {cfg.topology.num_nodes} but the model's graph has "
+            f"{original.num_nodes} nodes"
+        )
     base_metrics = torch_metrics(original, sample_list, names)
     metrics: dict[str, dict[str, float | None]] = {"fp32": base_metrics.to_dict()}
     sizes: dict[str, int] = {}
@@ -236,6 +269,11 @@ def _export(
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
     result, inputs, outputs = _export_onnx(prepared, sample_list[0], names, cfg, out)
+    if cfg.decision is not None:
+        try:  # shapes are known now: one score per window, logits [B, classes]
+            check_decision(cfg.decision, outputs)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
     sizes["pruned" if cfg.prune else "fp32"] = result.size
     timings["onnx_s"] = time.perf_counter() - t
 
@@ -316,6 +354,8 @@ def _export(
         graph=graph,
         inputs=inputs,
         outputs=outputs,
+        decision=cfg.decision,
+        topology=cfg.topology,
         preprocessing=Preprocessing(
             feature_scaling=FeatureScaling(
                 mean=list(cfg.feature_scaling[0]), std=list(cfg.feature_scaling[1])

@@ -10,6 +10,7 @@ that tampers with one takes ``bundle_copy`` (a fresh copy per test).
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -51,6 +52,28 @@ def disable_backends(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         monkeypatch.setenv("EDGE_SDK_DISABLE_BACKENDS", ",".join(names))
 
     return disable
+
+
+@pytest.fixture(scope="session")
+def mosquitto_path() -> str:
+    """Path of the mosquitto binary; the one place that decides skip vs fail.
+
+    Real-broker tests fail (not skip) without mosquitto or paho-mqtt: ``make
+    test`` installs both. ``EDGE_SDK_SKIP_MQTT=1`` skips them deliberately.
+    """
+    from edge_sdk.fleet.broker import INSTALL_HINT, find_mosquitto
+
+    if os.environ.get("EDGE_SDK_SKIP_MQTT") == "1":
+        pytest.skip("EDGE_SDK_SKIP_MQTT=1: real-broker MQTT tests skipped on request")
+    path = find_mosquitto()
+    if path is None:
+        pytest.fail(f"{INSTALL_HINT} (or set EDGE_SDK_SKIP_MQTT=1 to skip MQTT tests)")
+    if importlib.util.find_spec("paho") is None:
+        pytest.fail(
+            'paho-mqtt is not installed: pip install -e ".[mqtt]" or `make test` '
+            "(or set EDGE_SDK_SKIP_MQTT=1 to skip MQTT tests)"
+        )
+    return path
 
 
 # -- bundles -------------------------------------------------------------------------------

@@ -49,3 +49,31 @@ def tiny_gcn_arrays(batch: int | None = None, seed: int = 0) -> dict[str, np.nda
         "x": rng.standard_normal(shape, dtype=np.float32),
         "edge_index": rng.integers(0, TINY_GCN_NODES, size=(2, 3 * TINY_GCN_NODES)),
     }
+
+
+DETECTOR_SENSORS, DETECTOR_WINDOW = 4, 5
+DETECTOR_LABELS = ["normal"] + [f"f{i}" for i in range(1, DETECTOR_SENSORS + 1)]
+
+
+def tiny_detector() -> Any:
+    """A fault detector whose outputs a test controls from its input.
+
+    ``forward(x [B, N, F]) -> (logits [B, 1 + N], score [B])``: the anomaly
+    score is the mean of the window; class 0 (normal) has logit 0 and class
+    ``i + 1`` the mean of sensor ``i``, so the loudest sensor names the fault.
+    """
+    import torch
+
+    class TinyDetector(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            per_sensor = x.mean(2)
+            logits = torch.cat([torch.zeros_like(per_sensor[:, :1]), per_sensor], dim=1)
+            return logits, x.mean((1, 2))
+
+    return TinyDetector().eval()
+
+
+def tiny_detector_arrays(batch: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """Sample windows ``x [batch, N, F]`` for :func:`tiny_detector`."""
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((batch, DETECTOR_SENSORS, DETECTOR_WINDOW), dtype=np.float32)}

@@ -158,6 +158,10 @@ def manifest_tables(m: Manifest) -> list[Table]:
         ("profiles", ", ".join(m.profiles) or "-"),
         ("scaling", "yes" if m.preprocessing.feature_scaling else "no"),
     ]
+    if m.decision is not None:
+        rows.append(("decision", escape(decision_line(m))))
+    if m.topology is not None:
+        rows.append(("topology", escape(topology_line(m))))
     for k, v in rows:
         model.add_row(k, v)
 
@@ -215,6 +219,35 @@ def manifest_tables(m: Manifest) -> list[Table]:
     if m.compression.sizes:
         tables.insert(-1, compression_table(m))
     return tables
+
+
+def decision_line(m: Manifest) -> str:
+    """The alarm rule in one line, e.g. ``score > 2.5 for 3 windows in a row ...``."""
+    d = m.decision
+    if d is None:
+        return "-"
+    windows = "1 window" if d.consecutive == 1 else f"{d.consecutive} windows in a row"
+    line = f"{d.output} > {d.threshold:g} for {windows} raises"
+    if d.clear_after is None:
+        line += ", as many at or below clear"
+    else:
+        line += f", {d.clear_after} at or below in a row clear"
+    if d.class_output is not None:
+        line += f"; fault named by argmax of {d.class_output} (normal class {d.normal_class})"
+    if d.fitted_on:
+        line += f"; fitted on {d.fitted_on}"
+    return line
+
+
+def topology_line(m: Manifest) -> str:
+    """Where the graph came from in one line, e.g. ``learned, folded: 52 nodes, 312 edges``."""
+    t = m.topology
+    if t is None:
+        return "-"
+    edges = f", {t.num_edges:,} edges" if t.num_edges is not None else ""
+    line = f"{t.source}, {'folded into the model' if t.folded else 'not folded'}: "
+    line += f"{t.num_nodes:,} nodes{edges}"
+    return line + (f"; {t.note}" if t.note else "")
 
 
 def outputs_table(outputs: Mapping[str, np.ndarray], labels: list[str], rows: int = 10) -> Table:

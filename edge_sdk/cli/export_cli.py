@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 
 from ._common import console, err_console, fail_on_errors, make_app, read_input
+
+if TYPE_CHECKING:
+    from edge_sdk.manifest import Decision
 
 app = make_app(
     "edge-export",
@@ -44,7 +47,11 @@ app = make_app(
         "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
         "--sample-data cora.npz --form static --dense-threshold 4096 --int8 "
         "--profile intel-core-cpu --profile raspberry-pi-5 --profile jetson-orin-nano "
-        "-o out/gcn-multi.bundle"
+        "-o out/gcn-multi.bundle\n\n"
+        "  edge-export export --model plant.py:detector --weights detector.pt "
+        "--sample-data windows.npz --form static --output-name logits --output-name score "
+        "--alert-output score --alert-threshold 2.5 --alert-consecutive 3 "
+        "--alert-class-output logits -o out/detector.bundle"
     )
 )
 def export(
@@ -131,9 +138,44 @@ def export(
     allow_accuracy_drop: Annotated[
         bool, typer.Option(help="Keep a compressed model that fails the gate (reported).")
     ] = False,
+    alert_output: Annotated[
+        str | None,
+        typer.Option(
+            help="Alarm rule: output holding the anomaly score (one value per window); "
+            "edge-node raises alerts by it. Needs --alert-threshold."
+        ),
+    ] = None,
+    alert_threshold: Annotated[
+        float | None,
+        typer.Option(help="Alarm rule: a window is anomalous when its score is above this."),
+    ] = None,
+    alert_consecutive: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Alarm rule: windows in a row above the threshold to raise (on-delay); default 1.",
+        ),
+    ] = None,
+    alert_clear_after: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Alarm rule: windows in a row at or below the threshold to clear (off-delay); "
+            "default: as many as raise.",
+        ),
+    ] = None,
+    alert_class_output: Annotated[
+        str | None,
+        typer.Option(
+            help="Alarm rule: output with class logits that names the fault (class 0 = normal)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Export a model to a bundle: ONNX, parity against PyTorch, manifest, canary."""
+    decision = _decision(
+        alert_output, alert_threshold, alert_consecutive, alert_clear_after, alert_class_output
+    )
     with fail_on_errors():
         from rich.status import Status
 
@@ -160,6 +202,7 @@ def export(
             max_accuracy_drop=max_accuracy_drop / 100,
             max_rel_error=max_rel_error,
             allow_accuracy_drop=allow_accuracy_drop,
+            decision=decision,
         )
         with Status("starting", console=err_console) as status:
 
@@ -188,6 +231,47 @@ def export(
         console.print(f"bundle written to {result.bundle_dir}")
         if result.archive:
             console.print(f"packed to {result.archive}")
+
+
+def _decision(
+    output: str | None,
+    threshold: float | None,
+    consecutive: int | None,
+    clear_after: int | None,
+    class_output: str | None,
+) -> Decision | None:
+    """The ``--alert-*`` flags as a manifest ``Decision`` (None when none is given).
+
+    Raises:
+        typer.BadParameter: Only one of --alert-output and --alert-threshold, or
+            another --alert-* flag without them (exit 2).
+    """
+    if output is None and threshold is None:
+        if consecutive is not None or clear_after is not None or class_output is not None:
+            raise typer.BadParameter(
+                "--alert-consecutive, --alert-clear-after and --alert-class-output refine "
+                "an alarm rule: "
+                "add --alert-output NAME and --alert-threshold X"
+            )
+        return None
+    if output is None or threshold is None:
+        raise typer.BadParameter(
+            "--alert-output and --alert-threshold go together: give both (or neither)"
+        )
+    from pydantic import ValidationError
+
+    from edge_sdk.manifest import Decision
+
+    try:
+        return Decision(
+            output=output,
+            threshold=threshold,
+            consecutive=consecutive or 1,
+            clear_after=clear_after,
+            class_output=class_output,
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(f"alarm rule: {exc.errors()[0]['msg']}") from None
 
 
 @app.command(

@@ -6,12 +6,13 @@ cryptography (the ``[mqtt]`` extra) load when a node connects or verifies.
 
 from __future__ import annotations
 
-from .config import BrokerConfig, NodeConfig, load_config
+from .config import AlertConfig, BrokerConfig, NodeConfig, load_config
 from .node import EdgeNode
 from .outbox import Outbox, OutboxStats
 from .topics import JsonScheme
 
 __all__ = [
+    "AlertConfig",
     "BrokerConfig",
     "EdgeNode",
     "JsonScheme",

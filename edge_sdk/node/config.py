@@ -137,13 +137,28 @@ class WindowConfig(_Strict):
 class AlertConfig(_Strict):
     """When a result raises an alert.
 
+    A bundle whose manifest has a ``decision`` (the model's own alarm rule:
+    anomaly score above a threshold for K windows in a row) is alerted by that
+    rule; ``score_threshold`` and ``consecutive`` override its numbers on this
+    node. Other bundles use the class rule (``normal_class``, ``threshold``).
+
     Attributes:
-        normal_class: Class index meaning "no fault".
-        threshold: Minimum softmax probability of a fault class to raise it.
+        normal_class: Class rule: class index meaning "no fault".
+        threshold: Class rule: minimum softmax probability of a fault class to raise it.
+        score_threshold: Decision rule: replaces the bundle's score threshold
+            (None: the bundle's). Needs a bundle with a decision.
+        consecutive: Decision rule: replaces the bundle's on-delay, the windows
+            in a row that raise an alarm (None: the bundle's). Needs a bundle
+            with a decision.
+        clear_after: Decision rule: replaces the bundle's off-delay, the windows
+            in a row that clear it (None: the bundle's, else ``consecutive``).
     """
 
     normal_class: int = Field(default=0, ge=0)
     threshold: float = Field(default=0.5, ge=0, le=1)
+    score_threshold: float | None = Field(default=None, allow_inf_nan=False)
+    consecutive: int | None = Field(default=None, ge=1)
+    clear_after: int | None = Field(default=None, ge=1)
 
 
 class OutboxConfig(_Strict):

@@ -33,6 +33,7 @@ from ..errors import ConfigError, EdgeSDKError, InvalidInputError
 from ..manifest import Manifest
 from ..runtime import Runtime
 from ..signature import GraphForm
+from .alarm import RAISED, Alarm, AlarmRule
 from .config import NodeConfig
 from .health import run_canary
 from .link import MqttLink, Will
@@ -85,9 +86,17 @@ class EdgeNode:
         self.slots = ModelSlots(state / "models")
         source = self._initial_bundle()
         self.model = ActiveModel(self._load_runtime(source), source)
+        try:
+            manifest = self.model.runtime.manifest
+            self._assembler = self.assembler_for(manifest)
+            # The model the alarm belongs to, set together with it: a batch run on another
+            # model (during a swap) is not alerted by the wrong rule.
+            self._alerting: tuple[Manifest, Alarm | None] = (manifest, self.alarm_for(manifest))
+        except ConfigError:
+            self.model.close()
+            raise
         self._failures_since_swap: int | None = None
         self.canary_ms = self._measure_canary()
-        self._assembler = self.assembler_for(self.model.runtime.manifest)
         self._alert_class: int | None = None
         self._queue: queue.Queue[_Msg] = queue.Queue(maxsize=config.queue_size)
         self._stop = threading.Event()
@@ -155,13 +164,18 @@ class EdgeNode:
     def swap(self, runtime: Runtime, source: Path) -> None:
         """Serve ``runtime`` from the next call on (in-flight calls finish on the old one).
 
+        The new model's alarm rule applies from then on, its run counter from zero.
+
         Raises:
             ConfigError: The new model's input layout does not fit the window
-                config (checked before anything changes).
+                config, or the alert config overrides a decision rule the new
+                model lacks (checked before anything changes).
         """
         assembler = self.assembler_for(runtime.manifest, keep=self._assembler)
+        alarm = self.alarm_for(runtime.manifest)
         self.model.swap(runtime, source)
         self._assembler = assembler
+        self._alerting = (runtime.manifest, alarm)
         self._failures_since_swap = 0
         self.canary_ms = self._measure_canary()
         self.publish_birth()
@@ -191,6 +205,16 @@ class EdgeNode:
         if keep is not None and keep.spec == spec:
             return keep  # same input layout: keep the buffered samples across a swap
         return WindowAssembler(spec)
+
+    def alarm_for(self, m: Manifest) -> Alarm | None:
+        """A fresh alarm for the model's decision rule (None: the class rule applies).
+
+        Raises:
+            ConfigError: ``alert.score_threshold`` or ``alert.consecutive`` is set
+                but the model has no decision rule to override.
+        """
+        rule = AlarmRule.for_model(m, self.config.alert)
+        return Alarm(rule, m) if rule is not None else None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> EdgeNode:
@@ -401,8 +425,9 @@ class EdgeNode:
         try:
             with self.model.use() as rt:
                 outputs = rt.infer(x)
-                meta = {"name": rt.manifest.model.name, "version": rt.manifest.model.version}
-                labels = rt.manifest.model.labels
+                manifest = rt.manifest
+                meta = {"name": manifest.model.name, "version": manifest.model.version}
+                labels = manifest.model.labels
         except EdgeSDKError as exc:
             self._model_failed(exc, out)
             return
@@ -413,6 +438,9 @@ class EdgeNode:
         self.stats.infer_ms.append(infer_ms / len(items))
         now = time.monotonic()
         names = list(outputs)
+        bound, alarm = self._alerting
+        # Outputs of a model swapped out (or in) mid-batch: no rule of the other model applies.
+        alerting = bound is manifest
         for i, (w, received) in enumerate(items):
             values = {k: outputs[k][i] for k in names}
             body = result_body(values, labels)
@@ -421,9 +449,20 @@ class EdgeNode:
                 window={"seq": w.seq, "t_start": w.t_start, "t_end": w.t_end},
                 latency_ms=round((now - received) * 1e3, 3),
             )
+            alert = None
+            if alerting and alarm is not None:
+                try:
+                    alert = alarm.step(values, body)
+                except ValueError as exc:
+                    out.append(self._error_msg("model", str(exc)))
             self.stats.e2e_ms.append(body["latency_ms"])
             out.append(self._out(Outbound.RESULTS, body, Priority.RESULT))
-            self._alert(body, out)
+            if alert is not None:
+                if alert["state"] == RAISED:
+                    self.stats.alerts += 1
+                out.append(self._out(Outbound.ALERTS, alert, Priority.CONTROL))
+            elif alerting and alarm is None:
+                self._alert(body, out)
             if self._on_result is not None:
                 self._on_result(body)
 

@@ -104,6 +104,8 @@ class UpdateHost(Protocol):
 
     def assembler_for(self, m: Manifest) -> object: ...
 
+    def alarm_for(self, m: Manifest) -> object: ...
+
     def swap(self, runtime: Runtime, source: Path) -> None: ...
 
     def publish(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> None: ...
@@ -336,6 +338,7 @@ class UpdateAgent:
         )
         try:
             self.node.assembler_for(runtime.manifest)
+            self.node.alarm_for(runtime.manifest)
         except ConfigError as exc:
             runtime.close()
             raise UpdateError("stage", str(exc)) from None

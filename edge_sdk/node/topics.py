@@ -16,7 +16,9 @@ In (subscribed at QoS 1):
 
 Out (QoS 1, through the outbox unless noted):
 
-* ``results``: one result per window; ``alerts``: ``raised`` / ``cleared`` when
+* ``results``: one result per window; ``alerts``: ``raised`` / ``cleared`` by
+  the model's decision rule (anomaly score above its threshold for K windows in
+  a row, see :mod:`edge_sdk.node.alarm`), or, for a bundle without one, when
   the predicted class leaves / returns to normal; ``errors``: a rejected input,
   naming the field and what was expected;
 * ``telemetry``: every N seconds, latency percentiles, queue depth, outbox,

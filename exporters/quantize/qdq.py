@@ -111,12 +111,58 @@ class QdqModel:
                     calibration_cache_path=self._cache,
                 )
             model = onnx.load(str(out))
+            float_outputs(model)
             del model.graph.value_info[:]  # shape hints only: the runtime infers them again
             onnx.checker.check_model(model, full_check=False)
         except Exception as exc:  # ORT raises plain ValueError/RuntimeError/AssertionError
             raise ExportError(f"ONNX Runtime could not quantise the model to INT8: {exc}") from exc
         onnx.save(model, str(out))
         return quantised_nodes(model, self.candidates)
+
+
+def float_outputs(model: onnx.ModelProto) -> list[str]:
+    """Drop the Quantize/Dequantize pair ORT puts on a graph output; return those outputs.
+
+    ORT quantises a Gemm/MatMul's output when its consumers could read INT8,
+    and a graph output is such a tensor: the caller then gets values rounded to
+    the output's scale (a fault detector's logits of range ±100 come back in
+    steps of ~0.8, so its anomaly score loses all resolution near the
+    threshold). Nothing on the device consumes the INT8 form of an output, so
+    the pair costs accuracy and buys nothing; ops that read the output inside
+    the graph then read the float value too.
+    """
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    kept: list[str] = []
+    for out in graph.output:
+        dq = producer.get(out.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or len(consumers[q.output[0]]) != 1:
+            continue
+        source = q.input[0]
+        src_node = producer.get(source)
+        if src_node is None:  # a graph input passed straight through: leave it alone
+            continue
+        # the float tensor takes the output's name; its other readers follow the rename
+        for reader in consumers.get(source, []):
+            if reader is not q:
+                reader.input[:] = [out.name if i == source else i for i in reader.input]
+        src_node.output[:] = [out.name if o == source else o for o in src_node.output]
+        graph.node.remove(q)
+        graph.node.remove(dq)
+        kept.append(out.name)
+    if kept:  # the pairs' scales and zero points are read by nothing now
+        read = {i for n in graph.node for i in n.input}
+        unused = [t for t in graph.initializer if t.name not in read]
+        for t in unused:
+            graph.initializer.remove(t)
+    return kept
 
 
 def quantised_nodes(model: onnx.ModelProto, candidates: Sequence[str]) -> list[str]:

@@ -17,7 +17,10 @@ The plant's sensor graph is not given, so the model learns it (DESIGN.md,
    (a softmax over sensors of a learned score), then a linear head to 22 classes
    (0 = normal, 1..21 = faults).
 
-The anomaly score is ``1 − p(normal)`` from the same softmax.
+The anomaly score is the fault margin ``max_c≥1 logit_c − logit_0``: the
+log-odds of the most likely fault against normal operation. Unlike
+``1 − p(normal)`` it does not saturate at 1, so a threshold fitted on normal
+validation windows keeps its resolution.
 
 ``A`` depends only on the parameters, never on the input, so for export it is
 computed once and folded in as a constant: :meth:`AdaptiveGraphGNN.static`
@@ -111,7 +114,8 @@ class AdaptiveGraphGNN(nn.Module):
             x: ``[B, num_sensors, window]`` scaled sensor windows.
 
         Returns:
-            ``logits [B, classes]`` and the anomaly score ``1 − p(normal)`` ``[B]``.
+            ``logits [B, classes]`` and the anomaly score ``[B]``: the most likely
+            fault's logit minus the normal class's.
         """
         adj = self.fixed_adjacency if self.fixed_adjacency is not None else self.learned_adjacency()
         ident = self.identity(torch.cat([self.e1, self.e2], dim=1))  # [N, H]
@@ -122,7 +126,7 @@ class AdaptiveGraphGNN(nn.Module):
         weights = torch.softmax(self.attention(h), dim=1)  # [B, N, 1]
         pooled = torch.cat([h.mean(dim=1), (weights * h).sum(dim=1)], dim=1)
         logits = self.head(pooled)
-        score = 1.0 - torch.softmax(logits, dim=1)[:, 0]
+        score = logits[:, 1:].amax(dim=1) - logits[:, 0]
         return logits, score
 
 
@@ -173,6 +177,7 @@ def train(
     seed: int = 0,
     noise: float = 0.0,
     normal_weight: float = 1.0,
+    normal_spread: float = 0.0,
     say: Callable[[str], None] | None = None,
 ) -> TrainReport:
     """Minibatch Adam with class-balanced cross-entropy; keeps the best-validation weights.
@@ -220,6 +225,8 @@ def train(
             batch = xt[idx]
             if noise > 0:
                 batch = batch + noise * torch.randn(batch.shape, generator=gen)
+            if normal_spread > 0:
+                batch = spread_normal(batch, yt[idx], normal_spread, gen)
             logits, _ = model(batch)
             loss = F.cross_entropy(logits, yt[idx], weight=weights)
             opt.zero_grad()
@@ -250,6 +257,13 @@ def train(
     return report
 
 
+def spread_normal(x: Tensor, y: Tensor, spread: float, gen: torch.Generator) -> Tensor:
+    """Scale each normal window's sensors by factors drawn from ``U(1, 1 + spread)``."""
+    factor = 1.0 + spread * torch.rand((x.shape[0], x.shape[1], 1), generator=gen)
+    factor = torch.where((y == 0).view(-1, 1, 1), factor, torch.ones_like(factor))
+    return x * factor
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module, x: np.ndarray, batch_size: int = 2048
@@ -266,15 +280,77 @@ def predict(
     return np.concatenate(logits), np.concatenate(scores)
 
 
-def score_threshold(normal_scores: np.ndarray, quantile: float = 0.99) -> float:
+def score_threshold(normal_scores: np.ndarray, quantile: float = 1.0) -> float:
     """Alarm threshold: the ``quantile`` of anomaly scores on normal *validation* windows.
 
     Args:
-        normal_scores: Scores of normal windows the model was not trained on
-            (the validation segment of ``d00.dat``), never test data.
-        quantile: Share of normal windows that stay below the threshold.
+        normal_scores: Scores of normal(-like) windows the model was not trained
+            on (validation segments of the training runs), never test data.
+        quantile: Share of those windows that stay at or below the threshold
+            (1.0: the highest score any of them reached).
     """
     scores = np.asarray(normal_scores, dtype=np.float64)
     if scores.size == 0:
         raise ValueError("no normal validation scores to set the threshold on")
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
     return float(np.quantile(scores, quantile, method="higher"))
+
+
+def alarm_states(
+    scores: np.ndarray, threshold: float, consecutive: int = 1, clear_after: int | None = None
+) -> np.ndarray:
+    """The alarm state after each window, with the node's on- and off-delay.
+
+    An alarm is raised after ``consecutive`` windows in a row score above
+    ``threshold`` and cleared after ``clear_after`` in a row at or below it:
+    the rule ``edge-node`` applies from the bundle's manifest, so the
+    evaluation scores exactly what the node will publish.
+
+    Args:
+        scores: ``[n]`` anomaly scores of consecutive windows.
+        threshold: Score above which a window counts as abnormal.
+        consecutive: Windows in a row that raise the alarm (on-delay).
+        clear_after: Windows in a row that clear it (off-delay; None: ``consecutive``).
+
+    Returns:
+        ``[n]`` booleans: whether the alarm is active after each window.
+    """
+    off = consecutive if clear_after is None else clear_after
+    if consecutive < 1 or off < 1:
+        raise ValueError(f"consecutive and clear_after must be >= 1, got {consecutive}, {off}")
+    above = np.asarray(scores) > threshold
+    state, run = False, 0
+    out = np.zeros(above.shape, dtype=bool)
+    for i, a in enumerate(above):
+        run = run + 1 if a != state else 0
+        if run >= (off if state else consecutive):
+            state, run = not state, 0
+        out[i] = state
+    return out
+
+
+class RawSensors(nn.Module):
+    """The deployed form: raw sensor windows in, the folded model's outputs out.
+
+    The plant's scaler (per-sensor mean and standard deviation of normal
+    training data) becomes the first operation of the exported graph, so a
+    node feeds the readings exactly as the plant publishes them.
+
+    Args:
+        model: A folded model (:meth:`AdaptiveGraphGNN.static`).
+        mean: ``[52]`` per-sensor mean.
+        std: ``[52]`` per-sensor standard deviation.
+    """
+
+    def __init__(self, model: AdaptiveGraphGNN, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        if model.fixed_adjacency is None:
+            raise ValueError("fold the adjacency first: pass model.static()")
+        self.model = model.eval()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(-1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.as_tensor(std, dtype=torch.float32).view(-1, 1))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [B, 52, window]`` raw readings -> ``(logits, score)``."""
+        return self.model((x - self.mean) * self.inv_std)

@@ -2,39 +2,22 @@
 
 Real-broker tests are part of the Definition of Done: when mosquitto or
 paho-mqtt is missing they *fail* with the install command (``make test``
-installs both). Set ``EDGE_SDK_SKIP_MQTT=1`` to skip them deliberately.
+installs both); ``mosquitto_path`` (tests/conftest.py) decides. Set
+``EDGE_SDK_SKIP_MQTT=1`` to skip them deliberately.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from edge_sdk.fleet.broker import INSTALL_HINT, LocalBroker, find_mosquitto
+from edge_sdk.fleet.broker import LocalBroker
 
 if TYPE_CHECKING:
     from mqtt_helpers import Recorder
-
-
-@pytest.fixture(scope="session")
-def mosquitto_path() -> str:
-    """Path of the mosquitto binary; the one place that decides skip vs fail."""
-    if os.environ.get("EDGE_SDK_SKIP_MQTT") == "1":
-        pytest.skip("EDGE_SDK_SKIP_MQTT=1: real-broker MQTT tests skipped on request")
-    path = find_mosquitto()
-    if path is None:
-        pytest.fail(f"{INSTALL_HINT} (or set EDGE_SDK_SKIP_MQTT=1 to skip MQTT tests)")
-    if importlib.util.find_spec("paho") is None:
-        pytest.fail(
-            'paho-mqtt is not installed: pip install -e ".[mqtt]" or `make test` '
-            "(or set EDGE_SDK_SKIP_MQTT=1 to skip MQTT tests)"
-        )
-    return path
 
 
 @pytest.fixture
