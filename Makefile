@@ -21,7 +21,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[export,onnxruntime,openvino,openvino-export,tflite-export,samples,mqtt,serve,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[export,onnxruntime,openvino,openvino-export,tflite-export,samples,mqtt,serve,broker,dev]"
 	@touch $(STAMP)
 
 # The node tests run against a real MQTT broker: install Debian's mosquitto once

@@ -32,6 +32,7 @@ _EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "onnxslim": ((), "export"),
     "matplotlib": ((), "export"),
     "prometheus_client": ((), "serve"),
+    "amqtt": ((), "broker"),
 }
 
 

@@ -15,6 +15,17 @@ Delivery guarantees:
   message ``id``: delivery is at-least-once, never at-most-once.
 * The node connects asynchronously and serves local inference while the broker
   is down; paho reconnects with exponential back-off.
+
+``protocol: auto`` connects with MQTT 5 and falls back to 3.1.1, for good, when
+the broker refuses MQTT 5 in its CONNACK (3.1.1 return code 1, or MQTT 5's
+0x84), or when it accepted the TCP connection but sent no CONNACK within
+``_CONNACK_TIMEOUT_S``. The second case is real: a 3.1.1-only broker such as
+amqtt parses an MQTT 5 CONNECT that carries properties (ours always carries
+Session Expiry Interval) as a 3.1.1 one, reads the property bytes as a string
+length and waits for bytes that never come. A live MQTT 5 broker answers a
+CONNECT in milliseconds, so the timeout does not downgrade a slow v5 broker in
+practice; if it ever did, 3.1.1 still works with it (minus MQTT 5 features).
+Once an MQTT 5 CONNACK has arrived, the link never falls back.
 """
 
 from __future__ import annotations
@@ -39,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: MQTT 5 CONNACK "Unsupported Protocol Version"; MQTT 3.1.1 uses return code 1.
 _UNSUPPORTED_PROTOCOL = (0x84, 1)
+#: ``auto``: seconds without a CONNACK after the TCP (and TLS) connection is up
+#: before deciding the broker does not understand our MQTT 5 CONNECT.
+_CONNACK_TIMEOUT_S = 5.0
 _PURGE_EVERY_S = 5.0
 
 
@@ -112,6 +126,9 @@ class MqttLink:
         self._connected = threading.Event()
         self._pump_thread: threading.Thread | None = None
         self._protocol = broker.protocol
+        self._v5_confirmed = False  # an MQTT 5 CONNACK arrived: auto never falls back then
+        self._awaiting_connack: object | None = None  # token of the CONNECT waiting for CONNACK
+        self._client_lock = threading.Lock()  # the fallback swaps the client; stop() must see it
         self._sub_mid: int | None = None
         self._session_present = False
         self._client: Client = self._make_client()
@@ -157,9 +174,10 @@ class MqttLink:
         if self._pump_thread is not None:
             self._pump_thread.join(timeout=5)
         self._flush_acks()
-        self._clean_stop = True
-        self._client.disconnect()
-        self._client.loop_stop()
+        with self._client_lock:
+            self._clean_stop = True
+            self._client.disconnect()
+            self._client.loop_stop()
 
     # -- publishing outside the outbox -----------------------------------------------------
     def publish_now(
@@ -234,6 +252,8 @@ class MqttLink:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        if self._protocol == "auto":
+            client.on_socket_open = self._on_socket_open
         client.max_inflight_messages_set(self._ocfg.inflight)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(
@@ -267,16 +287,44 @@ class MqttLink:
             kwargs["properties"] = props
         self._client.connect_async(self.broker.host, self.broker.port, **kwargs)
 
+    def _on_socket_open(self, client: Client, userdata: Any, sock: Any) -> None:
+        """``auto`` only: time the CONNACK of the CONNECT about to be sent on ``sock``."""
+        if self._protocol != "auto" or self._v5_confirmed:
+            return
+        token = object()
+        self._awaiting_connack = token
+        timer = threading.Timer(_CONNACK_TIMEOUT_S, self._connack_overdue, args=(token,))
+        timer.daemon = True
+        timer.start()
+
+    def _connack_overdue(self, token: object) -> None:
+        if token is not self._awaiting_connack or self._stopping.is_set():
+            return  # answered, or a newer attempt owns the timer
+        log.warning(
+            "broker sent no CONNACK to an MQTT 5 CONNECT within %g s; falling back to MQTT 3.1.1",
+            _CONNACK_TIMEOUT_S,
+        )
+        self._fall_back()
+
     def _on_connect(
         self, client: Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
+        if client is not self._client:
+            return  # a late CONNACK to the client that the fallback replaced
+        self._awaiting_connack = None
         if reason.is_failure:
-            if self._protocol == "auto" and reason.value in _UNSUPPORTED_PROTOCOL:
+            if (
+                self._protocol == "auto"
+                and not self._v5_confirmed
+                and reason.value in _UNSUPPORTED_PROTOCOL
+            ):
                 log.warning("broker refused MQTT 5; falling back to MQTT 3.1.1")
                 threading.Thread(target=self._fall_back, daemon=True).start()
                 return
             log.warning("broker refused the connection: %s", reason)
             return
+        if self._protocol == "auto":
+            self._v5_confirmed = True
         self._session_present = bool(getattr(flags, "session_present", False))
         if self._subscriptions:
             # Ready only once the broker confirmed the subscriptions (_on_subscribe):
@@ -312,15 +360,36 @@ class MqttLink:
             self._on_connect_cb(self._session_present)
 
     def _fall_back(self) -> None:
-        self._client.loop_stop()
-        self._protocol = "3.1.1"
-        self._client = self._make_client()
-        self._connect_async()
-        self._client.loop_start()
+        """Replace the MQTT 5 client by a 3.1.1 one (never from paho's network thread)."""
+        with self._client_lock:
+            if self._protocol != "auto" or self._clean_stop or self._stopping.is_set():
+                return  # already fallen back (refusal and timeout can both fire), or stopping
+            old = self._client
+            old.loop_stop()
+            sock = old.socket()
+            if sock is not None:
+                # The hung CONNECT's socket: closing it lets the broker drop the half-read packet.
+                with contextlib.suppress(OSError):
+                    sock.close()
+            self._protocol = "3.1.1"
+            self._awaiting_connack = None
+            shared = [t for t, _ in self._subscriptions if t.startswith("$share/")]
+            if shared:
+                log.warning(
+                    "MQTT 3.1.1 has no shared subscriptions: %s are ordinary topics on this broker",
+                    ", ".join(shared),
+                )
+            self._client = self._make_client()
+            self._connect_async()
+            self._client.loop_start()
 
     def _on_disconnect(
         self, client: Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
+        if client is not self._client:
+            return  # the MQTT 5 client that the fallback replaced
+        # Closed before any CONNACK: not the "no answer" of a 3.1.1-only broker.
+        self._awaiting_connack = None
         with self._cond:
             was = self._connected.is_set()
             self._connected.clear()

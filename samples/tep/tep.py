@@ -50,8 +50,9 @@ from rich.table import Table
 
 import edge_sdk
 from edge_sdk import Runtime
+from edge_sdk.errors import BackendUnavailableError
 from edge_sdk.exporters import ExportConfig, ExportResult, export_model, sample_from_arrays
-from edge_sdk.fleet.broker import LocalBroker, find_mosquitto
+from edge_sdk.fleet.broker import EmbeddedBroker, start_local_broker
 from edge_sdk.manifest import Decision, Topology
 
 
@@ -289,6 +290,11 @@ def stream_through_node(
     the node's ``sensors`` topic, one after the other as the plant would
     report them, ``rate`` rows per second (one row is 3 minutes of plant
     time). ``edge-fleet watch --json`` collects what the node publishes.
+
+    The broker is mosquitto when installed, else the embedded amqtt (MQTT
+    3.1.1 only): then the node and the publisher are told to speak 3.1.1, and
+    ``edge-fleet watch`` falls back to it by itself (``protocol: auto``).
+    Without either broker the MQTT part is skipped with a note.
     """
     import paho.mqtt.client as mqtt
 
@@ -296,15 +302,16 @@ def stream_through_node(
 
     rows = sum(len(r) for _, r in runs)
     result = StreamResult([f for f, _ in runs], rows, 0.0)
-    if find_mosquitto() is None:
-        result.note = (
-            "mosquitto not found (make demo installs it with apt where it can): "
-            "the MQTT part was skipped"
-        )
+    try:
+        broker = start_local_broker(workdir / "broker")
+    except BackendUnavailableError as exc:
+        result.note = f"{exc}; the MQTT part was skipped"
         say(f"[yellow]{result.note}[/]")
         return result
-    broker = LocalBroker(workdir / "broker").start()
-    result.broker = f"mosquitto on {broker.url}"
+    if isinstance(broker, EmbeddedBroker):
+        result.broker = f"amqtt {broker.version} (embedded; mosquitto not found) on {broker.url}"
+    else:
+        result.broker = f"mosquitto on {broker.url}"
     say(f"broker: {result.broker}")
     watch = _Watch(broker.url, say)
     node_log = (workdir / "node.log").open("w")
@@ -328,11 +335,18 @@ def stream_through_node(
             "1",
             "--telemetry-interval",
             "2",
+            # The broker's own version: "auto" would also find 3.1.1 on amqtt, after
+            # waiting out its CONNACK timeout on the MQTT 5 attempt.
+            "--protocol",
+            broker.protocol,
         ],
         stdout=node_log,
         stderr=subprocess.STDOUT,
     )
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    v311 = broker.protocol == "3.1.1"
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311 if v311 else mqtt.MQTTv5
+    )
     try:
         online = watch.wait(
             lambda m: any(s.get("state") == "online" for s in m.get("status", [])), 60

@@ -10,14 +10,13 @@ import importlib.util
 import io
 import json
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 from rich.console import Console
+from sample_scripts import cora_module
 
 import edge_sdk
 
@@ -33,19 +32,6 @@ MAX_LOGIT_DIFF = 1e-4
 LATENCY_CALLS = 5  # the sample times 20 calls; 5 keep the test short (SAGE on ORT: ~0.5 s each)
 
 
-def _cora_module() -> ModuleType:
-    """Import ``samples/cora/cora.py`` (not a package) under a private name."""
-    name = "_edge_sdk_sample_cora"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, CORA_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def _tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")}
 
@@ -55,7 +41,7 @@ def cora_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One full run of the sample (all three models) shared by the tests below."""
     if not CORA_RAW.is_dir():
         pytest.skip(f"Cora data not found at {CORA_RAW} (shared datasets are absent here)")
-    cora = _cora_module()
+    cora = cora_module()
     tmp = tmp_path_factory.mktemp("cora")
     root = tmp / "planetoid"
     shutil.copytree(CORA_RAW, root / "Cora" / "raw")
@@ -112,7 +98,7 @@ def test_manifest_parity_records_the_bundle_accuracy(cora_run: dict[str, Any], n
     assert row["int8_acc"] >= row["torch_acc"] - 0.01
     assert row["onnx_kb"] / row["int8_kb"] >= 3.5
     assert manifest.model.name == f"cora-{name}"
-    assert manifest.model.labels == _cora_module().CORA_LABELS
+    assert manifest.model.labels == cora_module().CORA_LABELS
     assert [o.name for o in manifest.outputs] == ["logits"]
 
 
@@ -136,7 +122,7 @@ def test_data_folder_is_left_untouched(cora_run: dict[str, Any]) -> None:
 def test_missing_data_names_path_and_env_var(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cora = _cora_module()
+    cora = cora_module()
     with pytest.raises(cora.CoraNotFoundError) as info:
         cora.run(tmp_path / "nowhere", tmp_path / "out", ["gcn"], epochs=1)
     message = str(info.value)
@@ -150,7 +136,7 @@ def test_missing_data_names_path_and_env_var(
 
 
 def test_unknown_model_is_refused(tmp_path: Path) -> None:
-    cora = _cora_module()
+    cora = cora_module()
     with pytest.raises(ValueError, match="unknown model"):
         cora.run(tmp_path, tmp_path / "out", ["gin"], epochs=1)
 

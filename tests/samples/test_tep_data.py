@@ -7,36 +7,21 @@ folder (the shared folder is read-only). The model tests run on random data.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from sample_scripts import tep_module
 
 REPO = Path(__file__).resolve().parents[2]
 TEP_DIR = REPO / "samples" / "tep"
 TEP_DATA = REPO.parent / "shared" / "datasets" / "tep"
 
 
-def _load(name: str) -> ModuleType:
-    """Import ``samples/tep/<name>.py`` (samples are not a package) under a private name."""
-    key = f"_edge_sdk_sample_tep_{name}"
-    if key in sys.modules:
-        return sys.modules[key]
-    spec = importlib.util.spec_from_file_location(key, TEP_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-data = _load("data")
-pca = _load("pca")
+data = tep_module("data")
+pca = tep_module("pca")
 
 needs_tep = pytest.mark.skipif(
     not (TEP_DATA / "d00.dat").is_file(),
@@ -286,7 +271,7 @@ def test_pca_on_real_data_detects_fault_1_with_few_false_alarms(tmp_path: Path) 
 
 
 torch = pytest.importorskip("torch")
-gnn = _load("model")
+gnn = tep_module("model")
 
 
 def test_model_shapes_and_sparse_adjacency() -> None:

@@ -10,22 +10,17 @@ real-data numbers are the README's table (``python samples/tep/tep.py``).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 from rich.console import Console
+from sample_scripts import tep_module
 
 import edge_sdk
-
-REPO = Path(__file__).resolve().parents[2]
-TEP_SCRIPT = REPO / "samples" / "tep" / "tep.py"
 
 pytestmark = [
     pytest.mark.requires_backend("onnxruntime"),
@@ -33,22 +28,9 @@ pytestmark = [
 ]
 
 
-def _tep() -> ModuleType:
-    """Import ``samples/tep/tep.py`` (not a package) under a private name."""
-    name = "_edge_sdk_sample_tep_demo"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, TEP_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory, mosquitto_path: str) -> dict[str, Any]:
-    tep = _tep()
+    tep = tep_module("tep")
     out = tmp_path_factory.mktemp("tep-demo")
     args = tep.parse_args(
         [
@@ -154,7 +136,7 @@ def test_report_and_results_are_written(demo: dict[str, Any]) -> None:
 
 
 def test_bad_data_folder_exits_2_with_the_file_named(tmp_path: Path) -> None:
-    tep = _tep()
+    tep = tep_module("tep")
     folder = tmp_path / "tep"
     folder.mkdir()
     (folder / "d00.dat").write_text("1.0 2.0\n3.0\n")  # present but corrupt
@@ -163,7 +145,7 @@ def test_bad_data_folder_exits_2_with_the_file_named(tmp_path: Path) -> None:
 
 
 def test_stream_rows_round_trip_to_raw_readings() -> None:
-    tep = _tep()
+    tep = tep_module("tep")
     scaler = tep.data.Scaler(np.arange(52.0), np.linspace(1, 2, 52))
     z = np.random.default_rng(0).standard_normal((3, 52, 20)).astype(np.float32)
     readings = tep.raw(z, scaler)
@@ -177,3 +159,26 @@ def test_stream_rows_round_trip_to_raw_readings() -> None:
         np.lib.stride_tricks.sliding_window_view(tep.raw(rows, scaler), 20, axis=0),
         tep.raw(np.ascontiguousarray(windows), scaler),
     )
+
+
+def test_stream_through_node_uses_the_embedded_broker_without_mosquitto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sensor_bundle: Path
+) -> None:
+    from edge_sdk.fleet import broker as broker_mod
+
+    if not broker_mod.embedded_broker_available():
+        pytest.skip('amqtt is not installed (pip install "edge-graph-sdk[broker]")')
+    tep = tep_module("tep")
+    monkeypatch.setattr(broker_mod, "find_mosquitto", lambda: None)  # hide mosquitto
+    rows = np.random.default_rng(3).standard_normal((60, 52)).astype(np.float32)
+    lines: list[str] = []
+    stream = tep.stream_through_node(sensor_bundle, [(0, rows)], tmp_path, 2000.0, lines.append)
+    assert stream.broker.startswith("amqtt 0.12.")
+    assert "(embedded; mosquitto not found) on mqtt://127.0.0.1:" in stream.broker
+    assert stream.note == ""
+    # every complete 20-row window came back through amqtt, in order, exactly once
+    ends = [r["window"]["t_end"] for r in stream.results]
+    step = tep.data.SAMPLE_MINUTES * 60.0
+    assert ends == [pytest.approx(k * step) for k in range(19, 60)]
+    assert len({r["id"] for r in stream.results}) == 60 - 19
+    assert any(s.get("state") == "online" for s in stream.status)

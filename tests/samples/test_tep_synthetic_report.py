@@ -7,14 +7,12 @@ are read back as PNGs and the report's links are followed on disk.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from sample_scripts import tep_module
 
 REPO = Path(__file__).resolve().parents[2]
 TEP_DIR = REPO / "samples" / "tep"
@@ -22,23 +20,10 @@ TEP_DATA = REPO.parent / "shared" / "datasets" / "tep"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _load(name: str) -> ModuleType:
-    """Import ``samples/tep/<name>.py`` (samples are not a package) under a private name."""
-    key = f"_edge_sdk_sample_tep_{name}"
-    if key in sys.modules:
-        return sys.modules[key]
-    spec = importlib.util.spec_from_file_location(key, TEP_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-data = _load("data")
-pca = _load("pca")
-synthetic = _load("synthetic")
-report = _load("report")
+data = tep_module("data")
+pca = tep_module("pca")
+synthetic = tep_module("synthetic")
+report = tep_module("report")
 
 DETECTABLE = [f for f in range(1, 22) if f not in (3, 9, 15)]
 
