@@ -212,7 +212,8 @@ class LocalBroker:
             raise ConfigError(f"broker port must be in 1..65535, got {port}")
         if autosave_interval_s < 0:
             raise ConfigError(f"autosave_interval_s must be >= 0, got {autosave_interval_s}")
-        self.workdir = Path(workdir)
+        # mosquitto runs with cwd=workdir: a relative config path would not resolve there
+        self.workdir = Path(workdir).resolve()
         self.host = host
         self._port_given = port is not None
         self.port = port if port is not None else free_port(host)
@@ -463,7 +464,7 @@ class EmbeddedBroker:
     ) -> None:
         if port is not None and not 0 < port < 65536:
             raise ConfigError(f"broker port must be in 1..65535, got {port}")
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()  # amqtt runs with cwd=workdir
         self.host = host
         self._port_given = port is not None
         self.port = port if port is not None else free_port(host)

@@ -565,7 +565,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Everything :func:`main` does; returns what goes into ``results.json``."""
     say = console.print
     started = time.perf_counter()
-    out: Path = args.out
+    out: Path = args.out.resolve()  # child processes (broker, node) run elsewhere
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -105,3 +105,18 @@ def test_taken_port_is_an_error_not_the_other_broker(broker: LocalBroker, tmp_pa
         second.start(timeout_s=0.5)
     assert not second.running()
     assert broker.running()
+
+
+def test_relative_workdir_is_resolved(
+    mosquitto_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mosquitto runs with cwd=workdir, so a relative path (the demo's default
+    # out/tep/...) would not name its config there: it failed to start once
+    monkeypatch.chdir(tmp_path)
+    b = LocalBroker(Path("out") / "broker")
+    assert b.workdir == tmp_path / "out" / "broker"
+    b.start()
+    try:
+        assert b.running() and b.config_path.is_file()
+    finally:
+        b.stop()
