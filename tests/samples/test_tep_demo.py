@@ -172,7 +172,9 @@ def test_stream_through_node_uses_the_embedded_broker_without_mosquitto(
     monkeypatch.setattr(broker_mod, "find_mosquitto", lambda: None)  # hide mosquitto
     rows = np.random.default_rng(3).standard_normal((60, 52)).astype(np.float32)
     lines: list[str] = []
-    stream = tep.stream_through_node(sensor_bundle, [(0, rows)], tmp_path, 2000.0, lines.append)
+    stream = tep.streaming.stream_through_node(
+        sensor_bundle, [(0, "d00_te.dat", rows)], tmp_path, 2000.0, lines.append
+    )
     assert stream.broker.startswith("amqtt 0.12.")
     assert "(embedded; mosquitto not found) on mqtt://127.0.0.1:" in stream.broker
     assert stream.note == ""
