@@ -28,16 +28,16 @@ alert on the "being dropped" log line, and rely on the node's own flow
 control (bounded in-flight window, store-and-forward outbox) rather than on
 broker queues to absorb bursts.
 
-The embedded fallback: :class:`EmbeddedBroker`
------------------------------------------------
+The embedded fallback: ``EmbeddedBroker``
+-----------------------------------------
 Where mosquitto is not installed (a laptop without apt, a locked-down CI
-image), :class:`EmbeddedBroker` runs amqtt (``pip install
+image), :class:`edge_sdk.fleet.embedded_broker.EmbeddedBroker` runs amqtt (``pip install
 "edge-graph-sdk[broker]"``), a pure-Python broker, in a child process: the
 caller's own process, its event loop and its paho clients are not touched.
 :func:`start_local_broker` picks mosquitto when it is found and amqtt
 otherwise. Limits of amqtt, which is for demos and tests, not production:
 
-* MQTT 3.1.1 only (:attr:`EmbeddedBroker.protocol`): an MQTT 5 CONNECT is
+* MQTT 3.1.1 only (``EmbeddedBroker.protocol``): an MQTT 5 CONNECT is
   refused, or, when it carries CONNECT properties, never answered at all;
   clients must speak 3.1.1 or use the node's ``protocol: auto``, which falls
   back. No MQTT 5 features: no shared subscriptions (``$share/...`` is an
@@ -52,13 +52,11 @@ otherwise. Limits of amqtt, which is for demos and tests, not production:
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 import weakref
@@ -66,13 +64,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from .._optional import install_hint, is_available
 from ..errors import BackendUnavailableError, ConfigError
 
+if TYPE_CHECKING:
+    from .embedded_broker import EmbeddedBroker
+
 __all__ = [
     "BrokerLimits",
-    "EmbeddedBroker",
     "LocalBroker",
     "embedded_broker_available",
     "find_mosquitto",
@@ -421,242 +422,12 @@ class LocalBroker:
         return f"LocalBroker({self.url}, {state}, workdir={str(self.workdir)!r})"
 
 
-# -- the embedded fallback: amqtt in a child process --------------------------------------
-
-_AMQTT_READY = "Listener 'default' bind to {bind}"
-_AMQTT_FAILED = "Broker startup failed"
+# -- choosing a broker ---------------------------------------------------------------------
 
 
 def embedded_broker_available() -> bool:
     """True when amqtt (the ``[broker]`` extra) is installed; does not import it."""
     return is_available("amqtt")
-
-
-class EmbeddedBroker:
-    """An amqtt broker in a child Python process on a loopback port (MQTT 3.1.1 only).
-
-    The fallback for demos and tests where mosquitto is not installed; see the
-    module docstring for its limits (no MQTT 5, no persistence). It has the
-    surface of :class:`LocalBroker` that callers use: ``host``, ``port``,
-    ``url``, ``workdir``, ``log_path``, ``start``/``stop``/``kill``/
-    ``restart``, ``running()`` and the context manager. amqtt runs in its own
-    process so that its asyncio loop and its logging stay out of the caller's.
-
-    Args:
-        workdir: Directory for ``amqtt.yaml`` and ``amqtt.log`` (created if missing).
-        port: TCP port; a free one is picked when None.
-        host: Address to listen on.
-
-    Example:
-        >>> with EmbeddedBroker(tmp_path).start() as broker:  # doctest: +SKIP
-        ...     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTv311)
-        ...     client.connect(broker.host, broker.port)
-    """
-
-    #: MQTT version to speak to it: amqtt refuses MQTT 5.
-    protocol = "3.1.1"
-
-    def __init__(
-        self,
-        workdir: str | os.PathLike[str],
-        port: int | None = None,
-        host: str = "127.0.0.1",
-    ) -> None:
-        if port is not None and not 0 < port < 65536:
-            raise ConfigError(f"broker port must be in 1..65535, got {port}")
-        self.workdir = Path(workdir).resolve()  # amqtt runs with cwd=workdir
-        self.host = host
-        self._port_given = port is not None
-        self.port = port if port is not None else free_port(host)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize | None = None
-        self._started_once = False
-
-    @property
-    def url(self) -> str:
-        """``mqtt://HOST:PORT``."""
-        return f"mqtt://{self.host}:{self.port}"
-
-    @property
-    def config_path(self) -> Path:
-        return self.workdir / "amqtt.yaml"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "amqtt.log"
-
-    @property
-    def version(self) -> str:
-        """The installed amqtt version (read from its metadata, without importing it)."""
-        try:
-            return importlib.metadata.version("amqtt")
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    def _config_text(self) -> str:
-        # Only the anonymous-auth plugin: amqtt's default set adds the $SYS publisher
-        # and per-packet loggers, which cost CPU on every message for nothing here.
-        return "\n".join(
-            [
-                "# written by edge_sdk.fleet.broker.EmbeddedBroker",
-                "listeners:",
-                "  default:",
-                "    type: tcp",
-                f"    bind: {self.host}:{self.port}",
-                "    max_connections: 0",
-                "plugins:",
-                "  amqtt.plugins.authentication.AnonymousAuthPlugin:",
-                "    allow_anonymous: true",
-                "",
-            ]
-        )
-
-    def running(self) -> bool:
-        """True while the amqtt process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
-        """Spawn amqtt and wait until it accepts an MQTT 3.1.1 connection.
-
-        Raises:
-            BackendUnavailableError: amqtt is not installed.
-            ConfigError: amqtt failed at start (port in use, bad config); the
-                message carries the log tail.
-            RuntimeError: it is running but did not answer within ``timeout_s``.
-        """
-        if self.running():
-            raise RuntimeError(f"broker on port {self.port} is already running")
-        if not embedded_broker_available():
-            raise BackendUnavailableError(
-                f"amqtt is not installed (needed for the embedded MQTT broker); "
-                f"install it with: {install_hint('amqtt')}"
-            )
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + timeout_s
-        in_use = False
-        while True:
-            self.config_path.write_text(self._config_text())
-            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            proc = self._spawn()
-            outcome = self._wait_ready(proc, deadline, log_offset)
-            if outcome == "ready":
-                self._started_once = True
-                return self
-            # amqtt keeps its process alive after a failed start: end it ourselves.
-            _kill_quietly(proc)
-            if outcome == "timeout" and not in_use:
-                raise RuntimeError(
-                    f"amqtt did not accept MQTT connections on {self.url} within "
-                    f"{timeout_s:g} s; log tail:\n{self.log_tail()}"
-                )
-            # A timeout after "port in use" failures: the port is still taken.
-            new_log = self._read_log(log_offset)
-            in_use = in_use if outcome == "timeout" else "address already in use" in new_log.lower()
-            if in_use and time.monotonic() < deadline:
-                if not self._port_given and not self._started_once:
-                    self.port = free_port(self.host)
-                time.sleep(0.1)
-                continue
-            why = (
-                f"port {self.port} on {self.host} is in use by another process"
-                if in_use
-                else f"exit code {proc.returncode}, config {self.config_path}"
-            )
-            raise ConfigError(f"amqtt failed at start ({why}); log tail:\n{self.log_tail(20)}")
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        # ``python -m`` of this interpreter: the amqtt that embedded_broker_available()
-        # found, whatever the console scripts on PATH are.
-        argv = [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(self.config_path)]
-        with open(self.log_path, "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=self.workdir,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self._proc = proc
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _kill_quietly, proc)
-        return proc
-
-    def _wait_ready(self, proc: subprocess.Popen[bytes], deadline: float, log_offset: int) -> str:
-        """Poll until *this* process answers MQTT: "ready", "failed" or "timeout".
-
-        amqtt logs no client ids at INFO, so the proof that the CONNACK came
-        from our process (and not from another one holding the port) is its
-        own "bind to HOST:PORT" line in our log, written after the bind.
-        """
-        bound = _AMQTT_READY.format(bind=f"{self.host}:{self.port}")
-        delay = 0.02
-        while True:
-            if proc.poll() is not None:
-                return "failed"
-            new_log = self._read_log(log_offset)
-            if _AMQTT_FAILED in new_log:
-                return "failed"
-            if bound in new_log and _probe(
-                self.host, self.port, f"edge-sdk-probe-{uuid.uuid4().hex[:12]}"
-            ):
-                return "ready"
-            if time.monotonic() >= deadline:
-                return "timeout"
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-
-    def kill(self) -> None:
-        """SIGKILL the broker and wait: a crash (everything it held in memory is lost)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(timeout=10)
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGINT the broker (amqtt's clean shutdown path) and wait; SIGKILL if it hangs."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def restart(self, timeout_s: float = 15.0) -> EmbeddedBroker:
-        """Start again on the same port (sessions and queued messages are not kept)."""
-        self.stop()
-        return self.start(timeout_s=timeout_s)
-
-    def _read_log(self, offset: int = 0) -> str:
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(offset)
-                return fh.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, n: int = 40) -> str:
-        """The last ``n`` lines of ``amqtt.log`` (all starts of this broker)."""
-        return "\n".join(self._read_log().splitlines()[-n:])
-
-    def __enter__(self) -> EmbeddedBroker:
-        if not self.running():
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running() else "stopped"
-        return f"EmbeddedBroker({self.url}, {state}, workdir={str(self.workdir)!r})"
 
 
 def start_local_broker(
@@ -689,6 +460,8 @@ def start_local_broker(
         tell(f"broker: mosquitto ({binary}) on {mosquitto.url}")
         return mosquitto
     if embedded_broker_available():
+        from .embedded_broker import EmbeddedBroker
+
         embedded = EmbeddedBroker(workdir).start(timeout_s=timeout_s)
         tell(
             f"broker: amqtt {embedded.version} (embedded; mosquitto not found) on "

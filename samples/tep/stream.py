@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from edge_sdk.errors import BackendUnavailableError
-from edge_sdk.fleet.broker import EmbeddedBroker, start_local_broker
+from edge_sdk.fleet.broker import start_local_broker
+from edge_sdk.fleet.embedded_broker import EmbeddedBroker
 
 #: The node runs what the export chose for this profile (OpenVINO INT8).
 NODE_PROFILE = "intel-core-cpu"

@@ -22,13 +22,13 @@ from edge_sdk import Runtime
 from edge_sdk.errors import BackendUnavailableError, ConfigError
 from edge_sdk.fleet import broker as broker_mod
 from edge_sdk.fleet.broker import (
-    EmbeddedBroker,
     LocalBroker,
     _probe,
     embedded_broker_available,
     find_mosquitto,
     start_local_broker,
 )
+from edge_sdk.fleet.embedded_broker import EmbeddedBroker
 
 needs_amqtt = pytest.mark.skipif(
     not embedded_broker_available(),
