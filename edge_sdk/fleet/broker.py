@@ -60,11 +60,12 @@ import subprocess
 import time
 import uuid
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from .._optional import install_hint, is_available
 from ..errors import BackendUnavailableError, ConfigError
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BrokerLimits",
+    "BrokerProcess",
     "LocalBroker",
     "embedded_broker_available",
     "find_mosquitto",
@@ -176,7 +178,112 @@ def _kill_quietly(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-class LocalBroker:
+class BrokerProcess(ABC):
+    """A broker in a child process on a loopback port: what both brokers share.
+
+    Subclasses name their files (``CONFIG_NAME``, ``LOG_NAME``), the MQTT
+    version clients speak to them (``protocol``), the signal of their clean
+    shutdown (``STOP_SIGNAL``), and implement ``start()``.
+
+    Args:
+        workdir: The broker's work directory (created at start).
+        port: TCP port; a free one is picked when None.
+        host: Address to listen on.
+    """
+
+    protocol = "5"
+    CONFIG_NAME = "broker.conf"
+    LOG_NAME = "broker.log"
+    STOP_SIGNAL = signal.SIGTERM
+
+    def __init__(
+        self, workdir: str | os.PathLike[str], port: int | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"broker port must be in 1..65535, got {port}")
+        # the broker runs with cwd=workdir: a relative config path would not resolve there
+        self.workdir = Path(workdir).resolve()
+        self.host = host
+        self._port_given = port is not None
+        self.port = port if port is not None else free_port(host)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._started_once = False
+
+    @property
+    def url(self) -> str:
+        """``mqtt://HOST:PORT``."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / self.CONFIG_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / self.LOG_NAME
+
+    def running(self) -> bool:
+        """True while the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @abstractmethod
+    def start(self, timeout_s: float = 10.0) -> Self:
+        """Spawn the broker and wait until it accepts MQTT connections."""
+
+    def kill(self) -> None:
+        """SIGKILL the broker and wait: a crash (what it kept on disk stays as it was)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Send the broker's clean-shutdown signal and wait; SIGKILL if it hangs."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(self.STOP_SIGNAL)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def restart(self, timeout_s: float = 15.0) -> Self:
+        """Start again on the same port (stops it first if running)."""
+        self.stop()
+        return self.start(timeout_s=timeout_s)
+
+    def _read_log(self, offset: int = 0) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, n: int = 40) -> str:
+        """The last ``n`` lines of the broker's log (all its starts)."""
+        return "\n".join(self._read_log().splitlines()[-n:])
+
+    def __enter__(self) -> Self:
+        if not self.running():
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running() else "stopped"
+        return f"{type(self).__name__}({self.url}, {state}, workdir={str(self.workdir)!r})"
+
+
+class LocalBroker(BrokerProcess):
     """A mosquitto process on a loopback port, with its state in ``workdir``.
 
     Args:
@@ -198,6 +305,9 @@ class LocalBroker:
 
     #: MQTT version to speak to it (mosquitto also accepts 3.1.1 and 3.1).
     protocol = "5"
+    CONFIG_NAME = "mosquitto.conf"
+    LOG_NAME = "mosquitto.log"
+    STOP_SIGNAL = signal.SIGTERM  # mosquitto writes its persistence database on SIGTERM
 
     def __init__(
         self,
@@ -209,37 +319,15 @@ class LocalBroker:
         extra_config: str = "",
         host: str = "127.0.0.1",
     ) -> None:
-        if port is not None and not 0 < port < 65536:
-            raise ConfigError(f"broker port must be in 1..65535, got {port}")
         if autosave_interval_s < 0:
             raise ConfigError(f"autosave_interval_s must be >= 0, got {autosave_interval_s}")
-        # mosquitto runs with cwd=workdir: a relative config path would not resolve there
-        self.workdir = Path(workdir).resolve()
-        self.host = host
-        self._port_given = port is not None
-        self.port = port if port is not None else free_port(host)
+        super().__init__(workdir, port, host)
         self.persistence = persistence
         self.autosave_interval_s = autosave_interval_s
         self.limits = limits if limits is not None else BrokerLimits()
         self.extra_config = extra_config
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize | None = None
-        self._started_once = False
 
-    # -- paths and config --------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """``mqtt://HOST:PORT``."""
-        return f"mqtt://{self.host}:{self.port}"
-
-    @property
-    def config_path(self) -> Path:
-        return self.workdir / "mosquitto.conf"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "mosquitto.log"
+    # -- config ------------------------------------------------------------------------
 
     def _config_text(self) -> str:
         lines = [
@@ -270,10 +358,6 @@ class LocalBroker:
         return "\n".join(lines) + "\n"
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    def running(self) -> bool:
-        """True while the mosquitto process is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout_s: float = 10.0) -> LocalBroker:
         """Spawn mosquitto and wait until it accepts an MQTT connection.
@@ -362,64 +446,11 @@ class LocalBroker:
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    def kill(self) -> None:
-        """SIGKILL the broker and wait: a crash. State on disk is left as it was."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(timeout=10)
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM the broker and wait (it saves persistence); SIGKILL if it hangs."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def restart(self, timeout_s: float = 10.0) -> LocalBroker:
-        """Start again on the same port and persistence directory (stops it first if running)."""
-        self.stop()
-        return self.start(timeout_s=timeout_s)
-
     # -- logs --------------------------------------------------------------------------
-
-    def _read_log(self, offset: int = 0) -> str:
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(offset)
-                return fh.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, n: int = 40) -> str:
-        """The last ``n`` lines of ``mosquitto.log`` (all starts of this broker)."""
-        return "\n".join(self._read_log().splitlines()[-n:])
 
     def dropped_messages_logged(self) -> bool:
         """True when mosquitto logged that it dropped outgoing messages for a client."""
         return DROPPED_MARKER in self._read_log()
-
-    # -- context manager ---------------------------------------------------------------
-
-    def __enter__(self) -> LocalBroker:
-        if not self.running():
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running() else "stopped"
-        return f"LocalBroker({self.url}, {state}, workdir={str(self.workdir)!r})"
 
 
 # -- choosing a broker ---------------------------------------------------------------------

@@ -15,19 +15,17 @@ import sys
 import time
 import uuid
 import weakref
-from pathlib import Path
-from types import TracebackType
 
 from .._optional import install_hint
 from ..errors import BackendUnavailableError, ConfigError
 from . import broker as _broker  # one availability check, which tests can hide
-from .broker import _kill_quietly, _probe, free_port
+from .broker import BrokerProcess, _kill_quietly, _probe, free_port
 
 _AMQTT_READY = "Listener 'default' bind to {bind}"
 _AMQTT_FAILED = "Broker startup failed"
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(BrokerProcess):
     """An amqtt broker in a child Python process on a loopback port (MQTT 3.1.1 only).
 
     The fallback for demos and tests where mosquitto is not installed; see the
@@ -50,35 +48,9 @@ class EmbeddedBroker:
 
     #: MQTT version to speak to it: amqtt refuses MQTT 5.
     protocol = "3.1.1"
-
-    def __init__(
-        self,
-        workdir: str | os.PathLike[str],
-        port: int | None = None,
-        host: str = "127.0.0.1",
-    ) -> None:
-        if port is not None and not 0 < port < 65536:
-            raise ConfigError(f"broker port must be in 1..65535, got {port}")
-        self.workdir = Path(workdir).resolve()  # amqtt runs with cwd=workdir
-        self.host = host
-        self._port_given = port is not None
-        self.port = port if port is not None else free_port(host)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize | None = None
-        self._started_once = False
-
-    @property
-    def url(self) -> str:
-        """``mqtt://HOST:PORT``."""
-        return f"mqtt://{self.host}:{self.port}"
-
-    @property
-    def config_path(self) -> Path:
-        return self.workdir / "amqtt.yaml"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "amqtt.log"
+    CONFIG_NAME = "amqtt.yaml"
+    LOG_NAME = "amqtt.log"
+    STOP_SIGNAL = signal.SIGINT  # amqtt's clean shutdown path (SIGTERM skips it)
 
     @property
     def version(self) -> str:
@@ -105,10 +77,6 @@ class EmbeddedBroker:
                 "",
             ]
         )
-
-    def running(self) -> bool:
-        """True while the amqtt process is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         """Spawn amqtt and wait until it accepts an MQTT 3.1.1 connection.
@@ -201,54 +169,3 @@ class EmbeddedBroker:
                 return "timeout"
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
-
-    def kill(self) -> None:
-        """SIGKILL the broker and wait: a crash (everything it held in memory is lost)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(timeout=10)
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGINT the broker (amqtt's clean shutdown path) and wait; SIGKILL if it hangs."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def restart(self, timeout_s: float = 15.0) -> EmbeddedBroker:
-        """Start again on the same port (sessions and queued messages are not kept)."""
-        self.stop()
-        return self.start(timeout_s=timeout_s)
-
-    def _read_log(self, offset: int = 0) -> str:
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(offset)
-                return fh.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, n: int = 40) -> str:
-        """The last ``n`` lines of ``amqtt.log`` (all starts of this broker)."""
-        return "\n".join(self._read_log().splitlines()[-n:])
-
-    def __enter__(self) -> EmbeddedBroker:
-        if not self.running():
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running() else "stopped"
-        return f"EmbeddedBroker({self.url}, {state}, workdir={str(self.workdir)!r})"
