@@ -194,11 +194,11 @@ def test_export_alert_flags_write_the_decision(tmp_path: Path) -> None:
     _cli(
         *common,
         *("--alert-output", "score", "--alert-threshold", "-0.25"),
-        *("--alert-consecutive", "4", "--alert-class-output", "logits"),
-        *("-o", str(tmp_path / "b"), "--json"),
+        *("--alert-consecutive", "4", "--alert-clear-after", "2"),
+        *("--alert-class-output", "logits", "-o", str(tmp_path / "b"), "--json"),
     )
     m = Bundle.open(tmp_path / "b").manifest
     assert m.decision == Decision(
-        output="score", threshold=-0.25, consecutive=4, class_output="logits"
+        output="score", threshold=-0.25, consecutive=4, clear_after=2, class_output="logits"
     )
     assert m.topology is None
