@@ -253,6 +253,22 @@ class BrokerProcess(ABC):
         self.stop()
         return self.start(timeout_s=timeout_s)
 
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in the work directory, output appended to the log.
+
+        A finalizer kills the process if this object is collected without
+        ``stop()``: a test that fails half-way leaves no broker behind.
+        """
+        with open(self.log_path, "ab") as log:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.workdir, env=env
+            )
+        self._proc = proc
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _kill_quietly, proc)
+        return proc
+
     def _read_log(self, offset: int = 0) -> str:
         try:
             with open(self.log_path, "rb") as fh:
@@ -381,7 +397,7 @@ class LocalBroker(BrokerProcess):
         while True:
             self.config_path.write_text(self._config_text())
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            proc = self._spawn(binary)
+            proc = self._spawn([binary, "-c", str(self.config_path)])
             outcome = self._wait_ready(proc, deadline, log_offset)
             if outcome == "ready":
                 self._started_once = True
@@ -405,21 +421,6 @@ class LocalBroker(BrokerProcess):
                 else f"exit code {proc.returncode}, config {self.config_path}"
             )
             raise ConfigError(f"mosquitto exited at start ({why}); log tail:\n{self.log_tail(20)}")
-
-    def _spawn(self, binary: str) -> subprocess.Popen[bytes]:
-        with open(self.log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [binary, "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=self.workdir,
-            )
-        self._proc = proc
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _kill_quietly, proc)
-        return proc
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], deadline: float, log_offset: int) -> str:
         """Poll until *this* process answers MQTT: "ready", "exited" or "timeout".

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-import weakref
 
 from .._optional import install_hint
 from ..errors import BackendUnavailableError, ConfigError
@@ -100,7 +99,12 @@ class EmbeddedBroker(BrokerProcess):
         while True:
             self.config_path.write_text(self._config_text())
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            proc = self._spawn()
+            # ``python -m`` of this interpreter: the amqtt that embedded_broker_available()
+            # found, whatever the console scripts on PATH are.
+            proc = self._spawn(
+                [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(self.config_path)],
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
             outcome = self._wait_ready(proc, deadline, log_offset)
             if outcome == "ready":
                 self._started_once = True
@@ -126,25 +130,6 @@ class EmbeddedBroker(BrokerProcess):
                 else f"exit code {proc.returncode}, config {self.config_path}"
             )
             raise ConfigError(f"amqtt failed at start ({why}); log tail:\n{self.log_tail(20)}")
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        # ``python -m`` of this interpreter: the amqtt that embedded_broker_available()
-        # found, whatever the console scripts on PATH are.
-        argv = [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(self.config_path)]
-        with open(self.log_path, "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=self.workdir,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self._proc = proc
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _kill_quietly, proc)
-        return proc
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], deadline: float, log_offset: int) -> str:
         """Poll until *this* process answers MQTT: "ready", "failed" or "timeout".

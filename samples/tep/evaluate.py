@@ -208,17 +208,6 @@ def gnn_scores(
     return scores, traces
 
 
-def pca_scores(monitor: Any, splits: Any) -> dict[str, dict[int, Any]]:
-    """``{"t2": {fault: RunScore}, "spe": {...}}`` for every test run."""
-    out: dict[str, dict[int, Any]] = {"t2": {}, "spe": {}}
-    for fault, run in splits.test.items():
-        t2_alarm, spe_alarm = monitor.alarms(run.data)
-        idx = np.arange(len(run.data))
-        out["t2"][fault] = pca.score_run(t2_alarm, idx, run.onset, fault)
-        out["spe"][fault] = pca.score_run(spe_alarm, idx, run.onset, fault)
-    return out
-
-
 def run(
     root: Path | None,
     window: int = 20,
@@ -228,6 +217,7 @@ def run(
     quantile: float = 1.0,
     consecutive: int = 6,
     clear_after: int = 3,
+    restarts: int = 3,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and print the comparison; returns the per-fault results.
@@ -241,6 +231,7 @@ def run(
         quantile: Share of normal validation windows below the GNN threshold.
         consecutive: Windows in a row that raise a GNN alarm.
         clear_after: Windows in a row that clear it.
+        restarts: Seeds probed before the full training.
         console: Where the progress and the table go.
     """
     console = console or Console()
@@ -251,8 +242,10 @@ def run(
         f"PCA: {monitor.n_components} components ({variance:.0%} variance), "
         f"T² limit {monitor.t2_limit:.2f}, SPE limit {monitor.spe_limit:.2f}"
     )
-    trained = train_gnn(splits, window, epochs, seed, quantile, consecutive, clear_after, say=say)
-    scores = pca_scores(monitor, splits)
+    trained = train_gnn(
+        splits, window, epochs, seed, quantile, consecutive, clear_after, restarts=restarts, say=say
+    )
+    scores = pca.score_runs(monitor, splits.test)
     scores["gnn"], _ = gnn_scores(torch_predict(trained.model), splits, window, trained.rule)
     summaries = {k: pca.summarize(v) for k, v in scores.items()}
     console.print(_table(scores, summaries))
@@ -307,6 +300,25 @@ def _table(scores: dict[str, dict[int, Any]], summaries: dict[str, Any]) -> Tabl
     return table
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The options of data, training and alarm rule (shared with ``tep.py``)."""
+    parser.add_argument(
+        "--root", type=Path, default=None, help="folder holding d00.dat..d21_te.dat"
+    )
+    parser.add_argument("--window", type=int, default=20, help="samples per window (20)")
+    parser.add_argument("--epochs", type=int, default=16, help="GNN training epochs (16)")
+    parser.add_argument(
+        "--restarts", type=int, default=3, help="seeds probed before the full training (3)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="first random seed (0)")
+    parser.add_argument(
+        "--consecutive", type=int, default=6, help="windows in a row that raise an alarm (6)"
+    )
+    parser.add_argument(
+        "--clear-after", type=int, default=3, help="windows in a row that clear it (3)"
+    )
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="evaluate.py",
@@ -319,18 +331,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             "beside the repository."
         ),
     )
-    parser.add_argument(
-        "--root", type=Path, default=None, help="folder holding d00.dat..d21_te.dat"
-    )
-    parser.add_argument("--window", type=int, default=20, help="samples per window (20)")
-    parser.add_argument("--epochs", type=int, default=16, help="training epochs (16)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument(
-        "--consecutive", type=int, default=6, help="windows in a row that raise an alarm (6)"
-    )
-    parser.add_argument(
-        "--clear-after", type=int, default=3, help="windows in a row that clear it (3)"
-    )
+    add_model_args(parser)
     parser.add_argument(
         "--quantile",
         type=float,
@@ -354,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quantile=args.quantile,
             consecutive=args.consecutive,
             clear_after=args.clear_after,
+            restarts=args.restarts,
         )
     except data.TepDataError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -234,6 +235,22 @@ class Summary:
     far_normal: float
     far_pre_onset: float
     mean_delay_samples: float
+
+
+def score_runs(monitor: PcaMonitor, runs: Mapping[int, Any]) -> dict[str, dict[int, RunScore]]:
+    """T² and SPE scores of each test run: ``{"t2": {fault: RunScore}, "spe": {...}}``.
+
+    Args:
+        monitor: The fitted monitor.
+        runs: Scaled test runs by fault id (``data.Run``: ``data``, ``onset``).
+    """
+    out: dict[str, dict[int, RunScore]] = {"t2": {}, "spe": {}}
+    for fault, run in runs.items():
+        t2_alarm, spe_alarm = monitor.alarms(run.data)
+        idx = np.arange(len(run.data))
+        out["t2"][fault] = score_run(t2_alarm, idx, run.onset, fault)
+        out["spe"][fault] = score_run(spe_alarm, idx, run.onset, fault)
+    return out
 
 
 def summarize(scores: Mapping[int, RunScore], hard: Sequence[int] = HARD_FAULTS) -> Summary:

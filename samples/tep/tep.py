@@ -423,7 +423,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             f"  {name}: avg DR {_pct(pca.summarize(scores[name]).mean_detection)} %, "
             f"{latency[name]:.3f} ms per window"
         )
-    baseline = evaluate.pca_scores(monitor, splits)
+    baseline = pca.score_runs(monitor, splits.test)
     scores["PCA T²"], scores["PCA SPE"] = baseline["t2"], baseline["spe"]
     summaries = {k: pca.summarize(v) for k, v in scores.items()}
 
@@ -649,20 +649,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "exit codes: 0 done, 2 bad data or arguments, 1 a bug."
         ),
     )
-    parser.add_argument("--root", type=Path, default=None, help="folder of d00.dat..d21_te.dat")
+    evaluate.add_model_args(parser)
     parser.add_argument("--out", type=Path, default=Path("out/tep"), help="output folder")
-    parser.add_argument("--window", type=int, default=20, help="samples per window (20)")
-    parser.add_argument("--epochs", type=int, default=16, help="GNN training epochs (16)")
-    parser.add_argument(
-        "--restarts", type=int, default=3, help="seeds probed before the full training (3)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="first random seed (0)")
-    parser.add_argument(
-        "--consecutive", type=int, default=6, help="windows in a row that raise an alarm (6)"
-    )
-    parser.add_argument(
-        "--clear-after", type=int, default=3, help="windows in a row that clear it (3)"
-    )
     parser.add_argument(
         "--profiles",
         type=lambda s: [p for p in s.split(",") if p],

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import edge_export
 
 MODEL_SRC = """
 import torch
@@ -48,18 +46,7 @@ def unsupported():
 """
 
 
-def cli(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("edge-export")
-    proc = subprocess.run(
-        [str(exe), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    if check is not None:
-        assert proc.returncode == check, proc.stdout + proc.stderr
-    return proc
+cli = edge_export
 
 
 @pytest.fixture(scope="module")

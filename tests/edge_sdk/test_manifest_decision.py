@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import edge_export
 from tiny_models import DETECTOR_LABELS, DETECTOR_SENSORS, tiny_detector, tiny_detector_arrays
 
 from edge_sdk import Bundle, Decision, ManifestError, Topology
@@ -145,18 +144,7 @@ def test_topology_must_match_the_graph(tmp_path: Path) -> None:
 # -- edge-export ---------------------------------------------------------------------------
 
 
-def _cli(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("edge-export")
-    proc = subprocess.run(
-        [str(exe), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "250"},
-    )
-    if check is not None:
-        assert proc.returncode == check, proc.stdout + proc.stderr
-    return proc
+_cli = functools.partial(edge_export, columns=250)
 
 
 def test_inspect_shows_decision_and_topology(detector_bundle: Path) -> None:

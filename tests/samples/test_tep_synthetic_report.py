@@ -38,13 +38,8 @@ def pca_scores(plant: Path) -> dict[str, dict[int, object]]:
     """PCA T² and SPE scores of every synthetic test run (limits from normal training data)."""
     splits = data.load_splits(plant)
     monitor = pca.PcaMonitor.fit(splits.train[0].data, variance=0.9)
-    scores: dict[str, dict[int, object]] = {"PCA T²": {}, "PCA SPE": {}}
-    for fault, run in splits.test.items():
-        t2, spe = monitor.alarms(run.data)
-        idx = np.arange(len(run.data))
-        scores["PCA T²"][fault] = pca.score_run(t2, idx, run.onset, fault)
-        scores["PCA SPE"][fault] = pca.score_run(spe, idx, run.onset, fault)
-    return scores
+    scores = pca.score_runs(monitor, splits.test)
+    return {"PCA T²": scores["t2"], "PCA SPE": scores["spe"]}
 
 
 # -- the synthetic plant -----------------------------------------------------------------
