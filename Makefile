@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= out/tep
 CORA_OUT ?= out/cora
 
-.PHONY: demo demo-cora test lint typecheck unit clean help mosquitto
+.PHONY: demo demo-cora test lint typecheck unit clean help mosquitto proto
 
 help:
 	@echo "make demo       - TEP plant: train the adaptive-graph GNN, export an INT8 bundle,"
@@ -55,6 +55,12 @@ unit: $(STAMP) mosquitto
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+# Regenerate the Sparkplug B protobuf module (committed; only needed after editing the .proto).
+SPB := edge_sdk/node/sparkplug
+proto: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[proto]"
+	cd $(SPB) && ../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. sparkplug_b.proto
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) $(CORA_OUT)

@@ -26,6 +26,7 @@ _EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "tensorflow": ((), "tflite-export"),
     "paho.mqtt": ((), "mqtt"),
     "cryptography": ((), "mqtt"),
+    "google.protobuf": ((), "mqtt"),
     "torch": ((), "export"),
     "torch_geometric": ((), "export"),
     "onnx": ((), "export"),

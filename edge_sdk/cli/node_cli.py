@@ -38,6 +38,8 @@ app = make_app(
         "  edge-node run --config /etc/edge-node/node.yaml\n\n"
         "  edge-node run --bundle tep.bundle --broker mqtts://broker:8883 --ca ca.pem "
         "--username line3 --node-id line3 --group plant-a --trusted-key fleet.pub\n\n"
+        "  edge-node run --bundle tep.bundle --broker mqtt://broker:1883 --scheme sparkplug "
+        "--node-id line3 --group plant-a --primary-host scada   # Sparkplug B 3.0\n\n"
         "The password comes from EDGE_SDK_MQTT_PASSWORD. Stop with Ctrl-C or SIGTERM: "
         "the node publishes 'offline' and flushes in-flight messages first."
     )
@@ -62,6 +64,20 @@ def run(
     cert: Annotated[Path | None, typer.Option(help="Client certificate (mutual TLS).")] = None,
     key: Annotated[Path | None, typer.Option(help="Client private key (mutual TLS).")] = None,
     protocol: Annotated[str | None, typer.Option(help="5, 3.1.1 or auto.")] = None,
+    scheme: Annotated[
+        str | None,
+        typer.Option(
+            help="json (edge/{group}/{node}/..., QoS 1) or sparkplug (Sparkplug B 3.0: "
+            "NBIRTH/DDATA... under spBv1.0/{group}; updates stay on the JSON topics)."
+        ),
+    ] = None,
+    primary_host: Annotated[
+        str | None,
+        typer.Option(help="Sparkplug: host application id whose STATE gates births and data."),
+    ] = None,
+    sparkplug_device: Annotated[
+        str | None, typer.Option(help="Sparkplug: device id of the served model (default model).")
+    ] = None,
     trusted_key: Annotated[
         list[Path] | None,
         typer.Option(help="Public key (.pub or a directory) accepted for updates; repeatable."),
@@ -106,6 +122,9 @@ def run(
             "broker.cert": cert,
             "broker.key": key,
             "broker.protocol": protocol,
+            "scheme": scheme,
+            "sparkplug.primary_host": primary_host,
+            "sparkplug.device": sparkplug_device,
             "trusted_keys": trusted_key or None,
             "telemetry_interval_s": telemetry_interval,
             "profile": profile,

@@ -6,7 +6,7 @@ cryptography (the ``[mqtt]`` extra) load when a node connects or verifies.
 
 from __future__ import annotations
 
-from .config import AlertConfig, BrokerConfig, NodeConfig, load_config
+from .config import AlertConfig, BrokerConfig, NodeConfig, SparkplugConfig, load_config
 from .node import EdgeNode
 from .outbox import Outbox, OutboxStats
 from .topics import JsonScheme
@@ -19,5 +19,6 @@ __all__ = [
     "NodeConfig",
     "Outbox",
     "OutboxStats",
+    "SparkplugConfig",
     "load_config",
 ]

@@ -181,6 +181,42 @@ class OutboxConfig(_Strict):
     inflight: int = Field(default=64, ge=1, le=65535)
 
 
+class SparkplugConfig(_Strict):
+    """Sparkplug B 3.0 settings (used with ``scheme: sparkplug``).
+
+    The Sparkplug group id is the node's ``group``, the edge node id its
+    ``node_id``.
+
+    Attributes:
+        device: Device id of the served model (DBIRTH/DDATA/DDEATH).
+        primary_host: Host application id whose ``spBv1.0/STATE/{id}`` gates
+            births and data (None: publish whenever connected).
+        sensor_sources: Sparkplug devices whose DDATA feed the model, as
+            ``edge_node_id/device_id`` in the same group; metric names are
+            matched to ``window.sensors``.
+    """
+
+    device: str = "model"
+    primary_host: str | None = None
+    sensor_sources: list[str] = Field(default_factory=list)
+
+    @field_validator("device", "primary_host")
+    @classmethod
+    def _names(cls, value: str | None) -> str | None:
+        return None if value is None else check_name("Sparkplug id", value)
+
+    @field_validator("sensor_sources")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        for source in value:
+            parts = source.split("/")
+            if len(parts) != 2:
+                raise ValueError(f"{source!r}: expected edge_node_id/device_id")
+            for part in parts:
+                check_name("Sparkplug id", part)
+        return value
+
+
 class NodeConfig(_Strict):
     """Everything ``edge-node run`` needs.
 
@@ -190,6 +226,10 @@ class NodeConfig(_Strict):
         bundle: Bundle to serve when the state directory has none yet.
         state_dir: Model slots, outbox and downloads live here.
         broker: MQTT broker; ``None`` runs local-only (Python API).
+        scheme: ``json`` (``edge/{group}/{node}/...``, QoS 1, persistent
+            session) or ``sparkplug`` (Sparkplug B 3.0 under ``spBv1.0/``;
+            model updates, errors and OTA status stay on the JSON topics).
+        sparkplug: Sparkplug B settings.
         profile: Device profile (``auto``, a shipped name, or a YAML path).
         backend: Force one inference backend.
         precision: Force one precision.
@@ -213,6 +253,8 @@ class NodeConfig(_Strict):
     bundle: Path | None = None
     state_dir: Path = Path("edge-node-state")
     broker: BrokerConfig | None = None
+    scheme: Literal["json", "sparkplug"] = "json"
+    sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)
     profile: str = "auto"
     backend: str | None = None
     precision: str | None = None

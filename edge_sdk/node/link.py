@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._optional import require
 from .config import BrokerConfig, OutboxConfig
-from .outbox import Outbox
+from .outbox import Outbox, Stored
 
 if TYPE_CHECKING:
     from paho.mqtt.client import Client, MQTTMessage, MQTTMessageInfo
@@ -95,6 +95,15 @@ class MqttLink:
             subscribe, with ``session_present``.
         outbox: Pumped to the broker when given.
         outbox_config: Flow-control and replay settings of the pump.
+        clean_session: Start every connection with a clean session and no
+            session expiry (Sparkplug requires it); default a persistent one.
+        before_connect: Called before every CONNECT (paho's network thread);
+            returns the will for that connection (Sparkplug's NDEATH, whose
+            bdSeq changes per connect). Replaces ``will``.
+        on_disconnect: Called (network thread) when a connection is lost or closed.
+        sender: Publishes one outbox row for the pump and returns paho's
+            handle, or None to leave the row (and those after it) pending for
+            now; default: the row as stored at QoS 1.
     """
 
     def __init__(
@@ -107,6 +116,10 @@ class MqttLink:
         on_connect: Callable[[bool], None] | None = None,
         outbox: Outbox | None = None,
         outbox_config: OutboxConfig | None = None,
+        clean_session: bool = False,
+        before_connect: Callable[[], Will] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+        sender: Callable[[Stored], MQTTMessageInfo | None] | None = None,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -116,6 +129,10 @@ class MqttLink:
         self._on_connect_cb = on_connect
         self._outbox = outbox
         self._ocfg = outbox_config or OutboxConfig()
+        self._clean_session = clean_session
+        self._before_connect = before_connect
+        self._on_disconnect_cb = on_disconnect
+        self._send_row = sender or self._publish_row
         self.stats = LinkStats()
         self._cond = threading.Condition()
         self._inflight: dict[int, MQTTMessageInfo] = {}  # outbox seq -> paho publish handle
@@ -153,19 +170,16 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def stop(self, final: tuple[str, bytes] | None = None, flush_s: float = 2.0) -> None:
-        """Disconnect cleanly (no last will), after ``final`` and in-flight rows are sent.
+    def stop(self, final: Will | Callable[[], Will] | None = None, flush_s: float = 2.0) -> None:
+        """Disconnect cleanly (no last will), after in-flight rows and ``final`` are sent.
 
         Args:
-            final: ``(topic, payload)`` published retained at QoS 1 before
-                disconnecting (e.g. an ``offline`` status).
+            final: Published last, before disconnecting (e.g. an ``offline``
+                status, or Sparkplug's NDEATH); a callable is called only when
+                the link is still connected.
             flush_s: How long to wait for in-flight acknowledgements.
         """
         deadline = time.monotonic() + flush_s
-        if final is not None and self.connected:
-            info = self._client.publish(final[0], final[1], qos=1, retain=True)
-            with contextlib.suppress(RuntimeError, ValueError):  # not sent: the will covers it
-                info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
         while self.connected and self._inflight and time.monotonic() < deadline:
             time.sleep(0.01)
         self._stopping.set()
@@ -173,6 +187,11 @@ class MqttLink:
             self._cond.notify_all()
         if self._pump_thread is not None:
             self._pump_thread.join(timeout=5)
+        if final is not None and self.connected:
+            last = final() if callable(final) else final
+            info = self._client.publish(last.topic, last.payload, qos=last.qos, retain=last.retain)
+            with contextlib.suppress(RuntimeError, ValueError):  # not sent: the will covers it
+                info.wait_for_publish(timeout=max(0.5, deadline - time.monotonic()))
         self._flush_acks()
         with self._client_lock:
             self._clean_stop = True
@@ -197,6 +216,15 @@ class MqttLink:
             return False
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         return info.rc == 0
+
+    def publish_info(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> MQTTMessageInfo | None:
+        """Publish directly and return paho's handle; None when not connected or refused."""
+        if not self.connected:
+            return None
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        return info if info.rc == 0 else None
 
     def publish_wait(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 10.0
@@ -245,7 +273,7 @@ class MqttLink:
             "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         }
         if not v5:
-            kwargs["clean_session"] = False
+            kwargs["clean_session"] = self._clean_session
         client = mqtt.Client(**kwargs)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -254,6 +282,8 @@ class MqttLink:
         client.on_subscribe = self._on_subscribe
         if self._protocol == "auto":
             client.on_socket_open = self._on_socket_open
+        if self._before_connect is not None:
+            client.on_pre_connect = self._on_pre_connect
         client.max_inflight_messages_set(self._ocfg.inflight)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(
@@ -282,10 +312,16 @@ class MqttLink:
             props_mod = require("paho.mqtt.properties", "MQTT")
             packets = require("paho.mqtt.packettypes", "MQTT")
             props = props_mod.Properties(packets.PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.broker.session_expiry_s
-            kwargs["clean_start"] = False
+            if not self._clean_session:
+                props.SessionExpiryInterval = self.broker.session_expiry_s
+            kwargs["clean_start"] = self._clean_session
             kwargs["properties"] = props
         self._client.connect_async(self.broker.host, self.broker.port, **kwargs)
+
+    def _on_pre_connect(self, client: Client, userdata: Any) -> None:
+        assert self._before_connect is not None
+        will = self._before_connect()
+        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
 
     def _on_socket_open(self, client: Client, userdata: Any, sock: Any) -> None:
         """``auto`` only: time the CONNACK of the CONNECT about to be sent on ``sock``."""
@@ -400,6 +436,8 @@ class MqttLink:
                 self._replay_needed = True
         if was and not self._clean_stop:
             log.warning("lost the broker (%s); results wait in the outbox", reason)
+        if self._on_disconnect_cb is not None:
+            self._on_disconnect_cb()
 
     def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
         if self._on_message_cb is None:
@@ -454,13 +492,21 @@ class MqttLink:
                 rows = [r for r in rows if r.seq not in busy][:room]
                 if not rows:
                     break
+                blocked = False
                 for row in rows:
                     # Never call paho while holding _cond (see _on_publish).
-                    info = self._client.publish(
-                        row.topic, row.payload, qos=max(1, row.qos), retain=row.retain
-                    )
+                    sent = self._send_row(row)
+                    if sent is None:
+                        blocked = True  # the sender holds this row back; order keeps the rest
+                        break
+                    info = sent
                     with self._cond:
                         self._inflight[row.seq] = info
                         self._cursor = max(self._cursor, row.seq)
                     self.stats.published += 1
                 self._flush_acks()
+                if blocked:
+                    break
+
+    def _publish_row(self, row: Stored) -> MQTTMessageInfo:
+        return self._client.publish(row.topic, row.payload, qos=max(1, row.qos), retain=row.retain)

@@ -14,6 +14,11 @@ Threads:
 
 A bad message never stops the node: it is answered on the ``errors`` topic,
 naming the field and what was expected, and the worker carries on.
+
+With ``scheme: sparkplug`` results, alerts and telemetry leave as Sparkplug B
+DDATA/NDATA (:mod:`edge_sdk.node.sparkplug`), NCMD metrics become the same
+commands as the JSON ``cmd`` topic, and model updates, errors and OTA status
+stay on the JSON topics at QoS 1.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ from .models import ActiveModel
 from .ota import UpdateAgent
 from .outbox import Outbox, Outgoing, Priority
 from .slots import ModelSlots
+from .sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
+from .sparkplug import MessageType, SparkplugSession, now_ms, stored_payload
+from .sparkplug import metrics as spm
 from .telemetry import NodeStats, result_body
 from .topics import Inbound, JsonScheme, Outbound, dumps, finite, loads
 from .windows import Incomplete, Window, WindowAssembler, WindowSpec
@@ -49,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Consecutive failed batches right after an update that trigger a rollback.
 ROLLBACK_AFTER_FAILURES = 3
+#: What a Sparkplug node sends as Sparkplug DATA; the rest stays on the JSON topics.
+_SPARKPLUG_DATA = (Outbound.RESULTS, Outbound.ALERTS, Outbound.TELEMETRY)
 
 
 @dataclass(frozen=True)
@@ -104,25 +114,65 @@ class EdgeNode:
         self._worker: threading.Thread | None = None
         self._telemetry_interval = config.telemetry_interval_s
         self._next_telemetry = time.monotonic() + (self._telemetry_interval or 0)
+        self._last_telemetry: dict[str, Any] = {}
         self.outbox: Outbox | None = None
         self.link: MqttLink | None = None
         self.updates: UpdateAgent | None = None
+        self.sparkplug: SparkplugSession | None = None
         if config.broker is not None:
             oc = config.outbox
             self.outbox = Outbox(
                 state / "outbox.sqlite", max_bytes=oc.max_bytes, sync=oc.sync, replay_s=oc.replay_s
             )
-            self.link = MqttLink(
-                config.broker,
-                client_id=f"edge-node-{config.group}-{config.node_id}",
-                on_message=self._on_message,
-                subscriptions=self.scheme.subscriptions(),
-                will=Will(self.scheme.topic(Outbound.STATUS), self._status_payload("lost")),
-                on_connect=self._on_connect,
-                outbox=self.outbox,
-                outbox_config=oc,
-            )
+            client_id = f"edge-node-{config.group}-{config.node_id}"
+            if config.scheme == "sparkplug":
+                self.sparkplug = sp = self._sparkplug_session()
+                self.link = MqttLink(
+                    config.broker,
+                    client_id=client_id,
+                    on_message=self._on_message,
+                    subscriptions=self.scheme.subscriptions() + sp.subscriptions(),
+                    on_connect=self._on_connect,
+                    outbox=self.outbox,
+                    outbox_config=oc,
+                    clean_session=True,
+                    before_connect=sp.will,
+                    on_disconnect=sp.on_disconnect,
+                    sender=sp.send,
+                )
+                sp.attach(self.link)
+            else:
+                self.link = MqttLink(
+                    config.broker,
+                    client_id=client_id,
+                    on_message=self._on_message,
+                    subscriptions=self.scheme.subscriptions(),
+                    will=Will(self.scheme.topic(Outbound.STATUS), self._status_payload("lost")),
+                    on_connect=self._on_connect,
+                    outbox=self.outbox,
+                    outbox_config=oc,
+                )
             self.updates = UpdateAgent(self)
+
+    def _sparkplug_session(self) -> SparkplugSession:
+        cfg = self.config
+        return SparkplugSession(
+            cfg.group,
+            cfg.node_id,
+            cfg.sparkplug.device,
+            self.state_dir,
+            node_metrics=lambda: spm.node_birth(self.describe(), self._last_telemetry),
+            device_metrics=self._device_birth,
+            telemetry_interval=lambda: self._telemetry_interval,
+            primary_host=cfg.sparkplug.primary_host,
+            sensor_sources=cfg.sparkplug.sensor_sources,
+        )
+
+    def _device_birth(self) -> list[spm.Triple]:
+        manifest, alarm = self._alerting
+        meta = {"name": manifest.model.name, "version": manifest.model.version}
+        outputs = [o.name for o in manifest.outputs]
+        return spm.device_birth(meta, outputs, alarm.rule.threshold if alarm else None)
 
     # -- model ---------------------------------------------------------------------------
     def _initial_bundle(self) -> Path:
@@ -238,9 +288,12 @@ class EdgeNode:
         if self.updates is not None:
             self.updates.stop()
         if self.link is not None:
-            self.link.stop(
-                final=(self.scheme.topic(Outbound.STATUS), self._status_payload("offline"))
-            )
+            offline = Will(self.scheme.topic(Outbound.STATUS), self._status_payload("offline"))
+            if self.sparkplug is None:
+                self.link.stop(final=offline)
+            else:
+                self.link.publish_wait(offline.topic, offline.payload, retain=True, timeout=2.0)
+                self.link.stop(final=self.sparkplug.goodbye)  # DDEATH, then NDEATH
         if self.outbox is not None:
             self.outbox.close()
         self.model.close()
@@ -290,6 +343,9 @@ class EdgeNode:
 
     # -- MQTT in -----------------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, properties: Any) -> None:
+        if self.sparkplug is not None and topic.startswith(SPARKPLUG_NAMESPACE):
+            self._on_sparkplug(topic, payload)
+            return
         kind = self.scheme.classify(topic)
         if kind is None:
             return
@@ -310,15 +366,42 @@ class EdgeNode:
                 kind=kind,
             )
 
+    def _on_sparkplug(self, topic: str, payload: bytes) -> None:
+        """Sparkplug messages (paho's network thread): host STATE, NCMD, DCMD, source DDATA."""
+        sp = self.sparkplug
+        assert sp is not None
+        try:
+            kind, data = sp.receive(topic, payload)
+        except InvalidInputError as exc:
+            self._error(exc.field, str(exc))
+            return
+        if kind == "commands":
+            for cmd in data:
+                self._enqueue(Inbound.CMD, dumps(cmd), None)
+        elif kind == "sensors" and self._assembler is not None:
+            known = set(self._assembler.spec.sensors)
+            rows = [
+                {"t": r["t"], "values": {k: v for k, v in r["values"].items() if k in known}}
+                for r in data
+            ]
+            rows = [r for r in rows if r["values"]]
+            if rows:
+                self._enqueue(Inbound.SENSORS, dumps({"rows": rows}), None)
+
     def _on_connect(self, session_present: bool) -> None:
         self.publish_birth()
 
     def publish_birth(self) -> None:
-        """Publish the retained ``online`` status (model, backend, version)."""
+        """Publish the retained ``online`` status (model, backend, version).
+
+        With Sparkplug, also NBIRTH and DBIRTH (a rebirth: seq from 0, same bdSeq).
+        """
         if self.link is not None:
             self.link.publish_now(
                 self.scheme.topic(Outbound.STATUS), self._status_payload("online"), retain=True
             )
+        if self.sparkplug is not None:
+            self.sparkplug.birth()
 
     def _status_payload(self, state: str) -> bytes:
         body: dict[str, Any] = {"state": state}
@@ -549,9 +632,33 @@ class EdgeNode:
 
     # -- out ---------------------------------------------------------------------------------
     def _out(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> Outgoing:
+        if self.sparkplug is not None and kind in _SPARKPLUG_DATA:
+            return self._sparkplug_out(kind, body, priority)
         topic = self.scheme.topic(kind)
         return Outgoing(
             topic, lambda seq: self.scheme.envelope(kind, body, seq), qos=1, priority=priority
+        )
+
+    def _sparkplug_out(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> Outgoing:
+        """A DDATA (results, alerts) or NDATA (telemetry) row; seq is added when it is sent."""
+        sp = self.sparkplug
+        assert sp is not None
+        ts = now_ms()
+        if kind is Outbound.TELEMETRY:
+            triples = spm.telemetry_metrics(body)
+            return Outgoing(
+                sp.topic(MessageType.NDATA), stored_payload(triples, ts), qos=0, priority=priority
+            )
+        topic = sp.topic(MessageType.DDATA, device=True)
+        if kind is Outbound.ALERTS:
+            return Outgoing(
+                topic, stored_payload(spm.alert_metrics(body), ts), qos=0, priority=priority
+            )
+        return Outgoing(
+            topic,
+            lambda seq: stored_payload(spm.result_metrics(body, seq), ts),
+            qos=0,
+            priority=priority,
         )
 
     def _error_msg(
@@ -584,6 +691,7 @@ class EdgeNode:
 
     def _telemetry(self) -> Outgoing:
         body: dict[str, Any] = {**self.describe(), **self.stats.snapshot(self._queue.qsize())}
+        body["telemetry_interval_s"] = self._telemetry_interval
         if self.outbox is not None:
             st = self.outbox.stats()
             body["outbox"] = {
@@ -599,4 +707,5 @@ class EdgeNode:
                 "replayed": self.link.stats.replayed,
                 "protocol": self.link.stats.protocol,
             }
+        self._last_telemetry = body
         return self._out(Outbound.TELEMETRY, body, Priority.TELEMETRY)
