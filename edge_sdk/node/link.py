@@ -102,8 +102,9 @@ class MqttLink:
             bdSeq changes per connect). Replaces ``will``.
         on_disconnect: Called (network thread) when a connection is lost or closed.
         sender: Publishes one outbox row for the pump and returns paho's
-            handle, or None to leave the row (and those after it) pending for
-            now; default: the row as stored at QoS 1.
+            handle, or None to hold the row back; later rows under the same
+            first topic level are then held too, so each topic root keeps its
+            order, until :meth:`rescan`. Default: the row as stored, at QoS 1.
     """
 
     def __init__(
@@ -137,6 +138,8 @@ class MqttLink:
         self._cond = threading.Condition()
         self._inflight: dict[int, MQTTMessageInfo] = {}  # outbox seq -> paho publish handle
         self._cursor = 0
+        self._held: set[str] = set()  # topic roots with a row held back in this pass
+        self._rescan = False  # start the next pass from the first pending row
         self._replay_needed = False
         self._clean_stop = False
         self._stopping = threading.Event()
@@ -261,6 +264,12 @@ class MqttLink:
     def wake(self) -> None:
         """Tell the pump that new rows are waiting."""
         with self._cond:
+            self._cond.notify_all()
+
+    def rescan(self) -> None:
+        """Tell the pump to look at every pending row again (held rows may go now)."""
+        with self._cond:
+            self._rescan = True
             self._cond.notify_all()
 
     # -- paho --------------------------------------------------------------------------------
@@ -389,7 +398,7 @@ class MqttLink:
                 if n:
                     log.info("re-sending %d recently delivered messages after a lost link", n)
             self._replay_needed = False
-            self._cursor = 0  # rescan: requeued and never-sent rows; in-flight ones are skipped
+            self._rescan = True  # requeued and never-sent rows; in-flight ones are skipped
             self._connected.set()
             self._cond.notify_all()
         if self._on_connect_cb is not None:
@@ -483,6 +492,10 @@ class MqttLink:
                 last_purge = time.monotonic()
             while self.connected and not self._stopping.is_set():
                 with self._cond:
+                    if self._rescan:  # applied between passes, never under a batch in progress
+                        self._rescan = False
+                        self._cursor = 0
+                        self._held.clear()
                     busy = set(self._inflight)
                     cursor = self._cursor
                 room = window - len(busy)
@@ -492,21 +505,20 @@ class MqttLink:
                 rows = [r for r in rows if r.seq not in busy][:room]
                 if not rows:
                     break
-                blocked = False
                 for row in rows:
-                    # Never call paho while holding _cond (see _on_publish).
-                    sent = self._send_row(row)
-                    if sent is None:
-                        blocked = True  # the sender holds this row back; order keeps the rest
-                        break
-                    info = sent
+                    root = row.topic.split("/", 1)[0]
+                    # Never call paho while holding _cond (see _on_publish). A row after a
+                    # held one of the same topic root waits too: each root keeps its order.
+                    info = None if root in self._held else self._send_row(row)
                     with self._cond:
-                        self._inflight[row.seq] = info
                         self._cursor = max(self._cursor, row.seq)
-                    self.stats.published += 1
+                        if info is None:
+                            self._held.add(root)
+                        else:
+                            self._inflight[row.seq] = info
+                    if info is not None:
+                        self.stats.published += 1
                 self._flush_acks()
-                if blocked:
-                    break
 
     def _publish_row(self, row: Stored) -> MQTTMessageInfo:
         return self._client.publish(row.topic, row.payload, qos=max(1, row.qos), retain=row.retain)

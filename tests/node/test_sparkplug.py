@@ -439,3 +439,38 @@ def test_sensor_inputs_arrive_as_ddata_from_another_sparkplug_device(
             np.testing.assert_allclose(r.metrics["Result/Outputs/out"], expected, atol=1e-5)
             assert r.metrics["Result/Window Start"] == pytest.approx((t0 + 1000 * k) / 1000)
     assert node.stats.errors == 0
+
+
+def test_updates_travel_the_json_path_while_the_host_is_offline_then_rebirth_and_rollback(
+    broker, sp_node, mqtt_client_factory, sensor_bundles, fleet_keys, tmp_path
+):
+    """OTA does not depend on the Sparkplug host: the update installs while data is held;
+    the births that follow name the new model, and an NCMD rollback births the old one."""
+    from edge_sdk.fleet.deploy import Deployer, prepare_bundle
+    from edge_sdk.node.config import BrokerConfig
+
+    host = mqtt_client_factory(broker)
+    host.subscribe("spBv1.0/#", qos=1)
+    node = sp_node(broker, sparkplug=SparkplugConfig(primary_host="scada"))
+    _feed(node, _rows(WINDOW))  # one result, held: the host has not come online
+    prepared = prepare_bundle(
+        sensor_bundles["v2"], tmp_path / "packed", key=fleet_keys["key"], chunk_size=8192
+    )
+    outcome = Deployer(BrokerConfig(url=broker.url), GROUP, prepared, node=NODE).run(timeout_s=60)
+    assert outcome[NODE].step == "swapped"
+    assert node.model.runtime.manifest.model.version == "1.1.0"
+    assert sparkplug(host.messages) == [], "nothing Sparkplug before the host is online"
+
+    body = json.dumps({"online": True, "timestamp": int(time.time() * 1000)})
+    host.client.publish("spBv1.0/STATE/scada", body, qos=1, retain=True).wait_for_publish(5)
+    msgs = sparkplug(host.wait_for(lambda m: len(_results(sparkplug(m))) >= 1))
+    assert _kinds(msgs)[:2] == ["NBIRTH", "DBIRTH"]
+    assert msgs[0].metrics["Node Info/Model Version"] == "1.1.0"
+    assert msgs[1].metrics["Model/Version"] == "1.1.0"
+    assert _results(msgs)[0].historical  # produced (by 1.0.0) before these births
+
+    host.publish(f"spBv1.0/{GROUP}/NCMD/{NODE}", ncmd(Node_Control__Rollback=(pb.Boolean, True)))
+    msgs = sparkplug(host.wait_for(lambda m: _kinds(sparkplug(m)).count("DBIRTH") >= 2, timeout=20))
+    dbirths = [m for m in msgs if m.kind == "DBIRTH"]
+    assert dbirths[-1].metrics["Model/Version"] == "1.0.0"
+    assert node.model.runtime.manifest.model.version == "1.0.0"

@@ -293,12 +293,12 @@ class SparkplugSession:
             self._born = True
             self.births += 1
         log.info("Sparkplug births sent (bdSeq %s)", self.bd_seq.value)
-        link.wake()
+        link.rescan()  # the rows held back while not born go now, oldest first
         return True
 
     # -- data ------------------------------------------------------------------------------
     def send(self, row: Stored) -> MQTTMessageInfo | None:
-        """The link's pump hook: publish one outbox row (None: not now, keep it pending).
+        """The link's pump hook: publish one outbox row (None: hold it, and the rows after it).
 
         Sparkplug rows get their seq now and ``is_historical`` when produced
         before the current births; other rows (OTA status, errors) go out as
