@@ -247,7 +247,8 @@ def watch(
     epilog=(
         "Examples:\n\n"
         "  edge-fleet command rollback --group plant-a --node line3\n\n"
-        "  edge-fleet command telemetry_interval --value 5 --group plant-a"
+        "  edge-fleet command telemetry_interval --value 5 --group plant-a\n\n"
+        "  edge-fleet command rebirth --group plant-a --node line3 --sparkplug   # NCMD"
     )
 )
 def command(
@@ -258,6 +259,13 @@ def command(
     broker: BrokerOpt = "mqtt://127.0.0.1:1883",
     username: UserOpt = None,
     ca: CaOpt = None,
+    sparkplug: Annotated[
+        bool,
+        typer.Option(
+            "--sparkplug",
+            help="Send it as a Sparkplug B NCMD (rebirth, rollback, telemetry_interval; one node).",
+        ),
+    ] = False,
 ) -> None:
     """Send a command to one node or a whole group."""
     with fail_on_errors():
@@ -269,15 +277,26 @@ def command(
 
         scheme = JsonScheme(group, node or GROUP_WIDE) if node else None
         topic = scheme.topic(Inbound.CMD) if scheme else f"edge/{group}/{GROUP_WIDE}/{Inbound.CMD}"
+        if sparkplug:
+            from edge_sdk.node.sparkplug import MessageType
+            from edge_sdk.node.sparkplug import topic as sparkplug_topic
+            from edge_sdk.node.sparkplug.host import command as sparkplug_command
+
+            if not node:
+                raise ConfigError("Sparkplug commands go to one node: give --node")
+            topic = sparkplug_topic(group, MessageType.NCMD, node)
+            payload = sparkplug_command(cmd, value)
         link = MqttLink(_broker(broker, username, ca), f"edge-fleet-cmd-{uuid.uuid4().hex[:8]}")
         link.start()
         try:
             if not link.wait_connected(10):
                 raise ConfigError(f"cannot reach the broker at {broker}")
-            body: dict[str, Any] = {"cmd": cmd}
-            if value is not None:
-                body["value"] = value
-            if not link.publish_wait(topic, dumps(body)):
+            if not sparkplug:
+                body: dict[str, Any] = {"cmd": cmd}
+                if value is not None:
+                    body["value"] = value
+                payload = dumps(body)
+            if not link.publish_wait(topic, payload):
                 raise ConfigError("the broker did not acknowledge the command")
             console.print(f"sent {cmd} to {topic}")
         finally:

@@ -7,6 +7,13 @@ duplicates that QoS 1 and the node's replay after a lost link can produce
 (``$share/name/edge/...``) so several consumers split the results between them;
 the retained ``status`` topic is always subscribed normally (brokers do not send
 retained messages to shared subscriptions).
+
+Nodes that speak Sparkplug B (``edge-node run --scheme sparkplug``) are followed
+under ``spBv1.0/{group}/...`` too: births and deaths set their state (a stale
+NDEATH, whose bdSeq is not the current birth's, is ignored), DDATA results and
+alerts and NDATA telemetry fill the same table. Their messages reach
+``on_message`` as ``sparkplug/{NBIRTH|DDATA|...}`` with the decoded metrics.
+With ``share``, only DATA messages are shared: every consumer needs the births.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from typing import Any
 from ..errors import EdgeSDKError
 from ..node.config import BrokerConfig
 from ..node.link import MqttLink
+from ..node.sparkplug import NAMESPACE as SPARKPLUG
+from ..node.sparkplug.host import HostView
 from ..node.topics import ROOT, JsonScheme, Outbound, loads
 
 #: Topics a watcher follows, besides the retained status.
@@ -89,6 +98,7 @@ class FleetWatcher:
         streams: Which outgoing node topics to follow.
         client_id: MQTT client id; a stable id with a persistent session makes
             the broker queue messages for this watcher while it is away.
+        sparkplug: Also follow Sparkplug B nodes of the group.
     """
 
     def __init__(
@@ -99,8 +109,10 @@ class FleetWatcher:
         on_message: Callable[[str, dict[str, Any]], None] | None = None,
         streams: tuple[Outbound, ...] = STREAMS,
         client_id: str | None = None,
+        sparkplug: bool = True,
     ) -> None:
         self.nodes: dict[tuple[str, str], NodeView] = {}
+        self.sparkplug = HostView()
         self.dedup = Deduplicator()
         self.counts: dict[str, int] = {}
         self._on_message = on_message
@@ -108,6 +120,13 @@ class FleetWatcher:
         prefix = f"$share/{share}/" if share else ""
         subs = [(f"{prefix}{ROOT}/{group}/+/{kind.value}", 1) for kind in streams]
         subs.append((f"{ROOT}/{group}/+/{Outbound.STATUS.value}", 1))
+        if sparkplug and share:
+            subs += [(f"{prefix}{SPARKPLUG}/{group}/{k}/#", 0) for k in ("NDATA", "DDATA")]
+            subs += [
+                (f"{SPARKPLUG}/{group}/{k}/#", 0) for k in ("NBIRTH", "NDEATH", "DBIRTH", "DDEATH")
+            ]
+        elif sparkplug:
+            subs.append((f"{SPARKPLUG}/{group}/#", 0))
         self.link = MqttLink(
             broker,
             client_id=client_id or f"edge-fleet-watch-{uuid.uuid4().hex[:8]}",
@@ -142,6 +161,9 @@ class FleetWatcher:
             return [NodeView(**v.as_dict()) for _, v in sorted(self.nodes.items())]
 
     def _receive(self, topic: str, payload: bytes, properties: Any) -> None:
+        if topic.startswith(SPARKPLUG + "/"):
+            self._receive_sparkplug(topic, payload)
+            return
         parsed = JsonScheme.parse(topic)
         if parsed is None or not payload:
             return
@@ -160,6 +182,50 @@ class FleetWatcher:
             _update(view, kind, body)
         if self._on_message is not None:
             self._on_message(kind, body)
+
+    def _receive_sparkplug(self, topic: str, payload: bytes) -> None:
+        body = self.sparkplug.message(topic, payload)
+        if body is None:
+            return
+        kind = f"sparkplug/{body['type']}"
+        with self._lock:
+            msg_id = body.get("id")
+            if isinstance(msg_id, str) and self.dedup.seen(f"{body['group']}/{msg_id}"):
+                return  # a result replayed after a lost link
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            view = self.nodes.setdefault(
+                (body["group"], body["node"]), NodeView(body["group"], body["node"])
+            )
+            view.last_seen = time.time()
+            _update_sparkplug(view, body)
+        if self._on_message is not None:
+            self._on_message(kind, body)
+
+
+def _update_sparkplug(view: NodeView, body: dict[str, Any]) -> None:
+    kind, m = body["type"], body.get("metrics") or {}
+    if "error" in body:
+        view.errors += 1
+    elif kind == "NBIRTH":
+        view.state = "online"
+        view.model = str(m.get("Node Info/Model Name") or view.model)
+        view.version = str(m.get("Node Info/Model Version") or view.version)
+        view.backend = str(m.get("Node Info/Backend") or view.backend)
+    elif kind == "NDEATH":
+        view.state = "offline"
+    elif kind == "DDATA":
+        if "Result/Id" in m:
+            view.results += 1
+            view.last_class = str(m.get("Result/Label", m.get("Result/Class", "")))
+        if "Alert/State" in m:
+            view.alerts += m["Alert/State"] == "raised"
+            view.alert_state = (
+                f"{m['Alert/State']}: {m.get('Alert/Label', m.get('Alert/Class', ''))}"
+            )
+    elif kind == "NDATA":
+        view.latency_p50_ms = m.get("Telemetry/Latency p50 ms", view.latency_p50_ms)
+        view.latency_p99_ms = m.get("Telemetry/Latency p99 ms", view.latency_p99_ms)
+        view.outbox_pending = m.get("Telemetry/Outbox Pending", view.outbox_pending)
 
 
 def _update(view: NodeView, kind: str, body: dict[str, Any]) -> None:

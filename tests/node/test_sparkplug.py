@@ -474,3 +474,71 @@ def test_updates_travel_the_json_path_while_the_host_is_offline_then_rebirth_and
     dbirths = [m for m in msgs if m.kind == "DBIRTH"]
     assert dbirths[-1].metrics["Model/Version"] == "1.0.0"
     assert node.model.runtime.manifest.model.version == "1.0.0"
+
+
+def test_edge_fleet_follows_sparkplug_nodes_and_sends_ncmd(broker, sp_node, mqtt_client_factory):
+    from typer.testing import CliRunner
+
+    from edge_sdk.cli.fleet_cli import app as fleet
+    from edge_sdk.fleet.watch import FleetWatcher
+    from edge_sdk.node.config import BrokerConfig
+
+    seen: list[tuple[str, dict]] = []
+    with FleetWatcher(
+        BrokerConfig(url=broker.url), GROUP, on_message=lambda k, b: seen.append((k, b))
+    ) as w:
+        node = sp_node(broker)
+        _feed(node, _rows(WINDOW + 4))
+        deadline = time.monotonic() + 15
+        while sum(k == "sparkplug/DDATA" for k, _ in seen) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (view,) = w.snapshot()
+        assert (view.node, view.state, view.version, view.results) == (NODE, "online", "1.0.0", 5)
+        assert view.backend == node.describe()["backend"]
+
+        res = CliRunner().invoke(
+            fleet,
+            [
+                "command",
+                "rebirth",
+                "--group",
+                GROUP,
+                "--node",
+                NODE,
+                "--sparkplug",
+                "--broker",
+                broker.url,
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        while sum(k == "sparkplug/NBIRTH" for k, _ in seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sum(k == "sparkplug/NBIRTH" for k, _ in seen) == 2
+        bad = CliRunner().invoke(
+            fleet,
+            [
+                "command",
+                "telemetry",
+                "--group",
+                GROUP,
+                "--node",
+                NODE,
+                "--sparkplug",
+                "--broker",
+                broker.url,
+            ],
+        )
+        assert bad.exit_code != 0 and "NCMD" in bad.output
+
+        # A will left over from an older connection (another bdSeq) does not kill the node's view
+        stale = pb.Payload(timestamp=1)
+        stale.metrics.add(name="bdSeq", datatype=pb.Int64, long_value=77)
+        mqtt_client_factory(broker).publish(
+            f"spBv1.0/{GROUP}/NDEATH/{NODE}", stale.SerializeToString()
+        )
+        time.sleep(0.3)
+        assert w.snapshot()[0].state == "online"
+        node.stop()
+        while w.snapshot()[0].state != "offline" and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+        assert w.snapshot()[0].state == "offline"
