@@ -45,35 +45,37 @@ class Msg:
     raw: Any
 
 
-def _value(m: Any) -> Any:
+def _value(m: Any, dt: int) -> Any:
     if m.is_null:
         return None
-    if m.datatype in _INT32:
+    if dt in _INT32:
         v = m.int_value
-        return v - (1 << 32) if m.datatype in {pb.Int8, pb.Int16, pb.Int32} and v >= 1 << 31 else v
-    if m.datatype in _INT64:
-        return (
-            m.long_value - (1 << 64)
-            if m.datatype == pb.Int64 and m.long_value >= 1 << 63
-            else m.long_value
-        )
-    if m.datatype == pb.DoubleArray:
+        return v - (1 << 32) if dt in {pb.Int8, pb.Int16, pb.Int32} and v >= 1 << 31 else v
+    if dt in _INT64:
+        v = m.long_value
+        return v - (1 << 64) if dt == pb.Int64 and v >= 1 << 63 else v
+    if dt == pb.DoubleArray:
         return list(np.frombuffer(m.bytes_value, "<f8"))
     field = m.WhichOneof("value")
     return getattr(m, field) if field else None
 
 
-def decode(rec: Received) -> Msg:
+def decode(rec: Received, births: dict[str | None, dict[str, int]]) -> Msg:
+    """Decode one message; DATA metrics carry no datatype, so it comes from the birth."""
     parts = rec.topic.split("/")
     assert parts[0] == "spBv1.0" and parts[1] == GROUP, rec.topic
+    kind, device = parts[2], parts[4] if len(parts) == 5 else None
     p = pb.Payload.FromString(rec.payload)
-    metrics = {m.name: _value(m) for m in p.metrics}
+    if kind in ("NBIRTH", "DBIRTH"):
+        births[device] = {m.name: m.datatype for m in p.metrics}
+    declared = births.get(device, {})
+    types = {m.name: m.datatype if m.HasField("datatype") else declared[m.name] for m in p.metrics}
     return Msg(
-        kind=parts[2],
-        device=parts[4] if len(parts) == 5 else None,
+        kind=kind,
+        device=device,
         seq=p.seq if p.HasField("seq") else None,
-        metrics=metrics,
-        datatypes={m.name: m.datatype for m in p.metrics},
+        metrics={m.name: _value(m, types[m.name]) for m in p.metrics},
+        datatypes={m.name: m.datatype for m in p.metrics if m.HasField("datatype")},
         historical=bool(p.metrics) and all(m.is_historical for m in p.metrics),
         timestamps=[m.timestamp for m in p.metrics],
         raw=p,
@@ -85,6 +87,7 @@ _FROM_NODE = ("NBIRTH", "NDEATH", "NDATA", "DBIRTH", "DDEATH", "DDATA")
 
 def sparkplug(messages: list[Received]) -> list[Msg]:
     """Every message the node published under spBv1.0, decoded, in arrival order."""
+    births: dict[str | None, dict[str, int]] = {}
     out = []
     for m in messages:
         parts = m.topic.split("/")
@@ -94,7 +97,7 @@ def sparkplug(messages: list[Received]) -> list[Msg]:
             and parts[2] in _FROM_NODE
             and parts[3] == NODE
         ):
-            out.append(decode(m))
+            out.append(decode(m, births))
     return out
 
 
@@ -180,12 +183,12 @@ def test_births_will_and_data_on_the_wire(
     assert dbirth.datatypes["Result/Outputs/out"] == pb.DoubleArray
     assert dbirth.metrics["Alert/Active"] is False
 
-    # -- every DATA metric was declared by its birth, with the same datatype
+    # -- every DATA metric was declared by the birth; DATA leaves datatypes out (SHOULD NOT)
     data = msgs[2:]
     assert data and all(m.kind == "DDATA" and m.device == "model" for m in data)
     for m in data:
-        for name, dt in m.datatypes.items():
-            assert dbirth.datatypes.get(name) == dt, name
+        assert set(m.metrics) <= set(dbirth.datatypes) and m.datatypes == {}
+        assert all(ts > 0 for ts in m.timestamps)  # every metric timestamped
     # -- seq continues across all message types; data is live (not historical) and QoS 0
     assert [m.seq for m in msgs] == list(range(len(msgs)))
     assert not any(m.historical for m in data)
@@ -409,28 +412,30 @@ def test_sensor_inputs_arrive_as_ddata_from_another_sparkplug_device(
         sparkplug=SparkplugConfig(sensor_sources=["plc7/line3"]),
     )
     rows = _rows(WINDOW + 1, seed=3)
+    rows[:, 0] = np.round(rows[:, 0] * 10)  # XMEAS1 is an Int32 (negative values included)
     t0 = 1_700_000_000_000
-    # DBIRTH declares aliases; DDATA then carries aliases only, as Ignition-style devices do
+    # DBIRTH declares names, aliases and datatypes; DDATA then carries aliases and values only
     birth = pb.Payload(timestamp=t0, seq=1)
     for i, name in enumerate(names):
-        birth.metrics.add(
-            name=name, alias=100 + i, datatype=pb.Float, float_value=0.0, timestamp=t0 - 1000
-        )
+        m = birth.metrics.add(name=name, alias=100 + i, timestamp=t0 - 1000)
+        if i == 0:
+            m.datatype, m.int_value = pb.Int32, 0
+        else:
+            m.datatype, m.float_value = pb.Float, 0.0
     birth.metrics.add(name="Status", alias=99, datatype=pb.String, string_value="running")
     host.publish("spBv1.0/plant/DBIRTH/plc7/line3", birth.SerializeToString(), qos=0)
+    half = N_SENSORS // 2
     for k, row in enumerate(rows):
-        p = pb.Payload(timestamp=t0 + 1000 * k, seq=2 + k)
-        half = N_SENSORS // 2
         for part in (range(half), range(half, N_SENSORS)):  # one sample split over two messages
             p = pb.Payload(timestamp=t0 + 1000 * k, seq=(2 + k) % 256)
             for i in part:
-                p.metrics.add(
-                    alias=100 + i,
-                    datatype=pb.Float,
-                    float_value=float(row[i]),
-                    timestamp=t0 + 1000 * k,
-                )
+                m = p.metrics.add(alias=100 + i, timestamp=t0 + 1000 * k)
+                if i == 0:
+                    m.int_value = int(row[0]) & 0xFFFFFFFF  # two's complement, per the spec
+                else:
+                    m.float_value = float(row[i])
             host.publish("spBv1.0/plant/DDATA/plc7/line3", p.SerializeToString(), qos=0)
+    assert (rows[: WINDOW + 1, 0] < 0).any()
     results = _results(sparkplug(host.wait_for(lambda m: len(_results(sparkplug(m))) >= 2)))
     with Runtime.load(sensor_bundles["v1"]) as rt:
         for r in results[:2]:

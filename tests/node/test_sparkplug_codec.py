@@ -101,3 +101,30 @@ def test_topics():
     assert parse_topic("spBv1.0/STATE/scada").host == "scada"
     assert parse_topic("spBv1.0/g/BOGUS/n") is None
     assert parse_topic("edge/g/n/results") is None
+
+
+def test_data_leaves_datatypes_out_and_the_decoder_takes_them_from_the_birth():
+    data = encode(
+        [Metric("Temp", -3, DataType.INT16), Metric("Spectrum", [0.5, 1.5], DataType.DOUBLE_ARRAY)],
+        timestamp=1,
+        seq=4,
+        with_datatypes=False,
+    )
+    raw = pb.Payload.FromString(data)
+    assert not any(m.HasField("datatype") for m in raw.metrics)
+    blind = decode(data)  # without the birth the values cannot be interpreted
+    assert blind.metrics[0].datatype is DataType.UNKNOWN and blind.get("Temp") == 2**32 - 3
+    births = {"Temp": DataType.INT16, "Spectrum": DataType.DOUBLE_ARRAY}
+    assert decode(data, births).get("Temp") == -3
+    assert decode(data, births).get("Spectrum") == [0.5, 1.5]
+
+
+def test_alias_only_metrics_get_their_names_from_the_birth():
+    p = pb.Payload(timestamp=1, seq=2)
+    p.metrics.add(alias=7, float_value=2.5, timestamp=1)
+    p.metrics.add(alias=8, float_value=1.0, timestamp=1)  # never declared
+    out = decode(p.SerializeToString(), {"Flow": DataType.FLOAT}, {7: "Flow"})
+    assert [(m.name, m.value, m.datatype) for m in out.metrics] == [
+        ("Flow", 2.5, DataType.FLOAT),
+        ("", 1.0, DataType.UNKNOWN),
+    ]

@@ -11,7 +11,10 @@ Value encoding follows the Sparkplug 3.0 specification:
   DateTime in ``long_value`` (uint64); signed values as two's complement;
 * arrays go in ``bytes_value``, little-endian, tightly packed (strings
   null-terminated);
-* a metric without a value is sent with ``is_null``.
+* a metric without a value is sent with ``is_null``;
+* the datatype is sent in births and left out of DATA and CMD messages
+  ("SHOULD NOT be included"): a decoder takes it from the birth
+  (``decode(..., datatypes=...)``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from types import ModuleType
@@ -138,13 +141,17 @@ class Payload:
         return {m.name: m for m in self.metrics}
 
 
-def encode(metrics: Iterable[Metric], timestamp: int, seq: int | None) -> bytes:
+def encode(
+    metrics: Iterable[Metric], timestamp: int, seq: int | None, with_datatypes: bool = True
+) -> bytes:
     """Serialise metrics into one payload.
 
     Args:
         metrics: The metrics, in order.
         timestamp: Payload timestamp, ms since the epoch.
         seq: Sequence number 0-255; ``None`` for NDEATH, which has none.
+        with_datatypes: Send each metric's datatype (births, NDEATH); False for
+            DATA messages, whose datatypes the host knows from the birth.
 
     Raises:
         InvalidInputError: A value that does not fit its datatype (naming the metric).
@@ -158,7 +165,8 @@ def encode(metrics: Iterable[Metric], timestamp: int, seq: int | None) -> bytes:
     for m in metrics:
         out = msg.metrics.add()
         out.name = m.name
-        out.datatype = int(m.datatype)
+        if with_datatypes:
+            out.datatype = int(m.datatype)
         if m.alias is not None:
             out.alias = m.alias
         if m.timestamp is not None:
@@ -177,8 +185,19 @@ def encode(metrics: Iterable[Metric], timestamp: int, seq: int | None) -> bytes:
     return msg.SerializeToString()
 
 
-def decode(data: bytes) -> Payload:
+def decode(
+    data: bytes,
+    datatypes: Mapping[str, DataType] | None = None,
+    aliases: Mapping[int, str] | None = None,
+) -> Payload:
     """Parse a payload.
+
+    Args:
+        data: The MQTT payload.
+        datatypes: Datatype by metric name, from the birth, for metrics sent
+            without one (DATA messages); others decode as ``UNKNOWN``.
+        aliases: Metric name by alias, from the birth, for metrics sent by
+            alias only (their ``name`` is filled in).
 
     Raises:
         InvalidInputError: Not a Sparkplug B protobuf payload.
@@ -188,17 +207,24 @@ def decode(data: bytes) -> Payload:
         msg.ParseFromString(data)
     except Exception as exc:  # protobuf raises DecodeError or RuntimeError by backend
         raise InvalidInputError("payload", f"not a Sparkplug B payload: {exc}") from None
-    metrics = [
-        Metric(
-            name=m.name,
-            value=None if m.is_null else _get_value(m),
-            datatype=_datatype(m.datatype),
-            timestamp=m.timestamp if m.HasField("timestamp") else None,
-            is_historical=m.is_historical,
-            alias=m.alias if m.HasField("alias") else None,
+    known = datatypes or {}
+    names = aliases or {}
+    metrics = []
+    for m in msg.metrics:
+        alias = m.alias if m.HasField("alias") else None
+        name = m.name or (names.get(alias, "") if alias is not None else "")
+        declared = m.HasField("datatype")
+        dt = _datatype(m.datatype) if declared else known.get(name, DataType.UNKNOWN)
+        metrics.append(
+            Metric(
+                name=name,
+                value=None if m.is_null else _get_value(m, dt),
+                datatype=dt,
+                timestamp=m.timestamp if m.HasField("timestamp") else None,
+                is_historical=m.is_historical,
+                alias=alias,
+            )
         )
-        for m in msg.metrics
-    ]
     return Payload(
         timestamp=msg.timestamp if msg.HasField("timestamp") else None,
         seq=msg.seq if msg.HasField("seq") else None,
@@ -276,8 +302,7 @@ def _set_value(out: Any, dt: DataType, value: Any) -> None:
         raise ValueError(f"datatype {dt.name} is not supported by this encoder")
 
 
-def _get_value(m: Any) -> Any:
-    dt = _datatype(m.datatype)
+def _get_value(m: Any, dt: DataType) -> Any:
     kind = m.WhichOneof("value")
     if kind is None:
         return None

@@ -45,6 +45,8 @@ class HostView:
 
     def __init__(self) -> None:
         self._bd_seq: dict[tuple[str, str], int] = {}
+        # datatypes declared by the births, per (group, node, device): DATA omits them
+        self._types: dict[tuple[str, str, str | None], dict[str, DataType]] = {}
         self._lock = threading.Lock()
 
     def message(self, topic: str, payload: bytes) -> dict[str, Any] | None:
@@ -67,11 +69,17 @@ class HostView:
             "node": parsed.node,
             "device": parsed.device,
         }
+        where = (parsed.group, parsed.node, parsed.device)
         try:
-            msg = decode(payload)
+            with self._lock:
+                known = dict(self._types.get(where, {}))
+            msg = decode(payload, known)
         except InvalidInputError as exc:
             body["error"] = str(exc)
             return body
+        if parsed.kind in (MessageType.NBIRTH, MessageType.DBIRTH):
+            with self._lock:
+                self._types[where] = {m.name: m.datatype for m in msg.metrics if m.name}
         body.update(
             seq=msg.seq,
             ts=msg.timestamp,

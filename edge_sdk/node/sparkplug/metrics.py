@@ -184,29 +184,24 @@ def _flat(value: Any) -> list[float]:
     return [float(value)]
 
 
-def sensor_rows(
-    metrics: list[Any], payload_ts: int | None, aliases: Mapping[int, str]
-) -> list[dict[str, Any]]:
-    """Turn a source device's DDATA/DBIRTH metrics into sensor rows for the window assembler.
+def sensor_rows(metrics: list[Any], payload_ts: int | None) -> list[dict[str, Any]]:
+    """Turn a source device's DDATA metrics into sensor rows for the window assembler.
 
-    Metrics are named by their name or by the alias the source's DBIRTH
-    declared; metrics without a numeric value are ignored. Metrics with the same
-    timestamp form one row; ``t`` is in seconds. The node keeps the names its
-    model takes.
+    Metrics without a name (an alias the source's DBIRTH did not declare) or
+    without a numeric value are ignored. Metrics with the same timestamp form
+    one row; ``t`` is in seconds. The node keeps the names its model takes.
 
     Args:
         metrics: Decoded :class:`~edge_sdk.node.sparkplug.codec.Metric` objects.
         payload_ts: The payload timestamp, for metrics without their own.
-        aliases: Alias -> name, from the source's DBIRTH.
     """
     rows: dict[int, dict[str, Any]] = {}
     for m in metrics:
-        name = m.name or aliases.get(m.alias, "")
         value = m.value
-        if not name or isinstance(value, bool) or not isinstance(value, int | float):
+        if not m.name or isinstance(value, bool) or not isinstance(value, int | float):
             continue
         ts = m.timestamp if m.timestamp is not None else payload_ts
         if ts is None:
             continue
-        rows.setdefault(ts, {})[name] = value
+        rows.setdefault(ts, {})[m.name] = value
     return [{"t": ts / 1000.0, "values": values} for ts, values in sorted(rows.items())]

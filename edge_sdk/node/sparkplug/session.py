@@ -209,7 +209,9 @@ class SparkplugSession:
         self._host_ts = -1
         self._link: MqttLink | None = None
         self._sources = [tuple(s.split("/", 1)) for s in sensor_sources or []]
+        # per source device, from its DBIRTH: alias -> name, name -> datatype
         self._aliases: dict[tuple[str, str], dict[int, str]] = {}
+        self._types: dict[tuple[str, str], dict[str, DataType]] = {}
         self.births = 0
 
     # -- wiring --------------------------------------------------------------------------
@@ -315,7 +317,7 @@ class SparkplugSession:
             data = json.loads(row.payload)
             ts = int(data["ts"])
             metrics = _metrics(data["m"], ts, historical=ts < self._birth_ms)
-            payload = encode(metrics, now_ms(), self._next_seq())
+            payload = encode(metrics, now_ms(), self._next_seq(), with_datatypes=False)
             return link.publish_info(row.topic, payload, qos=0)
 
     def _next_seq(self) -> int:
@@ -387,9 +389,10 @@ class SparkplugSession:
             self._aliases[source] = {
                 m.alias: m.name for m in msg.metrics if m.alias is not None and m.name
             }
+            self._types[source] = {m.name: m.datatype for m in msg.metrics if m.name}
         elif parsed.kind is MessageType.DDATA and source in self._sources:
-            msg = decode(payload)
-            return "sensors", sensor_rows(msg.metrics, msg.timestamp, self._aliases.get(source, {}))
+            msg = decode(payload, self._types.get(source), self._aliases.get(source))
+            return "sensors", sensor_rows(msg.metrics, msg.timestamp)
         return "", []
 
     def commands(self, payload: bytes) -> list[dict[str, Any]]:
