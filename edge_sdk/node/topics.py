@@ -37,8 +37,10 @@ Every JSON message the node sends carries ``schema`` (``edge-sdk/1``), ``type``,
 unique ``id`` (``{node}:{seq}``) and ``seq`` so the cloud side can put them in
 order and drop duplicates (QoS 1 is at-least-once).
 
-This module is the only place that knows topic strings; the Sparkplug B scheme
-(its own issue) provides the same :class:`Scheme` methods over ``spBv1.0/...``.
+This module is the only place that knows the JSON topic strings. A node with
+``scheme: sparkplug`` sends results, alerts and telemetry as Sparkplug B under
+``spBv1.0/`` instead (:mod:`edge_sdk.node.sparkplug`) and keeps these topics for
+everything else.
 """
 
 from __future__ import annotations
