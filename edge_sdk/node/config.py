@@ -27,7 +27,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .._env import env_str
 from ..errors import ConfigError
@@ -279,6 +279,15 @@ class NodeConfig(_Strict):
     @classmethod
     def _group(cls, value: str) -> str:
         return check_name("group", value)
+
+    @model_validator(mode="after")
+    def _sparkplug_needs_its_scheme(self) -> NodeConfig:
+        sp = self.sparkplug
+        if self.scheme != "sparkplug" and (sp.primary_host or sp.sensor_sources):
+            raise ValueError(
+                "sparkplug.primary_host and sparkplug.sensor_sources need scheme: sparkplug"
+            )
+        return self
 
 
 def _default_node_id() -> str:

@@ -547,3 +547,20 @@ def test_edge_fleet_follows_sparkplug_nodes_and_sends_ncmd(broker, sp_node, mqtt
         while w.snapshot()[0].state != "offline" and time.monotonic() < deadline + 5:
             time.sleep(0.05)
         assert w.snapshot()[0].state == "offline"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"sparkplug.primary_host": "scada"}, "need scheme: sparkplug"),
+        ({"scheme": "sparkplug", "sparkplug.sensor_sources": ["plc7"]}, "edge_node_id/device_id"),
+        ({"scheme": "sparkplug", "sparkplug.device": "a/b"}, "not a valid name"),
+        ({"scheme": "mqtt"}, "'json' or 'sparkplug'"),
+    ],
+)
+def test_sparkplug_config_errors_name_the_field(overrides, words):
+    from edge_sdk.errors import ConfigError
+    from edge_sdk.node import load_config
+
+    with pytest.raises(ConfigError, match=words):
+        load_config(None, **overrides)
