@@ -166,6 +166,7 @@ class EdgeNode:
             telemetry_interval=lambda: self._telemetry_interval,
             primary_host=cfg.sparkplug.primary_host,
             sensor_sources=cfg.sparkplug.sensor_sources,
+            errors_topic=self.scheme.topic(Outbound.ERRORS),
         )
 
     def _device_birth(self) -> list[spm.Triple]:

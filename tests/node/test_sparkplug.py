@@ -342,6 +342,8 @@ def test_data_produced_offline_is_replayed_historical_and_in_order(
     broker.restart()
     host.wait_ready(timeout=20, min_connects=2)
     host.subscribe("spBv1.0/#", qos=1)
+    assert node.link.wait_connected(20)
+    assert not node.sparkplug.born  # after a reconnect the node waits for the host's STATE
     host_state(True)  # the primary host is back: births, then the backlog
     host.wait_for(lambda m: len(_results(sparkplug(m[before:]))) >= 20, timeout=20)
     _feed(node, rows[WINDOW - 1 + 30 :], start=WINDOW - 1 + 30)
@@ -564,3 +566,25 @@ def test_sparkplug_config_errors_name_the_field(overrides, words):
 
     with pytest.raises(ConfigError, match=words):
         load_config(None, **overrides)
+
+
+def test_an_outbox_row_that_cannot_be_encoded_is_reported_and_does_not_stop_the_pump(
+    broker, sp_node, mqtt_client_factory
+):
+    from edge_sdk.node.outbox import Outgoing
+
+    host = mqtt_client_factory(broker)
+    host.subscribe("spBv1.0/#", qos=1)
+    host.subscribe(f"edge/{GROUP}/{NODE}/errors", qos=1)
+    node = sp_node(broker)
+    host.wait_for(lambda m: "DBIRTH" in _kinds(sparkplug(m)))
+    bad = node.outbox.put(Outgoing(f"spBv1.0/{GROUP}/DDATA/{NODE}/model", b"{not json", qos=0))
+    node.link.wake()
+    _feed(node, _rows(WINDOW))
+    msgs = host.wait_for(
+        lambda m: any(r.topic.endswith("/errors") for r in m) and len(_results(sparkplug(m))) >= 1
+    )
+    (err,) = [json.loads(r.payload) for r in msgs if r.topic.endswith("/errors")]
+    assert err["field"] == "sparkplug" and f"row {bad} not sent" in err["error"]
+    seqs = [m.seq for m in sparkplug(msgs)]
+    assert seqs == list(range(len(seqs)))  # the bad row used no seq

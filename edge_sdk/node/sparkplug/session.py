@@ -177,6 +177,7 @@ class SparkplugSession:
             controls).
         device_metrics: Returns the model device's metrics of a birth.
         telemetry_interval: Returns the current telemetry period (seconds).
+        errors_topic: Where a row that cannot be encoded is reported instead (JSON, QoS 1).
         primary_host: Host id whose STATE gates births (None: no gating).
         sensor_sources: ``node/device`` ids (same group) whose DDATA carry sensor readings.
     """
@@ -190,6 +191,7 @@ class SparkplugSession:
         node_metrics: Callable[[], list[Triple]],
         device_metrics: Callable[[], list[Triple]],
         telemetry_interval: Callable[[], float],
+        errors_topic: str,
         primary_host: str | None = None,
         sensor_sources: list[str] | None = None,
     ) -> None:
@@ -212,6 +214,7 @@ class SparkplugSession:
         # per source device, from its DBIRTH: alias -> name, name -> datatype
         self._aliases: dict[tuple[str, str], dict[int, str]] = {}
         self._types: dict[tuple[str, str], dict[str, DataType]] = {}
+        self._errors_topic = errors_topic
         self.births = 0
 
     # -- wiring --------------------------------------------------------------------------
@@ -253,6 +256,8 @@ class SparkplugSession:
     def on_disconnect(self) -> None:
         with self._lock:
             self._born = False
+            # After a reconnect the host's (retained) STATE must say online again.
+            self._host_online = self.primary_host is None
 
     def goodbye(self) -> Will:
         """Before an intentional disconnect: DDEATH now; returns the NDEATH to send last."""
@@ -314,11 +319,21 @@ class SparkplugSession:
         with self._lock:
             if not self._born:
                 return None
-            data = json.loads(row.payload)
-            ts = int(data["ts"])
-            metrics = _metrics(data["m"], ts, historical=ts < self._birth_ms)
-            payload = encode(metrics, now_ms(), self._next_seq(), with_datatypes=False)
-            return link.publish_info(row.topic, payload, qos=0)
+            try:
+                data = json.loads(row.payload)
+                ts = int(data["ts"])
+                metrics = _metrics(data["m"], ts, historical=ts < self._birth_ms)
+                payload = encode(metrics, now_ms(), self._seq, with_datatypes=False)
+            except (ValueError, KeyError, TypeError) as exc:  # InvalidInputError is a ValueError
+                # Never let one row stop the pump: report it where errors go, at QoS 1,
+                # and the row counts as delivered once that report is acknowledged.
+                log.error("outbox row %d is not a valid Sparkplug message: %s", row.seq, exc)
+                body = {"field": "sparkplug", "error": f"row {row.seq} not sent: {exc}"}
+                return link.publish_info(self._errors_topic, json.dumps(body).encode(), qos=1)
+            info = link.publish_info(row.topic, payload, qos=0)
+            if info is not None:
+                self._next_seq()  # a seq is used only by a message that left
+            return info
 
     def _next_seq(self) -> int:
         seq = self._seq
