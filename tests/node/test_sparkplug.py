@@ -503,38 +503,16 @@ def test_edge_fleet_follows_sparkplug_nodes_and_sends_ncmd(broker, sp_node, mqtt
         assert (view.node, view.state, view.version, view.results) == (NODE, "online", "1.0.0", 5)
         assert view.backend == node.describe()["backend"]
 
-        res = CliRunner().invoke(
-            fleet,
-            [
-                "command",
-                "rebirth",
-                "--group",
-                GROUP,
-                "--node",
-                NODE,
-                "--sparkplug",
-                "--broker",
-                broker.url,
-            ],
-        )
+        def command(name: str) -> Any:
+            args = ["command", name, "--group", GROUP, "--node", NODE, "--sparkplug"]
+            return CliRunner().invoke(fleet, [*args, "--broker", broker.url])
+
+        res = command("rebirth")
         assert res.exit_code == 0, res.output
         while sum(k == "sparkplug/NBIRTH" for k, _ in seen) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sum(k == "sparkplug/NBIRTH" for k, _ in seen) == 2
-        bad = CliRunner().invoke(
-            fleet,
-            [
-                "command",
-                "telemetry",
-                "--group",
-                GROUP,
-                "--node",
-                NODE,
-                "--sparkplug",
-                "--broker",
-                broker.url,
-            ],
-        )
+        bad = command("telemetry")  # not a Sparkplug node command
         assert bad.exit_code != 0 and "NCMD" in bad.output
 
         # A will left over from an older connection (another bdSeq) does not kill the node's view

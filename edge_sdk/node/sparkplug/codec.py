@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from types import ModuleType
@@ -230,23 +230,6 @@ def decode(
         seq=msg.seq if msg.HasField("seq") else None,
         metrics=metrics,
     )
-
-
-def datatype_of(value: Any) -> DataType:
-    """The datatype a Python value is published as (bool, int, float, str, sequences)."""
-    if isinstance(value, bool):
-        return DataType.BOOLEAN
-    if isinstance(value, int):
-        return DataType.INT64
-    if isinstance(value, float):
-        return DataType.DOUBLE
-    if isinstance(value, str):
-        return DataType.STRING
-    if isinstance(value, bytes):
-        return DataType.BYTES
-    if isinstance(value, Sequence):
-        return DataType.DOUBLE_ARRAY
-    raise TypeError(f"no Sparkplug datatype for {type(value).__name__}")
 
 
 def _datatype(code: int) -> DataType:
