@@ -118,14 +118,23 @@ class BrokerLimits:
     """Per-client queue limits written into the broker config; ``0`` = no maximum.
 
     The defaults are unlimited on purpose (see the module docstring); pass
-    bounded values to reproduce a production broker.
+    bounded values to reproduce a production broker. ``queue_qos0_messages``
+    also queues QoS 0 messages for a disconnected persistent client (a bridge
+    whose uplink is down carrying Sparkplug NDATA); they count towards
+    ``max_queued_messages``. :func:`edge_sdk.fleet.bridge.outage_limits` sizes
+    them for an uplink outage.
     """
 
     max_queued_messages: int = 0
     max_inflight_messages: int = 0
     max_queued_bytes: int = 0
+    queue_qos0_messages: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.queue_qos0_messages, bool):
+            raise ConfigError(
+                f"BrokerLimits.queue_qos0_messages must be a bool, got {self.queue_qos0_messages!r}"
+            )
         for name in ("max_queued_messages", "max_inflight_messages", "max_queued_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -356,6 +365,7 @@ class LocalBroker(BrokerProcess):
             f"max_queued_messages {self.limits.max_queued_messages}",
             f"max_inflight_messages {self.limits.max_inflight_messages}",
             f"max_queued_bytes {self.limits.max_queued_bytes}",
+            f"queue_qos0_messages {'true' if self.limits.queue_qos0_messages else 'false'}",
             # stderr is unbuffered: every line is in mosquitto.log at once, even after
             # a SIGKILL (log_dest stdout/file are block-buffered).
             "log_dest stderr",
