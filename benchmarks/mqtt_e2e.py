@@ -17,8 +17,13 @@ The broker runs with unlimited queues (see edge_sdk.fleet.broker): mosquitto's
 defaults silently drop QoS 1 messages for a slow consumer; the node does its
 own flow control (a bounded in-flight window, rows released on PUBACK).
 
+Each rate runs once per result scheme, side by side: ``json`` (results as JSON
+at QoS 1 on edge/bench/n1/results) and ``sparkplug`` (Sparkplug B DDATA at QoS
+0 on spBv1.0/bench/DDATA/n1/model, decoded with the births' datatypes; the
+sensor rows still arrive as JSON at QoS 1).
+
 Usage:
-    python benchmarks/mqtt_e2e.py [--rate 1000] [--seconds 60]
+    python benchmarks/mqtt_e2e.py [--rates 1000 1500] [--seconds 60] [--schemes json sparkplug]
 
 Writes benchmarks/results/mqtt_e2e.{json,md}.
 """
@@ -38,6 +43,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from edge_sdk.fleet.broker import LocalBroker
+from edge_sdk.node.sparkplug.host import HostView
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine_meta, meta_line, sensor_module
@@ -53,17 +59,22 @@ def _sensor_bundle(out: Path) -> Path:
 class Cloud:
     """Subscriber: records (window t_end, receive time, id) of every result."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, scheme: str = "json") -> None:
         self.received: list[tuple[float, float, str]] = []
         self.telemetry: list[dict] = []
+        self.payload_bytes: list[int] = []
         self._lock = threading.Lock()
         self.ready = threading.Event()
+        self.host = HostView() if scheme == "sparkplug" else None
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id="bench-cloud", protocol=mqtt.MQTTv5
         )
-        self.client.on_connect = lambda c, *_: (
-            c.subscribe([("edge/bench/n1/results", 1), ("edge/bench/n1/telemetry", 1)]),
+        subs = (
+            [("spBv1.0/bench/#", 0)]
+            if self.host
+            else [("edge/bench/n1/results", 1), ("edge/bench/n1/telemetry", 1)]
         )
+        self.client.on_connect = lambda c, *_: (c.subscribe(subs),)
         self.client.on_subscribe = lambda *_: self.ready.set()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -71,16 +82,47 @@ class Cloud:
 
     def _on_message(self, client, userdata, msg) -> None:
         now = time.monotonic()
+        if self.host is not None:
+            self._on_sparkplug(msg, now)
+            return
         body = json.loads(msg.payload)
         with self._lock:
+            if msg.topic.endswith("/results"):
+                self.payload_bytes.append(len(msg.payload))
             if msg.topic.endswith("/telemetry"):
                 self.telemetry.append(body)
             else:
                 self.received.append((body["window"]["t_end"], now, body["id"]))
 
+    def _on_sparkplug(self, msg, now: float) -> None:
+        assert self.host is not None
+        body = self.host.message(msg.topic, bytes(msg.payload))
+        if body is None:
+            return
+        m = body.get("metrics") or {}
+        with self._lock:
+            if body["type"] == "NDATA":  # the JSON telemetry fields this script reports
+                self.telemetry.append(
+                    {
+                        "outbox": {"dropped": m.get("Telemetry/Outbox Dropped")},
+                        "cpu_percent": m.get("Telemetry/CPU Percent"),
+                        "infer_ms": {"p50": m.get("Telemetry/Inference p50 ms")},
+                        "counters": {"inferences": m.get("Telemetry/Inferences")},
+                    }
+                )
+            elif body["type"] == "DDATA" and "Result/Id" in m:
+                self.payload_bytes.append(len(msg.payload))
+                self.received.append((m["Result/Window End"], now, body["id"]))
+
 
 def run_once(
-    bundle: Path, work: Path, rate: float, seconds: float, warmup: float, threads: int
+    bundle: Path,
+    work: Path,
+    rate: float,
+    seconds: float,
+    warmup: float,
+    threads: int,
+    scheme: str = "json",
 ) -> dict:
     """One measured run at ``rate`` rows/s with a fresh broker and node."""
     broker = LocalBroker(work / "broker").start()
@@ -105,12 +147,14 @@ def run_once(
             "5",
             "--threads",
             str(threads),
+            "--scheme",
+            scheme,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    cloud = Cloud(broker.port)
+    cloud = Cloud(broker.port, scheme)
     cloud.ready.wait(10)
     plant = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id="bench-plant", protocol=mqtt.MQTTv5
@@ -169,6 +213,7 @@ def run_once(
     lost = expected - len(first_by_window)
     last_tele = telemetry[-1] if telemetry else {}
     result = {
+        "scheme": scheme,
         "rate_target_per_s": rate,
         "measured_s": seconds,
         "windows_expected": expected,
@@ -190,6 +235,7 @@ def run_once(
         "node_inferences": (last_tele.get("counters") or {}).get("inferences"),
         "broker_logged_drops": dropped_by_broker,
         "node_exit_code": node.returncode,
+        "result_payload_bytes_mean": float(np.mean(cloud.payload_bytes)),
     }
     return result
 
@@ -202,6 +248,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="measured period per rate")
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
     ap.add_argument("--threads", type=int, default=1, help="node inference threads")
+    ap.add_argument(
+        "--schemes", nargs="+", default=["json", "sparkplug"], choices=["json", "sparkplug"]
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
 
@@ -209,9 +258,18 @@ def main() -> None:
     bundle = _sensor_bundle(work / "sensor.bundle")
     rows = []
     for i, rate in enumerate(args.rates):
-        result = run_once(bundle, work / f"run{i}", rate, args.seconds, args.warmup, args.threads)
-        print(json.dumps(result, indent=2))
-        rows.append(result)
+        for scheme in args.schemes:
+            result = run_once(
+                bundle,
+                work / f"run{i}-{scheme}",
+                rate,
+                args.seconds,
+                args.warmup,
+                args.threads,
+                scheme,
+            )
+            print(json.dumps(result, indent=2))
+            rows.append(result)
     meta = {
         **machine_meta("edge-graph-sdk", "paho-mqtt", "onnxruntime", "numpy"),
         "mosquitto": subprocess.run(
@@ -219,28 +277,30 @@ def main() -> None:
         ).stdout.splitlines()[0],
         "node_threads": args.threads,
         "workload": "TEP-size static GCN: 52 sensors x 20 samples, hidden 64, 22 classes; "
-        "one JSON row of 52 readings per message, stride 1, QoS 1 both ways",
+        "one JSON row of 52 readings per message at QoS 1, stride 1; results as JSON at "
+        "QoS 1 or as Sparkplug B DDATA at QoS 0",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "mqtt_e2e.json").write_text(
         json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
     )
     lines = [
-        "# End-to-end MQTT inference over loopback (TEP-size model, QoS 1)",
+        "# End-to-end MQTT inference over loopback (TEP-size model, JSON and Sparkplug B)",
         "",
         meta_line(meta) + f" · {meta['mosquitto']} · node inference threads {args.threads}",
         "",
-        "| target rate | sustained results/s | p50 ms | p90 ms | p99 ms | max ms | "
-        "lost | duplicates | node outbox drops | node CPU % |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| scheme | target rate | sustained results/s | p50 ms | p90 ms | p99 ms | max ms | "
+        "lost | duplicates | node outbox drops | node CPU % | result bytes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lat = r["latency_ms"]
         lines.append(
-            f"| {r['rate_target_per_s']:.0f}/s for {r['measured_s']:.0f} s | "
+            f"| {r['scheme']} | {r['rate_target_per_s']:.0f}/s for {r['measured_s']:.0f} s | "
             f"{r['sustained_results_per_s']:.0f} | {lat['p50']:.1f} | {lat['p90']:.1f} | "
             f"{lat['p99']:.1f} | {lat['max']:.1f} | {r['results_lost']} | {r['duplicates']} | "
-            f"{r['node_outbox_dropped']} | {r['node_cpu_percent_last_5s']} |"
+            f"{r['node_outbox_dropped']} | {r['node_cpu_percent_last_5s']} | "
+            f"{r['result_payload_bytes_mean']:.0f} |"
         )
     lines += [
         "",
