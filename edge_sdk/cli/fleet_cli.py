@@ -303,6 +303,75 @@ def command(
             link.stop(flush_s=0)
 
 
+@app.command(
+    "bridge-config",
+    epilog=(
+        "Examples:\n\n"
+        "  edge-fleet bridge-config --cloud cloud.example.com:8883 --name plant-a "
+        "--topic 'edge/plant-a/# both 1' --topic 'spBv1.0/plant-a/# both 1' "
+        "--cafile /etc/mosquitto/certs/cloud-ca.pem --outage 3600 --rate 50 "
+        ">> /etc/mosquitto/conf.d/edge.conf\n\n"
+        "Settings, reasons and measurements: docs/brokers.md."
+    ),
+)
+def bridge_config(
+    cloud: Annotated[str, typer.Option(help="Cloud broker as host:port.")],
+    name: Annotated[str, typer.Option(help="Connection name; one per edge site.")],
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(help="'pattern in|out|both qos', repeatable (default edge/# and spBv1.0/#)."),
+    ] = None,
+    protocol: Annotated[str, typer.Option(help="mqttv50 or mqttv311.")] = "mqttv50",
+    cafile: Annotated[
+        Path | None, typer.Option(help="CA of the cloud broker (enables TLS).")
+    ] = None,
+    certfile: Annotated[Path | None, typer.Option(help="This site's client certificate.")] = None,
+    keyfile: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+    username: Annotated[str | None, typer.Option(help="remote_username on the cloud.")] = None,
+    outage: Annotated[
+        float, typer.Option(min=1, help="Uplink outage to survive, seconds (sizes the queues).")
+    ] = 3600,
+    rate: Annotated[float, typer.Option(min=0.001, help="Messages/s the site sends.")] = 50,
+    message_bytes: Annotated[int, typer.Option(min=1, help="Typical topic + payload bytes.")] = 530,
+    qos0: Annotated[
+        bool, typer.Option(help="Queue QoS 0 (Sparkplug data) while the uplink is down.")
+    ] = True,
+) -> None:
+    """Print an edge mosquitto's queue limits and its bridge section to a cloud broker.
+
+    The remote password comes from EDGE_SDK_MQTT_PASSWORD.
+    """
+    with fail_on_errors():
+        from edge_sdk._env import env_str
+        from edge_sdk.errors import ConfigError
+        from edge_sdk.fleet import bridge
+
+        host, sep, port = cloud.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"--cloud {cloud!r}: expected host:port, e.g. cloud.example.com:8883")
+        limits = bridge.outage_limits(outage, rate, message_bytes, queue_qos0=qos0)
+        print(f"# queues for a {outage:g} s outage at {rate:g} messages/s of ~{message_bytes} B")
+        print(f"max_queued_messages {limits.max_queued_messages}")
+        print(f"max_queued_bytes {limits.max_queued_bytes}")
+        print(f"queue_qos0_messages {'true' if limits.queue_qos0_messages else 'false'}")
+        print(f"max_inflight_messages {limits.max_inflight_messages}")
+        print(
+            bridge.bridge_config(
+                host,
+                int(port),
+                name=name,
+                protocol=protocol,  # type: ignore[arg-type]  # checked by bridge_config
+                topics=topic or bridge.DEFAULT_TOPICS,
+                cafile=cafile,
+                certfile=certfile,
+                keyfile=keyfile,
+                username=username,
+                password=env_str("MQTT_PASSWORD", None) if username else None,
+            ),
+            end="",
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -105,3 +105,28 @@ def test_node_cli_user_errors_are_one_line_exit_3(args, words, tmp_path):
     out = runner.invoke(node_app, ["run", "--state-dir", str(tmp_path / "s"), *args])
     assert out.exit_code == 3, out.output
     assert words in out.output and "Traceback" not in out.output
+
+
+def test_bridge_config_output_bridges_a_real_edge_broker(broker, mqtt_client_factory, tmp_path):
+    """The printed section is a working mosquitto config: a message crosses edge -> cloud."""
+    from edge_sdk.fleet.broker import BrokerLimits, LocalBroker
+
+    args = ["bridge-config", "--cloud", f"127.0.0.1:{broker.port}", "--name", "plant-a"]
+    res = runner.invoke(fleet, [*args, "--topic", "edge/plant-a/# both 1", "--outage", "60"])
+    assert res.exit_code == 0, res.output
+    assert "max_queued_messages 6000" in res.output  # 60 s x 50 msg/s x headroom 2
+    assert "queue_qos0_messages true" in res.output and "cleansession false" in res.output
+    cloud = mqtt_client_factory(broker)
+    cloud.subscribe("edge/plant-a/#")
+    with LocalBroker(
+        tmp_path / "edge", extra_config=res.output, limits=BrokerLimits(max_inflight_messages=20)
+    ).start() as edge:
+        site = mqtt_client_factory(edge)
+        deadline = time.monotonic() + 30
+        while not cloud.messages and time.monotonic() < deadline:  # until the bridge is up
+            site.publish("edge/plant-a/n1/results", b'{"id": "probe"}')
+            time.sleep(0.5)
+    assert cloud.messages and cloud.messages[0].topic == "edge/plant-a/n1/results"
+
+    bad = runner.invoke(fleet, ["bridge-config", "--cloud", "cloud.example.com", "--name", "x"])
+    assert bad.exit_code == 3 and "host:port" in bad.output
