@@ -570,3 +570,48 @@ def test_sparkplug_messages_keep_their_qos_across_the_bridge(make_site, mqtt_cli
     assert {(m.topic.split("/")[2], m.qos) for m in got} >= {("NDATA", 0), ("NDEATH", 1)}
     cmd = edge.wait_for(1)[0]
     assert (cmd.payload, cmd.qos) == (b"rebirth", 1)
+
+
+def test_a_sparkplug_node_on_the_edge_reaches_edge_fleet_on_the_cloud_across_a_cut(
+    make_site, make_node, mqtt_client_factory, sensor_bundles
+):
+    """Births, then 300 DDATA results with the uplink cut mid-stream: with
+    ``queue_qos0_messages`` every result reaches the cloud's edge-fleet, in order, live
+    (the node itself never lost its broker, so nothing is historical), one birth only."""
+    from edge_sdk.node.config import OutboxConfig
+
+    limits = BrokerLimits(max_inflight_messages=EDGE_INFLIGHT, queue_qos0_messages=True)
+    site = make_site(limits)
+    _wait_bridged(site, mqtt_client_factory)
+    seen: list[tuple[str, dict[str, Any]]] = []
+    with FleetWatcher(
+        BrokerConfig(url=site.cloud.url), "plant", on_message=lambda k, b: seen.append((k, b))
+    ) as watcher:
+        node = make_node(
+            site.edge, sensor_bundles["v1"], scheme="sparkplug", outbox=OutboxConfig(replay_s=0)
+        )
+
+        def results() -> list[dict[str, Any]]:
+            return [
+                b for k, b in list(seen) if k == "sparkplug/DDATA" and "Result/Id" in b["metrics"]
+            ]
+
+        rows = _rows(300 + WINDOW - 1)
+        for t, row in enumerate(rows[: 100 + WINDOW - 1]):
+            node.submit_sensors({"t": t, "values": row.tolist()})
+        _wait_until(lambda: len(results()) >= 100, 30, "100 results on the cloud")
+        _cut(site, mqtt_client_factory)
+        for t, row in enumerate(rows[100 + WINDOW - 1 :], start=100 + WINDOW - 1):
+            node.submit_sensors({"t": t, "values": row.tolist()})
+        _wait_until(lambda: node.stats.inferences == 300, 30, "300 inferences")
+        assert len(results()) == 100, "nothing crosses while the uplink is cut"
+        site.proxy.restore()
+        _wait_until(lambda: len(results()) >= 300, 60, "the queued results to cross")
+        (view,) = watcher.snapshot()
+
+    windows = [b["metrics"]["Result/Window Seq"] for b in results()]
+    assert windows == list(range(300))
+    assert not any(b["historical"] for b in results())
+    assert [k for k, _ in seen].count("sparkplug/NBIRTH") == 1
+    assert node.link.stats.disconnects == 0
+    assert (view.state, view.results) == ("online", 300)
