@@ -139,6 +139,10 @@ def run(
             signal.signal(sig, lambda *_: stop.set())
         d = node.describe()
         where = cfg.broker.url if cfg.broker else "local only (no broker)"
+        if cfg.broker and cfg.scheme == "sparkplug":
+            host = cfg.sparkplug.primary_host
+            where += f", Sparkplug B edge node {cfg.group}/{cfg.node_id}/{cfg.sparkplug.device}"
+            where += f" (waits for host {host})" if host else ""
         console.print(
             f"edge-node {cfg.group}/{cfg.node_id}: {d['model']['name']} {d['model']['version']} "
             f"on {d['backend']} ({d['precision']}), {where}",
