@@ -57,10 +57,13 @@ unit: $(STAMP) mosquitto
 test: lint typecheck unit
 
 # Regenerate the Sparkplug B protobuf module (committed; only needed after editing the .proto).
+# grpcio-tools 1.75.1 writes code for protobuf >= 6.31.1 (it runs on 7.x too), but itself
+# pins protobuf < 7: it gets its own venv so the project's protobuf is left alone.
 SPB := edge_sdk/node/sparkplug
-proto: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[proto]"
-	cd $(SPB) && ../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. sparkplug_b.proto
+proto:
+	@test -x .venv-proto/bin/python || $(PYTHON) -m venv .venv-proto
+	.venv-proto/bin/python -m pip install --quiet "grpcio-tools==1.75.1"
+	cd $(SPB) && ../../../.venv-proto/bin/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. sparkplug_b.proto
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) $(CORA_OUT)

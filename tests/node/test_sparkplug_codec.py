@@ -128,3 +128,27 @@ def test_alias_only_metrics_get_their_names_from_the_birth():
         ("Flow", 2.5, DataType.FLOAT),
         ("", 1.0, DataType.UNKNOWN),
     ]
+
+
+def test_the_committed_module_is_compiled_from_the_committed_proto():
+    """Every field and enum value of sparkplug_b.proto is in sparkplug_b_pb2 and vice versa
+    (an edited .proto needs `make proto`)."""
+    import re
+    from pathlib import Path
+
+    text = Path(pb.__file__).with_name("sparkplug_b.proto").read_text()
+    text = re.sub(r"//[^\n]*", "", text)
+    fields = set(re.findall(r"(?:optional|repeated)?\s*[\w.]+\s+(\w+)\s*=\s*(\d+)\s*;", text))
+    enum_body = re.search(r"enum DataType \{(.*?)\}", text, re.S).group(1)
+    enums = set(re.findall(r"(\w+)\s*=\s*(\d+)\s*;", enum_body))
+
+    compiled: set[tuple[str, str]] = set()
+
+    def walk(message):
+        compiled.update((f.name, str(f.number)) for f in message.fields)
+        for nested in message.nested_types:
+            walk(nested)
+
+    walk(pb.Payload.DESCRIPTOR)
+    assert fields - enums == compiled
+    assert enums == {(v.name, str(v.number)) for v in pb.DataType.DESCRIPTOR.values}
