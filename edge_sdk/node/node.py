@@ -47,7 +47,7 @@ from .ota import UpdateAgent
 from .outbox import Outbox, Outgoing, Priority
 from .slots import ModelSlots
 from .sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
-from .sparkplug import MessageType, SparkplugSession, now_ms, stored_payload
+from .sparkplug import SparkplugSession
 from .sparkplug import metrics as spm
 from .telemetry import NodeStats, result_body
 from .topics import Inbound, JsonScheme, Outbound, dumps, finite, loads
@@ -124,34 +124,33 @@ class EdgeNode:
             self.outbox = Outbox(
                 state / "outbox.sqlite", max_bytes=oc.max_bytes, sync=oc.sync, replay_s=oc.replay_s
             )
-            client_id = f"edge-node-{config.group}-{config.node_id}"
+            subscriptions = self.scheme.subscriptions()
+            scheme_opts: dict[str, Any] = {
+                "will": Will(self.scheme.topic(Outbound.STATUS), self._status_payload("lost"))
+            }
             if config.scheme == "sparkplug":
+                # Sparkplug: clean sessions, NDEATH as the will (a new bdSeq per CONNECT),
+                # and DATA rows held back by the session until the node is born.
                 self.sparkplug = sp = self._sparkplug_session()
-                self.link = MqttLink(
-                    config.broker,
-                    client_id=client_id,
-                    on_message=self._on_message,
-                    subscriptions=self.scheme.subscriptions() + sp.subscriptions(),
-                    on_connect=self._on_connect,
-                    outbox=self.outbox,
-                    outbox_config=oc,
-                    clean_session=True,
-                    before_connect=sp.will,
-                    on_disconnect=sp.on_disconnect,
-                    sender=sp.send,
-                )
-                sp.attach(self.link)
-            else:
-                self.link = MqttLink(
-                    config.broker,
-                    client_id=client_id,
-                    on_message=self._on_message,
-                    subscriptions=self.scheme.subscriptions(),
-                    will=Will(self.scheme.topic(Outbound.STATUS), self._status_payload("lost")),
-                    on_connect=self._on_connect,
-                    outbox=self.outbox,
-                    outbox_config=oc,
-                )
+                subscriptions += sp.subscriptions()
+                scheme_opts = {
+                    "clean_session": True,
+                    "before_connect": sp.will,
+                    "on_disconnect": sp.on_disconnect,
+                    "sender": sp.send,
+                }
+            self.link = MqttLink(
+                config.broker,
+                client_id=f"edge-node-{config.group}-{config.node_id}",
+                on_message=self._on_message,
+                subscriptions=subscriptions,
+                on_connect=self._on_connect,
+                outbox=self.outbox,
+                outbox_config=oc,
+                **scheme_opts,
+            )
+            if self.sparkplug is not None:
+                self.sparkplug.attach(self.link)
             self.updates = UpdateAgent(self)
 
     def _sparkplug_session(self) -> SparkplugSession:
@@ -634,32 +633,10 @@ class EdgeNode:
     # -- out ---------------------------------------------------------------------------------
     def _out(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> Outgoing:
         if self.sparkplug is not None and kind in _SPARKPLUG_DATA:
-            return self._sparkplug_out(kind, body, priority)
+            return self.sparkplug.data_row(kind, body, priority)
         topic = self.scheme.topic(kind)
         return Outgoing(
             topic, lambda seq: self.scheme.envelope(kind, body, seq), qos=1, priority=priority
-        )
-
-    def _sparkplug_out(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> Outgoing:
-        """A DDATA (results, alerts) or NDATA (telemetry) row; seq is added when it is sent."""
-        sp = self.sparkplug
-        assert sp is not None
-        ts = now_ms()
-        if kind is Outbound.TELEMETRY:
-            triples = spm.telemetry_metrics(body)
-            return Outgoing(
-                sp.topic(MessageType.NDATA), stored_payload(triples, ts), qos=0, priority=priority
-            )
-        topic = sp.topic(MessageType.DDATA, device=True)
-        if kind is Outbound.ALERTS:
-            return Outgoing(
-                topic, stored_payload(spm.alert_metrics(body), ts), qos=0, priority=priority
-            )
-        return Outgoing(
-            topic,
-            lambda seq: stored_payload(spm.result_metrics(body, seq), ts),
-            qos=0,
-            priority=priority,
         )
 
     def _error_msg(

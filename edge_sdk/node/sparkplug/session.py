@@ -54,9 +54,20 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, InvalidInputError
 from ..link import MqttLink, Will
-from ..outbox import Stored
+from ..outbox import Outgoing, Priority, Stored
+from ..topics import Outbound
 from .codec import DataType, Metric, Payload, decode, encode
-from .metrics import BD_SEQ, REBIRTH, ROLLBACK, TELEMETRY_INTERVAL, Triple, sensor_rows
+from .metrics import (
+    BD_SEQ,
+    REBIRTH,
+    ROLLBACK,
+    TELEMETRY_INTERVAL,
+    Triple,
+    alert_metrics,
+    result_metrics,
+    sensor_rows,
+    telemetry_metrics,
+)
 
 if TYPE_CHECKING:
     from paho.mqtt.client import MQTTMessageInfo
@@ -304,6 +315,31 @@ class SparkplugSession:
         return True
 
     # -- data ------------------------------------------------------------------------------
+    def data_row(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> Outgoing:
+        """The outbox row of a result or alert (DDATA) or telemetry (NDATA).
+
+        The row holds the metrics as JSON with the time they were produced; seq
+        and ``is_historical`` are decided when it is sent (:meth:`send`).
+        """
+        ts = now_ms()
+        device = self.topic(MessageType.DDATA, device=True)
+        if kind is Outbound.RESULTS:
+
+            def payload(seq: int) -> bytes:  # Result/Id is the row's own outbox seq
+                return stored_payload(result_metrics(body, seq), ts)
+
+            return Outgoing(device, payload, qos=0, priority=priority)
+        if kind is Outbound.ALERTS:
+            return Outgoing(
+                device, stored_payload(alert_metrics(body), ts), qos=0, priority=priority
+            )
+        if kind is Outbound.TELEMETRY:
+            triples = telemetry_metrics(body)
+            return Outgoing(
+                self.topic(MessageType.NDATA), stored_payload(triples, ts), qos=0, priority=priority
+            )
+        raise ValueError(f"{kind.value} messages are not Sparkplug data")
+
     def send(self, row: Stored) -> MQTTMessageInfo | None:
         """The link's pump hook: publish one outbox row (None: hold it, and the rows after it).
 
