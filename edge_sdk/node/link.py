@@ -215,18 +215,20 @@ class MqttLink:
         For messages that are worthless later: chunk requests, replies to a
         requester that is itself online, births.
         """
-        if not self.connected:
-            return False
-        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
-        return info.rc == 0
+        return self.publish_info(topic, payload, qos, retain, properties) is not None
 
     def publish_info(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Any = None,
     ) -> MQTTMessageInfo | None:
-        """Publish directly and return paho's handle; None when not connected or refused."""
+        """Like :meth:`publish_now`, returning paho's handle (None: not connected or refused)."""
         if not self.connected:
             return None
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         return info if info.rc == 0 else None
 
     def publish_wait(
