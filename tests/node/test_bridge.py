@@ -590,6 +590,8 @@ def test_a_sparkplug_node_on_the_edge_reaches_edge_fleet_on_the_cloud_across_a_c
         node = make_node(
             site.edge, sensor_bundles["v1"], scheme="sparkplug", outbox=OutboxConfig(replay_s=0)
         )
+        # Results produced before the births would be historical: feed the node once born.
+        _wait_until(lambda: node.sparkplug.born, 10, "the node's births")
 
         def results() -> list[dict[str, Any]]:
             return [

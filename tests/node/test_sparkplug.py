@@ -150,9 +150,20 @@ def wire_broker(mosquitto_path: str, tmp_path: Path):
 
 @pytest.fixture
 def sp_node(make_node, sensor_bundles):
+    """A Sparkplug node on the v1 sensor bundle; without a primary host, returned once born.
+
+    (Results produced between the CONNACK and the births are historical by
+    definition; tests of live data feed the node only after its births.)
+    """
+
     def make(broker: LocalBroker, **cfg: Any) -> Any:
         cfg.setdefault("outbox", OutboxConfig(replay_s=0))
-        return make_node(broker, sensor_bundles["v1"], scheme="sparkplug", **cfg)
+        node = make_node(broker, sensor_bundles["v1"], scheme="sparkplug", **cfg)
+        deadline = time.monotonic() + 10
+        while node.config.sparkplug.primary_host is None and not node.sparkplug.born:
+            assert time.monotonic() < deadline, "the node sent no births"
+            time.sleep(0.01)
+        return node
 
     return make
 
