@@ -193,6 +193,7 @@ def test_births_will_and_data_on_the_wire(
     assert dbirth.metrics["Model/Version"] == "1.0.0"
     assert dbirth.datatypes["Result/Outputs/out"] == pb.DoubleArray
     assert dbirth.metrics["Alert/Active"] is False
+    assert not any(k.startswith("Anomaly/") for k in dbirth.metrics)  # no decision rule
 
     # -- every DATA metric was declared by the birth; DATA leaves datatypes out (SHOULD NOT)
     data = msgs[2:]

@@ -152,3 +152,17 @@ def test_the_committed_module_is_compiled_from_the_committed_proto():
     walk(pb.Payload.DESCRIPTOR)
     assert fields - enums == compiled
     assert enums == {(v.name, str(v.number)) for v in pb.DataType.DESCRIPTOR.values}
+
+
+def test_dbirth_declares_anomaly_metrics_only_for_a_model_with_a_decision_rule():
+    from edge_sdk.node.sparkplug import metrics as spm
+
+    model = {"name": "m", "version": "1.0.0"}
+    plain = {name: value for name, _, value in spm.device_birth(model, ["out"], None)}
+    ruled = {name: value for name, _, value in spm.device_birth(model, ["out"], 2.5)}
+    assert not any(name.startswith("Anomaly/") for name in plain)
+    assert {"Anomaly/Score", "Anomaly/Threshold", "Anomaly/Above"} <= set(ruled)
+    assert ruled["Anomaly/Threshold"] == 2.5 and ruled["Anomaly/Score"] is None
+    # everything else is declared either way: the class rule still raises alerts
+    assert set(ruled) - set(plain) == {"Anomaly/Score", "Anomaly/Threshold", "Anomaly/Above"}
+    assert plain["Alert/Active"] is False and "Result/Outputs/out" in plain

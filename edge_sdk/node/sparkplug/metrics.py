@@ -127,7 +127,12 @@ def output_names(outputs: list[str]) -> list[str]:
 def device_birth(
     model: Mapping[str, Any], outputs: list[str], threshold: float | None
 ) -> list[Triple]:
-    """Device metrics for a DBIRTH: every metric the model device will publish."""
+    """Device metrics for a DBIRTH: every metric the model device will publish.
+
+    ``Anomaly/*`` is declared only for a model with a decision rule (``threshold``
+    given): without one no result carries an anomaly, and a host would otherwise
+    show three metrics that stay null for ever.
+    """
     out: list[Triple] = [
         ("Model/Name", _S, model.get("name")),
         ("Model/Version", _S, model.get("version")),
@@ -135,6 +140,7 @@ def device_birth(
     out += [
         (name, int(dt), threshold if name == "Anomaly/Threshold" else None)
         for name, dt in _RESULT_FIXED
+        if threshold is not None or not name.startswith("Anomaly/")
     ]
     out += [(name, int(DataType.DOUBLE_ARRAY), None) for name in output_names(outputs)]
     out += [(name, int(dt), False if name == "Alert/Active" else None) for name, dt in _ALERT]
