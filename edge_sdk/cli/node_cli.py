@@ -57,7 +57,11 @@ def run(
     node_id: Annotated[str | None, typer.Option(help="Node name in topics.")] = None,
     group: Annotated[str | None, typer.Option(help="Fleet group.")] = None,
     state_dir: Annotated[
-        Path | None, typer.Option(help="Model slots, outbox and downloads.")
+        Path | None,
+        typer.Option(
+            help="Model slots, outbox and downloads (default ./edge-node-state, "
+            "relative to the working directory)."
+        ),
     ] = None,
     username: Annotated[str | None, typer.Option(help="MQTT user name.")] = None,
     ca: Annotated[Path | None, typer.Option(help="CA certificate (mqtts).")] = None,

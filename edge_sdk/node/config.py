@@ -224,7 +224,8 @@ class NodeConfig(_Strict):
         node_id: This node's name in topics (default: the host name).
         group: Fleet group the node belongs to.
         bundle: Bundle to serve when the state directory has none yet.
-        state_dir: Model slots, outbox and downloads live here.
+        state_dir: Model slots, outbox and downloads live here (default
+            ``edge-node-state``, relative to the working directory).
         broker: MQTT broker; ``None`` runs local-only (Python API).
         scheme: ``json`` (``edge/{group}/{node}/...``, QoS 1, persistent
             session) or ``sparkplug`` (Sparkplug B 3.0 under ``spBv1.0/``;
