@@ -2,7 +2,15 @@
 
 Opening a bundle validates the manifest and checks the size and sha256 of
 every file it names before anything is loaded into an engine, so a truncated,
-tampered or incomplete bundle is refused with the file named.
+tampered or incomplete bundle is refused with the file named. With trusted
+keys, the manifest's signature is checked too (before an archive's files are
+extracted). A bundle holds regular files only: a symbolic link is refused.
+
+An archive is extracted as a stream and checked member by member before a
+byte of it is written: ``manifest.json`` (and ``manifest.sig``) first, as
+:func:`pack` writes them; then only the files the manifest lists, each at
+most the size the manifest declares, so the manifest bounds what unpacking
+can write.
 """
 
 from __future__ import annotations
@@ -14,18 +22,27 @@ import tarfile
 import tempfile
 import weakref
 import zlib
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ManifestError
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest
 
+if TYPE_CHECKING:
+    from .signing import TrustedKeys
+
 _CHUNK = 1 << 20
 MAX_MANIFEST_BYTES = 16 << 20
 #: Detached ed25519 signature of ``manifest.json`` (see :mod:`edge_sdk.signing`).
 #: Not listed in the manifest; packed right after it when present.
 SIGNATURE_NAME = "manifest.sig"
+#: A signature document is ~150 bytes; anything much larger is not one.
+MAX_SIGNATURE_BYTES = 64 << 10
+#: Largest size of the members that precede the bundle's files in an archive.
+_HEAD_LIMITS = {MANIFEST_NAME: MAX_MANIFEST_BYTES, SIGNATURE_NAME: MAX_SIGNATURE_BYTES}
 
 
 def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
@@ -45,6 +62,66 @@ def _check_member_path(rel: str) -> None:
         raise ManifestError("path escapes the bundle directory", rel)
 
 
+def _refuse_symlinks(root: Path, rel: str) -> None:
+    """Refuse ``rel`` (under ``root``) if it, or a folder on its way, is a symbolic link.
+
+    ``root`` itself may be a link (``/opt/models/current -> v3.bundle``).
+    """
+    path = root
+    for part in PurePosixPath(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            shown = path.relative_to(root).as_posix()
+            raise ManifestError(
+                f"is a symbolic link (to {os.readlink(path)}); a bundle holds regular "
+                "files only: copy the file into the bundle",
+                shown,
+            )
+
+
+def listed_files(manifest: Manifest) -> list[tuple[str, int, str]]:
+    """``(path, size, sha256)`` of every file a manifest names."""
+    m = manifest
+    files = [(a.path, a.size_bytes, a.sha256) for a in m.artifacts]
+    files += [(f.path, f.size_bytes, f.sha256) for a in m.artifacts for f in a.companions]
+    for extra in (m.canary, m.verification):
+        if extra is not None:
+            files.append((extra.path, extra.size_bytes, extra.sha256))
+    return files
+
+
+def check_signature(
+    manifest_bytes: bytes, signature: bytes | None, trusted_keys: TrustedKeys, where: str
+) -> str:
+    """Check a manifest's signature against trusted keys (see :mod:`edge_sdk.signing`).
+
+    Args:
+        manifest_bytes: The exact bytes of ``manifest.json``.
+        signature: The bytes of ``manifest.sig``; ``None`` if the bundle has none.
+        trusted_keys: ``key_id -> public key``, or ``.pub`` files / directories.
+        where: The bundle, named in the "not signed" message.
+
+    Returns:
+        The id of the trusted key that signed the manifest.
+
+    Raises:
+        UntrustedBundleError: Unsigned, altered after signing, signed by a key
+            that is not trusted, or a malformed signature (``reason`` says which).
+        SignatureError: The trusted keys cannot be loaded.
+    """
+    from .errors import UntrustedBundleError
+    from .signing import trusted_key_map, verify_manifest
+
+    keys = trusted_key_map(trusted_keys)
+    if signature is None:
+        raise UntrustedBundleError(
+            "unsigned",
+            f"bundle is not signed: {where} has no {SIGNATURE_NAME}, and trusted keys "
+            "were given; sign it (edge-fleet sign DIR --key KEY) before packing",
+        )
+    return verify_manifest(manifest_bytes, signature, keys)
+
+
 class Bundle:
     """A verified bundle.
 
@@ -62,30 +139,44 @@ class Bundle:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], verify: bool = True) -> Bundle:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        verify: bool = True,
+        trusted_keys: TrustedKeys | None = None,
+    ) -> Bundle:
         """Open a bundle directory or ``.tar.gz`` and verify it.
 
         Args:
             path: Bundle directory, or a packed ``.tar.gz`` / ``.tgz`` / ``.tar``.
             verify: Check size and sha256 of every listed file (keep True
                 outside of tests of the verifier itself).
+            trusted_keys: Only accept a bundle whose ``manifest.sig`` was made
+                by one of these keys over its exact ``manifest.json``
+                (``key_id -> public key``, or ``.pub`` files / directories).
+                ``None``: the signature is not checked.
 
         Returns:
             The opened bundle.
 
         Raises:
-            ManifestError: Missing, malformed, tampered or truncated files, or
-                an unsupported schema version; the message names the file.
+            ManifestError: Missing, malformed, tampered or truncated files, a
+                symbolic link, an unsafe or unlisted archive member, or an
+                unsupported schema version; the message names the file.
+            UntrustedBundleError: ``trusted_keys`` given and the bundle is
+                unsigned, altered after signing or signed by another key
+                (``reason`` says which; CLIs exit 5).
+            SignatureError: ``trusted_keys`` paths that cannot be loaded.
         """
         src = Path(path)
         if not src.exists():
             raise ManifestError(f"bundle not found: {src}")
         if not src.is_file():
-            return cls._open_root(src, src, verify)
+            return cls._open_root(src, src, verify, trusted_keys)
         tmp = tempfile.TemporaryDirectory(prefix="edge-bundle-")
         try:
-            unpack(src, Path(tmp.name))
-            bundle = cls._open_root(Path(tmp.name), src, verify)
+            unpack(src, Path(tmp.name), trusted_keys)
+            bundle = cls._open_root(Path(tmp.name), src, verify, trusted_keys)
         except BaseException:
             tmp.cleanup()  # a refused archive leaves no extracted files behind
             raise
@@ -94,40 +185,77 @@ class Bundle:
         return bundle
 
     @classmethod
-    def _open_root(cls, root: Path, src: Path, verify: bool) -> Bundle:
+    def _open_root(
+        cls, root: Path, src: Path, verify: bool, trusted_keys: TrustedKeys | None
+    ) -> Bundle:
         manifest_path = root / MANIFEST_NAME
+        _refuse_symlinks(root, MANIFEST_NAME)
         if not manifest_path.is_file():
             raise ManifestError(f"missing from bundle {src}", MANIFEST_NAME)
         if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
             raise ManifestError("larger than 16 MiB; refusing to parse", MANIFEST_NAME)
-        manifest = parse_manifest(manifest_path.read_bytes())
+        manifest_bytes = manifest_path.read_bytes()
+        manifest = parse_manifest(manifest_bytes)
         bundle = cls(root, manifest, src)
+        if trusted_keys is not None:
+            bundle.check_signature(trusted_keys, manifest_bytes)
         if verify:
             bundle.verify()
         return bundle
 
+    def check_signature(
+        self, trusted_keys: TrustedKeys, manifest_bytes: bytes | None = None
+    ) -> str:
+        """Check ``manifest.sig`` against the trusted keys (see :func:`check_signature`).
+
+        Args:
+            trusted_keys: ``key_id -> public key``, or ``.pub`` files / directories.
+            manifest_bytes: The manifest as read when opening (default: read again).
+
+        Returns:
+            The id of the trusted key that signed the manifest.
+
+        Raises:
+            UntrustedBundleError: Unsigned, altered after signing, or signed
+                by a key that is not trusted.
+            ManifestError: ``manifest.sig`` is a symbolic link.
+        """
+        _refuse_symlinks(self.root, SIGNATURE_NAME)
+        if manifest_bytes is None:
+            manifest_bytes = (self.root / MANIFEST_NAME).read_bytes()
+        sig_path = self.root / SIGNATURE_NAME
+        signature = None
+        if sig_path.is_file():
+            if sig_path.stat().st_size > MAX_SIGNATURE_BYTES:
+                raise ManifestError(
+                    f"larger than {MAX_SIGNATURE_BYTES >> 10} KiB; not a signature", SIGNATURE_NAME
+                )
+            signature = sig_path.read_bytes()
+        return check_signature(manifest_bytes, signature, trusted_keys, str(self.source))
+
     def listed_files(self) -> list[tuple[str, int, str]]:
         """``(path, size, sha256)`` of every file the manifest names."""
-        m = self.manifest
-        files = [(a.path, a.size_bytes, a.sha256) for a in m.artifacts]
-        files += [(f.path, f.size_bytes, f.sha256) for a in m.artifacts for f in a.companions]
-        for extra in (m.canary, m.verification):
-            if extra is not None:
-                files.append((extra.path, extra.size_bytes, extra.sha256))
-        return files
+        return listed_files(self.manifest)
 
     def verify(self) -> None:
         """Check presence, size and sha256 of every listed file.
 
+        The size is compared before the file is read, so a grown file is
+        refused without hashing it.
+
         Raises:
-            ManifestError: Naming the first file that is missing, truncated or altered.
+            ManifestError: Naming the first file that is missing, truncated,
+                altered or a symbolic link.
         """
         for rel, size, sha in self.listed_files():
             _check_member_path(rel)
+            _refuse_symlinks(self.root, rel)
             path = self.root / rel
             if not path.is_file():
                 raise ManifestError("listed in the manifest but missing from the bundle", rel)
-            actual_size, actual_sha = file_digest(path)
+            actual_size = path.stat().st_size
+            if actual_size == size:
+                actual_size, actual_sha = file_digest(path)
             if actual_size != size:
                 kind = "truncated" if actual_size < size else "larger than recorded"
                 raise ManifestError(
@@ -190,35 +318,174 @@ def pack(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
     return out_path
 
 
-def unpack(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
-    """Safely extract a packed bundle (regular files only, no path escapes).
+def unpack(
+    archive: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    trusted_keys: TrustedKeys | None = None,
+) -> Path:
+    """Safely extract a packed bundle, checking each member before writing it.
+
+    ``manifest.json`` (and ``manifest.sig``) must come first, as :func:`pack`
+    writes them; every later member must be a regular file the manifest
+    lists, of exactly its declared size, at a path inside ``dest``. So an
+    archive can write no more than its manifest declares, and nothing
+    unlisted. With ``trusted_keys`` the signature is checked before any file
+    after the manifest is extracted. Files are not hashed here:
+    :meth:`Bundle.open` (which calls this) checks them against the manifest.
+
+    Args:
+        archive: The ``.tar.gz`` / ``.tgz`` / ``.tar``.
+        dest: Directory to extract into (created; expected empty).
+        trusted_keys: As :meth:`Bundle.open`.
+
+    Returns:
+        ``dest``.
 
     Raises:
-        ManifestError: Not a readable archive, truncated, or with unsafe members.
+        ManifestError: Not a readable archive, truncated, with unsafe members
+            (links, devices, absolute or ``..`` paths), members not listed in
+            the manifest or larger than it says, or an invalid manifest.
+        UntrustedBundleError: As :meth:`Bundle.open`.
     """
     dest_path = Path(dest)
     dest_path.mkdir(parents=True, exist_ok=True)
     name = Path(archive).name
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                _check_member_path(member.name)
-                if member.isdir():
-                    continue
-                if not member.isfile():
-                    raise ManifestError("archive member is not a regular file", member.name)
-                fh = tar.extractfile(member)
-                assert fh is not None
-                target = dest_path / member.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with open(target, "wb") as out:
-                    while chunk := fh.read(_CHUNK):
-                        out.write(chunk)
+            _Extraction(tar, dest_path, name, trusted_keys).run()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise ManifestError(
             f"cannot read bundle archive ({exc}); truncated or corrupt?", name
         ) from None
     return dest_path
+
+
+class _Extraction:
+    """One archive extracted member by member (see :func:`unpack`)."""
+
+    def __init__(
+        self, tar: tarfile.TarFile, dest: Path, name: str, trusted_keys: TrustedKeys | None
+    ) -> None:
+        self.tar = tar
+        self.dest = dest
+        self.name = name
+        self.trusted_keys = trusted_keys
+        self.head: dict[str, bytes] = {}
+        #: Declared size of every listed file; set once the manifest is read.
+        self.sizes: Mapping[str, int] | None = None
+        self.folders: set[str] = {"."}
+        self.seen: set[str] = set()
+
+    def run(self) -> None:
+        for member in self.tar:
+            rel = _member_name(member)
+            if member.isdir():
+                if self.sizes is not None and rel not in self.folders:
+                    raise ManifestError("archive folder not listed in the manifest", rel)
+                if self.sizes is None and rel != ".":
+                    self._no_manifest_yet(rel)
+                continue
+            if not member.isfile():
+                kind = (
+                    "a symbolic link" if member.issym() else "a hard link" if member.islnk() else ""
+                )
+                raise ManifestError(
+                    f"archive member is not a regular file{f' ({kind})' if kind else ''}", rel
+                )
+            if rel in self.seen:
+                raise ManifestError("appears twice in the archive", rel)
+            self.seen.add(rel)
+            if rel in _HEAD_LIMITS:
+                self._read_head(member, rel)
+            else:
+                self._extract(member, rel)
+        if self.sizes is None:
+            self._start(None)
+
+    def _no_manifest_yet(self, rel: str) -> None:
+        raise ManifestError(
+            f"archive member before {MANIFEST_NAME}: a bundle archive starts with its manifest "
+            "(repack it with edge-export pack)",
+            rel,
+        )
+
+    def _read_head(self, member: tarfile.TarInfo, rel: str) -> None:
+        if self.sizes is not None:
+            raise ManifestError(
+                f"comes after the bundle's files; {MANIFEST_NAME} and {SIGNATURE_NAME} come "
+                "first (repack it with edge-export pack)",
+                rel,
+            )
+        limit = _HEAD_LIMITS[rel]
+        if member.size > limit:
+            raise ManifestError(f"larger than {limit >> 10} KiB; refusing to read it", rel)
+        fh = self.tar.extractfile(member)
+        assert fh is not None  # a regular file
+        self.head[rel] = fh.read(limit + 1)
+        if len(self.head[rel]) != member.size:
+            raise ManifestError("truncated archive member", rel)
+
+    def _start(self, rel: str | None) -> Mapping[str, int]:
+        """Parse the manifest read so far, check its signature, write the head files."""
+        manifest_bytes = self.head.get(MANIFEST_NAME)
+        if manifest_bytes is None:
+            if rel is not None:
+                self._no_manifest_yet(rel)
+            raise ManifestError(f"missing from bundle archive {self.name}", MANIFEST_NAME)
+        manifest = parse_manifest(manifest_bytes)
+        if self.trusted_keys is not None:
+            check_signature(
+                manifest_bytes, self.head.get(SIGNATURE_NAME), self.trusted_keys, self.name
+            )
+        sizes: dict[str, int] = {}
+        for path, size, _ in listed_files(manifest):
+            _check_member_path(path)
+            key = PurePosixPath(path).as_posix()
+            sizes[key] = size
+            self.folders.update(p.as_posix() for p in PurePosixPath(key).parents)
+        for head_name, data in self.head.items():
+            (self.dest / head_name).write_bytes(data)
+        self.sizes = sizes
+        return sizes
+
+    def _extract(self, member: tarfile.TarInfo, rel: str) -> None:
+        sizes = self.sizes if self.sizes is not None else self._start(rel)
+        declared = sizes.get(rel)
+        if declared is None:
+            raise ManifestError(
+                "archive member not listed in the manifest; refusing to extract it", rel
+            )
+        if member.size != declared:
+            kind = "truncated" if member.size < declared else "larger than recorded"
+            raise ManifestError(
+                f"{kind}: manifest says {declared} bytes, archive member has {member.size}", rel
+            )
+        fh = self.tar.extractfile(member)
+        assert fh is not None  # a regular file
+        target = self.dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "xb") as out:  # "x": never through an existing file or link
+            _copy_at_most(fh, out, declared, rel)
+
+
+def _member_name(member: tarfile.TarInfo) -> str:
+    """The member's path, checked and normalised (``./a//b`` -> ``a/b``)."""
+    _check_member_path(member.name)
+    rel = PurePosixPath(member.name).as_posix()
+    if not member.name or "\\" in member.name:
+        raise ManifestError("archive member has an empty or non-POSIX path", member.name)
+    return rel
+
+
+def _copy_at_most(src: IO[bytes], out: IO[bytes], size: int, rel: str) -> None:
+    """Copy exactly ``size`` bytes; never write more, whatever the stream holds."""
+    written = 0
+    while written < size:
+        chunk = src.read(min(_CHUNK, size - written))
+        if not chunk:
+            raise ManifestError(f"truncated archive member: {written} of {size} bytes", rel)
+        out.write(chunk)
+        written += len(chunk)
 
 
 def save_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:

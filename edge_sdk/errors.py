@@ -86,6 +86,26 @@ class SignatureError(EdgeSDKError):
     """A bundle signature is missing, malformed, or not made by a trusted key."""
 
 
+class UntrustedBundleError(SignatureError):
+    """Trusted keys were given and the bundle's signature check failed.
+
+    The CLIs exit with 5 for it, so scripts can tell "not trusted" from other
+    bundle problems (exit 3).
+
+    Attributes:
+        reason: ``unsigned`` (no ``manifest.sig``), ``mismatch`` (the manifest
+            was altered after signing, or the signature was), ``unknown_key``
+            (signed by a key that is not trusted), ``malformed`` (not a
+            signature document, or an unsupported algorithm).
+    """
+
+    exit_code = 5
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class UpdateError(EdgeSDKError):
     """A model update was refused (transfer, verification, version or health check).
 
@@ -126,5 +146,6 @@ __all__ = [
     "SignatureError",
     "UnsupportedModelError",
     "UnsupportedTargetError",
+    "UntrustedBundleError",
     "UpdateError",
 ]

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from .runtimes import BackendOptions
 from .runtimes.base import CheckedFeeds
 from .selection import artifact_plans
 from .signature import GraphForm, OutputLevel
+
+if TYPE_CHECKING:
+    from .signing import TrustedKeys
 
 
 class Runtime:
@@ -91,6 +94,7 @@ class Runtime:
         backend: str | None = None,
         threads: int | None = None,
         precision: str | None = None,
+        trusted_keys: TrustedKeys | None = None,
     ) -> Runtime:
         """Open and verify a bundle and load the best artifact for this device.
 
@@ -107,18 +111,31 @@ class Runtime:
             precision: Force one precision (``fp32``, ``fp16``, ``int8``); by
                 default what the export chose, else the profile's order, else
                 the smallest artifact first (int8, fp16, fp32).
+            trusted_keys: Load only a bundle signed by one of these keys
+                (``key_id -> public key``, or ``.pub`` files / directories):
+                an unsigned bundle, one whose manifest changed after signing,
+                or one signed by another key is refused. ``None``: the
+                signature is not checked.
 
         Returns:
             The runtime.
 
         Raises:
             ManifestError: The bundle is invalid, tampered or truncated.
+            UntrustedBundleError: ``trusted_keys`` given and the signature
+                check failed (``reason``: unsigned, mismatch, unknown_key,
+                malformed).
             UnsupportedTargetError: No artifact runs on any available backend;
                 the message lists why each candidate was skipped.
             BackendUnavailableError: ``backend`` is unknown or not installed.
             ProfileError: The profile is unknown or invalid.
         """
-        b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        if isinstance(bundle, Bundle):
+            b = bundle
+            if trusted_keys is not None:
+                b.check_signature(trusted_keys)
+        else:
+            b = Bundle.open(bundle, trusted_keys=trusted_keys)
         prof = None
         if isinstance(profile, DeviceProfile):
             prof = profile

@@ -24,14 +24,15 @@ import importlib
 import json
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ._fs import write_atomic
 from ._optional import require
-from .bundle import SIGNATURE_NAME, Bundle
-from .errors import ConfigError, ManifestError, SignatureError
+from .bundle import MAX_SIGNATURE_BYTES, SIGNATURE_NAME, Bundle
+from .errors import ConfigError, ManifestError, SignatureError, UntrustedBundleError
 from .manifest import MANIFEST_NAME
 
 if TYPE_CHECKING:
@@ -41,22 +42,32 @@ if TYPE_CHECKING:
     )
 
 ALG = "ed25519"
-#: A signature document is ~150 bytes; anything much larger is not one.
-MAX_SIGNATURE_BYTES = 64 << 10
 _SIG_FIELDS = ("alg", "key_id", "signature")
 
 __all__ = [
     "ALG",
+    "MAX_SIGNATURE_BYTES",
     "SIGNATURE_NAME",
+    "SignatureStatus",
+    "TrustedKeys",
     "generate_keypair",
     "key_id",
     "load_private_key",
     "load_public_keys",
+    "read_signature",
     "sign_bundle",
     "sign_manifest",
+    "signature_status",
+    "trusted_key_map",
     "verify_bundle",
     "verify_manifest",
 ]
+
+#: Trusted keys as the API takes them: ``key_id -> public key`` (from
+#: :func:`load_public_keys`), or ``.pub`` files / directories to load.
+TrustedKeys: TypeAlias = (
+    "Mapping[str, Ed25519PublicKey] | Iterable[str | os.PathLike[str]] | str | os.PathLike[str]"
+)
 
 
 def _crypto() -> tuple[ModuleType, ModuleType]:
@@ -216,6 +227,17 @@ def load_public_keys(
     return keys
 
 
+def trusted_key_map(keys: TrustedKeys) -> Mapping[str, Ed25519PublicKey]:
+    """Return ``key_id -> public key`` for keys given as a mapping or as paths.
+
+    Raises:
+        SignatureError: As :func:`load_public_keys` for paths.
+    """
+    if isinstance(keys, Mapping):
+        return keys
+    return load_public_keys(keys)
+
+
 # -- signatures -----------------------------------------------------------------------------
 
 
@@ -237,20 +259,27 @@ def _parse_sig_doc(sig_doc: Mapping[str, Any] | bytes | str) -> dict[str, str]:
     raw: Any = sig_doc
     if isinstance(sig_doc, bytes | str):
         if len(sig_doc) > MAX_SIGNATURE_BYTES:
-            raise SignatureError(f"malformed signature: larger than {MAX_SIGNATURE_BYTES} bytes")
+            raise _malformed(f"larger than {MAX_SIGNATURE_BYTES} bytes")
         try:
             raw = json.loads(sig_doc)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SignatureError(f"malformed signature: not valid JSON ({exc})") from None
+            raise _malformed(f"not valid JSON ({exc})") from None
     if not isinstance(raw, Mapping):
-        raise SignatureError(
-            f"malformed signature: expected a JSON object with {list(_SIG_FIELDS)}, "
-            f"got {type(raw).__name__}"
+        raise _malformed(
+            f"expected a JSON object with {list(_SIG_FIELDS)}, got {type(raw).__name__}"
         )
     missing = [k for k in _SIG_FIELDS if not isinstance(raw.get(k), str)]
     if missing:
-        raise SignatureError(f"malformed signature: field(s) {missing} missing or not strings")
+        raise _malformed(f"field(s) {missing} missing or not strings")
+    if raw["alg"] != ALG:
+        raise UntrustedBundleError(
+            "malformed", f"unsupported signature algorithm {raw['alg']!r}; expected {ALG!r}"
+        )
     return {k: raw[k] for k in _SIG_FIELDS}
+
+
+def _malformed(what: str) -> UntrustedBundleError:
+    return UntrustedBundleError("malformed", f"malformed signature: {what}")
 
 
 def verify_manifest(
@@ -269,33 +298,33 @@ def verify_manifest(
         The id of the trusted key that made the signature.
 
     Raises:
-        SignatureError: Malformed document, unsupported algorithm, a key that
-            is not trusted, or a signature that does not match.
+        UntrustedBundleError: (a :class:`SignatureError`) with ``reason``
+            ``malformed`` (bad document, unsupported algorithm),
+            ``unknown_key`` (a key that is not trusted) or ``mismatch`` (a
+            signature that does not match the manifest).
     """
     doc = _parse_sig_doc(sig_doc)
-    if doc["alg"] != ALG:
-        raise SignatureError(f"unsupported signature algorithm {doc['alg']!r}; expected {ALG!r}")
     kid = doc["key_id"]
     public = trusted.get(kid)
     if public is None:
-        raise SignatureError(
-            f"signed by key {kid} which is not among the trusted keys {sorted(trusted)}"
+        raise UntrustedBundleError(
+            "unknown_key",
+            f"signed by key {kid} which is not among the trusted keys {sorted(trusted)}",
         )
     try:
         signature = base64.b64decode(doc["signature"], validate=True)
     except (binascii.Error, ValueError):
-        raise SignatureError("malformed signature: 'signature' is not valid base64") from None
+        raise _malformed("'signature' is not valid base64") from None
     if len(signature) != 64:
-        raise SignatureError(
-            f"malformed signature: ed25519 signatures are 64 bytes, got {len(signature)}"
-        )
+        raise _malformed(f"ed25519 signatures are 64 bytes, got {len(signature)}")
     exceptions = importlib.import_module("cryptography.exceptions")
     try:
         public.verify(signature, bytes(manifest_bytes))
     except exceptions.InvalidSignature:
-        raise SignatureError(
+        raise UntrustedBundleError(
+            "mismatch",
             "signature does not match the manifest: the manifest was altered "
-            "or signed by another key"
+            "or signed by another key",
         ) from None
     return kid
 
@@ -343,17 +372,97 @@ def verify_bundle(
         The id of the trusted key that signed the bundle.
 
     Raises:
-        SignatureError: ``bundle is not signed`` (no ``manifest.sig``), or as
-            :func:`verify_manifest`.
-        ManifestError: No ``manifest.json``.
+        UntrustedBundleError: ``bundle is not signed`` (no ``manifest.sig``,
+            reason ``unsigned``), or as :func:`verify_manifest`.
+        ManifestError: No ``manifest.json``, or either file is a symbolic link.
+    """
+    root = Path(bundle_dir)
+    manifest_path = root / MANIFEST_NAME
+    sig_path = root / SIGNATURE_NAME
+    for path in (manifest_path, sig_path):
+        if path.is_symlink():
+            raise ManifestError("is a symbolic link; a bundle holds regular files only", path.name)
+    if not manifest_path.is_file():
+        raise ManifestError(f"missing from bundle {root}", MANIFEST_NAME)
+    return verify_manifest(manifest_path.read_bytes(), read_signature(root), trusted)
+
+
+def read_signature(bundle_dir: str | os.PathLike[str]) -> bytes:
+    """Return the bytes of a bundle directory's ``manifest.sig``.
+
+    Raises:
+        UntrustedBundleError: No ``manifest.sig`` (``unsigned``), or one
+            larger than :data:`MAX_SIGNATURE_BYTES` (``malformed``).
     """
     root = Path(bundle_dir)
     sig_path = root / SIGNATURE_NAME
     if not sig_path.is_file():
-        raise SignatureError(f"bundle is not signed: {root} has no {SIGNATURE_NAME}")
+        raise UntrustedBundleError(
+            "unsigned",
+            f"bundle is not signed: {root} has no {SIGNATURE_NAME}, and trusted keys "
+            "were given; sign it (edge-fleet sign DIR --key KEY) before packing",
+        )
     if sig_path.stat().st_size > MAX_SIGNATURE_BYTES:
-        raise SignatureError(f"malformed signature: {sig_path} is larger than 64 KiB")
-    manifest_path = root / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise ManifestError(f"missing from bundle {root}", MANIFEST_NAME)
-    return verify_manifest(manifest_path.read_bytes(), sig_path.read_bytes(), trusted)
+        raise _malformed(f"{sig_path} is larger than {MAX_SIGNATURE_BYTES >> 10} KiB")
+    return sig_path.read_bytes()
+
+
+@dataclass(frozen=True)
+class SignatureStatus:
+    """What is known about a bundle's signature (see :func:`signature_status`).
+
+    Attributes:
+        state: ``valid`` (a trusted key signed exactly this manifest),
+            ``invalid`` (malformed, altered after signing, or an unknown key),
+            ``unsigned`` (no ``manifest.sig``), ``not checked`` (signed, but
+            no trusted keys were given to check it against).
+        key_id: The signing key's id as the signature names it, if readable.
+        error: Why it is ``invalid`` (or ``unsigned`` when keys were given).
+    """
+
+    state: Literal["valid", "invalid", "unsigned", "not checked"]
+    key_id: str | None = None
+    error: UntrustedBundleError | None = None
+
+    def describe(self) -> str:
+        """One line for people, e.g. ``valid (key 3f2a...)``."""
+        if self.state == "valid":
+            return f"valid (key {self.key_id})"
+        if self.state == "not checked":
+            return f"not checked (signed by key {self.key_id}; pass --key to check it)"
+        if self.state == "invalid":
+            return f"invalid: {self.error}"
+        return "unsigned"
+
+
+def signature_status(
+    bundle_dir: str | os.PathLike[str], trusted: TrustedKeys | None = None
+) -> SignatureStatus:
+    """Report a bundle directory's signature state without raising for a bad one.
+
+    Args:
+        bundle_dir: The bundle directory (an opened archive's ``Bundle.root``).
+        trusted: Keys to check against; ``None`` only reads the signature.
+
+    Raises:
+        SignatureError: ``trusted`` paths that cannot be loaded.
+        ManifestError: No ``manifest.json``, or a symbolic link.
+    """
+    keys = trusted_key_map(trusted) if trusted is not None else None
+    root = Path(bundle_dir)
+    try:
+        if keys is not None:
+            return SignatureStatus("valid", verify_bundle(root, keys))
+        doc = _parse_sig_doc(read_signature(root))
+    except UntrustedBundleError as exc:
+        if exc.reason == "unsigned":
+            return SignatureStatus("unsigned", None, exc if keys is not None else None)
+        return SignatureStatus("invalid", _claimed_key(root), exc)
+    return SignatureStatus("not checked", doc["key_id"])
+
+
+def _claimed_key(root: Path) -> str | None:
+    try:
+        return _parse_sig_doc(read_signature(root))["key_id"]
+    except UntrustedBundleError:
+        return None

@@ -7,6 +7,8 @@ Exit codes (scripts can rely on them):
 * 2: usage error (bad flags)
 * 3: user error: bad model, data, bundle, profile or environment (one line)
 * 4: parity or accuracy check failed (one line; nothing was written)
+* 5: ``--key`` given and the bundle is not signed by a trusted key: unsigned,
+  manifest altered after signing, or signed by another key (one line)
 """
 
 from __future__ import annotations
@@ -274,27 +276,49 @@ def _decision(
         raise typer.BadParameter(f"alarm rule: {exc.errors()[0]['msg']}") from None
 
 
+#: ``--key`` of inspect and verify.
+KeyOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--key",
+        "-k",
+        help="Trusted public key (.pub, or a directory of them); repeatable. The bundle "
+        "must then be signed by one of them over its exact manifest (exit 5 if not).",
+    ),
+]
+
+
 @app.command(
     epilog="Examples:\n\n  edge-export inspect out/gcn.bundle\n\n"
-    "  edge-export inspect out/gcn.bundle.tar.gz --json"
+    "  edge-export inspect out/gcn.bundle.tar.gz --json\n\n"
+    "  edge-export inspect gcn-signed.tar.gz --key keys/fleet.pub\n\n"
+    "The signature line reads valid, invalid, unsigned or not checked (signed, no --key)."
 )
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz.")],
+    key: KeyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
-    """Verify a bundle (checksums) and print its manifest."""
+    """Verify a bundle (checksums, and the signature with --key) and print its manifest."""
     with fail_on_errors():
         from edge_sdk.bundle import Bundle
+        from edge_sdk.signing import load_public_keys, signature_status
 
+        trusted = load_public_keys(key) if key else None
         b = Bundle.open(bundle)
+        status = signature_status(b.root, trusted)
         if as_json:
             console.print_json(b.manifest.to_json())
-            return
-        from ._tables import manifest_tables
+        else:
+            from ._tables import manifest_tables
 
-        for table in manifest_tables(b.manifest):
-            console.print(table)
-        console.print("all files present, sizes and sha256 verified", style="green")
+            for table in manifest_tables(b.manifest):
+                console.print(table)
+            console.print("all files present, sizes and sha256 verified", style="green")
+        style = {"valid": "green", "invalid": "red"}.get(status.state, "yellow")
+        err_console.print(f"signature: {status.describe()}", style=style, highlight=False)
+        if status.error is not None:
+            raise status.error
 
 
 @app.command(
@@ -404,25 +428,38 @@ def profiles(
     epilog=(
         "Examples:\n\n  edge-export verify out/gcn.bundle\n\n"
         "  edge-export verify gcn.bundle.tar.gz --backend litert --json\n\n"
+        "  edge-export verify gcn-signed.tar.gz --key keys/fleet.pub\n\n"
         "Run it on the device after copying the bundle: every artifact whose engine is "
-        "installed there is checked against the reference outputs recorded at export."
+        "installed there is checked against the reference outputs recorded at export. "
+        "With --key, an unsigned bundle, one whose manifest was edited after signing, or "
+        "one signed by another key is refused first (exit 5)."
     )
 )
 def verify(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz.")],
+    key: KeyOption = None,
     backend: Annotated[
         list[str] | None, typer.Option(help="Only this backend; repeatable.")
     ] = None,
     threads: Annotated[int, typer.Option(help="Intra-op threads per engine.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """Re-run cross-backend parity on this machine (exit 4 when an artifact fails)."""
+    """Re-run cross-backend parity on this machine (exit 4 when an artifact fails).
+
+    With --key, check the bundle's signature first (exit 5 when it is not
+    signed by a trusted key).
+    """
     with fail_on_errors():
         from edge_sdk.bundle import Bundle
         from edge_sdk.errors import ParityError
         from edge_sdk.parity import verify_bundle
+        from edge_sdk.signing import load_public_keys
 
-        b = Bundle.open(bundle)
+        trusted = load_public_keys(key) if key else None
+        b = Bundle.open(bundle, trusted_keys=trusted)
+        if trusted is not None:
+            signer = b.check_signature(trusted)
+            err_console.print(f"signature: valid (key {signer})", highlight=False)
         checks = verify_bundle(b, backend, threads, progress=err_console.log)
         if as_json:
             console.print_json(

@@ -1,7 +1,9 @@
 """``edge-node``: the on-device daemon.
 
 Exit codes: 0 success, 1 internal error, 2 usage error, 3 user error (bad
-config, bundle or broker URL; one line).
+config, bundle or broker URL; one line), 5 trusted keys given and the bundle
+is not signed by one of them (unsigned, edited after signing, or signed by
+another key; nothing is served).
 """
 
 from __future__ import annotations
@@ -84,7 +86,10 @@ def run(
     ] = None,
     trusted_key: Annotated[
         list[Path] | None,
-        typer.Option(help="Public key (.pub or a directory) accepted for updates; repeatable."),
+        typer.Option(
+            help="Public key (.pub or a directory) trusted for the first bundle and for "
+            "updates; repeatable. With keys, only signed bundles load (exit 5 otherwise)."
+        ),
     ] = None,
     telemetry_interval: Annotated[
         float | None, typer.Option(help="Seconds between telemetry messages (0: off).")
@@ -240,6 +245,13 @@ def serve(
     profile: Annotated[str, typer.Option(help="Device profile (auto, name or YAML).")] = "auto",
     backend: Annotated[str | None, typer.Option(help="Force one inference backend.")] = None,
     precision: Annotated[str | None, typer.Option(help="Force fp32, fp16 or int8.")] = None,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Public key (.pub or a directory); repeatable. Serve only a bundle signed "
+            "by one of them (unsigned, edited or foreign-signed: exit 5, nothing served)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a bundle over HTTP (Open Inference Protocol) until stopped."""
     setup_logging()
@@ -250,7 +262,12 @@ def serve(
 
         token = os.environ.get(token_env) or None
         rt = Runtime.load(
-            bundle, profile=profile, backend=backend, threads=threads, precision=precision
+            bundle,
+            profile=profile,
+            backend=backend,
+            threads=threads,
+            precision=precision,
+            trusted_keys=trusted_key or None,
         )
         try:
             server = InferenceServer(

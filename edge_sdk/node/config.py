@@ -243,7 +243,9 @@ class NodeConfig(_Strict):
         max_batch: Most windows run in one backend call.
         queue_size: Inbound messages buffered before the node reports overload.
         trusted_keys: Public keys (``.pub`` files or directories) accepted for
-            model updates; without any, updates are refused.
+            model updates; without any, updates are refused. With keys, every
+            bundle the node loads (the first ``bundle``, the active slot after
+            a restart, a rollback) must be signed by one of them too.
         canary_latency_ms: Latency budget of an update's canary run (default:
             3x the running model's canary latency, at least 50 ms).
         allow_downgrade: Accept older model versions without ``force``.

@@ -185,7 +185,8 @@ class EdgeNode:
                 "(or `bundle:` in the config file) for the first start"
             )
         log.info("installing %s as the first model", self.config.bundle)
-        return self.slots.install(self.config.bundle)
+        # Trusted keys guard every model this node loads, the first one too.
+        return self.slots.install(self.config.bundle, self.config.trusted_keys or None)
 
     def _load_runtime(self, bundle_dir: Path) -> Runtime:
         cfg = self.config
@@ -195,6 +196,7 @@ class EdgeNode:
             backend=cfg.backend,
             threads=cfg.threads,
             precision=cfg.precision,
+            trusted_keys=cfg.trusted_keys or None,
         )
 
     def load_runtime(self, bundle_dir: Path) -> Runtime:

@@ -22,12 +22,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._fs import fsync_dir, fsync_tree, write_atomic
 from ..bundle import SIGNATURE_NAME, Bundle, unpack
 from ..errors import ConfigError, ManifestError, UpdateError
 from ..manifest import MANIFEST_NAME
+
+if TYPE_CHECKING:
+    from ..signing import TrustedKeys
 
 SLOTS = ("a", "b")
 POINTER_NAME = "active.json"
@@ -113,7 +116,9 @@ class ModelSlots:
         return self.slot_dir(slot)
 
     # -- update flow ----------------------------------------------------------------------
-    def stage(self, archive_or_dir: str | os.PathLike[str]) -> Path:
+    def stage(
+        self, archive_or_dir: str | os.PathLike[str], trusted_keys: TrustedKeys | None = None
+    ) -> Path:
         """Copy or unpack a bundle into the inactive slot and verify it.
 
         The inactive slot is cleared first (removing what a crashed stage
@@ -122,6 +127,8 @@ class ModelSlots:
 
         Args:
             archive_or_dir: Bundle directory or packed ``.tar.gz``.
+            trusted_keys: Stage only a bundle signed by one of these keys
+                (see :meth:`Bundle.open`).
 
         Returns:
             The staged slot directory (pass it to :meth:`activate`).
@@ -129,6 +136,8 @@ class ModelSlots:
         Raises:
             ManifestError: The bundle is missing, unreadable or does not verify;
                 the slot is left empty.
+            UntrustedBundleError: ``trusted_keys`` given and the bundle is not
+                signed by one of them; the slot is left empty.
         """
         src = Path(archive_or_dir)
         if not src.exists():
@@ -143,8 +152,8 @@ class ModelSlots:
             if src.is_dir():
                 self._copy_bundle(src, target)
             else:
-                unpack(src, target)
-            Bundle.open(target)
+                unpack(src, target, trusted_keys)
+            Bundle.open(target, trusted_keys=trusted_keys)
         except BaseException:
             self._clear(target)
             raise
@@ -184,16 +193,23 @@ class ModelSlots:
             }
         )
 
-    def install(self, bundle_path: str | os.PathLike[str]) -> Path:
+    def install(
+        self, bundle_path: str | os.PathLike[str], trusted_keys: TrustedKeys | None = None
+    ) -> Path:
         """Stage and activate a bundle in one go (first install, or forced).
+
+        Args:
+            bundle_path: Bundle directory or packed ``.tar.gz``.
+            trusted_keys: As :meth:`stage`.
 
         Returns:
             The now-active slot directory.
 
         Raises:
             ManifestError: The bundle does not verify; nothing changes.
+            UntrustedBundleError: As :meth:`stage`; nothing changes.
         """
-        staged = self.stage(bundle_path)
+        staged = self.stage(bundle_path, trusted_keys)
         self.activate(staged)
         return staged
 

@@ -85,14 +85,47 @@ def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"key": key, "pub": pub, "rogue_key": rogue_key, "rogue_pub": rogue_pub}
 
 
+@pytest.fixture(scope="session")
+def fleet_signed(
+    fleet_keys: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[Path], Path]:
+    """Return ``signed(bundle_dir)``: a copy signed with the fleet key (one per bundle).
+
+    A node that trusts keys loads only signed bundles, its first one included.
+    A bundle that is signed already is returned as it is.
+    """
+    import shutil
+
+    from edge_sdk.signing import sign_bundle
+
+    root = tmp_path_factory.mktemp("fleet_signed")
+    copies: dict[Path, Path] = {}
+
+    def signed(bundle: Path) -> Path:
+        bundle = Path(bundle)
+        if (bundle / "manifest.sig").is_file():
+            return bundle
+        if bundle not in copies:
+            out = Path(shutil.copytree(bundle, root / f"{len(copies)}-{bundle.name}"))
+            sign_bundle(out, fleet_keys["key"])
+            copies[bundle] = out
+        return copies[bundle]
+
+    return signed
+
+
 # -- nodes ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def make_node(tmp_path: Path, fleet_keys: dict[str, Path]) -> Iterator[Callable[..., Any]]:
+def make_node(
+    tmp_path: Path, fleet_keys: dict[str, Path], fleet_signed: Callable[[Path], Path]
+) -> Iterator[Callable[..., Any]]:
     """Return ``make(broker, bundle, node_id="n1", broker_opts=None, **config) -> EdgeNode``.
 
     With a broker it waits until the node is connected. Nodes stop at teardown.
+    Unless ``trusted_keys`` is given, the node trusts the fleet key and an
+    unsigned bundle directory is replaced by its fleet-signed copy.
     """
     from edge_sdk.node import BrokerConfig, EdgeNode, NodeConfig
 
@@ -106,6 +139,8 @@ def make_node(tmp_path: Path, fleet_keys: dict[str, Path]) -> Iterator[Callable[
         **cfg: Any,
     ) -> Any:
         cfg.setdefault("state_dir", tmp_path / f"state-{node_id}")
+        if "trusted_keys" not in cfg and bundle is not None and Path(bundle).is_dir():
+            bundle = fleet_signed(bundle)
         cfg.setdefault("trusted_keys", [fleet_keys["pub"]])
         cfg.setdefault("telemetry_interval_s", 0)
         config = NodeConfig(

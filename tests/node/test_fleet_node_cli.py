@@ -27,7 +27,11 @@ def test_keys_sign_and_deploy_through_the_cli(broker, make_node, sensor_bundles,
     signed = runner.invoke(fleet, ["sign", str(bundle), "--key", str(keys / "fleet.key")])
     assert signed.exit_code == 0 and (bundle / "manifest.sig").is_file()
 
-    node = make_node(broker, sensor_bundles["v1"], trusted_keys=[keys / "fleet.pub"])
+    first = shutil.copytree(sensor_bundles["v1"], tmp_path / "v1.bundle")
+    # A node that trusts keys loads only signed bundles, its first one too.
+    signed_first = runner.invoke(fleet, ["sign", str(first), "--key", str(keys / "fleet.key")])
+    assert signed_first.exit_code == 0, signed_first.output
+    node = make_node(broker, first, trusted_keys=[keys / "fleet.pub"])
     deployed = runner.invoke(
         fleet,
         ["deploy", str(bundle), "--group", "plant", "--node", "n1", "--broker", broker.url],
