@@ -193,30 +193,39 @@ class Runtime:
         """The bundle's manifest."""
         return self.bundle.manifest
 
-    def infer(self, graph: Graph | dict[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
+    def infer(
+        self, graph: Graph | dict[str, Any] | np.ndarray, *, strict: bool = False
+    ) -> dict[str, np.ndarray]:
         """Run one request.
 
         Args:
             graph: A graph container, a mapping of named arrays (``x``,
                 ``edge_index``, ``edge_attr``, ``batch``), or for the static
                 and learned forms a bare ``[B, N, F]`` / ``[N, F]`` array.
+            strict: Refuse the ``[N, F]`` shorthand of the static and learned
+                forms (``x`` must be ``[B, N, F]``, as the model's metadata
+                says). The HTTP and MQTT ``infer`` protocols pass True.
 
         Returns:
             Outputs by name. Static forms keep the batch axis B.
 
         Raises:
             InvalidInputError: The request does not match the model; the
-                message names the field.
+                message names the field. Booleans are refused, never coerced.
         """
-        return self._run(as_graph(graph, self._spec))
+        return self._run(as_graph(graph, self._spec, strict=strict))
 
     def infer_batch(
-        self, graphs: Sequence[Graph | dict[str, Any] | np.ndarray]
+        self, graphs: Sequence[Graph | dict[str, Any] | np.ndarray], *, strict: bool = False
     ) -> list[dict[str, np.ndarray]]:
         """Run many requests in as few backend calls as exactness allows.
 
         Dynamic graphs are merged as one disjoint union; static batches are
         stacked along B. Results come back in request order.
+
+        Args:
+            graphs: Requests, each as :meth:`infer` takes it.
+            strict: As in :meth:`infer`.
 
         Raises:
             InvalidInputError: Naming the request index and field at fault.
@@ -225,7 +234,7 @@ class Runtime:
         checked: list[Graph] = []
         for i, item in enumerate(graphs):
             try:
-                checked.append(as_graph(item, spec))
+                checked.append(as_graph(item, spec, strict=strict))
             except InvalidInputError as exc:
                 raise InvalidInputError(
                     f"graphs[{i}].{exc.field}", str(exc).split(": ", 1)[1]

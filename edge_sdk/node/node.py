@@ -312,10 +312,13 @@ class EdgeNode:
             self._stop.wait(0.5)
 
     # -- local API ---------------------------------------------------------------------------
-    def infer(self, inputs: Any) -> dict[str, np.ndarray]:
-        """Run one request on the current model (thread-safe, swap-safe)."""
+    def infer(self, inputs: Any, *, strict: bool = False) -> dict[str, np.ndarray]:
+        """Run one request on the current model (thread-safe, swap-safe).
+
+        ``strict`` as in :meth:`~edge_sdk.Runtime.infer` (the MQTT ``infer`` topic is strict).
+        """
         with self.model.use() as rt:
-            return rt.infer(inputs)
+            return rt.infer(inputs, strict=strict)
 
     def submit_sensors(self, payload: dict[str, Any] | bytes) -> None:
         """Feed one sensor message as if it came from MQTT (local-only nodes).
@@ -585,9 +588,10 @@ class EdgeNode:
             inputs = body.get("inputs")
             if not isinstance(inputs, dict):
                 raise InvalidInputError("inputs", 'expected {"inputs": {"x": [...]}}')
-            feeds = {k: np.asarray(v) for k, v in inputs.items()}
             t0 = time.perf_counter()
-            result = self.infer(feeds)
+            # Strict: as the published metadata says (no [N, F] shorthand); the decoded
+            # JSON goes in as is, so booleans among the numbers are refused, not coerced.
+            result = self.infer(inputs, strict=True)
             self.stats.infer_ms.append((time.perf_counter() - t0) * 1e3)
             self.stats.inferences += 1
             reply: dict[str, Any] = {"outputs": {k: v.tolist() for k, v in result.items()}}

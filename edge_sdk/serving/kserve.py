@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InvalidInputError
+from ..graph import holds_bool
 from ..manifest import Manifest
 
 #: Header that announces a binary body: its value is the JSON header's length.
@@ -40,6 +42,7 @@ ERROR_KINDS = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     411: "length_required",
     413: "too_large",
     500: "internal",
@@ -140,6 +143,21 @@ def decode_inputs(
             raise ProtocolError(
                 400, f"input {name!r}: 'shape' must be a list of non-negative integers"
             )
+        published = spec.shape
+        if len(shape) != len(published):
+            # The wire takes tensors as the model metadata publishes them: no [N, F]
+            # shorthand for a [B, N, F] input (the Python API's convenience).
+            dims = [d if isinstance(d, int) else -1 for d in published]
+            raise ProtocolError(
+                400,
+                str(
+                    InvalidInputError(
+                        name,
+                        f"expected rank {len(published)} {dims} as the model metadata "
+                        f"publishes it (-1: any size), received rank {len(shape)} {shape}",
+                    )
+                ),
+            )
         count = math.prod(shape)
         dtype = np.dtype(spec.dtype)
         size = _params(item, f"input {name!r}").get("binary_data_size")
@@ -189,6 +207,8 @@ def _json_tensor(
             400, f"input {name!r}: 'data' is ragged or not numeric ({exc})"
         ) from None
     kind = arr.dtype.kind
+    if kind != "b" and dtype.kind != "b" and holds_bool(data):
+        kind = "b"  # numpy read [true, 0.5] as numbers: refuse the booleans, never coerce
     ok = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind] if dtype.kind in "biuf" else ""
     if arr.size and kind not in ok:
         what = {"f": "non-integer numbers", "b": "booleans", "O": "non-numbers or huge integers"}

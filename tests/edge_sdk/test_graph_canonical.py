@@ -32,7 +32,7 @@ def test_int_features_promoted_to_float32() -> None:
     np.testing.assert_array_equal(g.x, x.astype(np.float32))
 
 
-@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int32, np.bool_, np.float16, np.float64])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int32, np.float16, np.float64])
 def test_feature_dtypes_canonicalised(dtype: type) -> None:
     x = (np.arange(12).reshape(4, F) % 2).astype(dtype)
     g = as_graph(dyn(x=x), DYN)

@@ -69,6 +69,36 @@ BAD: list[tuple[str, str, Any, str, list[str]]] = [
         ["float dtype", "complex128"],
     ),
     ("static-x-features", "static", _x(N_STATIC, 2), "x", ["expected 3 features", "received 2"]),
+    # -- booleans are refused everywhere, never coerced to 0.0 / 1.0 -------------------------
+    (
+        "static-x-bool-array",
+        "static",
+        np.zeros((1, N_STATIC, F), np.bool_),
+        "x",
+        ["expected a float dtype", "received bool"],
+    ),
+    (
+        "static-x-bool-list",
+        "static",
+        {"x": [[[True, False, True]] * N_STATIC]},
+        "x",
+        ["expected a float dtype", "received bool"],
+    ),
+    (
+        "static-x-bool-among-floats",
+        "static",
+        {"x": [[[0.5, 1.5, 2.5]] * (N_STATIC - 1) + [[0.5, True, 2.5]]]},
+        "x",
+        ["expected a float dtype", "received bool"],
+    ),
+    ("x-bool-array", "dyn", dyn(x=_x() > 0), "x", ["expected a float dtype", "received bool"]),
+    (
+        "edge-index-bool-among-ints",
+        "dyn",
+        dyn(edge_index=[[0, 1, True], [1, 2, 3]]),
+        "edge_index",
+        ["integer dtype", "received bool"],
+    ),
     ("static-x-nodes", "static", _x(5), "x", ["expected 4 nodes", "received 5"]),
     (
         "static-x-nodes-batched",
@@ -400,3 +430,26 @@ def test_invalid_input_error_is_a_value_error() -> None:
     # Callers that only know ValueError still catch it.
     with pytest.raises(ValueError, match="expected 3 features"):
         as_graph(dyn(x=_x(f=2)), DYN)
+
+
+# -- strict mode: the wire protocols take x exactly as the metadata publishes it ------------
+
+
+def test_strict_refuses_the_rank_2_shorthand_the_python_api_promotes() -> None:
+    x = _x(N_STATIC)
+    for data in (x, {"x": x}, {"x": x.tolist()}, StaticGraph(x)):
+        loose = as_graph(data, SPECS["static"])
+        assert isinstance(loose, StaticGraph) and loose.x.shape == (1, N_STATIC, F)
+        with pytest.raises(InvalidInputError) as exc:
+            as_graph(data, SPECS["static"], strict=True)
+        assert exc.value.field == "x"
+        assert str(exc.value) == (
+            f"x: expected rank 3 [B, N, F], received rank 2 [{N_STATIC}, {F}]; "
+            f"send one graph as [1, {N_STATIC}, {F}]"
+        )
+    # Strict takes a proper [B, N, F] request unchanged, and changes nothing for dynamic graphs.
+    g = as_graph(x[None], SPECS["static"], strict=True)
+    assert isinstance(g, StaticGraph)
+    np.testing.assert_array_equal(g.x, x[None])
+    d = as_graph(dyn(), DYN, strict=True)
+    assert isinstance(d, DynamicGraph) and d.x.shape == (4, F)
