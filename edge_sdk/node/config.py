@@ -126,12 +126,30 @@ class WindowConfig(_Strict):
         stride: Run the model every ``stride`` complete samples.
         timeout_s: How long a sample waits for missing sensors before it is
             reported and dropped.
+        period_s: Expected time between samples, in the unit of ``t``. When
+            set, consecutive samples further apart than ``period_s * (1 +
+            gap_tolerance)`` are reported as a gap on ``errors`` (rows lost
+            upstream). None: no gap detection.
+        gap_tolerance: Jitter allowed on ``period_s``, as a fraction of it.
+        on_gap: ``skip`` (default): no window spans a gap, the window starts
+            again after it; ``flag``: windows spanning it are computed and their
+            results say ``"gap": true``.
+        max_future_s: Refuse rows whose ``t`` is more than this many seconds
+            ahead of the node's clock (``time.time()``): one row from a broken
+            clock must not push the window into the future. None: no bound.
+        max_past_s: Refuse rows more than this many seconds behind the node's
+            clock. None (default): no bound, for replays and relative timestamps.
     """
 
     sensors: list[str] | None = None
     size: int | None = Field(default=None, ge=1)
     stride: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=2.0, gt=0)
+    period_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    gap_tolerance: float = Field(default=0.5, ge=0, allow_inf_nan=False)
+    on_gap: Literal["skip", "flag"] = "skip"
+    max_future_s: float | None = Field(default=300.0, gt=0, allow_inf_nan=False)
+    max_past_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class AlertConfig(_Strict):

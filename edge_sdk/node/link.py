@@ -16,6 +16,19 @@ Delivery guarantees:
 * The node connects asynchronously and serves local inference while the broker
   is down; paho reconnects with exponential back-off.
 
+Incoming messages (``on_delivery``): with a persistent session the link
+acknowledges nothing itself (paho's ``manual_ack``). Each message comes with a
+:class:`Delivery`, and the receiver calls :meth:`MqttLink.ack` once the message
+is safe (the node: once its results and window state are committed to the
+outbox). A message not acknowledged when the connection or the process dies is
+redelivered by the broker from the node's session, with the DUP flag set.
+An acknowledgement is sent only on the connection that received the message:
+packet ids belong to a connection, so a late one after a reconnect could
+acknowledge another message; the broker redelivers the old one instead. With
+``clean_session`` (Sparkplug) the broker discards unacknowledged messages with
+the connection, so paho acknowledges on receipt and :meth:`MqttLink.ack` does
+nothing.
+
 ``protocol: auto`` connects with MQTT 5 and falls back to 3.1.1, for good, when
 the broker refuses MQTT 5 in its CONNACK (3.1.1 return code 1, or MQTT 5's
 0x84), or when it accepted the TCP connection but sent no CONNACK within
@@ -66,6 +79,23 @@ class Will:
     retain: bool = True
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One received message, to acknowledge with :meth:`MqttLink.ack` once it is safe.
+
+    Attributes:
+        mid: The MQTT packet id.
+        qos: The QoS it arrived with (0 needs no acknowledgement).
+        dup: The broker's DUP flag: it may have been delivered before.
+        connection: Which connection of the link received it.
+    """
+
+    mid: int
+    qos: int
+    dup: bool
+    connection: int
+
+
 @dataclass
 class LinkStats:
     """Counters of the link (read by telemetry)."""
@@ -79,6 +109,9 @@ class LinkStats:
     rejected: int = 0
     inflight: int = 0
     protocol: str = ""
+    received: int = 0
+    acks_sent: int = 0
+    acks_stale: int = 0
 
 
 class MqttLink:
@@ -88,7 +121,10 @@ class MqttLink:
         broker: Where and how to connect.
         client_id: MQTT client identifier (stable: the broker keeps its session).
         on_message: Called from paho's network thread with ``(topic, payload,
-            properties)``; must not block.
+            properties)``; must not block. Messages are acknowledged on receipt.
+        on_delivery: Instead of ``on_message``: called with ``(topic, payload,
+            properties, delivery)``; the receiver must call :meth:`ack` with
+            every delivery once the message is safe (see the module notes).
         subscriptions: ``(topic filter, qos)`` subscribed on every connect.
         will: Last will, published by the broker if the link dies.
         on_connect: Called (network thread) after every successful connect and
@@ -121,10 +157,15 @@ class MqttLink:
         before_connect: Callable[[], Will] | None = None,
         on_disconnect: Callable[[], None] | None = None,
         sender: Callable[[Stored], MQTTMessageInfo | None] | None = None,
+        on_delivery: Callable[[str, bytes, Any, Delivery], None] | None = None,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
         self._on_message_cb = on_message
+        self._on_delivery_cb = on_delivery
+        # Acknowledging late only helps where the broker keeps the unacked message.
+        self._manual_ack = on_delivery is not None and not clean_session
+        self._connection = 0  # bumped on every CONNACK (network thread)
         self._subscriptions = list(subscriptions or [])
         self._will = will
         self._on_connect_cb = on_connect
@@ -285,7 +326,7 @@ class MqttLink:
         }
         if not v5:
             kwargs["clean_session"] = self._clean_session
-        client = mqtt.Client(**kwargs)
+        client = mqtt.Client(**kwargs, manual_ack=self._manual_ack)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -372,6 +413,7 @@ class MqttLink:
             return
         if self._protocol == "auto":
             self._v5_confirmed = True
+        self._connection += 1
         self._session_present = bool(getattr(flags, "session_present", False))
         if self._subscriptions:
             # Ready only once the broker confirmed the subscriptions (_on_subscribe):
@@ -451,12 +493,41 @@ class MqttLink:
             self._on_disconnect_cb()
 
     def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
+        self.stats.received += 1
+        props = getattr(msg, "properties", None)
+        if self._on_delivery_cb is not None:
+            delivery = Delivery(msg.mid, msg.qos, bool(msg.dup), self._connection)
+            try:
+                self._on_delivery_cb(msg.topic, bytes(msg.payload), props, delivery)
+            except Exception:  # a handler bug must not kill paho's network thread
+                log.exception("message handler failed on %s", msg.topic)
+                self.ack(delivery)  # never held for ever: it would block the broker's window
+            return
         if self._on_message_cb is None:
             return
         try:
-            self._on_message_cb(msg.topic, bytes(msg.payload), getattr(msg, "properties", None))
+            self._on_message_cb(msg.topic, bytes(msg.payload), props)
         except Exception:  # a handler bug must not kill paho's network thread
             log.exception("message handler failed on %s", msg.topic)
+
+    def ack(self, *deliveries: Delivery | None) -> None:
+        """Acknowledge received messages (PUBACK) now that they are safe; any thread.
+
+        QoS 0 deliveries and None are ignored. A delivery from an earlier
+        connection is not acknowledged (its packet id may name another message
+        now): the broker redelivers it with the DUP flag, and the receiver drops
+        it as a duplicate. Without manual acknowledgement this does nothing.
+        """
+        if not self._manual_ack:
+            return
+        for d in deliveries:
+            if d is None or d.qos == 0:
+                continue
+            if d.connection != self._connection:
+                self.stats.acks_stale += 1
+                continue
+            self._client.ack(d.mid, d.qos)
+            self.stats.acks_sent += 1
 
     def _on_publish(
         self, client: Client, userdata: Any, mid: int, reason: Any, properties: Any

@@ -41,7 +41,7 @@ from ..signature import GraphForm
 from .alarm import RAISED, Alarm, AlarmRule
 from .config import NodeConfig
 from .health import run_canary
-from .link import MqttLink, Will
+from .link import Delivery, MqttLink, Will
 from .models import ActiveModel
 from .ota import UpdateAgent
 from .outbox import Outbox, Outgoing, Priority
@@ -51,7 +51,7 @@ from .sparkplug import SparkplugSession
 from .sparkplug import metrics as spm
 from .telemetry import NodeStats, result_body
 from .topics import Inbound, JsonScheme, Outbound, dumps, finite, loads
-from .windows import Incomplete, Window, WindowAssembler, WindowSpec
+from .windows import Gap, Incomplete, Window, WindowAssembler, WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 ROLLBACK_AFTER_FAILURES = 3
 #: What a Sparkplug node sends as Sparkplug DATA; the rest stays on the JSON topics.
 _SPARKPLUG_DATA = (Outbound.RESULTS, Outbound.ALERTS, Outbound.TELEMETRY)
+#: Outbox state key of the sensor-window buffer (committed with each batch's results).
+WINDOW_STATE = "windows"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class _Msg:
     payload: bytes
     properties: Any
     received: float
+    #: MQTT input: acknowledged by the worker once the batch is committed.
+    delivery: Delivery | None = None
 
 
 class EdgeNode:
@@ -139,10 +143,11 @@ class EdgeNode:
                     "on_disconnect": sp.on_disconnect,
                     "sender": sp.send,
                 }
+            self._restore_windows()
             self.link = MqttLink(
                 config.broker,
                 client_id=f"edge-node-{config.group}-{config.node_id}",
-                on_message=self._on_message,
+                on_delivery=self._on_message,
                 subscriptions=subscriptions,
                 on_connect=self._on_connect,
                 outbox=self.outbox,
@@ -253,7 +258,17 @@ class EdgeNode:
                 f"window config does not fit the model: it takes [{n} sensors, {f} samples], "
                 f"the config gives [{len(sensors)} sensors, {size} samples]"
             )
-        spec = WindowSpec(sensors, size, wc.stride, wc.timeout_s)
+        spec = WindowSpec(
+            sensors,
+            size,
+            wc.stride,
+            wc.timeout_s,
+            period_s=wc.period_s,
+            gap_tolerance=wc.gap_tolerance,
+            on_gap=wc.on_gap,
+            max_future_s=wc.max_future_s,
+            max_past_s=wc.max_past_s,
+        )
         if keep is not None and keep.spec == spec:
             return keep  # same input layout: keep the buffered samples across a swap
         return WindowAssembler(spec)
@@ -347,22 +362,35 @@ class EdgeNode:
         }
 
     # -- MQTT in -----------------------------------------------------------------------------
-    def _on_message(self, topic: str, payload: bytes, properties: Any) -> None:
+    def _on_message(
+        self, topic: str, payload: bytes, properties: Any, delivery: Delivery | None = None
+    ) -> None:
+        """paho's network thread. Sensors, infer and cmd are acknowledged by the worker
+        once their batch is committed; everything else at once (see docs/node.md)."""
+        kind = None
         if self.sparkplug is not None and topic.startswith(SPARKPLUG_NAMESPACE):
             self._on_sparkplug(topic, payload)
-            return
-        kind = self.scheme.classify(topic)
-        if kind is None:
-            return
+        else:
+            kind = self.scheme.classify(topic)
         if kind in (Inbound.OTA_OFFER, Inbound.OTA_CHUNK):
             if self.updates is not None:
                 self.updates.submit(kind, payload)
+        elif kind is not None:
+            self._enqueue(kind, payload, properties, delivery)
             return
-        self._enqueue(kind, payload, properties)
+        self._ack(delivery)
 
-    def _enqueue(self, kind: Inbound, payload: bytes, properties: Any) -> None:
+    def _ack(self, *deliveries: Delivery | None) -> None:
+        if self.link is not None:
+            self.link.ack(*deliveries)
+
+    def _enqueue(
+        self, kind: Inbound, payload: bytes, properties: Any, delivery: Delivery | None = None
+    ) -> None:
         try:
-            self._queue.put(_Msg(kind, payload, properties, time.monotonic()), timeout=1.0)
+            self._queue.put(
+                _Msg(kind, payload, properties, time.monotonic(), delivery), timeout=1.0
+            )
         except queue.Full:
             self.stats.overloaded += 1
             self._error(
@@ -370,6 +398,7 @@ class EdgeNode:
                 f"node overloaded: {self.config.queue_size} messages waiting; message dropped",
                 kind=kind,
             )
+            self._ack(delivery)  # refused with an error, like any bad message
 
     def _on_sparkplug(self, topic: str, payload: bytes) -> None:
         """Sparkplug messages (paho's network thread): host STATE, NCMD, DCMD, source DDATA."""
@@ -430,6 +459,10 @@ class EdgeNode:
             except Exception:  # never let one bad batch stop the node
                 log.exception("worker failed on a batch of %d messages", len(batch))
                 self.stats.errors += 1
+            finally:
+                # Every message exactly once, after _process committed its results and the
+                # window state (or answered it on errors): see docs/node.md.
+                self._ack(*(m.delivery for m in batch))
 
     def _process(self, batch: list[_Msg]) -> None:
         out: list[Outgoing] = []
@@ -452,6 +485,8 @@ class EdgeNode:
                 if isinstance(item, Window):
                     self.stats.windows += 1
                     windows.append((item, now))
+                elif isinstance(item, Gap):
+                    self._gap(item, out)
                 else:
                     self._incomplete(item, out)
         for i in range(0, len(windows), self.config.max_batch):
@@ -459,7 +494,7 @@ class EdgeNode:
         if time.monotonic() >= self._next_telemetry and self._telemetry_interval > 0:
             out.append(self._telemetry())
             self._next_telemetry = time.monotonic() + self._telemetry_interval
-        self._emit(out)
+        self._emit(out, self._window_state())
 
     def _sensors(self, msg: _Msg, out: list[Outgoing]) -> list[Window]:
         if self._assembler is None:
@@ -473,6 +508,9 @@ class EdgeNode:
         elif not isinstance(rows, list):
             raise InvalidInputError("rows", f"expected a list of rows, got {type(rows).__name__}")
         windows: list[Window] = []
+        asm = self._assembler
+        redelivered = msg.delivery is not None and msg.delivery.dup
+        duplicates = asm.duplicates
         for i, row in enumerate(rows):
             where = "" if "rows" not in body else f"rows[{i}]."
             if not isinstance(row, dict) or "values" not in row or "t" not in row:
@@ -481,17 +519,69 @@ class EdgeNode:
                 )
             t = finite(row["t"], f"{where}t")
             try:
-                produced = self._assembler.add(t, row["values"])
+                produced = asm.add(t, row["values"], redelivered=redelivered)
             except InvalidInputError as exc:
                 out.append(self._error_msg(f"{where}{exc.field}", str(exc), kind=msg.kind))
                 continue
             for item in produced:
                 if isinstance(item, Window):
                     windows.append(item)
+                elif isinstance(item, Gap):
+                    self._gap(item, out)
                 else:
                     self._incomplete(item, out)
+        self.stats.duplicates += asm.duplicates - duplicates
         self.stats.windows += len(windows)
         return windows
+
+    def _gap(self, gap: Gap, out: list[Outgoing]) -> None:
+        self.stats.gaps += 1
+        period = self.config.window.period_s
+        what = "skipped" if gap.skipped else "flagged"
+        out.append(
+            self._error_msg(
+                "t",
+                f"gap in the sensor stream: t={gap.t_from} -> t={gap.t_to} with "
+                f"window.period_s={period}, about {gap.missing} row(s) missing; windows "
+                f"spanning it are {what}",
+                kind=Inbound.SENSORS,
+                extra={
+                    "kind": "gap",
+                    "from": gap.t_from,
+                    "to": gap.t_to,
+                    "missing": gap.missing,
+                    "windows": what,
+                },
+            )
+        )
+
+    def _restore_windows(self) -> None:
+        """Resume the window buffer committed with the outbox (after a stop or a crash)."""
+        self._saved_windows: tuple[WindowAssembler | None, int] = (None, 0)
+        asm, outbox = self._assembler, self.outbox
+        if asm is None or outbox is None:
+            return
+        data = outbox.state(WINDOW_STATE)
+        if data is None:
+            return
+        try:
+            asm.restore(data)
+        except ConfigError as exc:
+            log.warning("starting with empty sensor windows: %s", exc)
+            return
+        self._saved_windows = (asm, asm.changes)
+        log.info("resumed the sensor windows (%d sample(s) pending)", asm.pending)
+
+    def _window_state(self) -> dict[str, bytes] | None:
+        """The window buffer to commit with this batch, when it changed since the last one."""
+        asm = self._assembler
+        if asm is None or self.outbox is None:
+            return None
+        saved_asm, saved_changes = self._saved_windows
+        if saved_asm is asm and saved_changes == asm.changes:
+            return None
+        self._saved_windows = (asm, asm.changes)
+        return {WINDOW_STATE: asm.state()}
 
     def _incomplete(self, item: Incomplete, out: list[Outgoing]) -> None:
         self.stats.incomplete += 1
@@ -534,7 +624,8 @@ class EdgeNode:
             body = result_body(values, labels)
             body.update(
                 model=meta,
-                window={"seq": w.seq, "t_start": w.t_start, "t_end": w.t_end},
+                window={"seq": w.seq, "t_start": w.t_start, "t_end": w.t_end}
+                | ({"gap": True} if w.gap else {}),
                 latency_ms=round((now - received) * 1e3, 3),
             )
             alert = None
@@ -666,11 +757,12 @@ class EdgeNode:
         """Queue one message through the outbox (no-op for a local-only node)."""
         self._emit([self._out(kind, body, priority)])
 
-    def _emit(self, out: list[Outgoing]) -> None:
-        if not out or self.outbox is None:
+    def _emit(self, out: list[Outgoing], state: dict[str, bytes] | None = None) -> None:
+        """Commit ``out`` (and the worker's ``state``) to the outbox in one transaction."""
+        if (not out and not state) or self.outbox is None:
             return
-        self.outbox.put_many(out)
-        if self.link is not None:
+        self.outbox.put_many(out, state=state)
+        if out and self.link is not None:
             self.link.wake()
 
     def _telemetry(self) -> Outgoing:

@@ -73,6 +73,16 @@ Size bound and drop policy
     dropped. Reopening an outbox with a smaller ``max_bytes`` trims it at
     open in the same order, where any priority may be dropped.
 
+Consumer state committed with the messages
+    :meth:`Outbox.put_many` takes an optional ``state`` mapping of named
+    blobs, written in the same transaction as the messages and read back with
+    :meth:`Outbox.state`. The node keeps its sensor-window buffer there: a
+    batch's results and the input samples it left buffered become durable
+    together, and only then does the node acknowledge the batch's MQTT input
+    (see :mod:`edge_sdk.node.link`). The ``state`` table was added to schema
+    version 1 without a version change: it is created on open when missing,
+    and older releases ignore it.
+
 Ownership and threads
     One process owns an outbox at a time: it holds an exclusive ``flock`` on
     ``<path>.lock`` (released by the kernel even on SIGKILL), and a second
@@ -91,7 +101,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -136,6 +146,11 @@ _SCHEMA: Final = (
     "CREATE INDEX outbox_acked_seq ON outbox (acked, seq)",
     # drop order of pending rows
     "CREATE INDEX outbox_drop_order ON outbox (priority, seq) WHERE acked IS NULL",
+)
+#: Named blobs committed together with messages (``put_many(state=...)``).
+_STATE_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)"
+    " WITHOUT ROWID"
 )
 
 
@@ -399,11 +414,15 @@ class Outbox:
         """
         return self.put_many((item,))[0]
 
-    def put_many(self, items: Sequence[Outgoing]) -> list[int]:
+    def put_many(
+        self, items: Sequence[Outgoing], state: Mapping[str, bytes] | None = None
+    ) -> list[int]:
         """Store messages in one transaction: all of them or, on error, none.
 
         Args:
             items: The messages, in publishing order.
+            state: Named blobs to replace in the same transaction (see
+                :meth:`state`); committed even when ``items`` is empty.
 
         Returns:
             Their ``seq`` numbers: consecutive, in the order of ``items``
@@ -418,7 +437,7 @@ class Outbox:
         for item in items:
             if not isinstance(item, Outgoing):
                 raise TypeError(f"expected Outgoing items, got {type(item).__name__}")
-        if not items:
+        if not items and not state:
             return []
         now = self._clock()
         drops = _Drops()
@@ -427,6 +446,11 @@ class Outbox:
             self._check_open()
             c = self._counters
             with self._transaction():
+                if state:
+                    self._conn.executemany(
+                        "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
+                        [(str(k), bytes(v)) for k, v in state.items()],
+                    )
                 rows: list[_Row] = []
                 for item in items:
                     seq = c.next_seq
@@ -447,9 +471,17 @@ class Outbox:
                         c.pending_count[prio] += 1
                         c.pending_bytes[prio] += size
                 self._flush(rows)
-                self._write_meta(next_seq=True, dropped=drops.total > 0)
-            self._log_drops(drops)
+                self._write_meta(next_seq=bool(items), dropped=drops.total > 0)
+            if items:
+                self._log_drops(drops)
         return seqs
+
+    def state(self, key: str) -> bytes | None:
+        """The blob last committed under ``key`` by :meth:`put_many` (None: never)."""
+        with self._mutex:
+            self._check_open()
+            row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def pending(self, after: int = 0, limit: int = 256) -> list[Stored]:
         """Return unacked rows with ``seq > after``, in ascending ``seq`` order.
@@ -678,6 +710,7 @@ class Outbox:
                 f"edge-graph-sdk reads version {SCHEMA_VERSION}); it was written by another "
                 "release. Upgrade the SDK, or move the file away to start an empty outbox."
             )
+        conn.execute(_STATE_TABLE)  # added within version 1: outboxes made before lack it
 
     def _load_counters(self) -> None:
         conn = self._conn

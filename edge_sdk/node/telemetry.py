@@ -26,6 +26,8 @@ _COUNTERS = (
     "incomplete",
     "overloaded",
     "alerts",
+    "duplicates",
+    "gaps",
 )
 
 
@@ -41,6 +43,8 @@ class NodeStats:
     incomplete: int = 0
     overloaded: int = 0
     alerts: int = 0
+    duplicates: int = 0  # redelivered sensor rows dropped (already in the window state)
+    gaps: int = 0  # holes in the sensor stream (window.period_s)
     infer_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     e2e_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     started: float = field(default_factory=time.monotonic)

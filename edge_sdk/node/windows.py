@@ -19,10 +19,25 @@ windows:
   oldest is given up the same way.
 * Data for a timestamp older than the newest sample in the window, or for a
   sample already given up, raises :class:`~edge_sdk.errors.InvalidInputError`
-  and leaves the assembler unchanged. An exact repeat of values already in the
-  newest sample (an MQTT QoS 1 redelivery) is ignored.
+  and leaves the assembler unchanged, unless it is a *duplicate*: an exact
+  repeat of a sample still in the window, or any such row the caller marks as
+  ``redelivered`` (an MQTT QoS 1 redelivery after a reconnect or a restart).
+  Duplicates are dropped and counted in :attr:`WindowAssembler.duplicates`.
+* Timestamps are bounded against the wall clock when the spec says so
+  (``max_future_s``, ``max_past_s``): a row from a sensor whose clock is far
+  off is refused (field ``t``) and cannot push the window into the future,
+  where every real row would then be out of order.
+* With ``period_s`` set, consecutive samples further apart than
+  ``period_s * (1 + gap_tolerance)`` are a :class:`Gap` (rows lost upstream).
+  ``on_gap="skip"`` (default) restarts the window after the gap, so no window
+  spans it; ``on_gap="flag"`` keeps computing windows and marks those that
+  span it (:attr:`Window.gap`).
 * A :class:`Window` is emitted when ``size`` samples are buffered and then
   every ``stride`` samples; its array is a copy the caller may keep.
+* :meth:`WindowAssembler.state` serialises everything buffered (the window,
+  pending and given-up samples, counters) and :meth:`WindowAssembler.restore`
+  loads it back, so the node can commit it with its outbox and resume after a
+  crash without losing the samples a window still needed.
 
 Not thread-safe: the node calls ``add``/``poll`` from one thread.
 """
@@ -30,19 +45,24 @@ Not thread-safe: the node calls ``add``/``poll`` from one thread.
 from __future__ import annotations
 
 import bisect
+import json
 import math
+import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from ..errors import ConfigError, InvalidInputError
 
-__all__ = ["Incomplete", "Window", "WindowAssembler", "WindowSpec"]
+__all__ = ["Gap", "Incomplete", "Window", "WindowAssembler", "WindowSpec"]
 
 _NAMES_SHOWN = 10
+#: Version of :meth:`WindowAssembler.state`'s format.
+_STATE_VERSION = 1
 
 
 def _names(names: Sequence[str]) -> str:
@@ -65,6 +85,16 @@ class WindowSpec:
             (measured on the assembler's clock from its first value).
         max_pending: Most incomplete samples buffered; the oldest beyond that
             is given up as :class:`Incomplete`.
+        period_s: Expected time between samples, in the unit of ``t``; None
+            turns gap detection off.
+        gap_tolerance: A step between consecutive samples above
+            ``period_s * (1 + gap_tolerance)`` is a :class:`Gap`.
+        on_gap: ``skip``: restart the window after a gap (no window spans it);
+            ``flag``: keep computing windows, marking those that span it.
+        max_future_s: Refuse samples whose ``t`` is more than this ahead of the
+            wall clock (``time.time()``); None: no bound.
+        max_past_s: Refuse samples whose ``t`` is more than this behind the
+            wall clock; None: no bound (replays and relative timestamps).
     """
 
     sensors: tuple[str, ...]
@@ -72,6 +102,11 @@ class WindowSpec:
     stride: int = 1
     timeout_s: float = 2.0
     max_pending: int = 1024
+    period_s: float | None = None
+    gap_tolerance: float = 0.5
+    on_gap: Literal["skip", "flag"] = "skip"
+    max_future_s: float | None = None
+    max_past_s: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.sensors, str) or not all(isinstance(s, str) for s in self.sensors):
@@ -88,6 +123,17 @@ class WindowSpec:
                 raise ConfigError(f"WindowSpec.{name} must be an integer >= 1, got {value!r}")
         if not (isinstance(self.timeout_s, int | float) and self.timeout_s > 0):
             raise ConfigError(f"WindowSpec.timeout_s must be > 0 seconds, got {self.timeout_s!r}")
+        for name in ("period_s", "max_future_s", "max_past_s"):
+            value = getattr(self, name)
+            if value is not None and not (
+                isinstance(value, int | float) and math.isfinite(value) and value > 0
+            ):
+                raise ConfigError(f"WindowSpec.{name} must be None or > 0, got {value!r}")
+        tol = self.gap_tolerance
+        if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
+            raise ConfigError(f"WindowSpec.gap_tolerance must be >= 0, got {tol!r}")
+        if self.on_gap not in ("skip", "flag"):
+            raise ConfigError(f"WindowSpec.on_gap must be 'skip' or 'flag', got {self.on_gap!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,12 +146,14 @@ class Window:
         t_start: Timestamp of the oldest sample (column 0).
         t_end: Timestamp of the newest sample (column -1).
         seq: Windows emitted before this one by the same assembler (0-based).
+        gap: The window spans a :class:`Gap` (only with ``on_gap="flag"``).
     """
 
     x: np.ndarray
     t_start: float
     t_end: float
     seq: int
+    gap: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +169,25 @@ class Incomplete:
     missing: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Gap:
+    """Samples missing between two consecutive complete samples (lost upstream).
+
+    Attributes:
+        t_from: The last sample before the hole.
+        t_to: The first sample after it.
+        missing: Estimated samples lost: ``round((t_to - t_from) / period_s) - 1``,
+            at least 1.
+        skipped: True when the window restarted after the gap (``on_gap="skip"``);
+            False when windows spanning it are computed and flagged.
+    """
+
+    t_from: float
+    t_to: float
+    missing: int
+    skipped: bool
+
+
 class _Pending:
     __slots__ = ("deadline", "present", "values")
 
@@ -130,7 +197,7 @@ class _Pending:
         self.deadline = deadline
 
 
-Event = Window | Incomplete
+Event = Window | Incomplete | Gap
 
 
 class WindowAssembler:
@@ -141,13 +208,27 @@ class WindowAssembler:
         clock: Monotonic clock in seconds, used for ``timeout_s`` only (sample
             timestamps ``t`` are whatever the sensors send). Inject a fake
             clock in tests.
+        wall: Wall clock (``time.time``) the timestamp bounds are checked against.
+
+    Attributes:
+        duplicates: Rows dropped as duplicates (see :meth:`add`).
+        changes: Bumped by every change of the buffered state; compare it to
+            know whether :meth:`state` needs saving again.
 
     Not thread-safe: call ``add`` and ``poll`` from one thread.
     """
 
-    def __init__(self, spec: WindowSpec, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        spec: WindowSpec,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.spec = spec
         self._clock = clock
+        self._wall = wall
+        self.duplicates = 0
+        self.changes = 0
         n = len(spec.sensors)
         self._index = {name: i for i, name in enumerate(spec.sensors)}
         # Ring buffer of complete samples; column self._head is the next to write.
@@ -156,6 +237,8 @@ class WindowAssembler:
         self._head = 0
         self._filled = 0
         self._appended = 0  # complete samples appended in total
+        self._run = 0  # complete samples appended since the window last (re)started
+        self._gap_at: int | None = None  # _appended index of the first sample after a gap
         self._seq = 0
         self._last_t: float | None = None  # newest appended timestamp
         self._pending: dict[float, _Pending] = {}
@@ -174,7 +257,10 @@ class WindowAssembler:
         return len(self._pending)
 
     def add(
-        self, t: float, values: Mapping[str, float] | Sequence[float] | np.ndarray
+        self,
+        t: float,
+        values: Mapping[str, float] | Sequence[float] | np.ndarray,
+        redelivered: bool = False,
     ) -> list[Event]:
         """Add a full or partial row at timestamp ``t``.
 
@@ -182,30 +268,40 @@ class WindowAssembler:
             t: Sample timestamp (any finite number; typically epoch seconds).
             values: Either a sequence (or 1-D array) of exactly N numbers in
                 ``spec.sensors`` order, or a mapping ``{sensor name: value}`` for some sensors.
+            redelivered: The row may have been seen before (an MQTT redelivery,
+                DUP flag set): if its timestamp is already consumed (older than
+                the newest sample, or given up) it is a duplicate, not an error.
 
         Returns:
-            Events that became ready, in the order they happened: windows, and
-            samples given up (an :class:`Incomplete` is reported when it is given
-            up, which may be before windows holding older samples).
+            Events that became ready, in the order they happened: gaps, windows,
+            and samples given up (an :class:`Incomplete` is reported when it is
+            given up, which may be before windows holding older samples).
+            A duplicate returns no event of its own and counts in
+            :attr:`duplicates`.
 
         Raises:
-            InvalidInputError: ``t`` is not finite, older than the newest sample
-                in the window or already given up (field ``t``); ``values`` has
-                the wrong count, unknown sensor names or non-finite numbers
-                (field ``values``). The assembler is unchanged.
+            InvalidInputError: ``t`` is not finite, outside the spec's clock
+                bounds, older than the newest sample in the window or already
+                given up (field ``t``); ``values`` has the wrong count, unknown
+                sensor names or non-finite numbers (field ``values``). The
+                assembler is unchanged.
         """
         t = self._check_t(t)
         idx, vals = self._parse(values)
         now = self._clock()
         if self._last_t is not None and t <= self._last_t:
-            if t == self._last_t and self._is_repeat(idx, vals):
-                return self._drain(now)  # QoS 1 redelivery of the newest sample
+            if redelivered or self._is_repeat(t, idx, vals):
+                self.duplicates += 1
+                return self._drain(now)
             raise InvalidInputError(
                 "t",
                 f"sample t={t!r} is out of order: the window already holds t={self._last_t!r}; "
                 "samples must arrive in timestamp order (late data is dropped)",
             )
         if t in self._given_up_set:
+            if redelivered:
+                self.duplicates += 1
+                return self._drain(now)
             raise InvalidInputError(
                 "t",
                 f"sample t={t!r} was already given up after timeout_s={self.spec.timeout_s:g} s "
@@ -218,6 +314,7 @@ class WindowAssembler:
             bisect.insort(self._order, t)
         sample.values[idx] = vals
         sample.present[idx] = True
+        self.changes += 1
         return self._drain(now)
 
     def poll(self) -> list[Event]:
@@ -230,14 +327,30 @@ class WindowAssembler:
 
     # -- validation --------------------------------------------------------------------
 
-    @staticmethod
-    def _check_t(t: float) -> float:
+    def _check_t(self, t: float) -> float:
         try:
             value = float(t)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidInputError("t", f"expected a number, got {t!r}") from None
         if not math.isfinite(value):
             raise InvalidInputError("t", f"expected a finite timestamp, got {t!r}")
+        ahead, behind = self.spec.max_future_s, self.spec.max_past_s
+        if ahead is not None or behind is not None:
+            wall = self._wall()
+            if ahead is not None and value > wall + ahead:
+                raise InvalidInputError(
+                    "t",
+                    f"sample t={value!r} is {value - wall:.6g} s ahead of the node's clock "
+                    f"(time.time()={wall:.3f}); at most window.max_future_s={ahead:g} s is "
+                    "accepted: check the sensor's clock",
+                )
+            if behind is not None and value < wall - behind:
+                raise InvalidInputError(
+                    "t",
+                    f"sample t={value!r} is {wall - value:.6g} s behind the node's clock "
+                    f"(time.time()={wall:.3f}); at most window.max_past_s={behind:g} s is "
+                    "accepted: check the sensor's clock",
+                )
         return value
 
     def _parse(
@@ -287,9 +400,16 @@ class WindowAssembler:
             )
         return idx, arr
 
-    def _is_repeat(self, idx: np.ndarray, vals: np.ndarray) -> bool:
-        newest = self._buf[:, (self._head - 1) % self.spec.size]
-        return bool(np.array_equal(newest[idx], vals))
+    def _is_repeat(self, t: float, idx: np.ndarray, vals: np.ndarray) -> bool:
+        """The same values for a sample still in the window (a redelivered row)."""
+        size = self.spec.size
+        for back in range(1, self._filled + 1):
+            col = (self._head - back) % size
+            if self._times[col] == t:
+                return bool(np.array_equal(self._buf[idx, col], vals))
+            if self._times[col] < t:
+                break
+        return False
 
     # -- assembly ----------------------------------------------------------------------
 
@@ -316,6 +436,7 @@ class WindowAssembler:
         return out
 
     def _give_up(self, t: float, out: list[Event]) -> None:
+        self.changes += 1
         sample = self._pending.pop(t)
         missing = tuple(self.spec.sensors[i] for i in np.flatnonzero(~sample.present))
         out.append(Incomplete(t=t, missing=missing))
@@ -325,24 +446,123 @@ class WindowAssembler:
             self._given_up_set.discard(self._given_up.popleft())
 
     def _append(self, t: float, values: np.ndarray, out: list[Event]) -> None:
-        size = self.spec.size
+        spec = self.spec
+        size = spec.size
+        self.changes += 1
+        if (
+            spec.period_s is not None
+            and self._last_t is not None
+            and t - self._last_t > spec.period_s * (1 + spec.gap_tolerance)
+        ):
+            skip = spec.on_gap == "skip"
+            missing = max(1, round((t - self._last_t) / spec.period_s) - 1)
+            out.append(Gap(t_from=self._last_t, t_to=t, missing=missing, skipped=skip))
+            if skip:  # the window starts again after the hole
+                self._filled = 0
+                self._run = 0
+            else:
+                self._gap_at = self._appended
         self._buf[:, self._head] = values
         self._times[self._head] = t
         self._head = (self._head + 1) % size
         self._filled = min(self._filled + 1, size)
         self._appended += 1
+        self._run += 1
         self._last_t = t
         while self._given_up and self._given_up[0] <= t:  # the _last_t check covers these now
             self._given_up_set.discard(self._given_up.popleft())
-        if self._filled == size and (self._appended - size) % self.spec.stride == 0:
+        if self._filled == size and (self._run - size) % spec.stride == 0:
             # Oldest column is at _head once the ring is full; concatenate copies.
             x = np.concatenate((self._buf[:, self._head :], self._buf[:, : self._head]), axis=1)
+            first = self._appended - size  # _appended index of column 0
             out.append(
                 Window(
                     x=x,
                     t_start=float(self._times[self._head]),
                     t_end=t,
                     seq=self._seq,
+                    gap=self._gap_at is not None and first < self._gap_at,
                 )
             )
             self._seq += 1
+
+    # -- persistence -------------------------------------------------------------------
+
+    def state(self) -> bytes:
+        """Everything buffered, as bytes for :meth:`restore` (possibly in another process).
+
+        Incomplete samples keep the time they have left before ``timeout_s``,
+        counted again from the restore.
+        """
+        now = self._clock()
+        header: dict[str, Any] = {
+            "version": _STATE_VERSION,
+            "sensors": list(self.spec.sensors),
+            "size": self.spec.size,
+            "head": self._head,
+            "filled": self._filled,
+            "appended": self._appended,
+            "run": self._run,
+            "gap_at": self._gap_at,
+            "seq": self._seq,
+            "last_t": self._last_t,
+            "duplicates": self.duplicates,
+            "given_up": list(self._given_up),
+            "pending": [
+                [
+                    t,
+                    max(0.0, p.deadline - now),
+                    np.flatnonzero(p.present).tolist(),
+                    p.values[p.present].tolist(),
+                ]
+                for t, p in ((t, self._pending[t]) for t in self._order)
+            ],
+        }
+        head = json.dumps(header, separators=(",", ":")).encode()
+        return struct.pack(">I", len(head)) + head + self._buf.tobytes() + self._times.tobytes()
+
+    def restore(self, data: bytes) -> None:
+        """Load what :meth:`state` saved, replacing everything buffered.
+
+        Raises:
+            ConfigError: ``data`` is not a state of this format, or was saved for
+                other sensors or another window size (nothing is changed then).
+        """
+        n, size = len(self.spec.sensors), self.spec.size
+        try:
+            (hlen,) = struct.unpack(">I", data[:4])
+            header = json.loads(data[4 : 4 + hlen])
+            body = data[4 + hlen :]
+        except (struct.error, ValueError) as exc:
+            raise ConfigError(f"saved window state is unreadable: {exc}") from None
+        if header.get("version") != _STATE_VERSION:
+            raise ConfigError(f"saved window state has version {header.get('version')!r}")
+        if tuple(header.get("sensors", ())) != self.spec.sensors or header.get("size") != size:
+            raise ConfigError(
+                "saved window state is for another window layout "
+                f"({len(header.get('sensors', ()))} sensors x {header.get('size')} samples; "
+                f"this one is {n} x {size})"
+            )
+        if len(body) != n * size * 4 + size * 8:
+            raise ConfigError("saved window state is truncated")
+        buf = np.frombuffer(body[: n * size * 4], dtype=np.float32).reshape(n, size).copy()
+        times = np.frombuffer(body[n * size * 4 :], dtype=np.float64).copy()
+        now = self._clock()
+        pending: dict[float, _Pending] = {}
+        for t, left, idx, vals in header["pending"]:
+            sample = _Pending(n, now + float(left))
+            sample.values[idx] = vals
+            sample.present[idx] = True
+            pending[float(t)] = sample
+        self._buf, self._times = buf, times
+        self._head, self._filled = int(header["head"]), int(header["filled"])
+        self._appended, self._run = int(header["appended"]), int(header["run"])
+        self._gap_at = header["gap_at"]
+        self._seq = int(header["seq"])
+        self._last_t = header["last_t"]
+        self.duplicates = int(header["duplicates"])
+        self._given_up = deque(float(t) for t in header["given_up"])
+        self._given_up_set = set(self._given_up)
+        self._pending = pending
+        self._order = sorted(pending)
+        self.changes += 1

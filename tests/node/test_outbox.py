@@ -150,6 +150,43 @@ def test_put_many_is_one_transaction(open_outbox: Callable[..., Outbox], db: Pat
     assert ob.put(row()) == 1  # the failed batches consumed no seq
 
 
+def test_state_is_committed_with_the_messages_or_not_at_all(
+    open_outbox: Callable[..., Outbox], db: Path
+) -> None:
+    ob = open_outbox()
+    assert ob.state("windows") is None
+    assert ob.put_many([row()], state={"windows": b"v1"}) == [1]
+    assert ob.put_many([], state={"windows": b"v2"}) == []  # state alone, no seq used
+
+    def boom(seq: int) -> bytes:
+        raise RuntimeError("serialiser failed")
+
+    with pytest.raises(RuntimeError):
+        ob.put_many([row(), Outgoing("t", boom)], state={"windows": b"v3"})
+    assert ob.state("windows") == b"v2"  # rolled back with the messages
+    ob.close()
+    reopened = open_outbox()
+    assert reopened.state("windows") == b"v2"
+    assert reopened.put(row()) == 2
+    assert db_state(db)["meta"]["next_seq"] == 3
+
+
+def test_an_outbox_made_before_the_state_table_gains_it(
+    open_outbox: Callable[..., Outbox], db: Path
+) -> None:
+    first = open_outbox()
+    first.put(row())
+    first.close()
+    con = sqlite3.connect(db)
+    con.execute("DROP TABLE state")  # as an outbox written by an earlier release
+    con.commit()
+    con.close()
+    ob = open_outbox()
+    assert ob.state("windows") is None
+    assert ob.put_many([row()], state={"windows": b"w"}) == [2]
+    assert ob.state("windows") == b"w" and seqs_of(ob.pending()) == [1, 2]
+
+
 def test_pending_paging(open_outbox: Callable[..., Outbox]) -> None:
     ob = open_outbox()
     ob.put_many([row() for _ in range(10)])
