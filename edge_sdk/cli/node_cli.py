@@ -237,6 +237,19 @@ def serve(
     max_body_mb: Annotated[
         float, typer.Option(min=0.001, help="Largest request body in MiB (larger: 413).")
     ] = 8.0,
+    request_timeout_s: Annotated[
+        float,
+        typer.Option(
+            min=0.001, help="Seconds a request has to arrive whole, headers and body (later: 408)."
+        ),
+    ] = 10.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Connections open at once; at the limit the slowest unfinished one makes room.",
+        ),
+    ] = 128,
     cache_mb: Annotated[
         float,
         typer.Option(min=0, help="Result cache in MiB (0: off); repeated requests skip the model."),
@@ -276,6 +289,8 @@ def serve(
                 port=port,
                 token=token,
                 max_body_bytes=int(max_body_mb * (1 << 20)),
+                request_timeout_s=request_timeout_s,
+                max_connections=max_connections,
                 batcher=BatcherConfig(max_batch=max_batch, max_delay_ms=max_delay_ms),
                 cache_bytes=int(cache_mb * (1 << 20)),
             )

@@ -10,7 +10,9 @@ Series (all prefixed ``edge_sdk_``):
 
 * ``http_requests_total{model, code}``: inference requests by HTTP status;
 * ``http_errors_total{kind}``: every error answer, by kind (``bad_request``,
-  ``unauthorized``, ``not_found``, ``method_not_allowed``, ``length_required``,
+  ``unauthorized``, ``not_found``, ``method_not_allowed``, ``timeout`` (408:
+  request not whole by its deadline), ``evicted`` (408: an unfinished request
+  whose connection made room for a new one), ``length_required``,
   ``too_large``, ``overloaded``, ``not_ready``, ``internal``);
 * ``http_request_seconds``: inference request latency, from the request line
   read to the response written (histogram);

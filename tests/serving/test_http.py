@@ -25,6 +25,7 @@ pytestmark = pytest.mark.requires_backend("onnxruntime")
 
 SENSOR = "tep-sensor-gcn"
 INFER = f"/v2/models/{SENSOR}/infer"
+BINARY = "Inference-Header-Content-Length"
 
 
 def window(seed: int, batch: int = 1) -> np.ndarray:
@@ -247,6 +248,45 @@ def test_bad_requests_get_400_naming_the_problem(
     )
 
 
+def test_wire_takes_inputs_as_the_metadata_publishes_them(
+    sensor_runtime: Any, serve: Callable[..., Any], client_for: Any
+) -> None:
+    c = client_for(serve(sensor_runtime))
+    assert c.get(f"/v2/models/{SENSOR}").json()["inputs"][0]["shape"] == [-1, 52, 20]
+    x = window(20)[0]  # one [52, 20] window without its batch dim
+    rank2 = {"inputs": [{"name": "x", "shape": [52, 20], "datatype": "FP32", "data": x.tolist()}]}
+    msg = error(c.post(INFER, rank2), 400)
+    assert msg.startswith("x: expected rank 3 [-1, 52, 20]") and "received rank 2 [52, 20]" in msg
+    raw = x.astype("<f4").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [52, 20],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    binary = c.post(INFER, header + raw, headers={BINARY: str(len(header))})
+    assert error(binary, 400).startswith("x: expected rank 3")
+
+    # Booleans are refused, never read as 0.0 / 1.0: all of them, or one among numbers.
+    flat = x.ravel().tolist()
+    for data in ([True] * 1040, [*flat[:-1], True], [[True, *flat[1:20]], *x[1:].tolist()]):
+        body = {"inputs": [{"name": "x", "shape": [1, 52, 20], "datatype": "FP32", "data": data}]}
+        msg = error(c.post(INFER, body), 400)
+        assert "'x'" in msg and "booleans" in msg, msg
+    as_bool = {"inputs": [{"name": "x", "shape": [1, 52, 20], "datatype": "BOOL", "data": data}]}
+    assert "expects FP32" in error(c.post(INFER, as_bool), 400)
+    # The same window with its batch dim is served.
+    np.testing.assert_allclose(
+        output(c.post(INFER, infer_body(x[None]))), sensor_runtime.infer(x[None])["out"], atol=1e-5
+    )
+
+
 def test_routes_models_and_methods(
     sensor_runtime: Any, serve: Callable[..., Any], client_for: Any
 ) -> None:
@@ -290,20 +330,55 @@ def test_expect_100_continue(sensor_runtime: Any, serve: Callable[..., Any]) -> 
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
 
 
-def test_connections_over_the_cap_get_503_and_stop_closes_idle_ones(
+def test_at_the_cap_a_new_connection_evicts_an_idle_one_and_503_only_when_all_are_busy(
     sensor_runtime: Any, serve: Callable[..., Any]
 ) -> None:
-    s = serve(sensor_runtime, max_connections=1)
+    entered, release = threading.Event(), threading.Event()
+
+    class Held:
+        """Holds requests (not the warm-up) until released: a slot busy answering."""
+
+        hold = False
+
+        def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if self.hold:
+                entered.set()
+                release.wait(20)
+            return sensor_runtime.infer(inputs)
+
+    held = Held()
+    s = serve(sensor_runtime, predictor=held, max_connections=1)
+    held.hold = True
     first = Client(s.port)
-    assert first.get("/v2/health/live").status == 200  # holds the only slot (keep-alive)
+    assert first.get("/v2/health/live").status == 200  # holds the only slot (keep-alive, idle)
     second = Client(s.port)
-    reply = second.get("/v2/health/live")
-    assert reply.status == 503 and "connections" in reply.json()["error"]
-    second.close()
-    s.stop()
+    assert second.get("/v2/health/live").status == 200  # took the idle connection's slot
     with pytest.raises((OSError, http.client.HTTPException)):
-        first.get("/v2/health/live")
+        first.get("/v2/health/live")  # evicted: closed by the server
     first.close()
+
+    # A complete request being answered keeps its slot: now a new connection gets 503.
+    answers: list[Reply] = []
+    busy = threading.Thread(
+        target=lambda: answers.append(second.post(INFER, infer_body(window(3))))
+    )
+    busy.start()
+    try:
+        assert entered.wait(10)
+        refused = raw_exchange(s.port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = refused.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head
+        assert "connections" in json.loads(body)["error"]
+    finally:
+        release.set()
+        busy.join(20)
+    np.testing.assert_allclose(
+        output(answers[0]), sensor_runtime.infer(window(3))["out"], atol=1e-5
+    )
+    s.stop()  # closes the idle keep-alive connection too
+    with pytest.raises((OSError, http.client.HTTPException)):
+        second.get("/v2/health/live")
+    second.close()
 
 
 def test_bearer_token_guards_everything_but_health(
@@ -490,6 +565,7 @@ def test_cli_serves_until_sigterm(sensor_bundle: Path, tmp_path: Path, command: 
     port = free_port()
     if command == "serve":
         args = ["serve", str(sensor_bundle), "--port", str(port), "--threads", "1"]
+        args += ["--request-timeout-s", "1", "--max-connections", "16"]
     else:
         args = ["run", "--bundle", str(sensor_bundle), "--state-dir", str(tmp_path / "state")]
         args += ["--http", str(port), "--threads", "1", "--telemetry-interval", "0"]
@@ -507,6 +583,10 @@ def test_cli_serves_until_sigterm(sensor_bundle: Path, tmp_path: Path, command: 
         reply = c.post(INFER, infer_body(window(8)), headers={"Authorization": "Bearer tok"})
         assert output(reply).shape == (1, 22)
         c.close()
+        if command == "serve":  # the limit reached the server: a stalled body gets 408
+            head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+            stalled = raw_exchange(port, (head + "Content-Length: 10\r\n\r\n{").encode())
+            assert stalled.startswith(b"HTTP/1.1 408") and b"within 1 s" in stalled
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=30)
