@@ -25,7 +25,7 @@ import numpy as np
 
 from . import runtimes
 from .bundle import Bundle
-from .errors import BackendUnavailableError, ManifestError, ParityError
+from .errors import BackendUnavailableError, InvalidInputError, ManifestError, ParityError
 from .manifest import MANIFEST_NAME, Artifact, OutputParity, ParityReport, Precision
 from .runtimes import BackendOptions
 from .signature import TensorSpec
@@ -42,8 +42,28 @@ class ParityCase:
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray | None) -> float:
-    """Classification accuracy of ``argmax(logits, -1)`` over masked rows."""
-    pred = logits.argmax(-1).reshape(labels.shape)
+    """Classification accuracy of ``argmax(logits, -1)`` over masked rows.
+
+    Raises:
+        InvalidInputError: ``y`` holds another number of labels than there are
+            prediction rows (e.g. node labels for a graph-level output), or
+            ``mask`` another shape than ``y``.
+    """
+    pred = logits.argmax(-1)
+    if pred.size != labels.size:
+        raise InvalidInputError(
+            "y",
+            f"{labels.size} labels for {pred.size} predictions (the model's first output is "
+            f"{list(logits.shape)}): give one label per prediction row (one per graph for a "
+            "graph-level output, one per node for a node-level one)",
+        )
+    if mask is not None and np.shape(mask) != np.shape(labels):
+        raise InvalidInputError(
+            "mask",
+            f"shape {list(np.shape(mask))} does not match y {list(np.shape(labels))} "
+            "(one flag per label)",
+        )
+    pred = pred.reshape(labels.shape)
     if mask is not None:
         pred, labels = pred[mask], labels[mask]
     return float((pred == labels).mean()) if labels.size else float("nan")

@@ -8,14 +8,15 @@ disjoint union with the real edges, so densification itself is verified too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from edge_sdk.errors import ExportError
+from edge_sdk.errors import ExportError, InvalidInputError
 from edge_sdk.signature import GraphForm, OutputLevel
 
 from .intake import Sample
@@ -23,6 +24,8 @@ from .lowering import densify
 from .rewrites import project_first
 from .support import check_supported
 from .wrappers import DynamicWrapper, StackedWrapper, StaticWrapper, as_tuple, model_inputs
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,9 +73,26 @@ def prepare(
     Raises:
         UnsupportedModelError: A layer or option the exporter cannot lower.
         ExportError: Samples that do not fit the chosen form.
+        InvalidInputError: A sample the model cannot take (field ``x``: its
+            feature count or shape; ``edge_index``: a node id out of range;
+            ``y`` / ``mask``: labels that do not match the model's predictions,
+            e.g. node labels for a graph-level model).
     """
     model = model.eval()
     graph_layers = check_supported(model)
+    check_samples(samples)
+    prepared = _prepare(model, samples, form, dense_threshold, graph_layers)
+    check_labels(prepared, samples)
+    return prepared
+
+
+def _prepare(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    form: str,
+    dense_threshold: int,
+    graph_layers: list[str],
+) -> Prepared:
     first = samples[0]
     x = first.inputs["x"]
     if form == "auto":
@@ -102,7 +122,8 @@ def prepare(
         reference=module,
         input_names=["x"],
         dynamic_axes={"x": {0: "batch_size"}},
-        output_levels=[OutputLevel.BATCH] * _count_outputs(module, {"x": _at_least_two(x)}),
+        output_levels=[OutputLevel.BATCH]
+        * _on_sample(first, lambda: _count_outputs(module, {"x": _at_least_two(x)})),
         num_features=int(x.shape[2]),
         num_nodes=int(x.shape[1]),
         aggregation="model",
@@ -135,7 +156,7 @@ def _dynamic(model: nn.Module, sample: Sample, graph_layers: list[str]) -> Prepa
         rewrites=[f"{p}: project before aggregating" for p in rewrites],
     )
     feeds = prepared.feeds(sample)
-    outs = prepared.run_reference(feeds)
+    outs = _on_sample(sample, lambda: prepared.run_reference(feeds))
     n = feeds["x"].shape[0]
     prepared.output_levels = [
         OutputLevel.NODE if o.ndim and o.shape[0] == n else OutputLevel.GRAPH for o in outs
@@ -163,7 +184,7 @@ def _static_pyg(
     probe = StaticWrapper(model, ei, n, names, node_level=[])
     with torch.no_grad():
         flat = probe.flat_inputs(torch.from_numpy(_at_least_two(x)))
-        outs = as_tuple(model(**flat))
+        outs = _on_sample(sample, lambda: as_tuple(model(**flat)))
     b = max(2, x.shape[0])
     node_level = [o.ndim > 0 and o.shape[0] == b * n for o in outs]
     reference = StaticWrapper(model, ei, n, names, node_level)
@@ -198,3 +219,100 @@ def _at_least_two(x: np.ndarray) -> np.ndarray:
 def _count_outputs(module: nn.Module, feeds: dict[str, np.ndarray]) -> int:
     with torch.no_grad():
         return len(as_tuple(module(**{k: torch.from_numpy(v) for k, v in feeds.items()})))
+
+
+# -- samples the model cannot take: user errors, named by field -----------------------------
+
+
+def check_samples(samples: Sequence[Sample]) -> None:
+    """Check that every sample has the first one's feature layout and valid node ids.
+
+    Raises:
+        InvalidInputError: ``x`` of another rank or feature count than the
+            first sample's, or ``edge_index`` naming a node the sample lacks.
+    """
+    first = samples[0].inputs["x"]
+    for s in samples:
+        x = s.inputs["x"]
+        if x.ndim not in (2, 3) or x.ndim != first.ndim or x.shape[-1] != first.shape[-1]:
+            raise InvalidInputError(
+                "x",
+                f"sample {s.name} has x {list(x.shape)} but sample {samples[0].name} has "
+                f"x {list(first.shape)}: every sample feeds the same model, so all need "
+                f"[N, F] or [B, N, F] with the same F (features per node)",
+            )
+        ei = s.inputs.get("edge_index", s.topology.get("edge_index"))
+        if ei is None:
+            continue
+        ei = np.asarray(ei)
+        n = x.shape[-2]
+        if ei.ndim != 2 or ei.shape[0] != 2:
+            raise InvalidInputError(
+                "edge_index", f"sample {s.name}: expected [2, E], got {list(ei.shape)}"
+            )
+        if ei.size and (int(ei.min()) < 0 or int(ei.max()) >= n):
+            raise InvalidInputError(
+                "edge_index",
+                f"sample {s.name}: node ids must be in [0, {n}) for its {n} nodes; "
+                f"found {int(ei.min())}..{int(ei.max())}",
+            )
+
+
+def check_labels(prepared: Prepared, samples: Sequence[Sample]) -> None:
+    """Check that labels (and their masks) fit the model's first output.
+
+    The task metric compares ``argmax`` of the first output with ``y`` row by
+    row: a dynamic-form model predicts one row per node (node-level output)
+    or one per graph (graph-level output, graphs numbered by ``batch``).
+
+    Raises:
+        InvalidInputError: ``y`` with another number of labels than the model
+            makes predictions (e.g. one label per node for a graph-level
+            model), or a ``mask`` / ``val_mask`` / ``train_mask`` of another
+            shape than ``y``.
+    """
+    for s in samples:
+        if s.labels is None:
+            continue
+        y = np.asarray(s.labels)
+        if prepared.form is GraphForm.DYNAMIC and prepared.output_levels:
+            nodes = int(s.inputs["x"].shape[0])
+            if prepared.output_levels[0] is OutputLevel.GRAPH:
+                batch = s.inputs.get("batch")
+                rows = int(batch.max()) + 1 if batch is not None and batch.size else 1
+                kind, hint = "graph", " (these look like node labels)" if y.size == nodes else ""
+            else:
+                rows, kind, hint = nodes, "node", ""
+            if y.size != rows:
+                raise InvalidInputError(
+                    "y",
+                    f"sample {s.name} has {y.size} labels{hint}, but the model's first output "
+                    f"is {kind}-level: one prediction per {kind}, {rows} in this sample; "
+                    f"give one label per {kind}",
+                )
+        for name, mask in (
+            ("mask", s.mask),
+            ("val_mask", s.val_mask),
+            ("train_mask", s.train_mask),
+        ):
+            if mask is not None and np.shape(mask) != y.shape:
+                raise InvalidInputError(
+                    name,
+                    f"sample {s.name}: shape {list(np.shape(mask))} does not match "
+                    f"y {list(y.shape)} (one flag per label)",
+                )
+
+
+def _on_sample(sample: Sample, run: Callable[[], T]) -> T:
+    """Run the user's model on ``sample``; its shape errors are the sample's (a user error)."""
+    try:
+        return run()
+    except (RuntimeError, IndexError) as exc:
+        x = sample.inputs["x"]
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(
+            "x",
+            f"the model does not run on sample {sample.name} (x {list(x.shape)}, "
+            f"{x.shape[-1]} features per node): {reason}; give samples with the feature "
+            "count and shapes the model was built for",
+        ) from exc
