@@ -8,7 +8,7 @@ Keys read (artifact ``options`` and ``BackendOptions.extra``):
 
 - ``device``: ``CPU`` (default), ``GPU`` or ``NPU``.
 - ``performance_hint``: ``LATENCY`` (default) or ``THROUGHPUT``.
-- ``num_requests``: infer requests in the async queue of :meth:`OpenVinoBackend.infer_many`
+- ``num_requests``: infer requests :meth:`OpenVinoBackend.infer_many` keeps in flight
   (default 2).
 - ``num_streams``: CPU/GPU streams (default 1 under ``LATENCY``; the plugin's
   choice under ``THROUGHPUT``).
@@ -21,11 +21,21 @@ Keys read (artifact ``options`` and ``BackendOptions.extra``):
 
 ``BackendOptions.threads`` sets ``INFERENCE_NUM_THREADS``; ``cache_dir`` sets
 ``CACHE_DIR`` (compiled-blob cache: NPU/GPU compiles take seconds).
+
+No Python code ever runs on an OpenVINO worker thread (no ``set_callback``, no
+``AsyncInferQueue``): such a callback needs the GIL, and destroying the
+``CompiledModel`` on a thread that holds the GIL joins the plugin's worker
+threads, so a callback still waiting for the GIL deadlocked the process (issue
+#15; an upstream class of bug). Requests are started and waited for from the
+calling thread, and :meth:`~runtimes.base.Backend.close` waits for calls in
+flight, then drops the requests before the compiled model that made them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +54,14 @@ _PRECISION_HINT_DEVICES = {"CPU", "GPU"}
 class OpenVinoBackend(Backend):
     """Runs OpenVINO IR artifacts with the OpenVINO runtime.
 
-    The sync path (:meth:`infer`) reuses one infer request. Batch and
-    benchmark paths can use :meth:`infer_many`, which keeps ``num_requests``
-    requests in flight on an ``AsyncInferQueue`` (useful with the
-    ``THROUGHPUT`` hint, or on GPU/NPU where requests overlap with the host).
+    The sync path (:meth:`infer`) reuses one infer request, one call at a
+    time. Batch and benchmark paths can use :meth:`infer_many`, which keeps
+    ``num_requests`` requests in flight (useful with the ``THROUGHPUT`` hint,
+    or on GPU/NPU where requests overlap with the host).
+
+    Thread-safe: :meth:`infer` and :meth:`infer_many` may be called from
+    several threads; :meth:`close` waits for the calls in flight, and a call
+    that starts after it raises :class:`~edge_sdk.errors.InternalError`.
     """
 
     name = "openvino"
@@ -57,7 +71,13 @@ class OpenVinoBackend(Backend):
         super().__init__(options)
         self._compiled: Any = None
         self._request: Any = None
-        self._queue: Any = None
+        #: Infer requests of :meth:`infer_many` not in use (taken and returned per call).
+        self._idle: list[Any] = []
+        #: Guards the fields above, ``_calls`` and ``_closed``; notified when ``_calls`` drops.
+        self._state = threading.Condition()
+        self._calls = 0  # calls in flight on the engine
+        self._closed = False
+        self._sync_lock = threading.Lock()  # the one sync request runs one call at a time
         self._device = "CPU"
         self._hint = "LATENCY"
         self._num_requests = 2
@@ -93,9 +113,12 @@ class OpenVinoBackend(Backend):
         if precision is not None and device in _PRECISION_HINT_DEVICES:
             config["INFERENCE_PRECISION_HINT"] = str(precision)
 
-        self._compiled = core.compile_model(model, device, config)
-        self._request = self._compiled.create_infer_request()
-        self._queue = None
+        compiled = core.compile_model(model, device, config)
+        with self._state:
+            self._compiled = compiled
+            self._request = compiled.create_infer_request()
+            self._idle = []
+            self._closed = False
         self._device, self._hint, self._config = device, hint, config
         self._version = ov.get_version()
         self._ov = ov
@@ -124,24 +147,49 @@ class OpenVinoBackend(Backend):
             return feeds
         return {self._in_key[k]: v for k, v in feeds.items()}
 
-    def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        req = self._request
-        # share_inputs: the request reads the numpy buffers in place (no copy in).
-        req.infer(self._feeds(feeds), share_inputs=True)
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[Any]:
+        """Count one call in flight (``close`` waits for it); yield the compiled model."""
+        with self._state:
+            if self._closed or self._compiled is None:
+                raise InternalError(f"{self.name} backend used after close()")
+            self._calls += 1
+            compiled = self._compiled
+        try:
+            yield compiled
+        finally:
+            with self._state:
+                self._calls -= 1
+                if not self._calls:
+                    self._state.notify_all()
+
+    def _outputs(self, request: Any) -> dict[str, np.ndarray]:
         # The output tensors are the request's own buffers, reused next call: copy out.
-        return {name: req.get_output_tensor(j).data.copy() for j, name in self._out_index}
+        return {name: request.get_output_tensor(j).data.copy() for j, name in self._out_index}
+
+    def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._call(), self._sync_lock:
+            req = self._request
+            # Inputs are copied in, never shared: the CPU plugin may keep a shared buffer as
+            # its stream's input memory after the call, and a later request on that stream
+            # (infer_many) then wrote its inputs into the caller's array (measured: the
+            # caller's x overwritten; 4 KB copied per TEP-size window is the price).
+            req.infer(self._feeds(feeds))
+            return self._outputs(req)
 
     def infer_many(
         self, feeds_list: Sequence[dict[str, np.ndarray]]
     ) -> list[dict[str, np.ndarray]]:
-        """Run many independent requests through an async infer-request queue.
+        """Run many independent requests, ``num_requests`` of them in flight at a time.
 
-        Keeps ``num_requests`` requests in flight (``AsyncInferQueue``); results
-        come back in input order. Each feed dict is checked against the input
-        specs like :meth:`infer` (``CheckedFeeds`` skip the check). Shapes are
-        the caller's business: on a static-shape device each feed must already
-        have the compiled shape (the :class:`~edge_sdk.Runtime` pads only on its
-        sync path).
+        Requests are started and waited for on the calling thread (no callback
+        runs on an engine thread); results come back in input order. Each feed
+        dict is checked against the input specs like :meth:`infer`
+        (``CheckedFeeds`` skip the check) before any request starts. Inputs are
+        copied into the requests, so the caller may reuse its arrays at once.
+        Shapes are the caller's business: on a static-shape device each feed
+        must already have the compiled shape (the :class:`~edge_sdk.Runtime`
+        pads only on its sync path).
 
         Args:
             feeds_list: One feed dict per request.
@@ -151,30 +199,55 @@ class OpenVinoBackend(Backend):
 
         Raises:
             InvalidInputError: A feed does not match the input specs.
+            InternalError: The backend is not loaded, or was closed.
         """
         if not self._loaded:
             raise InternalError(f"{self.name} backend used before load()")
         for feeds in feeds_list:
             if type(feeds) is not CheckedFeeds:
                 self.check_feeds(feeds)
-        if self._queue is None:
-            self._queue = self._ov.AsyncInferQueue(self._compiled, self._num_requests)
-        results: list[dict[str, np.ndarray] | None] = [None] * len(feeds_list)
-        index = self._out_index
+        if not feeds_list:
+            return []
+        with self._call() as compiled:
+            wanted = min(self._num_requests, len(feeds_list))
+            with self._state:
+                requests = self._idle[-wanted:]
+                del self._idle[-wanted:]
+            requests += [compiled.create_infer_request() for _ in range(wanted - len(requests))]
+            try:
+                return self._run_many(requests, feeds_list)
+            finally:
+                with self._state:
+                    self._idle.extend(requests)
 
-        def done(request: Any, slot: int) -> None:
-            results[slot] = {name: request.get_output_tensor(j).data.copy() for j, name in index}
-
-        self._queue.set_callback(done)
-        for slot, feeds in enumerate(feeds_list):
-            # Inputs are copied into the request (no share_inputs): the caller may
-            # reuse its arrays while requests are still in flight.
-            self._queue.start_async(self._feeds(feeds), slot)
-        self._queue.wait_all()
-        missing = [i for i, r in enumerate(results) if r is None]
-        if missing:
-            raise InternalError(f"openvino async queue returned no result for {missing}")
-        return [r for r in results if r is not None]
+    def _run_many(
+        self, requests: list[Any], feeds_list: Sequence[dict[str, np.ndarray]]
+    ) -> list[dict[str, np.ndarray]]:
+        results: list[dict[str, np.ndarray]] = [{}] * len(feeds_list)
+        running: list[int | None] = [None] * len(requests)  # slot each request works on
+        try:
+            for slot, feeds in enumerate(feeds_list):
+                k = slot % len(requests)
+                req, prev = requests[k], running[k]
+                if prev is not None:
+                    req.wait()  # releases the GIL
+                    running[k] = None
+                    results[prev] = self._outputs(req)
+                # No share_inputs: the inputs are copied into the request.
+                req.start_async(self._feeds(feeds))
+                running[k] = slot
+            for k, last in enumerate(running):
+                if last is not None:
+                    requests[k].wait()
+                    running[k] = None
+                    results[last] = self._outputs(requests[k])
+        finally:
+            # On an error, no request is handed back (or closed) while it still runs.
+            for k, left in enumerate(running):
+                if left is not None:
+                    with contextlib.suppress(Exception):  # the first error is propagating
+                        requests[k].wait()
+        return results
 
     def _describe_impl(self) -> dict[str, Any]:
         compiled = self._compiled
@@ -205,6 +278,13 @@ class OpenVinoBackend(Backend):
         return info
 
     def _close_impl(self) -> None:
-        self._queue = None
-        self._request = None
-        self._compiled = None
+        with self._state:
+            self._closed = True  # no new call starts
+            while self._calls:
+                self._state.wait()  # calls in flight finish on the engine first
+            requests, compiled = [self._request, *self._idle], self._compiled
+            self._request, self._idle, self._compiled = None, [], None
+        # Nothing runs on the engine now: drop the requests, then the compiled model
+        # (its destructor joins the plugin's worker threads, none of which waits for us).
+        requests.clear()
+        del compiled
