@@ -686,14 +686,24 @@ class _Handler(BaseHTTPRequestHandler):
 
         Framing two parties could read differently (the root of request
         smuggling) is refused, never guessed: several ``Content-Length``
-        headers (even equal ones), a value that is not plain digits, and
-        ``Content-Length`` with ``Transfer-Encoding``. Chunked (any
-        ``Transfer-Encoding``) is not supported.
+        headers (even equal ones), a value that is not plain digits,
+        ``Content-Length`` with ``Transfer-Encoding``, and a header section
+        the parser could not read whole (``Name : value``, folded lines).
+        Chunked (any ``Transfer-Encoding``) is not supported.
 
         Raises:
             ProtocolError: 400 for ambiguous or invalid framing, 411 for a
                 ``Transfer-Encoding`` body; both close the connection.
         """
+        if self.headers.defects or any("\n" in v for v in self.headers.values()):
+            # e.g. "Content-Length : 5" ends the parsed headers early, and a folded line
+            # hides a header inside another's value: either way a header went unread.
+            raise ProtocolError(
+                400,
+                "malformed header section (a line that is not 'Name: value', or a folded "
+                "line); send one 'Name: value' per line",
+                close=True,
+            )
         lengths = self.headers.get_all("Content-Length") or []
         if self.headers.get_all("Transfer-Encoding"):
             if lengths:

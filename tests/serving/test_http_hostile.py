@@ -111,6 +111,8 @@ L = len(BODY)
             id="te-and-cl",
         ),
         pytest.param(["Transfer-Encoding: gzip, chunked"], 411, ["Content-Length"], id="te-only"),
+        pytest.param([f"Content-Length : {L}"], 400, ["malformed header"], id="space-before-colon"),
+        pytest.param(["X-A: b", f" Content-Length: {L}"], 400, ["malformed header"], id="folded"),
         pytest.param(
             ["Content-Length: " + "9" * 5000], 413, ["exceeds the limit"], id="5000-digits"
         ),
