@@ -137,6 +137,8 @@ class Bundle:
         self.manifest = manifest
         self.source = source
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        #: The exact ``manifest.json`` bytes ``manifest`` was parsed from (set by :meth:`open`).
+        self.manifest_bytes: bytes | None = None
 
     @classmethod
     def open(
@@ -197,20 +199,21 @@ class Bundle:
         manifest_bytes = manifest_path.read_bytes()
         manifest = parse_manifest(manifest_bytes)
         bundle = cls(root, manifest, src)
+        bundle.manifest_bytes = manifest_bytes
         if trusted_keys is not None:
-            bundle.check_signature(trusted_keys, manifest_bytes)
+            bundle.check_signature(trusted_keys)
         if verify:
             bundle.verify()
         return bundle
 
-    def check_signature(
-        self, trusted_keys: TrustedKeys, manifest_bytes: bytes | None = None
-    ) -> str:
+    def check_signature(self, trusted_keys: TrustedKeys) -> str:
         """Check ``manifest.sig`` against the trusted keys (see :func:`check_signature`).
+
+        The signature is checked over the bytes :attr:`manifest` was parsed
+        from (read again only for a bundle built by hand).
 
         Args:
             trusted_keys: ``key_id -> public key``, or ``.pub`` files / directories.
-            manifest_bytes: The manifest as read when opening (default: read again).
 
         Returns:
             The id of the trusted key that signed the manifest.
@@ -221,6 +224,7 @@ class Bundle:
             ManifestError: ``manifest.sig`` is a symbolic link.
         """
         _refuse_symlinks(self.root, SIGNATURE_NAME)
+        manifest_bytes = self.manifest_bytes
         if manifest_bytes is None:
             manifest_bytes = (self.root / MANIFEST_NAME).read_bytes()
         sig_path = self.root / SIGNATURE_NAME
@@ -444,7 +448,8 @@ class _Extraction:
             sizes[key] = size
             self.folders.update(p.as_posix() for p in PurePosixPath(key).parents)
         for head_name, data in self.head.items():
-            (self.dest / head_name).write_bytes(data)
+            with _create(self.dest / head_name) as out:
+                out.write(data)
         self.sizes = sizes
         return sizes
 
@@ -464,8 +469,15 @@ class _Extraction:
         assert fh is not None  # a regular file
         target = self.dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "xb") as out:  # "x": never through an existing file or link
+        with _create(target) as out:
             _copy_at_most(fh, out, declared, rel)
+
+
+def _create(path: Path) -> IO[bytes]:
+    """Open a new file at ``path``, replacing a file or link there (never writing through it)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    return open(path, "xb")
 
 
 def _member_name(member: tarfile.TarInfo) -> str:

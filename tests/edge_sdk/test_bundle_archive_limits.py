@@ -231,3 +231,17 @@ def test_bundle_root_may_be_a_symlink(tiny_gcn_bundle: Path, tmp_path: Path) -> 
     link = tmp_path / "current"
     link.symlink_to(tiny_gcn_bundle, target_is_directory=True)
     assert Bundle.open(link).manifest.model.name == "tiny-gcn"
+
+
+def test_unpack_replaces_files_and_links_in_dest(tiny_gcn_bundle: Path, tmp_path: Path) -> None:
+    """Unpacking over an earlier copy replaces its files and never writes through a link."""
+    archive = pack(tiny_gcn_bundle, tmp_path / "p.tar.gz")
+    dest = unpack(archive, tmp_path / "dest")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (dest / ARTIFACT).unlink()
+    (dest / ARTIFACT).symlink_to(victim)
+    unpack(archive, dest)
+    assert victim.read_bytes() == b"keep me"
+    assert not (dest / ARTIFACT).is_symlink()
+    assert (dest / ARTIFACT).read_bytes() == (tiny_gcn_bundle / ARTIFACT).read_bytes()
