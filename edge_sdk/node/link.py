@@ -53,8 +53,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._optional import require
+from ..errors import InvalidInputError
 from .config import BrokerConfig, OutboxConfig
 from .outbox import Outbox, Stored
+from .topics import check_topic
 
 if TYPE_CHECKING:
     from paho.mqtt.client import Client, MQTTMessage, MQTTMessageInfo
@@ -67,6 +69,46 @@ _UNSUPPORTED_PROTOCOL = (0x84, 1)
 #: before deciding the broker does not understand our MQTT 5 CONNECT.
 _CONNACK_TIMEOUT_S = 5.0
 _PURGE_EVERY_S = 5.0
+
+
+def _accept_bom_in_properties() -> None:
+    """Let paho read U+FEFF in MQTT 5 string properties, as the spec requires.
+
+    paho-mqtt (2.1/2.2) treats U+FEFF in a string property (a response topic,
+    a user property) as a malformed packet and closes the connection. MQTT 5
+    says the opposite ([MQTT-1.5.4-3]: it "MUST NOT be skipped over or stripped
+    off by a packet receiver"), and mosquitto forwards it. So one message with
+    such a response topic cut the node off for good: the broker redelivers the
+    unacknowledged message from the persistent session on every reconnect.
+    Installed once, and only where the installed paho refuses U+FEFF; NUL and
+    surrogates stay malformed (mosquitto refuses them from the sender).
+    """
+    props = require("paho.mqtt.properties", "MQTT")
+    original = props.readUTF
+    if getattr(original, "accepts_bom", False):
+        return
+    try:
+        original(b"\x00\x03\xef\xbb\xbf", 5)
+        return  # this paho follows the spec already
+    except Exception:  # the refusal this works around
+        pass
+    malformed = require("paho.mqtt.exception", "MQTT").MalformedPacket
+
+    def read_utf(buffer: bytes, maxlen: int) -> tuple[str, int]:
+        try:
+            value: tuple[str, int] = original(buffer, maxlen)
+        except malformed as exc:
+            if "U+FEFF" not in str(exc):
+                raise
+            length = props.readInt16(buffer)
+            text = bytes(buffer[2 : 2 + length]).decode("utf-8")  # its length was checked
+            if "\x00" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+                raise
+            return text, length + 2
+        return value
+
+    read_utf.accepts_bom = True  # type: ignore[attr-defined]
+    props.readUTF = read_utf  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -109,6 +151,7 @@ class LinkStats:
     rejected: int = 0
     inflight: int = 0
     protocol: str = ""
+    refused_topics: int = 0  # outbox rows dropped: their topic is not publishable
     received: int = 0
     acks_sent: int = 0
     acks_stale: int = 0
@@ -266,7 +309,13 @@ class MqttLink:
         retain: bool = False,
         properties: Any = None,
     ) -> MQTTMessageInfo | None:
-        """Like :meth:`publish_now`, returning paho's handle (None: not connected or refused)."""
+        """Like :meth:`publish_now`, returning paho's handle (None: not connected or refused).
+
+        Raises:
+            InvalidInputError: ``topic`` is not publishable (:func:`check_topic`);
+                nothing is sent, so paho never holds it for re-sending.
+        """
+        check_topic(topic)
         if not self.connected:
             return None
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
@@ -275,7 +324,12 @@ class MqttLink:
     def publish_wait(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 10.0
     ) -> bool:
-        """Publish directly and wait for the broker's acknowledgement (True when acked)."""
+        """Publish directly and wait for the broker's acknowledgement (True when acked).
+
+        Raises:
+            InvalidInputError: ``topic`` is not publishable (:func:`check_topic`).
+        """
+        check_topic(topic)
         if not self.connected:
             return False
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -318,6 +372,7 @@ class MqttLink:
     # -- paho --------------------------------------------------------------------------------
     def _make_client(self) -> Client:
         mqtt = require("paho.mqtt.client", "MQTT (install the [mqtt] extra)")
+        _accept_bom_in_properties()
         v5 = self._protocol != "3.1.1"
         kwargs: dict[str, Any] = {
             "callback_api_version": mqtt.CallbackAPIVersion.VERSION2,
@@ -579,6 +634,8 @@ class MqttLink:
                 if not rows:
                     break
                 for row in rows:
+                    if self._refused(row):
+                        continue
                     root = row.topic.split("/", 1)[0]
                     # Never call paho while holding _cond (see _on_publish). A row after a
                     # held one of the same topic root waits too: each root keeps its order.
@@ -592,6 +649,23 @@ class MqttLink:
                     if info is not None:
                         self.stats.published += 1
                 self._flush_acks()
+
+    def _refused(self, row: Stored) -> bool:
+        """Drop a stored row whose topic the broker would refuse (True), counted and logged.
+
+        Sent, it would cost the connection, and paho would send it again on every
+        reconnect. It is marked done in the outbox so the pump never retries it
+        (a replay after a lost link may offer it once more: refused again).
+        """
+        try:
+            check_topic(row.topic)
+        except InvalidInputError as exc:
+            assert self._outbox is not None
+            self._outbox.ack([row.seq])
+            self.stats.refused_topics += 1
+            log.error("dropped outbox row %d, never publishable: %s", row.seq, exc)
+            return True
+        return False
 
     def _publish_row(self, row: Stored) -> MQTTMessageInfo:
         return self._client.publish(row.topic, row.payload, qos=max(1, row.qos), retain=row.retain)

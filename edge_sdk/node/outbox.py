@@ -110,6 +110,7 @@ from types import TracebackType
 from typing import IO, Final
 
 from ..errors import ConfigError
+from .topics import check_topic
 
 __all__ = ["Outbox", "OutboxStats", "Outgoing", "Priority", "Stored", "SyncPolicy"]
 
@@ -122,8 +123,6 @@ _APPLICATION_ID: Final = 0x45474F42
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 #: Most ``?`` parameters in one statement (old SQLite builds allow 999).
 _CHUNK: Final = 500
-#: Largest MQTT topic, in UTF-8 bytes.
-_MAX_TOPIC_BYTES: Final = 65535
 #: The WAL file is truncated to this size after a checkpoint.
 _WAL_SIZE_LIMIT: Final = 8 << 20
 
@@ -182,7 +181,9 @@ class Outgoing:
     """A message to store and publish.
 
     Attributes:
-        topic: MQTT topic to publish to (no wildcards).
+        topic: MQTT topic to publish to (checked by
+            :func:`edge_sdk.node.topics.check_topic`: no wildcards, NUL or
+            control characters, not ``$...``, at most 65,535 bytes).
         payload: The bytes to publish, or a callable that receives the row's
             ``seq`` and returns them (so the payload can carry its own
             message id). The callable runs while the outbox is locked: keep it
@@ -203,15 +204,9 @@ class Outgoing:
     priority: Priority = Priority.RESULT
 
     def __post_init__(self) -> None:
-        if not isinstance(self.topic, str) or not self.topic:
-            raise ValueError(f"topic must be a non-empty string, got {self.topic!r}")
-        if "+" in self.topic or "#" in self.topic or "\x00" in self.topic:
-            raise ValueError(
-                f"topic {self.topic!r} contains a wildcard ('+', '#') or NUL, "
-                "which a published topic may not"
-            )
-        if len(self.topic.encode("utf-8")) > _MAX_TOPIC_BYTES:
-            raise ValueError(f"topic is longer than {_MAX_TOPIC_BYTES} bytes in UTF-8")
+        # The node's one topic check (an InvalidInputError is a ValueError): a row the
+        # broker would refuse is never stored, so it can never be retried for ever.
+        check_topic(self.topic)
         if isinstance(self.qos, bool) or self.qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {self.qos!r}")
         if not callable(self.payload) and not isinstance(

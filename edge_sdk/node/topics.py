@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError, InvalidInputError
 
 SCHEMA = "edge-sdk/1"
@@ -61,6 +63,22 @@ ROOT = "edge"
 GROUP_WIDE = "_all"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CHUNK_MAGIC = b"EDGC"
+#: Deepest nesting of arrays/objects accepted in an incoming JSON message (the
+#: deepest real one, ``{"rows": [{"values": [...]}]}`` or ``{"inputs": {"x":
+#: [B, N, F]}}``, is 5; numpy refuses more than 64 dimensions anyway).
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = np.zeros(256, dtype=np.int32)
+_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
+#: The MQTT limit on a topic, in bytes of UTF-8.
+MAX_TOPIC_BYTES = 65535
+# Code points a topic may not hold: NUL and C0/C1 controls, surrogates, non-characters.
+_BAD_TOPIC_CHAR = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(chr(plane | 0xFFFE) + chr(plane | 0xFFFF) for plane in range(0, 0x110000, 0x10000))
+    + "]"
+)
 
 
 class Inbound(StrEnum):
@@ -171,22 +189,44 @@ def dumps(msg: dict[str, Any]) -> bytes:
 
 
 def loads(payload: bytes, max_bytes: int) -> dict[str, Any]:
-    """Decode an incoming JSON object.
+    """Decode an incoming JSON object; every way a payload can be bad is one error.
 
     Raises:
-        InvalidInputError: Oversized, not UTF-8 JSON, not an object, or
-            containing NaN/Infinity literals.
+        InvalidInputError: (field ``payload``) Oversized, not UTF-8, not JSON,
+            not an object, nested deeper than :data:`MAX_JSON_DEPTH`, holding
+            NaN/Infinity literals or an integer of more than 4,300 digits
+            (CPython's limit). Nothing else escapes: a hostile payload costs
+            only itself.
     """
     if len(payload) > max_bytes:
         raise InvalidInputError(
             "payload", f"{len(payload)} bytes exceeds the limit of {max_bytes} bytes"
         )
     try:
-        msg = json.loads(payload, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError("payload", f"not valid JSON: {exc}") from None
+        text = bytes(payload).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError("payload", f"not valid JSON: not UTF-8 ({exc})") from None
+    try:
+        msg = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        # CPython's decoder recurses per level; the stack limit is hit long before
+        # max_bytes, so this is the "deeply nested" answer, not a crash.
+        raise InvalidInputError(
+            "payload", f"nested deeper than {MAX_JSON_DEPTH} levels of arrays/objects"
+        ) from None
+    except InvalidInputError:
+        raise  # from the hooks: already names what is wrong
+    except ValueError as exc:
+        # JSONDecodeError, or int()'s refusal of more than 4,300 digits (whose advice to
+        # call sys.set_int_max_str_digits is for the node's code, not for the sender).
+        reason = str(exc).split("; use sys.set_int_max_str_digits")[0]
+        raise InvalidInputError("payload", f"not valid JSON: {reason}") from None
     if not isinstance(msg, dict):
         raise InvalidInputError("payload", f"expected a JSON object, got {type(msg).__name__}")
+    if _depth_exceeds(text, MAX_JSON_DEPTH):
+        raise InvalidInputError(
+            "payload", f"nested deeper than {MAX_JSON_DEPTH} levels of arrays/objects"
+        )
     return msg
 
 
@@ -194,14 +234,70 @@ def _refuse_constant(name: str) -> float:
     raise InvalidInputError("payload", f"{name} is not allowed (readings must be finite)")
 
 
+def _depth_exceeds(text: str, limit: int) -> bool:
+    """True when the (valid) JSON ``text`` nests arrays/objects more than ``limit`` deep."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    # Brackets inside strings do not count; valid JSON's strings match this regex exactly.
+    brackets = _JSON_STRING.sub("", text).encode().translate(None, _NOT_BRACKETS)
+    steps = _STEP[np.frombuffer(brackets, dtype=np.uint8)]
+    return bool(np.cumsum(steps).max() > limit)
+
+
 def finite(value: Any, field: str) -> float:
     """A finite float, or InvalidInputError naming ``field``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInputError(field, f"expected a number, got {type(value).__name__}")
-    out = float(value)
+    try:
+        out = float(value)
+    except OverflowError:  # an integer beyond the float range
+        raise InvalidInputError(
+            field, "expected a finite number, got an out-of-range integer"
+        ) from None
     if not math.isfinite(out):
         raise InvalidInputError(field, f"expected a finite number, got {out}")
     return out
+
+
+def check_topic(topic: Any, field: str = "topic") -> str:
+    """A topic the node may publish to, or InvalidInputError naming ``field``.
+
+    Every publish path calls this before handing a topic to paho: a topic the
+    broker refuses as malformed makes it drop the connection, and paho re-sends
+    an unacknowledged QoS 1 publish on every reconnect, so one bad topic would
+    cut the node off for good. Refused, matching what mosquitto 2 disconnects
+    for or what a published topic may not be: not a string, empty, more than
+    :data:`MAX_TOPIC_BYTES` bytes in UTF-8, lone surrogates (not UTF-8), U+0000
+    and other control characters (U+0001-U+001F, U+007F-U+009F), Unicode
+    non-characters, the wildcards ``+`` and ``#``, and ``$`` system topics
+    (``$SYS/...``: the broker's, not a client's).
+
+    Raises:
+        InvalidInputError: The topic is not publishable, naming ``field``.
+    """
+    if not isinstance(topic, str):
+        raise InvalidInputError(field, f"expected a topic string, got {type(topic).__name__}")
+    if not topic:
+        raise InvalidInputError(field, "expected a non-empty topic string, got ''")
+    bad = _BAD_TOPIC_CHAR.search(topic)
+    if bad is not None:
+        raise InvalidInputError(
+            field,
+            f"topic contains U+{ord(bad.group()):04X} at position {bad.start()}: "
+            "control characters, NUL, surrogates and non-characters are not valid in a topic",
+        )
+    if "+" in topic or "#" in topic:
+        raise InvalidInputError(
+            field, "topic contains a wildcard ('+' or '#'), which a published topic may not"
+        )
+    if topic.startswith("$"):
+        raise InvalidInputError(field, "topics starting with '$' belong to the broker")
+    size = len(topic.encode("utf-8"))
+    if size > MAX_TOPIC_BYTES:
+        raise InvalidInputError(
+            field, f"topic is {size} bytes in UTF-8; MQTT allows at most {MAX_TOPIC_BYTES}"
+        )
+    return topic
 
 
 def encode_chunk(deployment: str, index: int, data: bytes) -> bytes:
