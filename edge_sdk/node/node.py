@@ -50,7 +50,7 @@ from .sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from .sparkplug import SparkplugSession
 from .sparkplug import metrics as spm
 from .telemetry import NodeStats, result_body
-from .topics import Inbound, JsonScheme, Outbound, dumps, finite, loads
+from .topics import Inbound, JsonScheme, Outbound, check_topic, dumps, finite, loads
 from .windows import Gap, Incomplete, Window, WindowAssembler, WindowSpec
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 ROLLBACK_AFTER_FAILURES = 3
 #: What a Sparkplug node sends as Sparkplug DATA; the rest stays on the JSON topics.
 _SPARKPLUG_DATA = (Outbound.RESULTS, Outbound.ALERTS, Outbound.TELEMETRY)
+#: Longest error text taken from an unforeseen exception (its message may quote the input).
+_MAX_FAILURE_CHARS = 300
+#: Largest ``id`` / ``correlation`` echoed back in a reply, in bytes of JSON.
+_MAX_ECHO_BYTES = 1024
 #: Outbox state key of the sensor-window buffer (committed with each batch's results).
 WINDOW_STATE = "windows"
 
@@ -457,14 +461,26 @@ class EdgeNode:
             try:
                 self._process(batch)
             except Exception:  # never let one bad batch stop the node
+                # _process isolates every message, so this is the commit itself failing
+                # (the outbox's disk): nothing of the batch could be kept, not even errors.
                 log.exception("worker failed on a batch of %d messages", len(batch))
                 self.stats.errors += 1
+                self.stats.dropped += len(batch)
             finally:
                 # Every message exactly once, after _process committed its results and the
                 # window state (or answered it on errors): see docs/node.md.
                 self._ack(*(m.delivery for m in batch))
 
     def _process(self, batch: list[_Msg]) -> None:
+        """One batch: each message on its own, windows merged, one commit.
+
+        A message's outcome is a result, a reply, or an ``errors`` message: a
+        failure in one message (bad input, or a bug it triggers) is caught around
+        that message alone; a failed merged inference is re-run window by window
+        (:meth:`_run_windows`); a message body that cannot be encoded is replaced
+        by an error at commit (:meth:`_commit`). So nothing in a batch is lost
+        because of another message, and every message is acknowledged once.
+        """
         out: list[Outgoing] = []
         windows: list[tuple[Window, float]] = []
         for msg in batch:
@@ -478,6 +494,9 @@ class EdgeNode:
                     self._command(msg, out)
             except InvalidInputError as exc:
                 out.append(self._error_msg(exc.field, str(exc), kind=msg.kind))
+            except Exception as exc:  # unforeseen: still this message's failure alone
+                log.exception("failed on one %s message", msg.kind.value)
+                out.append(self._error_msg("payload", _failure(exc), kind=msg.kind))
         if self._assembler is not None:
             # Giving up a timed-out sample can release complete ones queued behind it.
             now = time.monotonic()
@@ -494,7 +513,28 @@ class EdgeNode:
         if time.monotonic() >= self._next_telemetry and self._telemetry_interval > 0:
             out.append(self._telemetry())
             self._next_telemetry = time.monotonic() + self._telemetry_interval
-        self._emit(out, self._window_state())
+        self._commit(out, self._window_state())
+
+    def _commit(self, out: list[Outgoing], state: dict[str, bytes] | None) -> None:
+        """:meth:`_emit`, replacing a message that cannot be encoded by an error.
+
+        The outbox encodes a batch in one all-or-nothing transaction, so one
+        body that JSON refuses (a NaN from a model, say) would cost them all.
+        """
+        try:
+            self._emit(out, state)
+            return
+        except (ValueError, TypeError) as exc:  # from a payload; disk errors propagate
+            log.error("a message of the batch cannot be encoded (%s); isolating it", exc)
+        kept: list[Outgoing] = []
+        for item in out:
+            try:
+                if callable(item.payload):
+                    item.payload(0)
+                kept.append(item)
+            except (ValueError, TypeError) as exc:
+                kept.append(self._error_msg("payload", f"reply could not be encoded: {exc}"))
+        self._emit(kept, state)
 
     def _sensors(self, msg: _Msg, out: list[Outgoing]) -> list[Window]:
         if self._assembler is None:
@@ -513,15 +553,18 @@ class EdgeNode:
         duplicates = asm.duplicates
         for i, row in enumerate(rows):
             where = "" if "rows" not in body else f"rows[{i}]."
-            if not isinstance(row, dict) or "values" not in row or "t" not in row:
-                raise InvalidInputError(
-                    f"{where}row", 'expected {"t": <seconds>, "values": [...] or {...}}'
-                )
-            t = finite(row["t"], f"{where}t")
-            try:
+            try:  # a bad row costs itself: the rows before it already made windows
+                if not isinstance(row, dict) or "values" not in row or "t" not in row:
+                    raise InvalidInputError(
+                        "row", 'expected {"t": <seconds>, "values": [...] or {...}}'
+                    )
+                t = finite(row["t"], "t")
                 produced = asm.add(t, row["values"], redelivered=redelivered)
             except InvalidInputError as exc:
                 out.append(self._error_msg(f"{where}{exc.field}", str(exc), kind=msg.kind))
+                continue
+            except (OverflowError, TypeError) as exc:  # e.g. an integer beyond the float range
+                out.append(self._error_msg(f"{where}values", _failure(exc), kind=msg.kind))
                 continue
             for item in produced:
                 if isinstance(item, Window):
@@ -596,24 +639,67 @@ class EdgeNode:
         )
 
     def _run_windows(self, items: list[tuple[Window, float]], out: list[Outgoing]) -> None:
+        """Run windows in one backend call; if it fails, each window alone.
+
+        As the serving batcher does: only a window that also fails alone gets an
+        error (naming it), the others their results. A merged batch in which no
+        window ran counts once towards the post-update rollback.
+        """
         if not items:
             return
+        ran: list[tuple[list[tuple[Window, float]], dict[str, np.ndarray], Manifest]] = []
+        failed: list[tuple[Window, Exception]] = []
+        try:
+            ran.append((items, *self._infer_windows(items)))
+        except Exception as exc:
+            if len(items) == 1:
+                failed.append((items[0][0], exc))
+            else:
+                self.stats.retried_batches += 1
+                for item in items:
+                    try:
+                        ran.append(([item], *self._infer_windows([item])))
+                    except Exception as alone:
+                        failed.append((item[0], alone))
+        for w, why in failed:
+            if not isinstance(why, EdgeSDKError):
+                log.error("inference of window %d failed: %s", w.seq, _failure(why))
+            out.append(self._window_error(w, "model", f"inference failed: {_failure(why)}"))
+        if ran:
+            self._failures_since_swap = None  # a good batch ends the post-update probation
+        else:
+            self._model_failed()
+        for group, outputs, manifest in ran:
+            self._results(group, outputs, manifest, out)
+
+    def _infer_windows(
+        self, items: list[tuple[Window, float]]
+    ) -> tuple[dict[str, np.ndarray], Manifest]:
         x = np.stack([w.x for w, _ in items])
         t0 = time.perf_counter()
-        try:
-            with self.model.use() as rt:
-                outputs = rt.infer(x)
-                manifest = rt.manifest
-                meta = {"name": manifest.model.name, "version": manifest.model.version}
-                labels = manifest.model.labels
-        except EdgeSDKError as exc:
-            self._model_failed(exc, out)
-            return
+        with self.model.use() as rt:
+            outputs = rt.infer(x)
+            manifest = rt.manifest
         infer_ms = (time.perf_counter() - t0) * 1e3
-        self._failures_since_swap = None  # a good batch ends the post-update probation
         self.stats.batches += 1
         self.stats.inferences += len(items)
         self.stats.infer_ms.append(infer_ms / len(items))
+        return outputs, manifest
+
+    def _window_error(self, w: Window, field_name: str, message: str) -> Outgoing:
+        where = {"seq": w.seq, "t_start": w.t_start, "t_end": w.t_end}
+        return self._error_msg(field_name, message, Inbound.SENSORS, {"window": where})
+
+    def _results(
+        self,
+        items: list[tuple[Window, float]],
+        outputs: dict[str, np.ndarray],
+        manifest: Manifest,
+        out: list[Outgoing],
+    ) -> None:
+        """Result (and alert) messages of windows that ran, each window on its own."""
+        meta = {"name": manifest.model.name, "version": manifest.model.version}
+        labels = manifest.model.labels
         now = time.monotonic()
         names = list(outputs)
         bound, alarm = self._alerting
@@ -621,29 +707,43 @@ class EdgeNode:
         alerting = bound is manifest
         for i, (w, received) in enumerate(items):
             values = {k: outputs[k][i] for k in names}
-            body = result_body(values, labels)
-            body.update(
-                model=meta,
-                window={"seq": w.seq, "t_start": w.t_start, "t_end": w.t_end}
-                | ({"gap": True} if w.gap else {}),
-                latency_ms=round((now - received) * 1e3, 3),
-            )
-            alert = None
-            if alerting and alarm is not None:
-                try:
-                    alert = alarm.step(values, body)
-                except ValueError as exc:
-                    out.append(self._error_msg("model", str(exc)))
-            self.stats.e2e_ms.append(body["latency_ms"])
-            out.append(self._out(Outbound.RESULTS, body, Priority.RESULT))
-            if alert is not None:
-                if alert["state"] == RAISED:
-                    self.stats.alerts += 1
-                out.append(self._out(Outbound.ALERTS, alert, Priority.CONTROL))
-            elif alerting and alarm is None:
-                self._alert(body, out)
-            if self._on_result is not None:
-                self._on_result(body)
+            if not all(np.isfinite(v).all() for v in values.values()):
+                out.append(
+                    self._window_error(
+                        w,
+                        "values",
+                        "the model's output for this window is not finite (NaN/inf): "
+                        "readings far outside the range it was trained on?",
+                    )
+                )
+                continue
+            try:
+                body = result_body(values, labels)
+                body.update(
+                    model=meta,
+                    window={"seq": w.seq, "t_start": w.t_start, "t_end": w.t_end}
+                    | ({"gap": True} if w.gap else {}),
+                    latency_ms=round((now - received) * 1e3, 3),
+                )
+                alert = None
+                if alerting and alarm is not None:
+                    try:
+                        alert = alarm.step(values, body)
+                    except ValueError as exc:
+                        out.append(self._error_msg("model", str(exc)))
+                self.stats.e2e_ms.append(body["latency_ms"])
+                out.append(self._out(Outbound.RESULTS, body, Priority.RESULT))
+                if alert is not None:
+                    if alert["state"] == RAISED:
+                        self.stats.alerts += 1
+                    out.append(self._out(Outbound.ALERTS, alert, Priority.CONTROL))
+                elif alerting and alarm is None:
+                    self._alert(body, out)
+                if self._on_result is not None:
+                    self._on_result(body)
+            except Exception as exc:  # this window's result alone
+                log.exception("building the result of window %d failed", w.seq)
+                out.append(self._window_error(w, "model", _failure(exc)))
 
     def _alert(self, body: dict[str, Any], out: list[Outgoing]) -> None:
         cls = body.get("class")
@@ -659,9 +759,8 @@ class EdgeNode:
             self._alert_class = None
             out.append(self._out(Outbound.ALERTS, {"state": "cleared", **body}, Priority.CONTROL))
 
-    def _model_failed(self, exc: EdgeSDKError, out: list[Outgoing]) -> None:
-        self.stats.errors += 1
-        out.append(self._error_msg("model", f"inference failed: {exc}"))
+    def _model_failed(self) -> None:
+        """A merged batch in which no window ran: towards the post-update rollback."""
         if self._failures_since_swap is None:
             return
         self._failures_since_swap += 1
@@ -672,9 +771,13 @@ class EdgeNode:
     def _infer_request(self, msg: _Msg, out: list[Outgoing]) -> None:
         body = loads(msg.payload, self.config.max_payload_bytes)
         props = msg.properties
-        reply_to = getattr(props, "ResponseTopic", None) or body.get("reply_to")
+        # Checked before anything runs: a reply to a topic the broker refuses would
+        # cost the node its connection (paho re-sends it on every reconnect).
+        reply_to = self._reply_topic(getattr(props, "ResponseTopic", None), body.get("reply_to"))
         correlation = getattr(props, "CorrelationData", None)
-        request_id = body.get("id")
+        echo = {"request_id": _echo(body.get("id"), "id")}
+        if "correlation" in body:
+            echo["correlation"] = _echo(body["correlation"], "correlation")
         try:
             inputs = body.get("inputs")
             if not isinstance(inputs, dict):
@@ -685,22 +788,46 @@ class EdgeNode:
             result = self.infer(inputs, strict=True)
             self.stats.infer_ms.append((time.perf_counter() - t0) * 1e3)
             self.stats.inferences += 1
+            if not all(np.isfinite(v).all() for v in result.values() if v.dtype.kind == "f"):
+                raise InvalidInputError(
+                    "inputs", "the model's output is not finite (NaN/inf) for these inputs"
+                )
             reply: dict[str, Any] = {"outputs": {k: v.tolist() for k, v in result.items()}}
-        except (InvalidInputError, ValueError, TypeError) as exc:
-            self.stats.errors += 1
-            field_name = exc.field if isinstance(exc, InvalidInputError) else "inputs"
-            reply = {"error": str(exc), "field": field_name}
-        reply["request_id"] = request_id
-        if "correlation" in body:
-            reply["correlation"] = body["correlation"]
-        if reply_to and self.link is not None:
+        except Exception as exc:  # any failure of this request is its reply, not the batch's
+            if isinstance(exc, InvalidInputError):
+                reply = {"error": str(exc), "field": exc.field}
+            else:
+                reply = {"error": _failure(exc), "field": "inputs"}
+        reply.update(echo)
+        if reply_to is not None and self.link is not None:
+            self.stats.errors += "error" in reply
             payload = self.scheme.envelope(Outbound.RESULTS, reply)
             props_out = self.link.properties(CorrelationData=correlation) if correlation else None
-            self.link.publish_now(str(reply_to), payload, properties=props_out)
+            self.link.publish_now(reply_to, payload, properties=props_out)
         elif "error" in reply:
             out.append(self._error_msg(reply["field"], reply["error"], kind=msg.kind))
         else:
             out.append(self._out(Outbound.RESULTS, reply, Priority.RESULT))
+
+    def _reply_topic(self, response_topic: Any, reply_to: Any) -> str | None:
+        """The topic to answer an ``infer`` request on, or None (answer on ``results``).
+
+        Raises:
+            InvalidInputError: (``reply_to``) not a topic the broker accepts
+                (:func:`~edge_sdk.node.topics.check_topic`), or one of the
+                inbound topics of this scheme (a node's sensors, infer, cmd or
+                OTA topics): a reply is never fed to a node as input.
+        """
+        raw = response_topic if response_topic is not None else reply_to
+        if raw is None:
+            return None
+        topic = check_topic(raw, "reply_to")
+        parts = self.scheme.parse(topic)
+        if parts is not None and parts[2] in {k.value for k in Inbound}:
+            raise InvalidInputError(
+                "reply_to", f"{topic!r} is a node's inbound topic; reply on a topic of your own"
+            )
+        return topic
 
     def _command(self, msg: _Msg, out: list[Outgoing]) -> None:
         body = loads(msg.payload, self.config.max_payload_bytes)
@@ -781,7 +908,32 @@ class EdgeNode:
                 "connects": self.link.stats.connects,
                 "inflight": self.link.stats.inflight,
                 "replayed": self.link.stats.replayed,
+                "refused_topics": self.link.stats.refused_topics,
                 "protocol": self.link.stats.protocol,
             }
         self._last_telemetry = body
         return self._out(Outbound.TELEMETRY, body, Priority.TELEMETRY)
+
+
+def _failure(exc: BaseException) -> str:
+    """An error text for an exception the input triggered: its type and a bounded message."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MAX_FAILURE_CHARS else text[:_MAX_FAILURE_CHARS] + "..."
+
+
+def _echo(value: Any, field_name: str) -> Any:
+    """A requester's ``id`` / ``correlation``, checked before it is copied into a reply.
+
+    Raises:
+        InvalidInputError: It does not encode as JSON (an overflowed ``1e400``
+            is infinite) or is larger than ``_MAX_ECHO_BYTES``.
+    """
+    try:
+        size = len(dumps({"v": value}))
+    except ValueError:
+        raise InvalidInputError(field_name, "must be finite JSON (no NaN/Infinity)") from None
+    if size > _MAX_ECHO_BYTES:
+        raise InvalidInputError(
+            field_name, f"{size} bytes of JSON; at most {_MAX_ECHO_BYTES} are echoed back"
+        )
+    return value

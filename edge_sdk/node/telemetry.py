@@ -28,6 +28,8 @@ _COUNTERS = (
     "alerts",
     "duplicates",
     "gaps",
+    "retried_batches",
+    "dropped",
 )
 
 
@@ -45,6 +47,8 @@ class NodeStats:
     alerts: int = 0
     duplicates: int = 0  # redelivered sensor rows dropped (already in the window state)
     gaps: int = 0  # holes in the sensor stream (window.period_s)
+    retried_batches: int = 0  # merged window batches that failed and ran window by window
+    dropped: int = 0  # messages whose outcome (even an error) could not be committed
     infer_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     e2e_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     started: float = field(default_factory=time.monotonic)
