@@ -510,6 +510,9 @@ def _json(status: int, doc: Any) -> tuple[int, bytes, dict[str, str]]:
     return status, json.dumps(doc, separators=(",", ":")).encode(), {}
 
 
+# -- connections: request deadlines and eviction -------------------------------------------------
+
+
 class _Expired(Exception):
     """A request was not received in time (deadline passed, or evicted): answer 408.
 
