@@ -1,7 +1,7 @@
 """Fixtures and markers shared by the whole suite.
 
-Sections: markers, environment, bundles. Keep fixtures generic; a fixture
-used by one test file belongs in that file.
+Sections: markers, hangs, environment, bundles. Keep fixtures generic; a
+fixture used by one test file belongs in that file.
 
 Bundles are exported once per session and must never be modified: a test
 that tampers with one takes ``bundle_copy`` (a fresh copy per test).
@@ -36,6 +36,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         engine = mark.args[0]
         if not _importable(engine):
             pytest.skip(f"needs the {engine!r} inference engine, which is not importable")
+
+
+# -- hangs ---------------------------------------------------------------------------------
+
+# A C watchdog that ends a test hung with the GIL held (see hang_watchdog.py).
+pytest_plugins = ["hang_watchdog"]
 
 
 # -- environment ---------------------------------------------------------------------------
