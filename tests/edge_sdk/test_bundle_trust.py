@@ -32,12 +32,12 @@ EXIT_UNTRUSTED = 5
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The fleet's key pair (``key``/``pub``) and a rogue signing key (``rogue_key``)."""
     from edge_sdk.signing import generate_keypair
 
     root = tmp_path_factory.mktemp("keys")
-    key, pub = generate_keypair(root, "fleet")
-    rogue_key, rogue_pub = generate_keypair(root, "rogue")
-    return {"key": key, "pub": pub, "rogue_key": rogue_key, "rogue_pub": rogue_pub}
+    (key, pub), (rogue_key, _) = generate_keypair(root, "fleet"), generate_keypair(root, "rogue")
+    return {"key": key, "pub": pub, "rogue_key": rogue_key}
 
 
 @pytest.fixture(scope="module")

@@ -12,40 +12,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_run import edge_export
+from tiny_models import TINY_GCN_FEATURES
 
 from edge_sdk.errors import InvalidInputError
 
 pytest.importorskip("torch_geometric")
 
-MODEL_SRC = """
+#: A graph-level model: one prediction per graph (graphs numbered by ``batch``).
+POOLED_SRC = f"""
 import torch
 from torch_geometric.nn import GCNConv, global_mean_pool
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = GCNConv(5, 8)
-        self.c2 = GCNConv(8, 3)
-    def forward(self, x, edge_index):
-        return self.c2(self.c1(x, edge_index).relu(), edge_index)
 
 class Pooled(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv = GCNConv(5, 3)
+        self.conv = GCNConv({TINY_GCN_FEATURES}, 3)
     def forward(self, x, edge_index, batch):
         return global_mean_pool(self.conv(x, edge_index), batch)
-
-def net():
-    torch.manual_seed(0)
-    return Net()
 
 def pooled():
     torch.manual_seed(0)
     return Pooled()
 """
+#: The node-level model: the suite's tiny GCN, loaded as a user would name it.
+NET = f"{Path(__file__).resolve().parents[1] / 'tiny_models.py'}:tiny_gcn"
 
-NODES, FEATURES, GRAPHS = 12, 5, 3
+NODES, FEATURES, GRAPHS = 12, TINY_GCN_FEATURES, 3
 
 
 def _graph(features: int = FEATURES) -> dict[str, np.ndarray]:
@@ -59,7 +51,7 @@ def _graph(features: int = FEATURES) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("user_errors")
-    (root / "models.py").write_text(MODEL_SRC)
+    (root / "models.py").write_text(POOLED_SRC)
     rng = np.random.default_rng(1)
     np.savez(root / "narrow.npz", **_graph(features=FEATURES - 2))
     batch = np.repeat(np.arange(GRAPHS), NODES // GRAPHS)
@@ -81,7 +73,7 @@ def test_sample_with_the_wrong_feature_count_is_exit_3_naming_x(
 ) -> None:
     out = tmp_path / "b"
     proc = edge_export(
-        "export", "-m", f"{workdir}/models.py:net", "-s", f"{workdir}/narrow.npz", "-o", str(out),
+        "export", "-m", NET, "-s", f"{workdir}/narrow.npz", "-o", str(out),
         check=3, columns=1000,
     )  # fmt: skip
     line = _error_line(proc.stderr)
@@ -122,39 +114,39 @@ def _prepare(model: object, *arrays: dict[str, np.ndarray]) -> object:
     return prepare(model, samples)  # type: ignore[arg-type]
 
 
-def _model(workdir: Path, name: str) -> object:
-    from edge_sdk.exporters.intake import load_model
+def _net() -> object:
+    from tiny_models import tiny_gcn
 
-    return load_model(f"{workdir}/models.py:{name}")
+    return tiny_gcn()
 
 
-def test_samples_disagreeing_on_feature_count(workdir: Path) -> None:
+def test_samples_disagreeing_on_feature_count() -> None:
     with pytest.raises(InvalidInputError) as info:
-        _prepare(_model(workdir, "net"), _graph(), _graph(features=FEATURES + 1))
+        _prepare(_net(), _graph(), _graph(features=FEATURES + 1))
     assert info.value.field == "x"
     assert f"s1 has x [{NODES}, {FEATURES + 1}]" in str(info.value)
 
 
-def test_edge_index_out_of_range(workdir: Path) -> None:
+def test_edge_index_out_of_range() -> None:
     graph = _graph()
     graph["edge_index"][1, 4] = NODES  # one past the last node
     with pytest.raises(InvalidInputError) as info:
-        _prepare(_model(workdir, "net"), graph)
+        _prepare(_net(), graph)
     assert info.value.field == "edge_index" and f"[0, {NODES})" in str(info.value)
 
 
-def test_mask_must_match_labels(workdir: Path) -> None:
+def test_mask_must_match_labels() -> None:
     graph = {**_graph(), "y": np.zeros(NODES, np.int64), "mask": np.ones(NODES - 1, bool)}
     with pytest.raises(InvalidInputError) as info:
-        _prepare(_model(workdir, "net"), graph)
+        _prepare(_net(), graph)
     assert info.value.field == "mask"
 
 
-def test_node_level_labels_accepted_for_a_node_level_model(workdir: Path) -> None:
+def test_node_level_labels_accepted_for_a_node_level_model() -> None:
     from edge_sdk.signature import OutputLevel
 
     graph = {**_graph(), "y": np.zeros(NODES, np.int64)}
-    prepared = _prepare(_model(workdir, "net"), graph)
+    prepared = _prepare(_net(), graph)
     assert prepared.output_levels == [OutputLevel.NODE]  # type: ignore[attr-defined]
 
 
