@@ -127,7 +127,7 @@ def test_truncated_archive_writes_no_more_than_declared(
     cut.write_bytes(archive.read_bytes()[:cut_at])
     dest = tmp_path / "dest"
     err = _refused_unpack(cut, dest)
-    assert err.path in (ARTIFACT, "cut.tar") and "truncated" in str(err)
+    assert err.path == "cut.tar" and "truncated or corrupt" in str(err)
     declared = _declared(tiny_gcn_bundle)
     for path in dest.rglob("*"):
         if path.is_file() and path.name != MANIFEST_NAME:
