@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 ROLLBACK_AFTER_FAILURES = 3
 #: What a Sparkplug node sends as Sparkplug DATA; the rest stays on the JSON topics.
 _SPARKPLUG_DATA = (Outbound.RESULTS, Outbound.ALERTS, Outbound.TELEMETRY)
+#: The last topic levels of a node's topics (``edge/{group}/{node}/{kind}``).
+_NODE_KINDS = frozenset(k.value for k in (*Inbound, *Outbound))
 #: Longest error text taken from an unforeseen exception (its message may quote the input).
 _MAX_FAILURE_CHARS = 300
 #: Largest ``id`` / ``correlation`` echoed back in a reply, in bytes of JSON.
@@ -814,18 +816,22 @@ class EdgeNode:
 
         Raises:
             InvalidInputError: (``reply_to``) not a topic the broker accepts
-                (:func:`~edge_sdk.node.topics.check_topic`), or one of the
-                inbound topics of this scheme (a node's sensors, infer, cmd or
-                OTA topics): a reply is never fed to a node as input.
+                (:func:`~edge_sdk.node.topics.check_topic`), or a topic of a
+                node (``edge/{group}/{node}/{kind}`` for any of the kinds in
+                :class:`Inbound` / :class:`Outbound`) or of Sparkplug: a reply
+                is never fed to a node as input, nor passed off as a node's
+                results, alerts or status.
         """
         raw = response_topic if response_topic is not None else reply_to
         if raw is None:
             return None
         topic = check_topic(raw, "reply_to")
         parts = self.scheme.parse(topic)
-        if parts is not None and parts[2] in {k.value for k in Inbound}:
+        if (parts is not None and parts[2] in _NODE_KINDS) or topic.startswith(
+            f"{SPARKPLUG_NAMESPACE}/"
+        ):
             raise InvalidInputError(
-                "reply_to", f"{topic!r} is a node's inbound topic; reply on a topic of your own"
+                "reply_to", f"{topic!r} is a node's own topic; reply on a topic of your own"
             )
         return topic
 

@@ -79,6 +79,8 @@ def _hostile(i: int) -> list[tuple[str, bytes | str, Properties | None, str, str
         (infer, req("r" * 70_000), None, "infer", "reply_to"),
         (infer, req("$SYS/broker/x"), None, "infer", "reply_to"),
         (infer, req(f"{ROOT}/cmd"), None, "infer", "reply_to"),
+        (infer, req("edge/plant/n2/alerts"), None, "infer", "reply_to"),
+        (infer, req("spBv1.0/plant/NCMD/n1"), None, "infer", "reply_to"),
         (infer, req(7), None, "infer", "reply_to"),
         (infer, json.dumps({"inputs": {"x": x}}), response_topic("a/#"), "infer", "reply_to"),
         (infer, json.dumps({"inputs": {"x": x}}), response_topic("$SYS/x"), "infer", "reply_to"),
@@ -110,6 +112,7 @@ def test_hostile_messages_cost_only_themselves(
     for suffix in ("results", "errors"):
         cloud.subscribe(f"{ROOT}/{suffix}")
     cloud.subscribe("cloud/replies/#")
+    cloud.subscribe("edge/plant/cloud/replies/#")
     node = make_node(broker, sensor_bundles["v1"])
 
     sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -138,8 +141,8 @@ def test_hostile_messages_cost_only_themselves(
                 rid = f"v{i}-{k}"
                 valid_requests[rid] = _window_x(i * 3 + k)
                 body = {"id": rid, "inputs": {"x": valid_requests[rid]}}
-                if k == 0:
-                    body["reply_to"] = f"cloud/replies/{rid}"
+                if k == 0:  # behind the default bridge, replies travel under edge/
+                    body["reply_to"] = f"edge/plant/cloud/replies/{rid}"
                     send(f"{ROOT}/infer", json.dumps(body))
                 else:  # the MQTT 5 way: response topic and correlation data
                     props = Properties(PacketTypes.PUBLISH)
@@ -162,7 +165,7 @@ def test_hostile_messages_cost_only_themselves(
     def done(msgs: list[Received]) -> bool:
         errors = [m for m in msgs if m.topic.endswith("/errors")]
         results = [m for m in msgs if m.topic.endswith("/results")]
-        replies = [m for m in msgs if m.topic.startswith("cloud/replies/")]
+        replies = [m for m in msgs if "cloud/replies/" in m.topic]
         return (
             len(errors) >= hostile
             and len(results) >= n_windows
@@ -178,9 +181,7 @@ def test_hostile_messages_cost_only_themselves(
     # No valid input lost: every window of the stream, every infer reply.
     results = _bodies(msgs, "/results")
     assert sorted(r["window"]["seq"] for r in results) == list(range(n_windows))
-    replies = {
-        json.loads(m.payload)["request_id"]: m for m in msgs if m.topic.startswith("cloud/replies/")
-    }
+    replies = {json.loads(m.payload)["request_id"]: m for m in msgs if "cloud/replies/" in m.topic}
     assert set(replies) == set(valid_requests)
     assert replies["v0-2"].topic == "cloud/replies/\ufeffv0-2"
     with Runtime.load(sensor_bundles["v1"]) as rt:
