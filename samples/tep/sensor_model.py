@@ -11,6 +11,7 @@ deterministic chords); the TEP sample's adaptive-graph model learns its own.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,7 @@ def export_sensor_bundle(
     int8: bool = False,
     name: str = "tep-sensor-gcn",
     num_sensors: int = NUM_SENSORS,
+    profiles: list[str] | None = None,
 ) -> ExportResult:
     """Export an (untrained, seeded) sensor model to a static-topology bundle.
 
@@ -68,6 +70,8 @@ def export_sensor_bundle(
         int8: Also write an INT8 artifact.
         name: Model name in the manifest.
         num_sensors: Graph nodes (sensors) of the model.
+        profiles: Device profiles to compile for (default: the exporter's,
+            ``generic-x86``: an ONNX Runtime bundle).
 
     Returns:
         The export result (bundle path, manifest).
@@ -85,4 +89,6 @@ def export_sensor_bundle(
         labels=["normal"] + [f"fault_{i}" for i in range(1, NUM_CLASSES)],
         int8=int8,
     )
+    if profiles is not None:
+        cfg = dataclasses.replace(cfg, profiles=profiles)
     return export_model(model, sample, out, cfg)
