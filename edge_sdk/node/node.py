@@ -2,7 +2,9 @@
 
 Threads:
 
-* paho's network thread receives messages and only queues them;
+* paho's network thread receives messages and only queues them; the worker
+  acknowledges each one (MQTT PUBACK) once its batch's results and the window
+  buffer are committed to the outbox (docs/node.md, "Delivery guarantees");
 * the **worker** drains the queue in batches: assembles sensor windows, runs
   up to ``max_batch`` windows in one backend call, writes results, alerts and
   errors to the outbox in one transaction, and sends telemetry when due;
