@@ -23,6 +23,7 @@ TEP_DATA = REPO.parent / "shared" / "datasets" / "tep"
 EASY = [f for f in range(1, 22) if f not in (3, 9, 15)]
 
 pytestmark = [
+    pytest.mark.timeout(900),  # the shared full run (~2 min on 2 cores) is set up in the first test
     pytest.mark.requires_backend("onnxruntime"),
     pytest.mark.requires_backend("openvino"),
     pytest.mark.requires_backend("ai_edge_litert"),
