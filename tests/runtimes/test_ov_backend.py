@@ -1,4 +1,4 @@
-"""OpenVINO: the backend conformance suite, FP32 inference precision, the async queue.
+"""OpenVINO: the backend conformance suite, FP32 inference precision, infer_many, teardown.
 
 The bundle is the tiny GCN (dynamic form) with an OpenVINO FP32 IR built by
 the real compiler (:class:`CompileOpenVINO`) and added to its manifest.
