@@ -4,8 +4,8 @@
   input is acknowledged only once its results and the window buffer are
   committed to the outbox, so the broker redelivers the rest to the restarted
   node, which drops what it already had as duplicates.
-* Rows lost upstream show as a gap event on ``errors``, and no window is
-  computed across the hole.
+* Rows lost upstream show as a gap event on ``errors``; no window is computed
+  across the hole (``on_gap: skip``) or each one that is says so (``flag``).
 * One row with a timestamp from a broken clock is refused and does not poison
   the window for the real rows after it.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from mqtt_helpers import Received
 
 N_SENSORS, WINDOW = 52, 20
@@ -121,20 +122,24 @@ def test_node_sigkill_while_behind_loses_no_row_and_no_window(
     assert not [e for e in _bodies(msgs, "/errors") if e.get("input") == "sensors"]
 
 
-def test_rows_lost_upstream_are_published_as_a_gap_and_no_window_spans_it(
-    broker, mqtt_client_factory, make_node, sensor_bundles
+@pytest.mark.parametrize("on_gap", ["skip", "flag"])
+def test_rows_lost_upstream_are_published_as_a_gap_and_no_window_spans_it_silently(
+    broker, mqtt_client_factory, make_node, sensor_bundles, on_gap: str
 ):
     cloud = mqtt_client_factory(broker)
     cloud.subscribe("edge/plant/n1/results")
     cloud.subscribe("edge/plant/n1/errors")
-    make_node(broker, sensor_bundles["v1"], trusted_keys=[], window={"period_s": 1.0})
+    window = {"period_s": 1.0, "on_gap": on_gap}
+    make_node(broker, sensor_bundles["v1"], trusted_keys=[], window=window)
     lost = set(range(30, 34))  # acknowledged to the plant, never delivered (a broker crash)
     rows = _rows(60)
     for t, row in enumerate(rows):
         if t not in lost:
             cloud.publish("edge/plant/n1/sensors", json.dumps({"t": t, "values": row.tolist()}))
-    # Windows end at 19..29, then restart after the hole: 34 + 19 = 53..59.
-    want = set(range(19, 30)) | set(range(53, 60))
+    if on_gap == "skip":  # windows end at 19..29, then restart after the hole: 34 + 19 = 53
+        want = set(range(19, 30)) | set(range(53, 60))
+    else:  # every window is computed; those holding rows from both sides are flagged
+        want = set(range(19, 30)) | set(range(34, 60))
     msgs = cloud.wait_for(
         lambda m: {b["window"]["t_end"] for b in _bodies(m, "/results")} >= want, timeout=30
     )
@@ -142,10 +147,14 @@ def test_rows_lost_upstream_are_published_as_a_gap_and_no_window_spans_it(
     msgs = cloud.messages
     results = _bodies(msgs, "/results")
     assert {b["window"]["t_end"] for b in results} == want
-    assert not [b for b in results if b["window"]["t_start"] < 34 <= b["window"]["t_end"]]
+    spanning = {b["window"]["t_end"] for b in results if b["window"]["t_start"] < 34}
+    spanning &= set(range(34, 60))
+    flagged = {b["window"]["t_end"] for b in results if b["window"].get("gap")}
+    assert spanning == flagged == (set() if on_gap == "skip" else set(range(34, 53)))
     (gap,) = _bodies(msgs, "/errors")
     assert (gap["kind"], gap["field"], gap["input"]) == ("gap", "t", "sensors")
-    assert (gap["from"], gap["to"], gap["missing"], gap["windows"]) == (29, 34, 4, "skipped")
+    what = "skipped" if on_gap == "skip" else "flagged"
+    assert (gap["from"], gap["to"], gap["missing"], gap["windows"]) == (29, 34, 4, what)
 
 
 def test_a_row_from_a_broken_clock_is_refused_and_the_stream_goes_on(
