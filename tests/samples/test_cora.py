@@ -31,6 +31,10 @@ MAX_ACC_DELTA = 0.001  # 0.1 pp
 MAX_LOGIT_DIFF = 1e-4
 LATENCY_CALLS = 5  # the sample times 20 calls; 5 keep the test short (SAGE on ORT: ~0.5 s each)
 
+# The shared runs are set up in the first test that uses them: 608 s (three models trained
+# and exported) and 179 s measured on a loaded 2-core machine, past the suite's 300 s.
+pytestmark = pytest.mark.timeout(1500)
+
 
 def _tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")}
