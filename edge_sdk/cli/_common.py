@@ -74,7 +74,10 @@ def fail_on_errors() -> Iterator[None]:
     except EdgeSDKError as exc:
         if _state["verbose"]:
             traceback.print_exc()
-        err_console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        # soft_wrap: one line whatever the terminal width (scripts and logs read it whole)
+        err_console.print(
+            f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True
+        )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")

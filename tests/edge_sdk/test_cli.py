@@ -121,6 +121,15 @@ def test_bad_request_is_one_line_exit_3(workdir: Path) -> None:
     assert "Traceback" in verbose.stderr
 
 
+def test_a_user_error_stays_one_line_in_a_narrow_terminal(tmp_path: Path) -> None:
+    # rich wraps at the terminal width (80 columns when stderr is not a terminal):
+    # a long path must not split the error over lines that scripts read one by one
+    missing = tmp_path / ("deep" * 40) / "net.bundle"
+    proc = cli("inspect", str(missing), check=3, columns=40)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(missing) in lines[0] and lines[0].startswith("error: ")
+
+
 def test_tampered_bundle_exit_3_names_file(workdir: Path, tmp_path: Path) -> None:
     import shutil
 
