@@ -10,6 +10,8 @@ connection must never drop.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -273,6 +275,9 @@ def test_check_topic_accepts_what_mosquitto_publishes() -> None:
         (b'"text"', "expected a JSON object, got str"),
         (b'{"a": NaN}', "NaN is not allowed"),
         (b'{"a": 1', "not valid JSON"),
+        # an unterminated string of escaped quotes with brackets after it: the depth count
+        # must stay linear (a regex over strings took minutes on 200 kB of this)
+        (b'{"a": "' + b'\\"' * 100_000 + b"[" * 70, "not valid JSON"),
     ],
 )
 def test_loads_maps_every_decoding_failure_to_the_payload_field(payload: bytes, words: str) -> None:
@@ -363,3 +368,20 @@ def test_a_stored_row_with_a_bad_topic_is_dropped_not_retried(
     finally:
         link.stop()
         outbox.close()
+
+
+def test_deep_nesting_is_refused_even_where_a_library_raised_the_recursion_limit() -> None:
+    # torch and TensorFlow raise sys.setrecursionlimit; CPython's C JSON decoder then
+    # overflows the C stack on 100,000 nested arrays (SIGSEGV) before any RecursionError.
+    code = (
+        "import sys; sys.setrecursionlimit(10**6)\n"
+        "from edge_sdk.errors import InvalidInputError\n"
+        "from edge_sdk.node.topics import loads\n"
+        "try:\n"
+        "    loads(b'{\"a\": ' + b'[' * 100_000 + b']' * 100_000 + b'}', 1 << 20)\n"
+        "except InvalidInputError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("payload: nested deeper than 64")
