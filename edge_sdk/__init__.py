@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .batching import BatchLayout, Padding, batch_graphs, pad_graph, unbatch_outputs, unpad_outputs
 from .bundle import Bundle, pack, unpack
 from .errors import (
     AccuracyError,
@@ -26,9 +25,10 @@ from .errors import (
     UnsupportedTargetError,
 )
 from .graph import DynamicGraph, StaticGraph, as_graph, validate
+from .io_contract import Bucket, GraphForm, GraphSpec, OutputLevel, TensorSpec
 from .manifest import Decision, Manifest, Topology
+from .packing import BatchLayout, Padding, batch_graphs, pad_graph, unbatch_outputs, unpad_outputs
 from .runtime import Runtime
-from .signature import Bucket, GraphForm, GraphSpec, OutputLevel, TensorSpec
 
 try:
     __version__ = version("edge-graph-sdk")

@@ -1,7 +1,7 @@
 """Typed containers for the three graph forms, and their validation.
 
 The runtime turns whatever a caller hands it into one of these containers and
-validates it against the model's :class:`~edge_sdk.signature.GraphSpec` before
+validates it against the model's :class:`~edge_sdk.io_contract.GraphSpec` before
 any backend sees it. Errors name the field, what was expected and what was
 received.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError
-from .signature import GraphForm, GraphSpec
+from .io_contract import GraphForm, GraphSpec
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from .errors import ManifestError
-from .signature import GraphSpec, OutputLevel, TensorSpec
+from .io_contract import GraphSpec, OutputLevel, TensorSpec
 
 SCHEMA_MAJOR = 1
 # 1.1: compression sizes and metrics; 1.2: per-target artifacts and choices;

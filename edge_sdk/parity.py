@@ -26,9 +26,9 @@ import numpy as np
 from . import runtimes
 from .bundle import Bundle
 from .errors import BackendUnavailableError, InvalidInputError, ManifestError, ParityError
+from .io_contract import TensorSpec
 from .manifest import MANIFEST_NAME, Artifact, OutputParity, ParityReport, Precision
 from .runtimes import BackendOptions
-from .signature import TensorSpec
 
 
 @dataclass

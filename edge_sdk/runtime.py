@@ -17,15 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import runtimes
-from .batching import (
-    batch_graphs,
-    group_for_buckets,
-    pad_graph,
-    pad_static,
-    pick_bucket,
-    unbatch_outputs,
-    unpad_outputs,
-)
 from .bundle import Bundle
 from .errors import (
     BackendUnavailableError,
@@ -34,12 +25,21 @@ from .errors import (
     UnsupportedTargetError,
 )
 from .graph import DynamicGraph, Graph, StaticGraph, as_graph, zero_request
+from .io_contract import GraphForm, OutputLevel
 from .manifest import Artifact, Manifest, Precision
+from .packing import (
+    batch_graphs,
+    group_for_buckets,
+    pad_graph,
+    pad_static,
+    pick_bucket,
+    unbatch_outputs,
+    unpad_outputs,
+)
 from .profiles import DeviceProfile, load_profile
 from .runtimes import BackendOptions
 from .runtimes.base import CheckedFeeds
 from .selection import artifact_plans
-from .signature import GraphForm, OutputLevel
 
 if TYPE_CHECKING:
     from .signing import TrustedKeys

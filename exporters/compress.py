@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from edge_sdk.errors import AccuracyError, ExportError
+from edge_sdk.io_contract import GraphForm, TensorSpec
 from edge_sdk.manifest import Artifact, ParityReport, Precision
 from edge_sdk.parity import ParityCase, VerifyParity, accuracy, run_artifact
-from edge_sdk.signature import GraphForm, TensorSpec
 
 from .calibration import calibration_feeds
 from .intake import Sample

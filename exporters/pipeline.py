@@ -19,6 +19,7 @@ from torch import nn
 
 from edge_sdk.bundle import file_digest, pack, save_npz, write_manifest
 from edge_sdk.errors import ExportError
+from edge_sdk.io_contract import Bucket, GraphForm, GraphSpec, OutputLevel, TensorSpec
 from edge_sdk.manifest import (
     SCHEMA_VERSION,
     Canary,
@@ -34,7 +35,6 @@ from edge_sdk.manifest import (
 )
 from edge_sdk.parity import VerifyParity
 from edge_sdk.profiles import load_profile
-from edge_sdk.signature import Bucket, GraphForm, GraphSpec, OutputLevel, TensorSpec
 
 from .calibration import calibration_feeds, induced_subgraph
 from .compress import check_gate, prune_model, quantize_step, torch_metrics

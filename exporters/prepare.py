@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edge_sdk.errors import ExportError, InvalidInputError
-from edge_sdk.signature import GraphForm, OutputLevel
+from edge_sdk.io_contract import GraphForm, OutputLevel
 
 from .intake import Sample
 from .lowering import densify

@@ -22,8 +22,8 @@ import torch
 from edge_sdk._optional import is_available
 from edge_sdk.bundle import file_digest
 from edge_sdk.errors import ExportError
+from edge_sdk.io_contract import GraphForm
 from edge_sdk.manifest import Artifact, Precision, Target
-from edge_sdk.signature import GraphForm
 
 OPSET = 18
 

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_sdk.errors import BackendUnavailableError, InternalError, InvalidInputError
+from edge_sdk.io_contract import TensorSpec
 from edge_sdk.manifest import Artifact, Target
-from edge_sdk.signature import TensorSpec
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ Threads:
   bounded in-flight window;
 * the **update agent** (:mod:`edge_sdk.node.ota`) downloads, verifies and
   health-checks model updates, then hands the new runtime to
-  :class:`~edge_sdk.node.models.ActiveModel`, which swaps it in between calls.
+  :class:`~edge_sdk.node.active_model.ActiveModel`, which swaps it in between calls.
 
 A bad message never stops the node: it is answered on the ``errors`` topic,
 naming the field and what was expected, and the worker carries on.
@@ -37,14 +37,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, EdgeSDKError, InvalidInputError
+from ..io_contract import GraphForm
 from ..manifest import Manifest
 from ..runtime import Runtime
-from ..signature import GraphForm
+from .active_model import ActiveModel
 from .alarm import RAISED, Alarm, AlarmRule
 from .config import NodeConfig
 from .health import run_canary
 from .link import Delivery, MqttLink, Will
-from .models import ActiveModel
 from .ota import UpdateAgent
 from .outbox import Outbox, Outgoing, Priority
 from .slots import ModelSlots

@@ -56,9 +56,9 @@ from .transfer import Download, Offer
 if TYPE_CHECKING:
     from ..manifest import Manifest
     from ..runtime import Runtime
+    from .active_model import ActiveModel
     from .config import NodeConfig
     from .link import MqttLink
-    from .models import ActiveModel
     from .slots import ModelSlots
     from .topics import JsonScheme
 

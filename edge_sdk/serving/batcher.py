@@ -41,8 +41,8 @@ import numpy as np
 
 from ..errors import InternalError, OverloadedError
 from ..graph import Graph, StaticGraph, as_graph
+from ..io_contract import GraphForm
 from ..runtime import Runtime
-from ..signature import GraphForm
 from .cache import ResultCache
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class DynamicBatcher:
 
     Thread-safe: ``submit``/``infer`` from any number of threads, ``ainfer``
     from asyncio. Results are exactly those of ``runtime.infer`` on each
-    request alone (batching is exact; see :mod:`edge_sdk.batching`).
+    request alone (batching is exact; see :mod:`edge_sdk.packing`).
 
     Failures stay with their request: a request that does not validate is
     refused at :meth:`submit`; when the backend fails on a merged batch, the

@@ -28,8 +28,8 @@ import numpy as np
 from .. import __version__, runtimes
 from ..bundle import Bundle
 from ..errors import ManifestError, UnsupportedTargetError
+from ..io_contract import GraphForm
 from ..runtime import Runtime
-from ..signature import GraphForm
 from .batcher import BatcherConfig, DynamicBatcher
 from .loadgen import LoadResult, closed_loop, open_loop
 

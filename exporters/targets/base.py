@@ -26,6 +26,7 @@ import numpy as np
 from edge_sdk import runtimes
 from edge_sdk.bundle import Bundle, file_digest
 from edge_sdk.errors import EdgeSDKError, ExportError
+from edge_sdk.io_contract import GraphSpec, TensorSpec
 from edge_sdk.manifest import (
     SCHEMA_VERSION,
     Artifact,
@@ -41,7 +42,6 @@ from edge_sdk.parity import ParityCase, judge
 from edge_sdk.profiles import TargetSpec
 from edge_sdk.runtime import Runtime
 from edge_sdk.runtimes import BackendOptions
-from edge_sdk.signature import GraphSpec, TensorSpec
 
 from ..prepare import Prepared
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from edge_sdk.bundle import file_digest, save_npz
+from edge_sdk.io_contract import GraphForm
 from edge_sdk.manifest import Verification
 from edge_sdk.parity import ParityCase
-from edge_sdk.signature import GraphForm
 
 from ..intake import Sample
 from ..prepare import Prepared

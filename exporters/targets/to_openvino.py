@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_sdk._optional import require
+from edge_sdk.io_contract import GraphForm
 from edge_sdk.manifest import Artifact, Precision, Target
-from edge_sdk.signature import GraphForm
 
 from .base import Candidate, TargetJob, TargetNotSupported, fixed_shapes, make_artifact
 

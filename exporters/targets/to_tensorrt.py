@@ -25,13 +25,13 @@ from typing import Any
 
 import onnx
 
+from edge_sdk.io_contract import GraphForm
 from edge_sdk.manifest import Precision, Target
 from edge_sdk.runtimes.trt import (
     PLAN_FORMAT,
     build_serialized_engine,
     gpu_available,
 )
-from edge_sdk.signature import GraphForm
 
 from .base import Candidate, TargetJob, TargetNotSupported, make_artifact
 from .trt_support import (

@@ -11,7 +11,7 @@ from torch_geometric.nn import GATConv, GCNConv, SAGEConv, global_max_pool, glob
 from edge_sdk import Runtime
 from edge_sdk.errors import ExportError, ParityError, UnsupportedModelError
 from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
-from edge_sdk.signature import GraphForm, OutputLevel
+from edge_sdk.io_contract import GraphForm, OutputLevel
 
 F, C = 6, 3
 

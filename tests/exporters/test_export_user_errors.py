@@ -143,7 +143,7 @@ def test_mask_must_match_labels() -> None:
 
 
 def test_node_level_labels_accepted_for_a_node_level_model() -> None:
-    from edge_sdk.signature import OutputLevel
+    from edge_sdk.io_contract import OutputLevel
 
     graph = {**_graph(), "y": np.zeros(NODES, np.int64)}
     prepared = _prepare(_net(), graph)

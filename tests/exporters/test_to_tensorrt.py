@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_sdk.io_contract import Bucket
 from edge_sdk.manifest import Precision, Target
 from edge_sdk.profiles import TargetSpec
-from edge_sdk.signature import Bucket
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_geometric")

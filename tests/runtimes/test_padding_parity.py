@@ -33,8 +33,8 @@ from torch_geometric.nn import (
 )
 
 from edge_sdk import Bucket, DynamicGraph, OutputLevel, Runtime, as_graph
-from edge_sdk.batching import pad_graph, pick_bucket, unpad_outputs
 from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
+from edge_sdk.packing import pad_graph, pick_bucket, unpad_outputs
 
 pytestmark = pytest.mark.requires_backend("onnxruntime")
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from edge_sdk import Bundle, InvalidInputError, ManifestError, Runtime
+from edge_sdk.io_contract import TensorSpec
 from edge_sdk.runtime import _validation_implies_specs
 from edge_sdk.runtimes.base import CheckedFeeds
-from edge_sdk.signature import TensorSpec
 
 N, F = 52, 20
 

@@ -181,7 +181,7 @@ class TwoOutputs:
     """A model source and predictor with two outputs (filter tests), over the sensor runtime."""
 
     def __init__(self, rt: Any) -> None:
-        from edge_sdk.signature import TensorSpec
+        from edge_sdk.io_contract import TensorSpec
 
         self.rt = rt
         extra = TensorSpec(name="probs", dtype="float32", shape=["batch_size", 22], level="batch")

@@ -1,4 +1,8 @@
-"""Padding to buckets and disjoint-union batching, with exact inverses.
+"""Packing graphs for an engine: padding to buckets and disjoint-union batching,
+with exact inverses.
+
+Pure array work on graphs; deciding *which* requests share a batch is
+:mod:`edge_sdk.serving.batcher`'s job.
 
 Padding never changes a real node's result: padded nodes are isolated from
 real nodes (padding edges join padding nodes only) and, for readout models,
@@ -16,7 +20,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .graph import DynamicGraph, StaticGraph
-from .signature import Bucket, OutputLevel
+from .io_contract import Bucket, OutputLevel
 
 
 @dataclass(frozen=True)

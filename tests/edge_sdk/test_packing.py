@@ -1,4 +1,4 @@
-"""Pure-numpy tests of bucket padding and disjoint-union batching (``edge_sdk.batching``)."""
+"""Pure-numpy tests of bucket padding and disjoint-union batching (``edge_sdk.packing``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from edge_sdk import (
     StaticGraph,
     as_graph,
 )
-from edge_sdk.batching import (
+from edge_sdk.packing import (
     batch_graphs,
     pad_graph,
     pad_static,
@@ -406,7 +406,7 @@ def test_unbatch_outputs_errors() -> None:
 
 
 def test_group_for_buckets_splits_only_when_the_union_overflows() -> None:
-    from edge_sdk.batching import group_for_buckets
+    from edge_sdk.packing import group_for_buckets
 
     rng = np.random.default_rng(11)
 

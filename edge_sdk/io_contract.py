@@ -1,4 +1,6 @@
-"""The input/output contract of an exported graph model.
+"""The input/output contract of an exported graph model (the manifest's ``graph`` section).
+
+Not to be confused with :mod:`edge_sdk.signing`, which signs and verifies bundles.
 
 These types are part of the bundle manifest and are what the runtime checks
 every request against, so every backend rejects bad input with the same words.
