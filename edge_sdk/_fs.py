@@ -1,4 +1,4 @@
-"""Crash-safe file writes shared by the bundle signer, model slots and downloads."""
+"""Crash-safe file writes: the one atomic write and the fsync helpers every writer uses."""
 
 from __future__ import annotations
 
@@ -34,13 +34,18 @@ def fsync_tree(root: str | os.PathLike[str]) -> None:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data`` all at once: fsynced temp file, then ``os.replace``.
+    """Replace ``path`` with ``data`` all at once and durably.
 
-    A crash leaves either the old file or the new one, never a mix; the temp
-    file is removed on failure.
+    Writes a temp file beside ``path``, fsyncs it, renames it over ``path`` with
+    ``os.replace`` and fsyncs the directory. A crash leaves either the old file
+    or the new one, never a mix, and once this returns the new one survives a
+    power cut; a concurrent reader never sees half a file. The temp file is
+    removed on failure. This is the one atomic write of the code base: the
+    bundle manifest, signatures, keys, model slots, transfer offers, OTA
+    history, the Sparkplug bdSeq and TensorRT timing caches all go through it.
 
     Args:
-        path: File to write.
+        path: File to write; its directory must exist.
         data: Its new content.
         mode: Permission bits of the new file (default: ``mkstemp``'s 0o600).
     """
@@ -57,3 +62,4 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int | None = N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(target.parent)

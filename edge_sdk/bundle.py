@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
+from ._fs import write_atomic
 from .errors import ManifestError
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest
 
@@ -292,11 +293,10 @@ class Bundle:
 
 
 def write_manifest(root: str | os.PathLike[str], manifest: Manifest) -> Path:
-    """Write ``manifest.json`` atomically (write to a temp file, then rename)."""
+    """Write ``manifest.json`` atomically and durably (see :func:`edge_sdk._fs.write_atomic`)."""
     path = Path(root) / MANIFEST_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(manifest.to_json(), encoding="utf-8")
-    os.replace(tmp, path)
+    # 0o644 as before: readable like the artifacts beside it (a bundle is shared, not a secret).
+    write_atomic(path, manifest.to_json().encode("utf-8"), mode=0o644)
     return path
 
 

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edge_sdk._env import env_path
+from edge_sdk._fs import write_atomic
 from edge_sdk._optional import require
 from edge_sdk.errors import BackendUnavailableError, InvalidInputError
 from edge_sdk.manifest import Target
@@ -198,21 +197,9 @@ def build_serialized_engine(
     if serialized is None:
         raise RuntimeError(f"TensorRT could not build an engine from {onnx_path.name}")
     if timing_cache is not None:
-        _atomic_write(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file + rename: a concurrent loader never reads half an engine."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _slug(text: str) -> str:
@@ -291,7 +278,8 @@ class TensorRtBackend(Backend):
             return "cache", engine_file.read_bytes()
         timing = folder / str(plan.get("timing_cache", "timing.cache"))
         data = build_serialized_engine(path, plan, timing)
-        _atomic_write(engine_file, data)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(engine_file, data)  # a concurrent loader never reads half an engine
         return "built", data
 
     def _setup_io(self) -> None:
