@@ -59,7 +59,7 @@ test: lint typecheck unit
 # Regenerate the Sparkplug B protobuf module (committed; only needed after editing the .proto).
 # grpcio-tools 1.75.1 writes code for protobuf >= 6.31.1 (it runs on 7.x too), but itself
 # pins protobuf < 7: it gets its own venv so the project's protobuf is left alone.
-SPB := edge_sdk/node/sparkplug
+SPB := edge_sdk/mqtt/sparkplug
 proto:
 	@test -x .venv-proto/bin/python || $(PYTHON) -m venv .venv-proto
 	.venv-proto/bin/python -m pip install --quiet "grpcio-tools==1.75.1"

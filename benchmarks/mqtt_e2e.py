@@ -13,7 +13,7 @@ throughput over the measured period, p50/p90/p99 latency, results lost
 (windows never received), duplicates (same message id twice), and the node's
 own outbox drops and CPU.
 
-The broker runs with unlimited queues (see edge_sdk.fleet.broker): mosquitto's
+The broker runs with unlimited queues (see edge_sdk.fleet.brokers): mosquitto's
 defaults silently drop QoS 1 messages for a slow consumer; the node does its
 own flow control (a bounded in-flight window, rows released on PUBACK).
 
@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from edge_sdk.fleet.broker import LocalBroker
-from edge_sdk.node.sparkplug.host import HostView
+from edge_sdk.fleet.brokers import LocalBroker
+from edge_sdk.mqtt.sparkplug.host import HostView
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine_meta, meta_line, sensor_module

@@ -67,7 +67,7 @@ def mosquitto_path() -> str:
     Real-broker tests fail (not skip) without mosquitto or paho-mqtt: ``make
     test`` installs both. ``EDGE_SDK_SKIP_MQTT=1`` skips them deliberately.
     """
-    from edge_sdk.fleet.broker import INSTALL_HINT, find_mosquitto
+    from edge_sdk.fleet.brokers import INSTALL_HINT, find_mosquitto
 
     if os.environ.get("EDGE_SDK_SKIP_MQTT") == "1":
         pytest.skip("EDGE_SDK_SKIP_MQTT=1: real-broker MQTT tests skipped on request")

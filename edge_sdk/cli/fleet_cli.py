@@ -41,7 +41,7 @@ CaOpt = Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")
 
 
 def _broker(url: str, username: str | None, ca: Path | None) -> Any:
-    from edge_sdk.node.config import BrokerConfig
+    from edge_sdk.mqtt.config import BrokerConfig
 
     from ..errors import ConfigError
 
@@ -272,15 +272,15 @@ def command(
         import uuid
 
         from edge_sdk.errors import ConfigError
-        from edge_sdk.node.link import MqttLink
-        from edge_sdk.node.topics import GROUP_WIDE, Inbound, JsonScheme, dumps
+        from edge_sdk.mqtt.link import MqttLink
+        from edge_sdk.mqtt.topics import GROUP_WIDE, Inbound, JsonScheme, dumps
 
         scheme = JsonScheme(group, node or GROUP_WIDE) if node else None
         topic = scheme.topic(Inbound.CMD) if scheme else f"edge/{group}/{GROUP_WIDE}/{Inbound.CMD}"
         if sparkplug:
-            from edge_sdk.node.sparkplug import MessageType
-            from edge_sdk.node.sparkplug import topic as sparkplug_topic
-            from edge_sdk.node.sparkplug.host import command as sparkplug_command
+            from edge_sdk.mqtt.sparkplug import MessageType
+            from edge_sdk.mqtt.sparkplug import topic as sparkplug_topic
+            from edge_sdk.mqtt.sparkplug.host import command as sparkplug_command
 
             if not node:
                 raise ConfigError("Sparkplug commands go to one node: give --node")

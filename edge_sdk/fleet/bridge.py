@@ -17,7 +17,7 @@ messages (Sparkplug ``NDATA``) are queued only with ``queue_qos0_messages
 true``. Beyond the limit mosquitto drops messages *after* it has sent the
 node its PUBACK: the node's outbox counts them delivered and the cloud never
 sees them (``tests/node/test_bridge.py`` measures it). Set them with
-:class:`edge_sdk.fleet.broker.BrokerLimits` (``LocalBroker(limits=...)``), or
+:class:`edge_sdk.fleet.brokers.BrokerLimits` (``LocalBroker(limits=...)``), or
 in the edge broker's main config, sized with :func:`outage_limits`.
 
 MQTT v5 bridges and sessions (mosquitto 2.0.x)
@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import ConfigError
-from .broker import BrokerLimits
+from .brokers import BrokerLimits
 
 __all__ = [
     "DEFAULT_TOPICS",

@@ -27,10 +27,10 @@ from typing import Any
 from ..bundle import Bundle, pack, unpack
 from ..errors import ConfigError, EdgeSDKError, UpdateError
 from ..manifest import MANIFEST_NAME
-from ..node.config import BrokerConfig
-from ..node.link import MqttLink
-from ..node.topics import GROUP_WIDE, ROOT, JsonScheme, Outbound, check_name, encode_chunk, loads
-from ..node.transfer import DEFAULT_CHUNK_SIZE, Offer, read_chunk
+from ..mqtt.config import BrokerConfig
+from ..mqtt.link import MqttLink
+from ..mqtt.topics import GROUP_WIDE, ROOT, JsonScheme, Outbound, check_name, encode_chunk, loads
+from ..mqtt.transfer import DEFAULT_CHUNK_SIZE, Offer, read_chunk
 from ..signing import SIGNATURE_NAME, sign_bundle
 
 log = logging.getLogger(__name__)

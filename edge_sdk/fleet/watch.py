@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EdgeSDKError
-from ..node.config import BrokerConfig
-from ..node.link import MqttLink
-from ..node.sparkplug import NAMESPACE as SPARKPLUG
-from ..node.sparkplug.host import HostView
-from ..node.topics import ROOT, JsonScheme, Outbound, loads
+from ..mqtt.config import BrokerConfig
+from ..mqtt.link import MqttLink
+from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG
+from ..mqtt.sparkplug.host import HostView
+from ..mqtt.topics import ROOT, JsonScheme, Outbound, loads
 
 #: Topics a watcher follows, besides the retained status.
 STREAMS = (

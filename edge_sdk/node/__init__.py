@@ -6,10 +6,10 @@ cryptography (the ``[mqtt]`` extra) load when a node connects or verifies.
 
 from __future__ import annotations
 
+from ..mqtt.topics import JsonScheme
 from .config import AlertConfig, BrokerConfig, NodeConfig, SparkplugConfig, load_config
 from .node import EdgeNode
 from .outbox import Outbox, OutboxStats
-from .topics import JsonScheme
 
 __all__ = [
     "AlertConfig",

@@ -8,7 +8,7 @@ Threads:
 * the **worker** drains the queue in batches: assembles sensor windows, runs
   up to ``max_batch`` windows in one backend call, writes results, alerts and
   errors to the outbox in one transaction, and sends telemetry when due;
-* the **outbox pump** (:mod:`edge_sdk.node.link`) publishes stored rows with a
+* the **outbox pump** (:mod:`edge_sdk.mqtt.link`) publishes stored rows with a
   bounded in-flight window;
 * the **update agent** (:mod:`edge_sdk.node.ota`) downloads, verifies and
   health-checks model updates, then hands the new runtime to
@@ -39,20 +39,20 @@ import numpy as np
 from ..errors import ConfigError, EdgeSDKError, InvalidInputError
 from ..io_contract import GraphForm
 from ..manifest import Manifest
+from ..mqtt.link import Delivery, MqttLink, Will
+from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
+from ..mqtt.sparkplug import metrics as spm
+from ..mqtt.topics import Inbound, JsonScheme, Outbound, check_topic, dumps, finite, loads
 from ..runtime import Runtime
 from .active_model import ActiveModel
 from .alarm import RAISED, Alarm, AlarmRule
 from .config import NodeConfig
 from .health import run_canary
-from .link import Delivery, MqttLink, Will
 from .ota import UpdateAgent
 from .outbox import Outbox, Outgoing, Priority
 from .slots import ModelSlots
-from .sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from .sparkplug import SparkplugSession
-from .sparkplug import metrics as spm
 from .telemetry import NodeStats, result_body
-from .topics import Inbound, JsonScheme, Outbound, check_topic, dumps, finite, loads
 from .windows import Gap, Incomplete, Window, WindowAssembler, WindowSpec
 
 log = logging.getLogger(__name__)
@@ -818,7 +818,7 @@ class EdgeNode:
 
         Raises:
             InvalidInputError: (``reply_to``) not a topic the broker accepts
-                (:func:`~edge_sdk.node.topics.check_topic`), or a topic of a
+                (:func:`~edge_sdk.mqtt.topics.check_topic`), or a topic of a
                 node (``edge/{group}/{node}/{kind}`` for any of the kinds in
                 :class:`Inbound` / :class:`Outbound`) or of Sparkplug: a reply
                 is never fed to a node as input, nor passed off as a node's

@@ -47,20 +47,20 @@ from ..errors import (
     UpdateError,
 )
 from ..manifest import MANIFEST_NAME, parse_manifest
+from ..mqtt.topics import Inbound, Outbound, decode_chunk, dumps
+from ..mqtt.transfer import Download, Offer
 from ..signing import load_public_keys, verify_manifest
 from .health import run_canary
 from .outbox import Priority
-from .topics import Inbound, Outbound, decode_chunk, dumps
-from .transfer import Download, Offer
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
+    from ..mqtt.link import MqttLink
+    from ..mqtt.topics import JsonScheme
     from ..runtime import Runtime
     from .active_model import ActiveModel
     from .config import NodeConfig
-    from .link import MqttLink
     from .slots import ModelSlots
-    from .topics import JsonScheme
 
 log = logging.getLogger(__name__)
 

@@ -79,7 +79,7 @@ Consumer state committed with the messages
     :meth:`Outbox.state`. The node keeps its sensor-window buffer there: a
     batch's results and the input samples it left buffered become durable
     together, and only then does the node acknowledge the batch's MQTT input
-    (see :mod:`edge_sdk.node.link`). The ``state`` table was added to schema
+    (see :mod:`edge_sdk.mqtt.link`). The ``state`` table was added to schema
     version 1 without a version change: it is created on open when missing,
     and older releases ignore it.
 
@@ -110,7 +110,7 @@ from types import TracebackType
 from typing import IO, Final
 
 from ..errors import ConfigError
-from .topics import check_topic
+from ..mqtt.topics import check_topic
 
 __all__ = ["Outbox", "OutboxStats", "Outgoing", "Priority", "Stored", "SyncPolicy"]
 
@@ -182,7 +182,7 @@ class Outgoing:
 
     Attributes:
         topic: MQTT topic to publish to (checked by
-            :func:`edge_sdk.node.topics.check_topic`: no wildcards, NUL or
+            :func:`edge_sdk.mqtt.topics.check_topic`: no wildcards, NUL or
             control characters, not ``$...``, at most 65,535 bytes).
         payload: The bytes to publish, or a callable that receives the row's
             ``seq`` and returns them (so the payload can carry its own

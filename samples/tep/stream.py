@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge_sdk.errors import BackendUnavailableError
-from edge_sdk.fleet.broker import start_local_broker
-from edge_sdk.fleet.embedded_broker import EmbeddedBroker
+from edge_sdk.fleet.brokers import EmbeddedBroker, start_local_broker
 
 #: The node runs what the export chose for this profile (OpenVINO INT8).
 NODE_PROFILE = "intel-core-cpu"
@@ -137,7 +136,7 @@ def stream_through_node(
     """
     import paho.mqtt.client as mqtt
 
-    from edge_sdk.node.topics import Inbound, JsonScheme
+    from edge_sdk.mqtt.topics import Inbound, JsonScheme
 
     rows = sum(len(r) for _, _, r in runs)
     result = StreamResult([f for f, _, _ in runs], rows, 0.0)

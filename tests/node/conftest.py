@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from edge_sdk.fleet.broker import LocalBroker
+from edge_sdk.fleet.brokers import LocalBroker
 
 if TYPE_CHECKING:
     from mqtt_helpers import Recorder

@@ -204,7 +204,7 @@ def test_bundle_without_decision_keeps_the_class_rule(broker, make_node, cloud, 
 
 def _deploy(broker, bundle: Path, tmp: Path, key: Path) -> Any:
     from edge_sdk.fleet.deploy import Deployer, prepare_bundle
-    from edge_sdk.node.config import BrokerConfig
+    from edge_sdk.mqtt.config import BrokerConfig
 
     copy = Path(shutil.copytree(bundle, tmp / f"{bundle.name}-{time.monotonic_ns()}"))
     prepared = prepare_bundle(copy, tmp / "packed", key=key, chunk_size=4096)

@@ -32,9 +32,9 @@ from tcp_proxy import TcpProxy
 
 from edge_sdk.errors import ConfigError
 from edge_sdk.fleet.bridge import BridgeTopic, bridge_config, outage_limits
-from edge_sdk.fleet.broker import BrokerLimits, LocalBroker
+from edge_sdk.fleet.brokers import BrokerLimits, LocalBroker
 from edge_sdk.fleet.watch import FleetWatcher
-from edge_sdk.node.config import BrokerConfig
+from edge_sdk.mqtt.config import BrokerConfig
 
 if TYPE_CHECKING:
     from mqtt_helpers import Received, Recorder

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from edge_sdk.errors import ConfigError
-from edge_sdk.fleet import broker as broker_mod
-from edge_sdk.fleet.broker import LocalBroker
+from edge_sdk.fleet.brokers import LocalBroker
+from edge_sdk.fleet.brokers import installed as broker_mod
 
 if TYPE_CHECKING:
     from mqtt_helpers import Recorder

@@ -20,15 +20,15 @@ import pytest
 
 from edge_sdk import Runtime
 from edge_sdk.errors import BackendUnavailableError, ConfigError
-from edge_sdk.fleet import broker as broker_mod
-from edge_sdk.fleet.broker import (
+from edge_sdk.fleet.brokers import (
+    EmbeddedBroker,
     LocalBroker,
-    _probe,
     embedded_broker_available,
     find_mosquitto,
     start_local_broker,
 )
-from edge_sdk.fleet.embedded_broker import EmbeddedBroker
+from edge_sdk.fleet.brokers import installed as broker_mod
+from edge_sdk.fleet.brokers.process import probe
 
 needs_amqtt = pytest.mark.skipif(
     not embedded_broker_available(),
@@ -66,7 +66,7 @@ def test_embedded_broker_starts_answers_and_stops(embedded: EmbeddedBroker, tmp_
     assert embedded.running() and embedded.protocol == "3.1.1"
     assert embedded.url == f"mqtt://127.0.0.1:{embedded.port}"
     assert f"bind: 127.0.0.1:{embedded.port}" in embedded.config_path.read_text()
-    assert _probe(embedded.host, embedded.port, "edge-sdk-test-probe")
+    assert probe(embedded.host, embedded.port, "edge-sdk-test-probe")
     assert embedded.version.startswith("0.12.")
 
     rec = _subscriber(embedded, "plant/+/data")
@@ -85,7 +85,7 @@ def test_embedded_broker_starts_answers_and_stops(embedded: EmbeddedBroker, tmp_
 
     embedded.stop()
     assert not embedded.running()
-    assert not _probe(embedded.host, embedded.port, "edge-sdk-test-probe")
+    assert not probe(embedded.host, embedded.port, "edge-sdk-test-probe")
     assert "Broker closed" in embedded.log_tail()  # SIGINT took amqtt's clean shutdown path
 
 
@@ -170,7 +170,7 @@ def test_start_local_broker_picks_mosquitto_when_installed(tmp_path: Path):
     broker = start_local_broker(tmp_path / "b", say=lines.append)
     try:
         assert isinstance(broker, LocalBroker) and broker.protocol == "5"
-        assert _probe(broker.host, broker.port, "edge-sdk-test-probe")
+        assert probe(broker.host, broker.port, "edge-sdk-test-probe")
         assert lines == [f"broker: mosquitto ({find_mosquitto()}) on {broker.url}"]
     finally:
         broker.stop()
@@ -185,7 +185,7 @@ def test_start_local_broker_falls_back_to_amqtt_without_mosquitto(
     broker = start_local_broker(tmp_path / "b", say=lines.append)
     try:
         assert isinstance(broker, EmbeddedBroker) and broker.protocol == "3.1.1"
-        assert _probe(broker.host, broker.port, "edge-sdk-test-probe")
+        assert probe(broker.host, broker.port, "edge-sdk-test-probe")
         assert lines == [
             f"broker: amqtt {broker.version} (embedded; mosquitto not found) on "
             f"{broker.url}, MQTT 3.1.1 only"

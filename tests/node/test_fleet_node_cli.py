@@ -113,7 +113,7 @@ def test_node_cli_user_errors_are_one_line_exit_3(args, words, tmp_path):
 
 def test_bridge_config_output_bridges_a_real_edge_broker(broker, mqtt_client_factory, tmp_path):
     """The printed section is a working mosquitto config: a message crosses edge -> cloud."""
-    from edge_sdk.fleet.broker import BrokerLimits, LocalBroker
+    from edge_sdk.fleet.brokers import BrokerLimits, LocalBroker
 
     args = ["bridge-config", "--cloud", f"127.0.0.1:{broker.port}", "--name", "plant-a"]
     res = runner.invoke(fleet, [*args, "--topic", "edge/plant-a/# both 1", "--outage", "60"])

@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_sdk import Runtime
-from edge_sdk.node.topics import MAX_JSON_DEPTH, check_topic, loads
+from edge_sdk.mqtt.topics import MAX_JSON_DEPTH, check_topic, loads
 
 N_SENSORS, WINDOW = 52, 20
 ROOT = "edge/plant/n1"
@@ -341,8 +341,8 @@ def test_a_stored_row_with_a_bad_topic_is_dropped_not_retried(
     dropped and counted; the rows after it are delivered and the link never drops."""
     import sqlite3
 
-    from edge_sdk.node.config import BrokerConfig
-    from edge_sdk.node.link import MqttLink
+    from edge_sdk.mqtt.config import BrokerConfig
+    from edge_sdk.mqtt.link import MqttLink
     from edge_sdk.node.outbox import Outbox, Outgoing
 
     cloud = mqtt_client_factory(broker)
@@ -376,7 +376,7 @@ def test_deep_nesting_is_refused_even_where_a_library_raised_the_recursion_limit
     code = (
         "import sys; sys.setrecursionlimit(10**6)\n"
         "from edge_sdk.errors import InvalidInputError\n"
-        "from edge_sdk.node.topics import loads\n"
+        "from edge_sdk.mqtt.topics import loads\n"
         "try:\n"
         "    loads(b'{\"a\": ' + b'[' * 100_000 + b']' * 100_000 + b'}', 1 << 20)\n"
         "except InvalidInputError as exc:\n"

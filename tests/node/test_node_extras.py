@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from edge_sdk import Runtime
-from edge_sdk.fleet.broker import LocalBroker, free_port
+from edge_sdk.fleet.brokers import LocalBroker, free_port
 from edge_sdk.fleet.watch import FleetWatcher
-from edge_sdk.node.config import AlertConfig, BrokerConfig, WindowConfig
+from edge_sdk.mqtt.config import BrokerConfig
+from edge_sdk.node.config import AlertConfig, WindowConfig
 
 WINDOW = 20
 

@@ -17,8 +17,8 @@ from edge_sdk import Runtime
 from edge_sdk.bundle import file_digest, save_npz
 from edge_sdk.fleet.deploy import Deployer, PreparedBundle, prepare_bundle
 from edge_sdk.manifest import MANIFEST_NAME
-from edge_sdk.node.config import BrokerConfig
-from edge_sdk.node.transfer import Offer, iter_chunks
+from edge_sdk.mqtt.config import BrokerConfig
+from edge_sdk.mqtt.transfer import Offer, iter_chunks
 from edge_sdk.signing import SIGNATURE_NAME, load_private_key, sign_bundle, sign_manifest
 
 X = np.random.default_rng(5).standard_normal((1, 52, 20)).astype(np.float32)

@@ -18,7 +18,7 @@ import pytest
 
 from edge_sdk import Runtime
 from edge_sdk.fleet.deploy import Deployer, PreparedBundle, prepare_bundle
-from edge_sdk.node.config import BrokerConfig
+from edge_sdk.mqtt.config import BrokerConfig
 
 pytestmark = pytest.mark.requires_backend("openvino")
 

@@ -21,9 +21,9 @@ import pytest
 from mqtt_helpers import Received
 
 from edge_sdk import Runtime
-from edge_sdk.fleet.broker import LocalBroker
+from edge_sdk.fleet.brokers import LocalBroker
+from edge_sdk.mqtt.sparkplug import sparkplug_b_pb2 as pb
 from edge_sdk.node.config import OutboxConfig, SparkplugConfig
-from edge_sdk.node.sparkplug import sparkplug_b_pb2 as pb
 
 N_SENSORS, WINDOW = 52, 20
 GROUP, NODE = "plant", "n1"
@@ -466,7 +466,7 @@ def test_updates_travel_the_json_path_while_the_host_is_offline_then_rebirth_and
     """OTA does not depend on the Sparkplug host: the update installs while data is held;
     the births that follow name the new model, and an NCMD rollback births the old one."""
     from edge_sdk.fleet.deploy import Deployer, prepare_bundle
-    from edge_sdk.node.config import BrokerConfig
+    from edge_sdk.mqtt.config import BrokerConfig
 
     host = mqtt_client_factory(broker)
     host.subscribe("spBv1.0/#", qos=1)
@@ -500,7 +500,7 @@ def test_edge_fleet_follows_sparkplug_nodes_and_sends_ncmd(broker, sp_node, mqtt
 
     from edge_sdk.cli.fleet_cli import app as fleet
     from edge_sdk.fleet.watch import FleetWatcher
-    from edge_sdk.node.config import BrokerConfig
+    from edge_sdk.mqtt.config import BrokerConfig
 
     seen: list[tuple[str, dict]] = []
     with FleetWatcher(

@@ -7,9 +7,16 @@ import struct
 import pytest
 
 from edge_sdk.errors import InvalidInputError
-from edge_sdk.node.sparkplug import DataType, Metric, decode, encode, parse_topic, topic
-from edge_sdk.node.sparkplug import sparkplug_b_pb2 as pb
-from edge_sdk.node.sparkplug.session import MessageType
+from edge_sdk.mqtt.sparkplug import (
+    DataType,
+    MessageType,
+    Metric,
+    decode,
+    encode,
+    parse_topic,
+    topic,
+)
+from edge_sdk.mqtt.sparkplug import sparkplug_b_pb2 as pb
 
 
 def test_datatype_numbers_are_the_schema_s():
@@ -155,7 +162,7 @@ def test_the_committed_module_is_compiled_from_the_committed_proto():
 
 
 def test_dbirth_declares_anomaly_metrics_only_for_a_model_with_a_decision_rule():
-    from edge_sdk.node.sparkplug import metrics as spm
+    from edge_sdk.mqtt.sparkplug import metrics as spm
 
     model = {"name": "m", "version": "1.0.0"}
     plain = {name: value for name, _, value in spm.device_birth(model, ["out"], None)}

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from edge_sdk import Bundle, pack
 from edge_sdk.errors import UpdateError
 from edge_sdk.manifest import MANIFEST_NAME
-from edge_sdk.node.transfer import (
+from edge_sdk.mqtt.transfer import (
     DEFAULT_MAX_BUNDLE_BYTES,
     MAX_CHUNK_SIZE,
     Download,

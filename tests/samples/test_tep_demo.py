@@ -175,7 +175,7 @@ def test_stream_rows_round_trip_to_raw_readings() -> None:
 def test_stream_through_node_uses_the_embedded_broker_without_mosquitto(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sensor_bundle: Path
 ) -> None:
-    from edge_sdk.fleet import broker as broker_mod
+    from edge_sdk.fleet.brokers import installed as broker_mod
 
     if not broker_mod.embedded_broker_available():
         pytest.skip('amqtt is not installed (pip install "edge-graph-sdk[broker]")')

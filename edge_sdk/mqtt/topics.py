@@ -11,7 +11,7 @@ In (subscribed at QoS 1):
   ``reply_to`` / ``correlation`` fields);
 * ``cmd``: ``{"cmd": "telemetry_interval", "value": 5}``, ``telemetry``,
   ``rollback``, ``rebirth``;
-* ``ota/offer`` (retained): an update offer (:class:`edge_sdk.node.transfer.Offer`);
+* ``ota/offer`` (retained): an update offer (:class:`edge_sdk.mqtt.transfer.Offer`);
 * ``ota/chunk``: one chunk, ``EDGC`` + 4-byte header length + JSON header + bytes.
 
 Out (QoS 1, through the outbox unless noted):

@@ -1,37 +1,31 @@
-"""Sparkplug B 3.0 for the edge node: payload codec, topics and the edge-node session.
+"""Sparkplug B 3.0 on the wire: payload codec, topic names, metric names, host view.
 
-See :mod:`edge_sdk.node.sparkplug.session` for what the specification asks and
-where it is done, and :mod:`edge_sdk.node.sparkplug.metrics` for the metric names.
+The edge-node session (births, deaths, sequence numbers) is the node's
+(:mod:`edge_sdk.node.sparkplug`); :mod:`.metrics` names the metrics both sides use.
 """
 
 from .codec import DataType, Metric, Payload, decode, encode
-from .session import (
+from .topics import (
     NAMESPACE,
-    BdSeq,
     MessageType,
-    SparkplugSession,
     SparkplugTopic,
     now_ms,
     parse_topic,
     state_topic,
-    stored_payload,
     topic,
 )
 
 __all__ = [
     "NAMESPACE",
-    "BdSeq",
     "DataType",
     "MessageType",
     "Metric",
     "Payload",
-    "SparkplugSession",
     "SparkplugTopic",
     "decode",
     "encode",
     "now_ms",
     "parse_topic",
     "state_topic",
-    "stored_payload",
     "topic",
 ]

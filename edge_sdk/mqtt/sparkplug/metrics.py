@@ -198,7 +198,7 @@ def sensor_rows(metrics: list[Any], payload_ts: int | None) -> list[dict[str, An
     one row; ``t`` is in seconds. The node keeps the names its model takes.
 
     Args:
-        metrics: Decoded :class:`~edge_sdk.node.sparkplug.codec.Metric` objects.
+        metrics: Decoded :class:`~edge_sdk.mqtt.sparkplug.codec.Metric` objects.
         payload_ts: The payload timestamp, for metrics without their own.
     """
     rows: dict[int, dict[str, Any]] = {}

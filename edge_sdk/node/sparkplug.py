@@ -43,21 +43,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigError, InvalidInputError
-from ..link import MqttLink, Will
-from ..outbox import Outgoing, Priority, Stored
-from ..topics import Outbound
-from .codec import DataType, Metric, Payload, decode, encode
-from .metrics import (
+from .._fs import write_atomic
+from ..errors import ConfigError, InvalidInputError
+from ..mqtt.link import MqttLink, Will
+from ..mqtt.sparkplug.codec import DataType, Metric, Payload, decode, encode
+from ..mqtt.sparkplug.metrics import (
     BD_SEQ,
     REBIRTH,
     ROLLBACK,
@@ -68,69 +63,14 @@ from .metrics import (
     sensor_rows,
     telemetry_metrics,
 )
+from ..mqtt.sparkplug.topics import NAMESPACE, MessageType, now_ms, parse_topic, state_topic, topic
+from ..mqtt.topics import Outbound
+from .outbox import Outgoing, Priority, Stored
 
 if TYPE_CHECKING:
     from paho.mqtt.client import MQTTMessageInfo
 
 log = logging.getLogger(__name__)
-
-NAMESPACE = "spBv1.0"
-
-
-class MessageType(StrEnum):
-    """Sparkplug B message types (the third topic level)."""
-
-    NBIRTH = "NBIRTH"
-    NDEATH = "NDEATH"
-    NDATA = "NDATA"
-    NCMD = "NCMD"
-    DBIRTH = "DBIRTH"
-    DDEATH = "DDEATH"
-    DDATA = "DDATA"
-    DCMD = "DCMD"
-    STATE = "STATE"
-
-
-def topic(group: str, kind: MessageType, node: str, device: str | None = None) -> str:
-    """``spBv1.0/{group}/{kind}/{node}[/{device}]``."""
-    base = f"{NAMESPACE}/{group}/{kind.value}/{node}"
-    return f"{base}/{device}" if device else base
-
-
-def state_topic(host: str) -> str:
-    """The 3.0 primary host STATE topic."""
-    return f"{NAMESPACE}/STATE/{host}"
-
-
-@dataclass(frozen=True)
-class SparkplugTopic:
-    """A parsed ``spBv1.0/...`` topic."""
-
-    kind: MessageType
-    group: str = ""
-    node: str = ""
-    device: str | None = None
-    host: str = ""
-
-
-def parse_topic(name: str) -> SparkplugTopic | None:
-    """Split a Sparkplug topic; None when it is not one."""
-    parts = name.split("/")
-    if len(parts) < 3 or parts[0] != NAMESPACE:
-        return None
-    if parts[1] == "STATE" and len(parts) == 3:
-        return SparkplugTopic(MessageType.STATE, host=parts[2])
-    if len(parts) not in (4, 5):
-        return None
-    try:
-        kind = MessageType(parts[2])
-    except ValueError:
-        return None
-    return SparkplugTopic(kind, parts[1], parts[3], parts[4] if len(parts) == 5 else None)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class BdSeq:
@@ -161,17 +101,7 @@ class BdSeq:
     def advance(self) -> int:
         """Take the next bdSeq and make it durable (write, fsync, rename)."""
         value = 0 if self.value is None else (self.value + 1) % 256
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write(f"{value}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.path, f"{value}\n".encode("ascii"), mode=0o644)
         self.value = value
         return value
 

@@ -15,7 +15,7 @@ from typing import Any
 from ...errors import InvalidInputError
 from .codec import DataType, Metric, decode, encode
 from .metrics import BD_SEQ, REBIRTH, ROLLBACK, TELEMETRY_INTERVAL
-from .session import MessageType, now_ms, parse_topic
+from .topics import MessageType, now_ms, parse_topic
 
 #: ``edge-fleet command`` names -> the NCMD metric that carries them.
 COMMANDS = {"rebirth": REBIRTH, "rollback": ROLLBACK, "telemetry_interval": TELEMETRY_INTERVAL}

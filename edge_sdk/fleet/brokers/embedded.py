@@ -1,8 +1,22 @@
 """An embedded MQTT broker for machines without mosquitto: amqtt in a child process.
 
-The fallback of :func:`edge_sdk.fleet.broker.start_local_broker` for demos
-and tests (its limits are in :mod:`edge_sdk.fleet.broker`'s docstring: MQTT
-3.1.1 only, no persistence, unbounded in-memory queues; not for production).
+Where mosquitto is not installed (a laptop without apt, a locked-down CI
+image), :class:`EmbeddedBroker` runs amqtt (``pip install
+"edge-graph-sdk[broker]"``), a pure-Python broker, in a child process: the
+caller's own process, its event loop and its paho clients are not touched.
+:func:`edge_sdk.fleet.brokers.start_local_broker` picks mosquitto when it is found and amqtt
+otherwise. Limits of amqtt, which is for demos and tests, not production:
+
+* MQTT 3.1.1 only (``EmbeddedBroker.protocol``): an MQTT 5 CONNECT is
+  refused, or, when it carries CONNECT properties, never answered at all;
+  clients must speak 3.1.1 or use the node's ``protocol: auto``, which falls
+  back. No MQTT 5 features: no shared subscriptions (``$share/...`` is an
+  ordinary topic there), no message expiry, no response topic or correlation
+  data (the node puts ``reply_to``/``correlation`` in the JSON body instead).
+* Sessions, queued messages and retained messages live in memory: a restart
+  or a crash loses them (no persistence), and queues are unbounded.
+* One asyncio process in Python: fine for a demo plant streaming a few hundred
+  rows per second, not sized for a fleet.
 """
 
 from __future__ import annotations
@@ -15,10 +29,10 @@ import sys
 import time
 import uuid
 
-from .._optional import install_hint
-from ..errors import BackendUnavailableError, ConfigError
-from . import broker as _broker  # one availability check, which tests can hide
-from .broker import BrokerProcess, _kill_quietly, _probe, free_port
+from ..._optional import install_hint
+from ...errors import BackendUnavailableError, ConfigError
+from . import installed  # one availability check, which tests can hide
+from .process import BrokerProcess, free_port, kill_quietly, probe
 
 _AMQTT_READY = "Listener 'default' bind to {bind}"
 _AMQTT_FAILED = "Broker startup failed"
@@ -64,7 +78,7 @@ class EmbeddedBroker(BrokerProcess):
         # and per-packet loggers, which cost CPU on every message for nothing here.
         return "\n".join(
             [
-                "# written by edge_sdk.fleet.broker.EmbeddedBroker",
+                "# written by edge_sdk.fleet.brokers.EmbeddedBroker",
                 "listeners:",
                 "  default:",
                 "    type: tcp",
@@ -88,7 +102,7 @@ class EmbeddedBroker(BrokerProcess):
         """
         if self.running():
             raise RuntimeError(f"broker on port {self.port} is already running")
-        if not _broker.embedded_broker_available():
+        if not installed.embedded_broker_available():
             raise BackendUnavailableError(
                 f"amqtt is not installed (needed for the embedded MQTT broker); "
                 f"install it with: {install_hint('amqtt')}"
@@ -110,7 +124,7 @@ class EmbeddedBroker(BrokerProcess):
                 self._started_once = True
                 return self
             # amqtt keeps its process alive after a failed start: end it ourselves.
-            _kill_quietly(proc)
+            kill_quietly(proc)
             if outcome == "timeout" and not in_use:
                 raise RuntimeError(
                     f"amqtt did not accept MQTT connections on {self.url} within "
@@ -146,7 +160,7 @@ class EmbeddedBroker(BrokerProcess):
             new_log = self._read_log(log_offset)
             if _AMQTT_FAILED in new_log:
                 return "failed"
-            if bound in new_log and _probe(
+            if bound in new_log and probe(
                 self.host, self.port, f"edge-sdk-probe-{uuid.uuid4().hex[:12]}"
             ):
                 return "ready"

@@ -54,8 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._optional import require
 from ..errors import InvalidInputError
-from .config import BrokerConfig, OutboxConfig
-from .outbox import Outbox, Stored
+from .config import BrokerConfig
+from .rows import DefaultPump, PumpSettings, Row, RowStore
 from .topics import check_topic
 
 if TYPE_CHECKING:
@@ -194,12 +194,12 @@ class MqttLink:
         subscriptions: list[tuple[str, int]] | None = None,
         will: Will | None = None,
         on_connect: Callable[[bool], None] | None = None,
-        outbox: Outbox | None = None,
-        outbox_config: OutboxConfig | None = None,
+        outbox: RowStore | None = None,
+        outbox_config: PumpSettings | None = None,
         clean_session: bool = False,
         before_connect: Callable[[], Will] | None = None,
         on_disconnect: Callable[[], None] | None = None,
-        sender: Callable[[Stored], MQTTMessageInfo | None] | None = None,
+        sender: Callable[[Row], MQTTMessageInfo | None] | None = None,
         on_delivery: Callable[[str, bytes, Any, Delivery], None] | None = None,
     ) -> None:
         self.broker = broker
@@ -213,7 +213,7 @@ class MqttLink:
         self._will = will
         self._on_connect_cb = on_connect
         self._outbox = outbox
-        self._ocfg = outbox_config or OutboxConfig()
+        self._ocfg: PumpSettings = outbox_config or DefaultPump()
         self._clean_session = clean_session
         self._before_connect = before_connect
         self._on_disconnect_cb = on_disconnect
@@ -650,7 +650,7 @@ class MqttLink:
                         self.stats.published += 1
                 self._flush_acks()
 
-    def _refused(self, row: Stored) -> bool:
+    def _refused(self, row: Row) -> bool:
         """Drop a stored row whose topic the broker would refuse (True), counted and logged.
 
         Sent, it would cost the connection, and paho would send it again on every
@@ -667,5 +667,5 @@ class MqttLink:
             return True
         return False
 
-    def _publish_row(self, row: Stored) -> MQTTMessageInfo:
+    def _publish_row(self, row: Row) -> MQTTMessageInfo:
         return self._client.publish(row.topic, row.payload, qos=max(1, row.qos), retain=row.retain)
