@@ -239,15 +239,17 @@ class Runtime:
                 raise InvalidInputError(
                     f"graphs[{i}].{exc.field}", str(exc).split(": ", 1)[1]
                 ) from None
-        return self._infer_validated(checked)
+        return self.infer_validated(checked)
 
-    def _infer_validated(self, graphs: Sequence[Graph]) -> list[dict[str, np.ndarray]]:
+    def infer_validated(self, graphs: Sequence[Graph]) -> list[dict[str, np.ndarray]]:
         """:meth:`infer_batch` for graphs that already passed :func:`~edge_sdk.graph.as_graph`.
 
         For callers that validate each request on arrival (the serving
-        layer's batcher) and must not pay for it twice. Handing in anything
-        else is a bug: unvalidated graphs are not re-checked here (the
-        backend still checks feeds that validation does not cover).
+        layer's batcher, :class:`~edge_sdk.serving.batcher.DynamicBatcher`)
+        and must not pay for it twice. Handing in anything else is a bug:
+        unvalidated graphs are not re-checked here (the backend still checks
+        feeds that validation does not cover). Everyone else calls
+        :meth:`infer` or :meth:`infer_batch`.
 
         Args:
             graphs: Graphs returned by ``as_graph(..., runtime.manifest.graph)``.

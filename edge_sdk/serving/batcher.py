@@ -466,7 +466,7 @@ class DynamicBatcher:
         outcomes: list[Outputs | Exception]
         retried = False
         try:
-            outcomes = list(self.runtime._infer_validated([r.graph for r in live]))
+            outcomes = list(self.runtime.infer_validated([r.graph for r in live]))
         except Exception as exc:
             if len(live) == 1:
                 outcomes = [exc]
@@ -501,7 +501,7 @@ class DynamicBatcher:
 
     def _run_alone(self, request: _Request) -> Outputs | Exception:
         try:
-            return self.runtime._infer_validated([request.graph])[0]
+            return self.runtime.infer_validated([request.graph])[0]
         except Exception as exc:
             return exc
 
