@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from edge_sdk.errors import AccuracyError, ExportError
+from edge_sdk.export_config import ParityOptions, QuantOptions
 from edge_sdk.io_contract import GraphForm, TensorSpec
 from edge_sdk.manifest import Artifact, ParityReport, Precision
 from edge_sdk.parity import ParityCase, VerifyParity, accuracy, run_artifact
@@ -145,7 +146,8 @@ def quantize_step(
     names: list[str],
     inputs: list[TensorSpec],
     outputs: list[TensorSpec],
-    cfg: Any,
+    quant: QuantOptions,
+    parity_options: ParityOptions,
     say: Callable[[str], None],
 ) -> Int8Result:
     """Quantise ``fp32_path`` to ``out/model.int8.onnx`` behind the accuracy gate.
@@ -160,8 +162,8 @@ def quantize_step(
     from .quantize import CalibMethod, EvalCase, QuantConfig, quantize_int8
 
     base = torch_metrics(original, samples, names)
-    calib = calibration_feeds(prepared, samples, cfg.calibration)
-    say(f"quantising to INT8 ({cfg.calib_method}, {len(calib)} calibration graphs)")
+    calib = calibration_feeds(prepared, samples, quant.calibration)
+    say(f"quantising to INT8 ({quant.calib_method}, {len(calib)} calibration graphs)")
     references = [
         dict(zip(names, original.run_reference(original.feeds(s)), strict=True)) for s in samples
     ]
@@ -177,11 +179,11 @@ def quantize_step(
         for s, ref in zip(samples, references, strict=True)
     ]
     qcfg = QuantConfig(
-        method=CalibMethod(cfg.calib_method),
-        calibration=cfg.calibration,
-        max_accuracy_drop=cfg.max_accuracy_drop,
-        max_rel_error=cfg.max_rel_error,
-        allow_accuracy_drop=cfg.allow_accuracy_drop,
+        method=CalibMethod(quant.calib_method),
+        calibration=quant.calibration,
+        max_accuracy_drop=quant.max_accuracy_drop,
+        max_rel_error=quant.max_rel_error,
+        allow_accuracy_drop=quant.allow_accuracy_drop,
     )
     path = out / "model.int8.onnx"
     qreport = quantize_int8(fp32_path, path, calib, cases, names, qcfg)
@@ -198,9 +200,9 @@ def quantize_step(
         for c, s in zip(cases, samples, strict=True)
     ]
     # INT8 moves logits by design: output errors are reported, the gate decided.
-    parity = VerifyParity(cfg.atol, cfg.rtol, float("inf"), outputs_gate=False).report(
-        artifact, got, parity_cases, names
-    )
+    parity = VerifyParity(
+        parity_options.atol, parity_options.rtol, float("inf"), outputs_gate=False
+    ).report(artifact, got, parity_cases, names)
     parity = parity.model_copy(update={"passed": qreport.passed})
     info = qreport.to_dict()
     return Int8Result(

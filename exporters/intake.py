@@ -5,14 +5,17 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 
 from edge_sdk.errors import ExportError
+
+from .wrappers import DYNAMIC_INPUTS
 
 
 @dataclass
@@ -231,3 +234,73 @@ def load_program(path: str | Path) -> torch.export.ExportedProgram:
         return torch.export.load(p)
     except Exception as exc:
         raise ExportError(f"--model: {p} is not a torch.export program: {exc}") from None
+
+
+#: What :func:`~edge_sdk.exporters.export_model` accepts as a model.
+ModelSource: TypeAlias = torch.nn.Module | torch.export.ExportedProgram | str | Path
+#: What :func:`~edge_sdk.exporters.export_model` accepts as samples.
+SampleSource: TypeAlias = Sample | Sequence[Sample] | str | Path | Sequence[str | Path]
+
+
+def samples_of(samples: SampleSource, form: str = "auto") -> list[Sample]:
+    """The sample graphs (objects or ``.npz`` paths), made static for ``form='static'``.
+
+    Raises:
+        ExportError: No sample, or an unreadable file.
+    """
+    items = [samples] if isinstance(samples, Sample | str | Path) else list(samples)
+    if not items:
+        raise ExportError("no sample data: give at least one sample graph (--sample-data)")
+    loaded = [s if isinstance(s, Sample) else load_samples(s) for s in items]
+    return [as_static(s) for s in loaded] if form == "static" else loaded
+
+
+def module_of(model: ModelSource, weights: str | Path | None = None) -> torch.nn.Module:
+    """The model as a module: a ``.pt2`` program, a ``module:function`` spec, or a module.
+
+    Raises:
+        ExportError: Unloadable model, or ``weights`` for a ``.pt2`` program.
+    """
+    if isinstance(model, str | Path) and str(model).endswith(".pt2"):
+        model = load_program(model)
+    elif isinstance(model, str | Path):
+        return load_model(str(model), weights)
+    if isinstance(model, torch.export.ExportedProgram):
+        if weights is not None:
+            raise ExportError(
+                "--weights cannot be applied to a .pt2 program (its weights are inside)"
+            )
+        return ProgramModule(model)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+class ProgramModule(torch.nn.Module):
+    """A ``torch.export`` program seen as a module (its signature is x, edge_index...)."""
+
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        super().__init__()
+        self.program = program.module()
+        self.program_inputs = [
+            s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"
+        ]
+        unknown = sorted(set(self.program_inputs) - set(DYNAMIC_INPUTS))
+        if unknown:
+            raise ExportError(
+                f"the .pt2 program takes {unknown}; supported inputs are {list(DYNAMIC_INPUTS)}"
+            )
+
+    def train(self, mode: bool = True) -> ProgramModule:
+        # A program's train/eval behaviour was fixed when it was exported.
+        return self
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        edge_index: torch.Tensor | None = None,
+        edge_attr: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+    ) -> object:
+        given = {"x": x, "edge_index": edge_index, "edge_attr": edge_attr, "batch": batch}
+        return self.program(*[given[n] for n in self.program_inputs])

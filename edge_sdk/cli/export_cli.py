@@ -14,6 +14,7 @@ Exit codes (scripts can rely on them):
 from __future__ import annotations
 
 import json
+from inspect import Parameter, Signature, signature
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -36,27 +37,27 @@ app = make_app(
 )
 
 
-@app.command(
-    epilog=(
-        "Examples:\n\n"
-        "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
-        "--sample-data cora.npz -o out/gcn.bundle\n\n"
-        "  edge-export export --model program.pt2 --sample-data sensors.npz --form static "
-        "-o out/plant.bundle --pack\n\n"
-        "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
-        "--sample-data cora.npz --prune structured:0.5 --fine-tune-epochs 50 --int8 "
-        "--max-accuracy-drop 1.5 -o out/gcn-small.bundle\n\n"
-        "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
-        "--sample-data cora.npz --form static --dense-threshold 4096 --int8 "
-        "--profile intel-core-cpu --profile raspberry-pi-5 --profile jetson-orin-nano "
-        "-o out/gcn-multi.bundle\n\n"
-        "  edge-export export --model plant.py:detector --weights detector.pt "
-        "--sample-data windows.npz --form static --output-name logits --output-name score "
-        "--alert-output score --alert-threshold 2.5 --alert-consecutive 3 "
-        "--alert-class-output logits -o out/detector.bundle"
-    )
+_EXPORT_EPILOG = (
+    "Examples:\n\n"
+    "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
+    "--sample-data cora.npz -o out/gcn.bundle\n\n"
+    "  edge-export export --model program.pt2 --sample-data sensors.npz --form static "
+    "-o out/plant.bundle --pack\n\n"
+    "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
+    "--sample-data cora.npz --prune structured:0.5 --fine-tune-epochs 50 --int8 "
+    "--max-accuracy-drop 1.5 -o out/gcn-small.bundle\n\n"
+    "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
+    "--sample-data cora.npz --form static --dense-threshold 4096 --int8 "
+    "--profile intel-core-cpu --profile raspberry-pi-5 --profile jetson-orin-nano "
+    "-o out/gcn-multi.bundle\n\n"
+    "  edge-export export --model plant.py:detector --weights detector.pt "
+    "--sample-data windows.npz --form static --output-name logits --output-name score "
+    "--alert-output score --alert-threshold 2.5 --alert-consecutive 3 "
+    "--alert-class-output logits -o out/detector.bundle"
 )
-def export(
+
+
+def _export_inputs(
     model: Annotated[
         str,
         typer.Option(
@@ -79,67 +80,11 @@ def export(
     weights: Annotated[
         Path | None, typer.Option("--weights", "-w", help="State-dict checkpoint to load.")
     ] = None,
-    form: Annotated[
-        str, typer.Option(help="Graph form: auto, static, dynamic or learned.")
-    ] = "auto",
-    profile: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--profile",
-            "-p",
-            help="Device profile: a shipped name (edge-export profiles), host (this machine, "
-            "precision measured), or a YAML path; repeatable: one bundle for several devices.",
-        ),
-    ] = None,
-    name: Annotated[str, typer.Option(help="Model name in the manifest.")] = "model",
-    version: Annotated[str, typer.Option(help="Model version in the manifest.")] = "1.0.0",
-    task: Annotated[str, typer.Option(help="Task name, e.g. node_classification.")] = (
-        "classification"
-    ),
-    labels: Annotated[
-        str | None, typer.Option(help="Comma-separated class names (index = class id).")
-    ] = None,
-    output_name: Annotated[
-        list[str] | None, typer.Option(help="ONNX output name(s); default out / out0...")
-    ] = None,
-    atol: Annotated[float, typer.Option(help="Parity: absolute tolerance.")] = 1e-4,
-    rtol: Annotated[float, typer.Option(help="Parity: relative tolerance.")] = 1e-3,
-    max_metric_drop: Annotated[
-        float, typer.Option(help="Parity: allowed accuracy drop, fraction (0.001 = 0.1 pp).")
-    ] = 0.001,
-    dense_threshold: Annotated[
-        int, typer.Option(help="Static form: fold the adjacency densely up to this many nodes.")
-    ] = 2048,
-    pack: Annotated[bool, typer.Option(help="Also write OUTPUT.tar.gz.")] = False,
-    prune: Annotated[
-        str | None,
-        typer.Option(
-            help="unstructured:0.5 (magnitude; add :layer for per-layer) or structured:0.5 "
-            "(removes hidden channels / heads)."
-        ),
-    ] = None,
-    fine_tune_epochs: Annotated[
-        int, typer.Option(help="Recovery fine-tuning epochs after pruning (needs y, train_mask).")
-    ] = 0,
-    int8: Annotated[
-        bool, typer.Option("--int8", help="Add an INT8 artifact (QDQ, symmetric, per-channel).")
-    ] = False,
-    calibration: Annotated[
-        int, typer.Option(help="Maximum calibration graphs drawn from the samples.")
-    ] = 32,
-    calib_method: Annotated[
-        str, typer.Option(help="INT8 calibration: minmax, percentile or entropy.")
-    ] = "minmax",
-    max_accuracy_drop: Annotated[
-        float,
-        typer.Option(help="Gate: allowed validation accuracy drop vs FP32, percentage points."),
-    ] = 1.0,
-    max_rel_error: Annotated[
-        float, typer.Option(help="Gate without labels: relative output error bound of INT8.")
-    ] = 0.05,
-    allow_accuracy_drop: Annotated[
-        bool, typer.Option(help="Keep a compressed model that fails the gate (reported).")
-    ] = False,
+) -> None:
+    """What is exported and where to (the options before the config's)."""
+
+
+def _export_outputs(
     alert_output: Annotated[
         str | None,
         typer.Option(
@@ -174,38 +119,43 @@ def export(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
+    """The alarm rule (one manifest ``Decision`` from five flags) and output format."""
+
+
+def _config_parameters() -> list[Parameter]:
+    """One option per config field that declares a flag (see ``edge_sdk.export_config``)."""
+    from edge_sdk.export_config import cli_fields
+
+    params = []
+    for f in cli_fields():
+        option = typer.Option(*f.flag.decls, help=f.flag.help, min=f.flag.min)
+        params.append(
+            Parameter(
+                f.param,
+                Parameter.KEYWORD_ONLY,
+                default=f.default,
+                annotation=Annotated[f.type, option],
+            )
+        )
+    return params
+
+
+def export(**given: Any) -> None:
     """Export a model to a bundle: ONNX, parity against PyTorch, manifest, canary."""
     decision = _decision(
-        alert_output, alert_threshold, alert_consecutive, alert_clear_after, alert_class_output
+        given["alert_output"],
+        given["alert_threshold"],
+        given["alert_consecutive"],
+        given["alert_clear_after"],
+        given["alert_class_output"],
     )
     with fail_on_errors():
         from rich.status import Status
 
-        from edge_sdk.exporters import ExportConfig, export_model
+        from edge_sdk.export_config import config_from_flags
+        from edge_sdk.exporters import export_model
 
-        cfg = ExportConfig(
-            name=name,
-            version=version,
-            form=form,
-            task=task,
-            labels=[s.strip() for s in labels.split(",")] if labels else [],
-            output_names=output_name or None,
-            profiles=profile or ["generic-x86"],
-            dense_threshold=dense_threshold,
-            atol=atol,
-            rtol=rtol,
-            max_metric_drop=max_metric_drop,
-            pack=pack,
-            prune=prune,
-            fine_tune_epochs=fine_tune_epochs,
-            int8=int8,
-            calibration=calibration,
-            calib_method=calib_method,
-            max_accuracy_drop=max_accuracy_drop / 100,
-            max_rel_error=max_rel_error,
-            allow_accuracy_drop=allow_accuracy_drop,
-            decision=decision,
-        )
+        cfg = config_from_flags(given, decision=decision)
         with Status("starting", console=err_console) as status:
 
             def progress(msg: str) -> None:
@@ -213,14 +163,14 @@ def export(
                 err_console.log(msg)
 
             result = export_model(
-                model,
-                list(sample_data),
-                output,
+                given["model"],
+                list(given["sample_data"]),
+                given["output"],
                 cfg,
-                weights=weights,
+                weights=given["weights"],
                 progress=progress,
             )
-        if as_json:
+        if given["as_json"]:
             console.print_json(result.manifest.to_json())
             return
         from ._tables import compression_table, summary_table, targets_table
@@ -233,6 +183,20 @@ def export(
         console.print(f"bundle written to {result.bundle_dir}")
         if result.archive:
             console.print(f"packed to {result.archive}")
+
+
+# The options: what and where, then one per config field, then the alarm rule and --json.
+export.__signature__ = Signature(  # type: ignore[attr-defined]
+    [
+        *signature(_export_inputs, eval_str=True).parameters.values(),
+        *_config_parameters(),
+        *(
+            p.replace(kind=Parameter.KEYWORD_ONLY)
+            for p in signature(_export_outputs, eval_str=True).parameters.values()
+        ),
+    ]
+)
+app.command(epilog=_EXPORT_EPILOG)(export)
 
 
 def _decision(

@@ -10,6 +10,10 @@
 
 Both take any ``predict(inputs) -> outputs`` callable: ``Runtime.infer``, a
 :class:`~edge_sdk.serving.batcher.DynamicBatcher`'s ``infer``, or a raw session.
+
+It stays in the product package although benchmarks/ and tests use it too:
+``edge-export bench`` (:mod:`edge_sdk.serving.bench`) runs it on the device,
+where neither benchmarks/ nor tests/ is installed.
 """
 
 from __future__ import annotations

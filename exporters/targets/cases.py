@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edge_sdk.bundle import file_digest, save_npz
+from edge_sdk.export_config import ParityOptions, QuantOptions
 from edge_sdk.io_contract import GraphForm
 from edge_sdk.manifest import Verification
 from edge_sdk.parity import ParityCase
@@ -58,7 +58,11 @@ def target_cases(
 
 
 def write_verification(
-    out: Path, cases: Sequence[ParityCase], samples: int, cfg: Any
+    out: Path,
+    cases: Sequence[ParityCase],
+    samples: int,
+    parity: ParityOptions,
+    gate: QuantOptions,
 ) -> Verification:
     """Write ``verify.npz`` (inputs, reference outputs, labels) and describe it.
 
@@ -66,7 +70,8 @@ def write_verification(
         out: Bundle directory.
         cases: :func:`target_cases` of the export.
         samples: How many of them are the user's samples (the rest are derived).
-        cfg: The export config (its tolerances are recorded).
+        parity: The export's FP32 tolerances (recorded).
+        gate: The export's accuracy gate (recorded).
     """
     arrays: dict[str, np.ndarray] = {}
     for i, case in enumerate(cases):
@@ -84,11 +89,11 @@ def write_verification(
         sha256=sha,
         size_bytes=size,
         cases=len(cases),
-        atol=cfg.atol,
-        rtol=cfg.rtol,
+        atol=parity.atol,
+        rtol=parity.rtol,
         # A negative bound is a test's "impossible gate" (with allow_accuracy_drop).
-        max_accuracy_drop=max(0.0, cfg.max_accuracy_drop),
-        max_rel_error=max(0.0, cfg.max_rel_error),
+        max_accuracy_drop=max(0.0, gate.max_accuracy_drop),
+        max_rel_error=max(0.0, gate.max_rel_error),
         description=f"{samples} sample(s)"
         + (" + a duplicate-edge graph" if len(cases) > samples else ""),
     )

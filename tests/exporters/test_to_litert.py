@@ -41,9 +41,9 @@ def sensor_job(sensor_model: Any, tmp_path_factory: pytest.TempPathFactory) -> A
     """A LiteRT job (layout auto, INT8 on) for the 52-sensor model, static dense form."""
     _need_onnx2tf()
     import torch
+    from target_jobs import make_job
 
     from edge_sdk.exporters import sample_from_arrays
-    from edge_sdk.exporters.targets.jobs import make_job
 
     torch.manual_seed(0)
     model = sensor_model.SensorGCN().eval()
@@ -163,11 +163,11 @@ def test_a_broken_conversion_fails_the_check(
 def test_dynamic_form_is_refused_naming_the_scatter(tmp_path: Path) -> None:
     _need_onnx2tf()
     import torch
+    from target_jobs import make_job
     from torch_geometric.nn import GCNConv
 
     from edge_sdk.exporters import sample_from_arrays
     from edge_sdk.exporters.targets import TargetNotSupported
-    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_litert import CompileLiteRT
 
     torch.manual_seed(0)
@@ -193,10 +193,10 @@ def test_static_scatter_form_is_refused(sensor_model: Any, tmp_path: Path) -> No
     scatter-adds stay scatters, which onnx2tf refuses: the error gives the fix."""
     import onnx as _onnx
     import torch
+    from target_jobs import make_job
 
     from edge_sdk.exporters import sample_from_arrays
     from edge_sdk.exporters.targets import TargetNotSupported, litert_graph
-    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_litert import CompileLiteRT
 
     torch.manual_seed(0)
@@ -302,10 +302,10 @@ def test_dense_gat_converts_and_matches_pytorch(tmp_path: Path) -> None:
     """
     _need_onnx2tf()
     import torch
+    from target_jobs import make_job
     from torch_geometric.nn import GATConv
 
     from edge_sdk.exporters import sample_from_arrays
-    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_litert import CompileLiteRT
 
     class TinyGAT(torch.nn.Module):

@@ -56,9 +56,9 @@ def sensor_job(sensor_model: Any, tmp_path_factory: pytest.TempPathFactory) -> A
     """The 52-sensor model (static form), FP32 + QDQ INT8 ONNX exported."""
     _need_export()
     import torch
+    from target_jobs import make_job
 
     from edge_sdk.exporters import sample_from_arrays
-    from edge_sdk.exporters.targets.jobs import make_job
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -162,8 +162,9 @@ def test_npu_target_builds_static_irs_without_the_device(sensor_job: Any, tmp_pa
 
 def test_tiny_gcn_static_form_fp32(tmp_path: Path) -> None:
     _need_export()
+    from target_jobs import make_job
+
     from edge_sdk.exporters import sample_from_arrays
-    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
 
     sample = sample_from_arrays(tiny_gcn_arrays(batch=4, seed=1))
@@ -175,9 +176,10 @@ def test_tiny_gcn_static_form_fp32(tmp_path: Path) -> None:
 
 def test_dynamic_form_with_static_shapes_refused(tmp_path: Path) -> None:
     _need_export()
+    from target_jobs import make_job
+
     from edge_sdk.exporters import sample_from_arrays
     from edge_sdk.exporters.targets import TargetNotSupported
-    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
 
     sample = sample_from_arrays(tiny_gcn_arrays(seed=2))

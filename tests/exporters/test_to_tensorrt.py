@@ -21,8 +21,9 @@ from edge_sdk.profiles import TargetSpec
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_geometric")
 
+from target_jobs import make_job  # noqa: E402
+
 from edge_sdk.exporters.targets.base import TargetJob, TargetNotSupported  # noqa: E402
-from edge_sdk.exporters.targets.jobs import make_job  # noqa: E402
 from edge_sdk.exporters.targets.to_tensorrt import CompileTensorRT  # noqa: E402
 from edge_sdk.runtimes.trt import PLAN_FORMAT, gpu_available  # noqa: E402
 

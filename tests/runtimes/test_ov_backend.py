@@ -33,8 +33,9 @@ def ov_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for module in ("torch", "torch_geometric", "onnx", "openvino"):
         if not _importable(module):
             pytest.skip(f"building the OpenVINO test bundle needs {module}")
+    from target_jobs import make_job
+
     from edge_sdk.exporters import sample_from_arrays
-    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
     from edge_sdk.profiles import TargetSpec
 

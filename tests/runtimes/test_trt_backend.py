@@ -109,9 +109,9 @@ def test_sensor_model_builds_caches_and_matches(
     so no plugin is involved.
     """
     import torch
+    from target_jobs import make_job
 
     from edge_sdk.exporters import sample_from_arrays
-    from edge_sdk.exporters.targets.jobs import make_job
     from edge_sdk.exporters.targets.to_tensorrt import CompileTensorRT
     from edge_sdk.profiles import TargetSpec
 
