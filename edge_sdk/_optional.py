@@ -12,14 +12,13 @@ import importlib
 import importlib.util
 from types import ModuleType
 
+from .engines import ENGINES
 from .errors import BackendUnavailableError
 
-#: module name -> (alternative module names, extra that provides it)
+#: module name -> (alternative module names, extra that provides it); the inference
+#: engines' own come from their registry rows.
 _EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
-    "onnxruntime": ((), "onnxruntime"),
-    "openvino": ((), "openvino"),
-    "ai_edge_litert": (("tflite_runtime",), "tflite"),
-    "tensorrt": ((), "tensorrt"),
+    **{e.module: (e.alternatives, e.extra) for e in ENGINES.values()},
     "cuda.bindings.runtime": (("cuda.cudart",), "tensorrt"),
     "nncf": ((), "openvino-export"),
     "onnx2tf": ((), "tflite-export"),

@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
 )
 
+from .engines import Target  # the engine registry names the targets
 from .errors import ManifestError
 from .io_contract import GraphSpec, OutputLevel, TensorSpec
 
@@ -30,15 +31,6 @@ SCHEMA_MAJOR = 1
 SCHEMA_MINOR = 3
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 MANIFEST_NAME = "manifest.json"
-
-
-class Target(StrEnum):
-    """Inference engine an artifact is built for."""
-
-    ONNXRUNTIME = "onnxruntime"
-    OPENVINO = "openvino"
-    LITERT = "litert"
-    TENSORRT = "tensorrt"
 
 
 class Precision(StrEnum):

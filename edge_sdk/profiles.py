@@ -25,86 +25,175 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from . import engines
+from .engines import AUTO_ORDER, Device, EngineOptions, OrtOptions
 from .errors import ProfileError
 from .manifest import Precision
 
 _PACKAGE = "edge_sdk.device_profiles"
 _CAPABILITIES = "capabilities.yaml"
 _M = TypeVar("_M", bound=BaseModel)
-
-#: Backend preference when no profile is given ("auto"): fastest engines first.
-AUTO_ORDER = ["tensorrt", "openvino", "litert", "onnxruntime"]
-
-BackendName = Literal["onnxruntime", "openvino", "litert", "tensorrt"]
+_O = TypeVar("_O", bound=EngineOptions)
 
 
 class TargetSpec(BaseModel):
     """One inference engine on one kind of silicon of a device.
 
+    The engine's own settings are typed per engine (``options``, see
+    :mod:`edge_sdk.engines`) and written flat beside the common fields, in
+    YAML as in ``model_dump``: ``{backend: tensorrt, device: DLA, dla_core: 0}``.
+    Another engine's option is refused by name unless left at its default.
+
     Attributes:
         backend: Engine: ``onnxruntime``, ``openvino``, ``litert`` or ``tensorrt``.
-        device: Engine device: ``CPU``; OpenVINO ``GPU`` / ``NPU``; TensorRT ``GPU`` / ``DLA``.
+        device: Engine device: ``CPU``; OpenVINO ``GPU`` / ``NPU``; TensorRT ``GPU`` / ``DLA``
+            (default: the engine's first, ``CPU``, TensorRT ``GPU``).
         precisions: Precisions the device runs, in order of declared preference.
         static_shapes: The engine needs fixed input shapes (static form: fixed
             batch; dynamic form: the padding buckets).
-        layout: ``native``; ``nhwc`` (node-wise linear layers as 1x1
-            convolutions over ``[B, 1, N, F]``); ``auto`` (build both, measure,
-            keep the faster one that passes parity).
         threads: Intra-op threads for this engine (overrides the profile's).
-        performance_hint: OpenVINO ``LATENCY`` or ``THROUGHPUT``.
-        num_requests: OpenVINO infer requests in the async queue.
-        dla_core: TensorRT DLA core (``device: DLA``).
-        workspace_mb: TensorRT builder workspace limit.
-        fp16_fallback: TensorRT: let layers without INT8 kernels run in FP16.
+        options: The engine's settings, typed per engine (``OpenVinoOptions``,
+            ``LiteRtOptions``, ``TensorRtOptions``... in :mod:`edge_sdk.engines`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: BackendName
-    device: Literal["CPU", "GPU", "NPU", "DLA"] = "CPU"
+    backend: str
+    device: Device = "CPU"
     precisions: list[Precision] = Field(default_factory=lambda: [Precision.FP32], min_length=1)
     static_shapes: bool = False
-    layout: Literal["native", "nhwc", "auto"] = "native"
     threads: int | None = Field(default=None, gt=0)
-    performance_hint: Literal["LATENCY", "THROUGHPUT"] | None = None
-    num_requests: int | None = Field(default=None, gt=0)
-    dla_core: int | None = Field(default=None, ge=0)
-    workspace_mb: int | None = Field(default=None, gt=0)
-    fp16_fallback: bool = True
+    options: SerializeAsAny[EngineOptions] = Field(default_factory=OrtOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_options(cls, data: Any) -> Any:
+        """Default the device to the engine's; move the flat engine fields into ``options``."""
+        if not isinstance(data, dict):
+            return data
+        row = engines.find(data.get("backend"))
+        data = dict(data)
+        if row is not None and "device" not in data:
+            data["device"] = row.default_device  # TensorRT's is the GPU
+        given = data.pop("options", None)
+        picked: dict[str, Any] = (
+            given.model_dump(exclude_unset=True)
+            if isinstance(given, EngineOptions)
+            else dict(given or {})
+        )
+        for key in list(data):
+            owner = engines.option_owner(key)
+            if owner is None:
+                continue  # a common field, or an unknown one (refused by name)
+            value = data.pop(key)
+            if row is None or owner is row:
+                picked[key] = value
+            elif value != owner.options.model_fields[key].default:
+                raise ValueError(f"{key} {value} is a {owner.label} option, not {row.name}")
+        data["options"] = picked
+        return data
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _known_engine(cls, value: Any) -> str:
+        row = engines.find(value)
+        if row is None:
+            names = [repr(n) for n in engines.ENGINES]
+            raise PydanticCustomError(
+                "literal_error",
+                "Input should be {expected}",
+                {"expected": f"{', '.join(names[:-1])} or {names[-1]}"},
+            )
+        return row.name
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _typed_options(cls, value: Any, info: ValidationInfo) -> Any:
+        row = engines.find(info.data.get("backend"))
+        if row is None or isinstance(value, row.options):
+            return value
+        return row.options.model_validate(value)
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
-        devices = {
-            "onnxruntime": {"CPU"},
-            "openvino": {"CPU", "GPU", "NPU"},
-            "litert": {"CPU"},
-            "tensorrt": {"GPU", "DLA"},
-        }[self.backend]
-        if self.device not in devices:
+        row = engines.ENGINES[self.backend]
+        if self.device not in row.devices:
+            devices = sorted(row.devices)
             raise ValueError(
-                f"device {self.device} is not a {self.backend} device (one of {sorted(devices)})"
+                f"device {self.device} is not a {self.backend} device (one of {devices})"
             )
-        if self.device == "DLA" and self.dla_core is None:
-            raise ValueError("device DLA needs dla_core")
-        if self.layout != "native" and self.backend != "litert":
-            raise ValueError(f"layout {self.layout} is a LiteRT option, not {self.backend}")
+        self.options.check(self.device)
         return self
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Dump flat, every engine's option field present (defaults for other engines').
+
+        The shape profiles were written in before options were typed: YAML,
+        ``edge-export profiles --json`` and a re-validation all read it.
+        """
+        data = handler(self)
+        if not isinstance(data, dict):
+            return data
+        options = data.pop("options", {})
+        for row in engines.ENGINES.values():
+            for key, field in row.options.model_fields.items():
+                data[key] = options.get(key, field.default)
+        return data
+
+    @property
+    def engine(self) -> engines.Engine:
+        """The registry row of this target's engine."""
+        return engines.ENGINES[self.backend]
 
     @property
     def key(self) -> str:
-        """``backend`` or ``backend:DEVICE`` for non-default devices (artifact naming)."""
-        default = "GPU" if self.backend == "tensorrt" else "CPU"
+        """``backend`` or ``backend-device`` for non-default devices (artifact naming)."""
+        default = self.engine.default_device
         return self.backend if self.device == default else f"{self.backend}-{self.device.lower()}"
+
+    @property
+    def layout(self) -> str:
+        """The LiteRT layout option; ``native`` on every other engine."""
+        return str(getattr(self.options, "layout", "native"))
+
+    def options_as(self, kind: type[_O]) -> _O:
+        """``options`` typed as the engine's own (a compiler reads its engine's settings).
+
+        Raises:
+            TypeError: The target is another engine's.
+        """
+        if not isinstance(self.options, kind):
+            raise TypeError(f"{self.key} has {type(self.options).__name__}, not {kind.__name__}")
+        return self.options
 
     def engine_options(self) -> dict[str, Any]:
         """The settings a runtime backend reads from ``BackendOptions.extra``."""
-        keys = ("device", "performance_hint", "num_requests", "dla_core", "workspace_mb")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return {"device": self.device, **self.options.runtime_extra()}
+
+    def build_settings(self) -> dict[str, Any]:
+        """What shapes this target's artifacts: targets with equal settings share one build.
+
+        Leaves out what the runtime applies at load (threads, OpenVINO's hint
+        and queue depth).
+        """
+        return {
+            "backend": str(self.backend),
+            "device": self.device,
+            "precisions": [str(p) for p in self.precisions],
+            "static_shapes": self.static_shapes,
+            **self.options.build_settings(),
+        }
 
 
 class DeviceProfile(BaseModel):
@@ -247,12 +336,6 @@ def host_profile() -> DeviceProfile:
     flags = cpu_flags()
     vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
     sets = capability_sets()
-    chosen = {
-        "tensorrt": "tensorrt-gpu",
-        "openvino": "openvino-cpu",
-        "litert": "litert-xnnpack",
-        "onnxruntime": "ort-cpu",
-    }
     from .runtimes import unavailable_reason
 
     targets: list[dict[str, Any]] = []
@@ -261,11 +344,10 @@ def host_profile() -> DeviceProfile:
         # times every host target, which it cannot do with a disabled engine.
         if unavailable_reason(backend) is not None:
             continue
-        entry = dict(sets[chosen[backend]])
-        if backend == "litert":
-            entry["precisions"] = ["int8", "fp32"]
-        elif backend == "tensorrt":
-            entry["precisions"] = ["int8", "fp16", "fp32"]
+        row = engines.ENGINES[backend]
+        entry = dict(sets[row.host_set])
+        if row.host_precisions is not None:
+            entry["precisions"] = list(row.host_precisions)
         else:
             entry["precisions"] = ["int8", "fp32"] if vnni else ["fp32", "int8"]
         targets.append(entry)
@@ -325,5 +407,6 @@ def _validate(model: type[_M], raw: dict[str, Any], source: str) -> _M:
         return model.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        # Engine options are written flat: name the field as the file has it.
+        field = ".".join(str(p) for p in err["loc"] if p != "options") or "(root)"
         raise ProfileError(f"{source}: field {field}: {err['msg']}") from None

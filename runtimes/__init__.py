@@ -1,5 +1,7 @@
 """Inference engines behind one small interface (see :mod:`.base`).
 
+The backends are the engine registry's rows (:mod:`edge_sdk.engines`): each
+row names its runtime class, imported only when a backend is created.
 Registering a backend imports nothing of its engine: availability is checked
 with ``find_spec`` and the engine is imported on first load. Set
 ``EDGE_SDK_DISABLE_BACKENDS=name[,name]`` to force backends unavailable (to
@@ -9,36 +11,19 @@ test fallback paths, or to pin a device to one engine).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 
 from edge_sdk._env import env_str
 from edge_sdk._optional import install_hint, is_available
+from edge_sdk.engines import ENGINES, Engine
 from edge_sdk.errors import BackendUnavailableError
 from edge_sdk.manifest import Target
 
 from .base import Backend, BackendOptions
 
 
-@dataclass(frozen=True)
-class _Entry:
-    module: str  # our module implementing the backend
-    cls: str
-    engine: str  # the engine's import name, checked with find_spec
-    target: Target
-
-
-_REGISTRY: dict[str, _Entry] = {
-    "onnxruntime": _Entry("edge_sdk.runtimes.ort", "OrtBackend", "onnxruntime", Target.ONNXRUNTIME),
-    "openvino": _Entry("edge_sdk.runtimes.ov", "OpenVinoBackend", "openvino", Target.OPENVINO),
-    # ai-edge-litert, or tflite-runtime where that is what a device has.
-    "litert": _Entry("edge_sdk.runtimes.litert", "LiteRtBackend", "ai_edge_litert", Target.LITERT),
-    "tensorrt": _Entry("edge_sdk.runtimes.trt", "TensorRtBackend", "tensorrt", Target.TENSORRT),
-}
-
-
 def known_backends() -> list[str]:
     """Names of all registered backends."""
-    return list(_REGISTRY)
+    return list(ENGINES)
 
 
 def _disabled() -> set[str]:
@@ -54,14 +39,14 @@ def unavailable_reason(name: str) -> str | None:
     entry = _entry(name)
     if name in _disabled():
         return "disabled by EDGE_SDK_DISABLE_BACKENDS"
-    if not is_available(entry.engine):
-        return f"{entry.engine} is not installed ({install_hint(entry.engine)})"
+    if not is_available(entry.module):
+        return f"{entry.module} is not installed ({install_hint(entry.module)})"
     return None
 
 
 def backend_for_target(target: Target) -> str | None:
     """Registered backend name that runs ``target`` artifacts, if any."""
-    return next((n for n, e in _REGISTRY.items() if e.target == target), None)
+    return next((n for n, e in ENGINES.items() if e.target == target), None)
 
 
 def create_backend(name: str, options: BackendOptions | None = None) -> Backend:
@@ -70,20 +55,29 @@ def create_backend(name: str, options: BackendOptions | None = None) -> Backend:
     Raises:
         BackendUnavailableError: Unknown, disabled or not installed.
     """
-    entry = _entry(name)
-    reason = unavailable_reason(name)
+    reason = unavailable_reason(name)  # unknown names raise here, listing the known ones
     if reason:
         raise BackendUnavailableError(f"backend {name!r} unavailable: {reason}")
-    cls: type[Backend] = getattr(importlib.import_module(entry.module), entry.cls)
-    return cls(options)
+    return runtime_class(name)(options)
 
 
-def _entry(name: str) -> _Entry:
+def runtime_class(name: str) -> type[Backend]:
+    """The runtime backend class of engine ``name`` (imports our module, not the engine).
+
+    Raises:
+        BackendUnavailableError: Unknown name (lists the known ones).
+    """
+    module, cls = _entry(name).runtime.split(":")
+    backend: type[Backend] = getattr(importlib.import_module(module), cls)
+    return backend
+
+
+def _entry(name: str) -> Engine:
     try:
-        return _REGISTRY[name]
+        return ENGINES[name]
     except KeyError:
         raise BackendUnavailableError(
-            f"unknown backend {name!r}; known backends: {', '.join(_REGISTRY)}"
+            f"unknown backend {name!r}; known backends: {', '.join(ENGINES)}"
         ) from None
 
 
@@ -93,5 +87,6 @@ __all__ = [
     "backend_for_target",
     "create_backend",
     "known_backends",
+    "runtime_class",
     "unavailable_reason",
 ]

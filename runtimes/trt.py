@@ -40,6 +40,8 @@ from .base import Backend
 PLAN_FORMAT = "edge-sdk.tensorrt-plan/1"
 #: TensorRT majors the plan's builder calls were written for (11 drops BuilderFlag.FP16/INT8).
 SUPPORTED_MAJORS = (10,)
+#: Timing-cache file name (in the engine cache folder of one GPU + TensorRT version).
+TIMING_CACHE = "timing.cache"
 
 
 # -- shared with the exporter -------------------------------------------------------------
@@ -276,7 +278,7 @@ class TensorRtBackend(Backend):
         engine_file = folder / f"{key}.engine"
         if engine_file.is_file():
             return "cache", engine_file.read_bytes()
-        timing = folder / str(plan.get("timing_cache", "timing.cache"))
+        timing = folder / str(plan.get("timing_cache", TIMING_CACHE))
         data = build_serialized_engine(path, plan, timing)
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(engine_file, data)  # a concurrent loader never reads half an engine

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_sdk.engines import ENGINES
 from edge_sdk.errors import BackendUnavailableError, ExportError, ParityError
 from edge_sdk.manifest import (
     Artifact,
@@ -44,12 +45,8 @@ from .base import Candidate, TargetJob, TargetNotSupported, artifact_bytes, open
 
 Progress = Callable[[str], None]
 
-#: Compiler class of each engine, as ``module:Class`` under this package (imported on use).
-COMPILERS: dict[str, str] = {
-    "openvino": "to_openvino:CompileOpenVINO",
-    "litert": "to_litert:CompileLiteRT",
-    "tensorrt": "to_tensorrt:CompileTensorRT",
-}
+#: Compiler class of each engine, as ``module:Class`` (imported on use): the registry's rows.
+COMPILERS: dict[str, str] = {e.name: e.compiler for e in ENGINES.values() if e.compiler}
 
 
 @dataclass
@@ -161,7 +158,7 @@ class CompileTargets:
         """
         module, cls = COMPILERS[target.backend].split(":")
         try:
-            compiler = getattr(importlib.import_module(f"{__package__}.{module}"), cls)()
+            compiler = getattr(importlib.import_module(module), cls)()
         except BackendUnavailableError as exc:
             # The build tools for this engine are missing: the user asked for
             # the profile, so this is an error, not a silent omission.
@@ -234,13 +231,9 @@ class CompileTargets:
         return _choice(profile, target, None, f"no ONNX artifact at {target.precisions}")
 
 
-#: Target fields the runtime takes from the profile at load time, not baked into artifacts.
-_RUNTIME_ONLY = {"threads", "performance_hint", "num_requests"}
-
-
 def _build_key(target: TargetSpec) -> str:
     """Targets with equal keys share one build (they differ only in run-time settings)."""
-    return target.model_copy(update=dict.fromkeys(_RUNTIME_ONLY)).model_dump_json()
+    return json.dumps(target.build_settings(), sort_keys=True)
 
 
 def _relocate(

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from edge_sdk._optional import require
+from edge_sdk.engines import LiteRtOptions
 from edge_sdk.errors import ExportError
 from edge_sdk.manifest import Artifact, Precision, Target
 from edge_sdk.parity import explain
@@ -89,6 +90,7 @@ class CompileLiteRT:
         import onnx
 
         require("onnx2tf", "LiteRT conversion")
+        asked = job.target.options_as(LiteRtOptions).layout
         model = onnx.load(str(job.onnx_fp32))
         scatters = lg.reducing_scatters(model)
         if scatters and job.graph.num_nodes is None:
@@ -110,9 +112,7 @@ class CompileLiteRT:
                 f"static graph): export with --form static; raise --dense-threshold above {n} "
                 "so the adjacency is folded densely"
             )
-        layouts = {"native": ["native"], "nhwc": ["nhwc"], "auto": ["native", "nhwc"]}[
-            job.target.layout
-        ]
+        layouts = {"native": ["native"], "nhwc": ["nhwc"], "auto": ["native", "nhwc"]}[asked]
         with tempfile.TemporaryDirectory(prefix="edge-litert-") as tmp:
             variants: dict[str, _Variant] = {}
             failures: dict[str, str] = {}
@@ -232,6 +232,7 @@ class CompileLiteRT:
         failures: dict[str, str],
         precision: Precision,
     ) -> Candidate:
+        asked = job.target.options_as(LiteRtOptions).layout
         litert_dir = job.out / "litert"
         litert_dir.mkdir(parents=True, exist_ok=True)
         failures = dict(failures)  # per-precision entries below stay in this decision
@@ -270,14 +271,12 @@ class CompileLiteRT:
                 ops=ops,
             )
         decision: dict[str, Any] = {
-            "asked": job.target.layout,
+            "asked": asked,
             **{f"{k}_failed": w for k, w in failures.items()},
         }
         if len(arts) == 1:
             chosen = next(iter(arts))
-            decision["why"] = (
-                f"only {chosen} built" if failures else f"layout {job.target.layout} asked"
-            )
+            decision["why"] = f"only {chosen} built" if failures else f"layout {asked} asked"
         else:
             chosen = self._measure(job, arts, decision)
             for layout, art in arts.items():

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_sdk._optional import require
+from edge_sdk.engines import OpenVinoOptions
 from edge_sdk.io_contract import GraphForm
 from edge_sdk.manifest import Artifact, Precision, Target
 
@@ -69,6 +70,7 @@ class CompileOpenVINO:
                 or no precision the target wants can be built here.
         """
         ov = require("openvino", "compiling OpenVINO artifacts")
+        options = job.target.options_as(OpenVinoOptions)
         shapes: dict[str, list[int]] = {}
         if job.target.static_shapes:
             if job.prepared.form is GraphForm.DYNAMIC or job.graph.num_nodes is None:
@@ -84,8 +86,8 @@ class CompileOpenVINO:
         folder.mkdir(parents=True, exist_ok=True)
         base_options = {
             "device": job.target.device,
-            "performance_hint": job.target.performance_hint or "LATENCY",
-            "num_requests": job.target.num_requests or 2,
+            "performance_hint": options.performance_hint or "LATENCY",
+            "num_requests": options.num_requests or 2,
             "openvino_version": ov.get_version(),
         }
         key = job.target.key

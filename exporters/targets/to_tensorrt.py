@@ -25,10 +25,12 @@ from typing import Any
 
 import onnx
 
+from edge_sdk.engines import TensorRtOptions
 from edge_sdk.io_contract import GraphForm
 from edge_sdk.manifest import Precision, Target
 from edge_sdk.runtimes.trt import (
     PLAN_FORMAT,
+    TIMING_CACHE,
     build_serialized_engine,
     gpu_available,
 )
@@ -42,9 +44,6 @@ from .trt_support import (
     SupportReport,
     check_tensorrt_support,
 )
-
-#: Timing-cache file name (in the device's engine cache folder for its GPU + TensorRT).
-TIMING_CACHE = "timing.cache"
 
 
 class CompileTensorRT:
@@ -92,7 +91,7 @@ class CompileTensorRT:
             if source is None:
                 refused[precision] = "no QDQ model (export with --int8)"
                 continue
-            if target.device == "DLA" and precision is Precision.FP32:
+            if target.device == "DLA" and precision not in TensorRtOptions.DLA_PRECISIONS:
                 refused[precision] = "DLA runs FP16 and INT8 only"
                 continue
             report = check_tensorrt_support(source, precision, allow_plugins=self.allow_plugins)
@@ -153,13 +152,14 @@ class CompileTensorRT:
     def _plan(self, job: TargetJob, source: Path, precision: Precision) -> dict[str, Any]:
         """The build settings for one precision (JSON-ready)."""
         target = job.target
+        options = target.options_as(TensorRtOptions)
         flags: list[str] = []
         cleared: list[str] = []
         if precision is Precision.INT8:
             # Explicit quantisation: the Q/DQ nodes fix the INT8 layers; TensorRT 10's
             # weakly typed networks still need the INT8 flag to use INT8 kernels.
             flags.append("INT8")
-            if target.fp16_fallback:
+            if options.fp16_fallback:
                 flags.append("FP16")  # layers without INT8 kernels (scatter, softmax) run in FP16
         elif precision is Precision.FP16:
             flags.append("FP16")
@@ -177,9 +177,9 @@ class CompileTensorRT:
             "cleared_flags": cleared,
             "profiles": profiles,
             "input_shapes": shapes,
-            "workspace_mb": target.workspace_mb or 1024,
+            "workspace_mb": options.workspace,
             "device": target.device,
-            "dla_core": target.dla_core if target.device == "DLA" else None,
+            "dla_core": options.dla_core if target.device == "DLA" else None,
             "builder_optimization_level": self.builder_optimization_level,
             "timing_cache": TIMING_CACHE,
             "tensorrt": {

@@ -33,11 +33,12 @@ import onnx
 from onnx import numpy_helper
 
 from edge_sdk.manifest import Precision
+from edge_sdk.runtimes.trt import SUPPORTED_MAJORS
 
-#: TensorRT releases this table was taken from and the plan was written for.
-#: TensorRT 11 removes the weak-typing builder flags (FP16/INT8) that the plan uses.
-TRT_CHECKED_MIN = "10.0"
-TRT_CHECKED_BELOW = "11"
+#: TensorRT releases this table was taken from and the plan was written for: the
+#: runtime's supported majors (TensorRT 11 removes the FP16/INT8 builder flags it uses).
+TRT_CHECKED_MIN = f"{min(SUPPORTED_MAJORS)}.0"
+TRT_CHECKED_BELOW = str(max(SUPPORTED_MAJORS) + 1)
 #: Default-domain opsets TensorRT 10.0 parses (10.15 reaches 24; 10.0 is the floor we promise).
 OPSET_MIN, OPSET_MAX = 9, 20
 

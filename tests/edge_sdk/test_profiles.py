@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from edge_sdk.engines import TensorRtOptions
 from edge_sdk.errors import ProfileError
 from edge_sdk.manifest import Precision
 from edge_sdk.profiles import (
@@ -62,11 +63,15 @@ def test_shipped_profiles_use_the_declared_capabilities() -> None:
     ]
     assert npu.targets[0].static_shapes and npu.targets[0].precisions == ["int8", "fp16"]
     agx = load_profile("jetson-agx-orin")
-    assert agx.targets[0].workspace_mb == 4096  # overridden beside `use:`
-    assert agx.targets[1].device == "DLA" and agx.targets[1].dla_core == 0
+    assert (
+        agx.targets[0].options_as(TensorRtOptions).workspace_mb == 4096
+    )  # overridden beside `use:`
+    assert (
+        agx.targets[1].device == "DLA" and agx.targets[1].options_as(TensorRtOptions).dla_core == 0
+    )
     assert agx.targets[1].key == "tensorrt-dla"
     nano = load_profile("jetson-orin-nano")
-    assert nano.targets[0].workspace_mb == 512
+    assert nano.targets[0].options_as(TensorRtOptions).workspace_mb == 512
     pi = load_profile("raspberry-pi-5")
     assert pi.threads == 4 and pi.threads_for(pi.targets[0]) == 4
     assert pi.targets[0].layout == "auto" and pi.targets[0].precisions[0] is Precision.INT8
