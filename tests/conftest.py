@@ -40,8 +40,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 # -- hangs ---------------------------------------------------------------------------------
 
-# A C watchdog that ends a test hung with the GIL held (see hang_watchdog.py).
-pytest_plugins = ["hang_watchdog"]
+# A C watchdog that ends a test hung with the GIL held (see hang_watchdog.py). The
+# real-broker fixtures (broker, mqtt_client_factory, sensor bundles, fleet keys, make_node)
+# are shared by tests/node/, tests/fleet/ and tests/cli/: one plugin module, not copies.
+pytest_plugins = ["hang_watchdog", "mqtt_fixtures"]
 
 
 # -- environment ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ bounded by the broker-wide settings ``max_queued_messages`` and
 messages (Sparkplug ``NDATA``) are queued only with ``queue_qos0_messages
 true``. Beyond the limit mosquitto drops messages *after* it has sent the
 node its PUBACK: the node's outbox counts them delivered and the cloud never
-sees them (``tests/node/test_bridge.py`` measures it). Set them with
+sees them (``tests/fleet/test_bridge.py`` measures it). Set them with
 :class:`edge_sdk.fleet.brokers.BrokerLimits` (``LocalBroker(limits=...)``), or
 in the edge broker's main config, sized with :func:`outage_limits`.
 
@@ -33,7 +33,7 @@ keeps the cloud-side session (cloud-to-edge QoS 1 messages are queued for the
 bridge) but drops MQTT 5 properties (response topic, correlation data: the
 node's ``reply_to``/``correlation`` JSON fields still work).
 
-Measured with mosquitto 2.0.11 (``tests/node/test_bridge.py``, and by hand)
+Measured with mosquitto 2.0.11 (``tests/fleet/test_bridge.py``, and by hand)
 ---------------------------------------------------------------------------
 * An MQTT 5 bridge on a broker whose ``max_inflight_messages`` is ``0``
   (unlimited) or ``65535`` sends a CONNECT the cloud broker refuses as a

@@ -1,6 +1,6 @@
 """A small paho-mqtt 2.x test client that records what it receives.
 
-Imported by ``tests/node/conftest.py`` (the ``mqtt_client_factory`` fixture)
+Imported by ``tests/mqtt_fixtures.py`` (the ``mqtt_client_factory`` fixture)
 and by test files that want the :class:`Recorder` type.
 """
 

@@ -1,4 +1,7 @@
-"""Fixtures for node tests that talk to a real local mosquitto broker.
+"""Fixtures for the node, fleet and CLI tests that talk to a real local mosquitto broker.
+
+A pytest plugin (``pytest_plugins`` in tests/conftest.py), not a conftest, so that
+tests/node/, tests/fleet/ and tests/cli/ share one copy.
 
 Real-broker tests are part of the Definition of Done: when mosquitto or
 paho-mqtt is missing they *fail* with the install command (``make test``
