@@ -68,6 +68,15 @@ class Backend(abc.ABC):
         self._checks: list[tuple[str, np.dtype[Any], list[int | str], list[tuple[int, int]]]] = []
         self._loaded = False
 
+    @classmethod
+    def runs_here(cls) -> tuple[bool, str]:
+        """Whether this machine can run the engine's artifacts, once it is installed.
+
+        Returns:
+            (True, what it runs on) or (False, why not): e.g. TensorRT needs a CUDA GPU.
+        """
+        return True, "installed"
+
     # -- public template methods ------------------------------------------------
     def load(
         self, path: Path, artifact: Artifact, inputs: list[TensorSpec], outputs: list[TensorSpec]

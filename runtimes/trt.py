@@ -229,6 +229,10 @@ class TensorRtBackend(Backend):
     target = Target.TENSORRT
     static_shapes = True  # engines are built for the buckets / fixed batch: the runtime pads
 
+    @classmethod
+    def runs_here(cls) -> tuple[bool, str]:
+        return gpu_available()
+
     def _load_impl(self, path: Path) -> None:
         trt = require("tensorrt", "the TensorRT backend")
         _check_version(trt)

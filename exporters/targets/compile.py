@@ -39,7 +39,7 @@ from edge_sdk.manifest import (
 )
 from edge_sdk.parity import explain
 from edge_sdk.profiles import DeviceProfile, TargetSpec
-from edge_sdk.runtimes import unavailable_reason
+from edge_sdk.runtimes import runtime_class, unavailable_reason
 
 from .base import Candidate, TargetJob, TargetNotSupported, artifact_bytes, openvino_has
 
@@ -282,11 +282,7 @@ def _runnable_here(target: TargetSpec) -> bool:
     """Whether this machine can run ``target`` artifacts (and so check their parity)."""
     if unavailable_reason(target.backend) is not None:
         return False
-    if target.backend == "tensorrt":
-        from edge_sdk.runtimes.trt import gpu_available
-
-        return bool(gpu_available()[0])
-    return True
+    return runtime_class(target.backend).runs_here()[0]  # e.g. TensorRT: a CUDA GPU
 
 
 def _pick(profile: DeviceProfile, target: TargetSpec, cands: list[_Built]) -> TargetChoice:

@@ -44,6 +44,8 @@ def test_every_row_runtime_resolves_to_its_backend(name: str) -> None:
     assert issubclass(cls, runtimes.Backend)
     assert cls.name == name and cls.target is row.target
     assert runtimes.backend_for_target(row.target) == name
+    ok, why = cls.runs_here()  # beyond being installed (TensorRT: a CUDA GPU)
+    assert isinstance(ok, bool) and why
 
 
 @pytest.mark.parametrize("name", [n for n, e in ENGINES.items() if e.compiler])
