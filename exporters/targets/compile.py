@@ -106,7 +106,7 @@ class CompileTargets:
         for profile in profiles:
             chosen_any = False
             for target in profile.targets:
-                if target.backend == "onnxruntime":
+                if target.backend not in COMPILERS:  # ONNX Runtime: the export's own ONNX
                     choice = self._choose_onnx(profile, target)
                 else:
                     key = _build_key(target)
