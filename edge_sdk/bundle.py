@@ -29,19 +29,15 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from ._fs import write_atomic
+from .ed25519 import MAX_SIGNATURE_BYTES, SIGNATURE_NAME, check_signature
 from .errors import ManifestError
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest
 
 if TYPE_CHECKING:
-    from .signing import TrustedKeys
+    from .ed25519 import TrustedKeys
 
 _CHUNK = 1 << 20
 MAX_MANIFEST_BYTES = 16 << 20
-#: Detached ed25519 signature of ``manifest.json`` (see :mod:`edge_sdk.signing`).
-#: Not listed in the manifest; packed right after it when present.
-SIGNATURE_NAME = "manifest.sig"
-#: A signature document is ~150 bytes; anything much larger is not one.
-MAX_SIGNATURE_BYTES = 64 << 10
 #: Largest size of the members that precede the bundle's files in an archive.
 _HEAD_LIMITS = {MANIFEST_NAME: MAX_MANIFEST_BYTES, SIGNATURE_NAME: MAX_SIGNATURE_BYTES}
 
@@ -89,38 +85,6 @@ def listed_files(manifest: Manifest) -> list[tuple[str, int, str]]:
         if extra is not None:
             files.append((extra.path, extra.size_bytes, extra.sha256))
     return files
-
-
-def check_signature(
-    manifest_bytes: bytes, signature: bytes | None, trusted_keys: TrustedKeys, where: str
-) -> str:
-    """Check a manifest's signature against trusted keys (see :mod:`edge_sdk.signing`).
-
-    Args:
-        manifest_bytes: The exact bytes of ``manifest.json``.
-        signature: The bytes of ``manifest.sig``; ``None`` if the bundle has none.
-        trusted_keys: ``key_id -> public key``, or ``.pub`` files / directories.
-        where: The bundle, named in the "not signed" message.
-
-    Returns:
-        The id of the trusted key that signed the manifest.
-
-    Raises:
-        UntrustedBundleError: Unsigned, altered after signing, signed by a key
-            that is not trusted, or a malformed signature (``reason`` says which).
-        SignatureError: The trusted keys cannot be loaded.
-    """
-    from .errors import UntrustedBundleError
-    from .signing import trusted_key_map, verify_manifest
-
-    keys = trusted_key_map(trusted_keys)
-    if signature is None:
-        raise UntrustedBundleError(
-            "unsigned",
-            f"bundle is not signed: {where} has no {SIGNATURE_NAME}, and trusted keys "
-            "were given; sign it (edge-fleet sign DIR --key KEY) before packing",
-        )
-    return verify_manifest(manifest_bytes, signature, keys)
 
 
 class Bundle:
