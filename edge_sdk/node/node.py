@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import ConfigError, EdgeSDKError, InvalidInputError
 from ..io_contract import GraphForm
 from ..manifest import Manifest
-from ..mqtt.link import Delivery, MqttLink, Will
+from ..mqtt.link import Delivery, MqttLink
 from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from ..mqtt.sparkplug import metrics as spm
 from ..mqtt.topics import Inbound, JsonScheme, Outbound, check_topic, dumps, finite, loads
@@ -50,6 +50,7 @@ from .config import NodeConfig
 from .health import run_canary
 from .ota import UpdateAgent
 from .outbox import Outbox, Outgoing, Priority
+from .schemes import JsonNodeScheme, NodeScheme
 from .slots import ModelSlots
 from .sparkplug import SparkplugSession
 from .telemetry import NodeStats, result_body
@@ -59,8 +60,6 @@ log = logging.getLogger(__name__)
 
 #: Consecutive failed batches right after an update that trigger a rollback.
 ROLLBACK_AFTER_FAILURES = 3
-#: What a Sparkplug node sends as Sparkplug DATA; the rest stays on the JSON topics.
-_SPARKPLUG_DATA = (Outbound.RESULTS, Outbound.ALERTS, Outbound.TELEMETRY)
 #: The last topic levels of a node's topics (``edge/{group}/{node}/{kind}``).
 _NODE_KINDS = frozenset(k.value for k in (*Inbound, *Outbound))
 #: Longest error text taken from an unforeseen exception (its message may quote the input).
@@ -130,44 +129,36 @@ class EdgeNode:
         self.outbox: Outbox | None = None
         self.link: MqttLink | None = None
         self.updates: UpdateAgent | None = None
-        self.sparkplug: SparkplugSession | None = None
+        # The wire scheme: how the node's messages map to topics, and what the link calls.
+        self.wire: NodeScheme = JsonNodeScheme(self.scheme, self._status_payload)
         if config.broker is not None:
             oc = config.outbox
             self.outbox = Outbox(
                 state / "outbox.sqlite", max_bytes=oc.max_bytes, sync=oc.sync, replay_s=oc.replay_s
             )
-            subscriptions = self.scheme.subscriptions()
-            scheme_opts: dict[str, Any] = {
-                "will": Will(self.scheme.topic(Outbound.STATUS), self._status_payload("lost"))
-            }
             if config.scheme == "sparkplug":
-                # Sparkplug: clean sessions, NDEATH as the will (a new bdSeq per CONNECT),
-                # and DATA rows held back by the session until the node is born.
-                self.sparkplug = sp = self._sparkplug_session()
-                subscriptions += sp.subscriptions()
-                scheme_opts = {
-                    "clean_session": True,
-                    "before_connect": sp.will,
-                    "on_disconnect": sp.on_disconnect,
-                    "sender": sp.send,
-                }
+                self.wire = self._sparkplug_session()
             self._restore_windows()
             self.link = MqttLink(
                 config.broker,
                 client_id=f"edge-node-{config.group}-{config.node_id}",
                 on_delivery=self._on_message,
-                subscriptions=subscriptions,
+                subscriptions=self.wire.subscriptions(),
                 on_connect=self._on_connect,
                 outbox=self.outbox,
                 outbox_config=oc,
-                **scheme_opts,
+                scheme=self.wire,
             )
-            if self.sparkplug is not None:
-                self.sparkplug.attach(self.link)
             self.updates = UpdateAgent(self)
+
+    @property
+    def sparkplug(self) -> SparkplugSession | None:
+        """The Sparkplug session (``scheme: sparkplug`` with a broker), else None."""
+        return self.wire if isinstance(self.wire, SparkplugSession) else None
 
     def _sparkplug_session(self) -> SparkplugSession:
         cfg = self.config
+        assert isinstance(self.wire, JsonNodeScheme)
         return SparkplugSession(
             cfg.group,
             cfg.node_id,
@@ -176,9 +167,9 @@ class EdgeNode:
             node_metrics=lambda: spm.node_birth(self.describe(), self._last_telemetry),
             device_metrics=self._device_birth,
             telemetry_interval=lambda: self._telemetry_interval,
+            json=self.wire,
             primary_host=cfg.sparkplug.primary_host,
             sensor_sources=cfg.sparkplug.sensor_sources,
-            errors_topic=self.scheme.topic(Outbound.ERRORS),
         )
 
     def _device_birth(self) -> list[spm.Triple]:
@@ -313,12 +304,7 @@ class EdgeNode:
         if self.updates is not None:
             self.updates.stop()
         if self.link is not None:
-            offline = Will(self.scheme.topic(Outbound.STATUS), self._status_payload("offline"))
-            if self.sparkplug is None:
-                self.link.stop(final=offline)
-            else:
-                self.link.publish_wait(offline.topic, offline.payload, retain=True, timeout=2.0)
-                self.link.stop(final=self.sparkplug.goodbye)  # DDEATH, then NDEATH
+            self.link.stop()  # the scheme's goodbye: offline status (Sparkplug: DDEATH, NDEATH)
         if self.outbox is not None:
             self.outbox.close()
         self.model.close()
@@ -376,9 +362,7 @@ class EdgeNode:
         """paho's network thread. Sensors, infer and cmd are acknowledged by the worker
         once their batch is committed; everything else at once (see docs/node.md)."""
         kind = None
-        if self.sparkplug is not None and topic.startswith(SPARKPLUG_NAMESPACE):
-            self._on_sparkplug(topic, payload)
-        else:
+        if not self._own_topic(topic, payload):
             kind = self.scheme.classify(topic)
         if kind in (Inbound.OTA_OFFER, Inbound.OTA_CHUNK):
             if self.updates is not None:
@@ -408,30 +392,24 @@ class EdgeNode:
             )
             self._ack(delivery)  # refused with an error, like any bad message
 
-    def _on_sparkplug(self, topic: str, payload: bytes) -> None:
-        """Sparkplug messages (paho's network thread): host STATE, NCMD, DCMD, source DDATA."""
-        sp = self.sparkplug
-        assert sp is not None
+    def _own_topic(self, topic: str, payload: bytes) -> bool:
+        """A message on the wire scheme's own topics (Sparkplug), handled here (True)."""
+        asm = self._assembler
         try:
-            kind, data = sp.receive(topic, payload)
+            got = self.wire.receive(topic, payload, asm.spec.sensors if asm else None)
         except InvalidInputError as exc:
             self._error(exc.field, str(exc))
-            return
-        if kind == "commands":
-            for cmd in data:
-                self._enqueue(Inbound.CMD, dumps(cmd), None)
-        elif kind == "sensors" and self._assembler is not None:
-            known = set(self._assembler.spec.sensors)
-            rows = [
-                {"t": r["t"], "values": {k: v for k, v in r["values"].items() if k in known}}
-                for r in data
-            ]
-            rows = [r for r in rows if r["values"]]
-            if rows:
-                self._enqueue(Inbound.SENSORS, dumps({"rows": rows}), None)
+            return True
+        if got is None:
+            return False
+        for kind, body in got.items:
+            self._enqueue(kind, body, None)
+        if got.birth and self.link is not None:
+            self.link.birth()
+        return True
 
     def _on_connect(self, session_present: bool) -> None:
-        self.publish_birth()
+        self._publish_status("online")  # then the link sends the scheme's births
 
     def publish_birth(self) -> None:
         """Publish the retained ``online`` status (model, backend, version).
@@ -439,11 +417,13 @@ class EdgeNode:
         With Sparkplug, also NBIRTH and DBIRTH (a rebirth: seq from 0, same bdSeq).
         """
         if self.link is not None:
-            self.link.publish_now(
-                self.scheme.topic(Outbound.STATUS), self._status_payload("online"), retain=True
-            )
-        if self.sparkplug is not None:
-            self.sparkplug.birth()
+            self._publish_status("online")
+            self.link.birth()
+
+    def _publish_status(self, state: str) -> None:
+        if self.link is not None:
+            topic = self.scheme.topic(Outbound.STATUS)
+            self.link.publish_now(topic, self._status_payload(state), retain=True)
 
     def _status_payload(self, state: str) -> bytes:
         body: dict[str, Any] = {"state": state}
@@ -864,12 +844,7 @@ class EdgeNode:
 
     # -- out ---------------------------------------------------------------------------------
     def _out(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> Outgoing:
-        if self.sparkplug is not None and kind in _SPARKPLUG_DATA:
-            return self.sparkplug.data_row(kind, body, priority)
-        topic = self.scheme.topic(kind)
-        return Outgoing(
-            topic, lambda seq: self.scheme.envelope(kind, body, seq), qos=1, priority=priority
-        )
+        return self.wire.row(kind, body, priority)
 
     def _error_msg(
         self,

@@ -10,7 +10,7 @@ What the specification asks of an edge node, and where it is done here:
   writes it to ``state_dir`` with fsync *before* the CONNECT leaves, so a node
   that restarts continues the sequence and a host can tell a stale NDEATH.
 * **Subscribe, then birth.** NCMD, DCMD and the primary host's STATE are
-  subscribed at QoS 1; the link calls :meth:`birth` only after the SUBACK.
+  subscribed at QoS 1; the link calls :meth:`births` only after the SUBACK.
 * **Births.** NBIRTH (seq 0, the connect's bdSeq, ``Node Control/Rebirth`` =
   false, every node metric) then one DBIRTH per device, at QoS 0, not retained.
 * **seq.** One counter 0-255 (wrapping) across NBIRTH, DBIRTH, NDATA, DDATA
@@ -44,13 +44,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._fs import write_atomic
 from ..errors import ConfigError, InvalidInputError
-from ..mqtt.link import MqttLink, Will
+from ..mqtt.rows import Row
+from ..mqtt.scheme import HOLD, Hold, Message, Will
 from ..mqtt.sparkplug.codec import DataType, Metric, Payload, decode, encode
 from ..mqtt.sparkplug.metrics import (
     BD_SEQ,
@@ -64,11 +65,9 @@ from ..mqtt.sparkplug.metrics import (
     telemetry_metrics,
 )
 from ..mqtt.sparkplug.topics import NAMESPACE, MessageType, now_ms, parse_topic, state_topic, topic
-from ..mqtt.topics import Outbound
-from .outbox import Outgoing, Priority, Stored
-
-if TYPE_CHECKING:
-    from paho.mqtt.client import MQTTMessageInfo
+from ..mqtt.topics import Inbound, Outbound, dumps
+from .outbox import Outgoing, Priority
+from .schemes import JsonNodeScheme, Received
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,12 @@ class BdSeq:
 
 
 class SparkplugSession:
-    """Sparkplug state of one edge node (thread-safe).
+    """Sparkplug state of one edge node, as the scheme its link calls (thread-safe).
+
+    The link calls :meth:`will` before each CONNECT, :meth:`render` for each
+    stored row, :meth:`births` after each SUBACK (and on a rebirth), :meth:`lost`
+    on a disconnect and :meth:`goodbye` before an intentional one; the node
+    calls :meth:`row` for what it produces and :meth:`receive` for what arrives.
 
     Args:
         group: Sparkplug group id.
@@ -118,10 +122,12 @@ class SparkplugSession:
             controls).
         device_metrics: Returns the model device's metrics of a birth.
         telemetry_interval: Returns the current telemetry period (seconds).
-        errors_topic: Where a row that cannot be encoded is reported instead (JSON, QoS 1).
+        json: The node's JSON topics: errors, OTA and status stay there.
         primary_host: Host id whose STATE gates births (None: no gating).
         sensor_sources: ``node/device`` ids (same group) whose DDATA carry sensor readings.
     """
+
+    clean_session = True
 
     def __init__(
         self,
@@ -132,7 +138,7 @@ class SparkplugSession:
         node_metrics: Callable[[], list[Triple]],
         device_metrics: Callable[[], list[Triple]],
         telemetry_interval: Callable[[], float],
-        errors_topic: str,
+        json: JsonNodeScheme,
         primary_host: str | None = None,
         sensor_sources: list[str] | None = None,
     ) -> None:
@@ -144,26 +150,24 @@ class SparkplugSession:
         self._node_metrics = node_metrics
         self._device_metrics = device_metrics
         self._telemetry_interval = telemetry_interval
+        self._json = json
         self._lock = threading.RLock()
         self._seq = 0
         self._born = False
+        self._birthing: int | None = None  # the timestamp of births handed to the link
         self._birth_ms = 0
         self._host_online = primary_host is None
         self._host_ts = -1
-        self._link: MqttLink | None = None
         self._sources = [tuple(s.split("/", 1)) for s in sensor_sources or []]
         # per source device, from its DBIRTH: alias -> name, name -> datatype
         self._aliases: dict[tuple[str, str], dict[int, str]] = {}
         self._types: dict[tuple[str, str], dict[str, DataType]] = {}
-        self._errors_topic = errors_topic
-        self.births = 0
-
-    # -- wiring --------------------------------------------------------------------------
-    def attach(self, link: MqttLink) -> None:
-        self._link = link
+        self._errors_topic = json.topic(Outbound.ERRORS)
+        self.births_sent = 0
 
     def subscriptions(self) -> list[tuple[str, int]]:
         subs = [
+            *self._json.subscriptions(),
             (topic(self.group, MessageType.NCMD, self.node), 1),
             (topic(self.group, MessageType.DCMD, self.node, "+"), 1),
         ]
@@ -181,7 +185,7 @@ class SparkplugSession:
     def born(self) -> bool:
         return self._born
 
-    # -- connect / disconnect ------------------------------------------------------------
+    # -- the link's calls ----------------------------------------------------------------
     def will(self) -> Will:
         """The NDEATH will of the CONNECT about to be sent (advances bdSeq first)."""
         with self._lock:
@@ -194,30 +198,31 @@ class SparkplugSession:
         payload = encode([Metric(BD_SEQ, bd, DataType.INT64)], now_ms(), seq=None)
         return Will(self.topic(MessageType.NDEATH), payload, qos=1, retain=False)
 
-    def on_disconnect(self) -> None:
+    def lost(self) -> None:
         with self._lock:
             self._born = False
+            self._birthing = None
             # After a reconnect the host's (retained) STATE must say online again.
             self._host_online = self.primary_host is None
 
-    def goodbye(self) -> Will:
-        """Before an intentional disconnect: DDEATH now; returns the NDEATH to send last."""
+    def goodbye(self) -> list[Message]:
+        """Before an intentional disconnect: ``offline`` status, DDEATH, then NDEATH."""
+        out = self._json.goodbye()
         with self._lock:
-            if self._born and self._link is not None:
+            if self._born:
                 payload = encode([], now_ms(), self._next_seq())
-                self._link.publish_info(self.topic(MessageType.DDEATH, device=True), payload, qos=0)
+                out.append(Message(self.topic(MessageType.DDEATH, device=True), payload, qos=0))
             self._born = False
-            return self._death()
+            death = self._death()
+        return [*out, Message(death.topic, death.payload, death.qos, death.retain)]
 
-    # -- births --------------------------------------------------------------------------
-    def birth(self) -> bool:
-        """Publish NBIRTH and DBIRTH (seq from 0, same bdSeq); False when not possible now."""
-        link = self._link
+    def births(self) -> list[Message]:
+        """NBIRTH and DBIRTH (seq from 0, same bdSeq); none while the primary host is away."""
         with self._lock:
-            if link is None or not link.connected or not self._host_online:
-                self._born = False
-                return False
-            self._born = False  # data waits on this lock meanwhile
+            self._born = False  # data waits meanwhile (the link holds its publishing lock)
+            self._birthing = None
+            if not self._host_online:
+                return []
             self._seq = 0
             ts = now_ms()
             controls: list[Triple] = [
@@ -228,28 +233,40 @@ class SparkplugSession:
             ]
             nbirth = _metrics(controls + self._node_metrics(), ts, historical=False)
             dbirth = _metrics(self._device_metrics(), ts, historical=False)
-            sent = link.publish_info(
-                self.topic(MessageType.NBIRTH), encode(nbirth, ts, self._next_seq()), qos=0
-            ) and link.publish_info(
-                self.topic(MessageType.DBIRTH, device=True),
-                encode(dbirth, ts, self._next_seq()),
-                qos=0,
-            )
-            if not sent:
-                return False  # the link dropped meanwhile: the next connect births again
+            self._birthing = ts
+            return [
+                Message(self.topic(MessageType.NBIRTH), encode(nbirth, ts, 0), 0, numbered=True),
+                Message(
+                    self.topic(MessageType.DBIRTH, device=True),
+                    encode(dbirth, ts, 1),
+                    0,
+                    numbered=True,
+                ),
+            ]
+
+    def births_done(self, sent: bool) -> bool:
+        """The link handed the births to paho (``sent``), or the connection dropped meanwhile."""
+        with self._lock:
+            ts, self._birthing = self._birthing, None
+            if not sent or ts is None:
+                return False  # the next connect (or the host's return) births again
             self._birth_ms = ts
             self._born = True
-            self.births += 1
+            self.births_sent += 1
         log.info("Sparkplug births sent (bdSeq %s)", self.bd_seq.value)
-        link.rescan()  # the rows held back while not born go now, oldest first
-        return True
+        return True  # the rows held back while not born go now, oldest first
+
+    def sent(self, message: Message) -> None:
+        if message.numbered:
+            with self._lock:
+                self._next_seq()  # a seq is used only by a message that left
 
     # -- data ------------------------------------------------------------------------------
-    def data_row(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> Outgoing:
-        """The outbox row of a result or alert (DDATA) or telemetry (NDATA).
+    def row(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> Outgoing:
+        """The outbox row of a result or alert (DDATA) or telemetry (NDATA); others as JSON.
 
         The row holds the metrics as JSON with the time they were produced; seq
-        and ``is_historical`` are decided when it is sent (:meth:`send`).
+        and ``is_historical`` are decided when it is sent (:meth:`render`).
         """
         ts = now_ms()
         device = self.topic(MessageType.DDATA, device=True)
@@ -268,23 +285,20 @@ class SparkplugSession:
             return Outgoing(
                 self.topic(MessageType.NDATA), stored_payload(triples, ts), qos=0, priority=priority
             )
-        raise ValueError(f"{kind.value} messages are not Sparkplug data")
+        return self._json.row(kind, body, priority)
 
-    def send(self, row: Stored) -> MQTTMessageInfo | None:
-        """The link's pump hook: publish one outbox row (None: hold it, and the rows after it).
+    def render(self, row: Row) -> Message | Hold:
+        """How one outbox row leaves: :data:`HOLD` while not born.
 
         Sparkplug rows get their seq now and ``is_historical`` when produced
         before the current births; other rows (OTA status, errors) go out as
         stored, at QoS 1.
         """
-        link = self._link
-        if link is None:
-            return None
         if not row.topic.startswith(NAMESPACE + "/"):
-            return link.publish_info(row.topic, row.payload, qos=max(1, row.qos), retain=row.retain)
+            return Message(row.topic, row.payload, max(1, row.qos), row.retain, accepted_only=True)
         with self._lock:
             if not self._born:
-                return None
+                return HOLD
             try:
                 data = json.loads(row.payload)
                 ts = int(data["ts"])
@@ -295,11 +309,9 @@ class SparkplugSession:
                 # and the row counts as delivered once that report is acknowledged.
                 log.error("outbox row %d is not a valid Sparkplug message: %s", row.seq, exc)
                 body = {"field": "sparkplug", "error": f"row {row.seq} not sent: {exc}"}
-                return link.publish_info(self._errors_topic, json.dumps(body).encode(), qos=1)
-            info = link.publish_info(row.topic, payload, qos=0)
-            if info is not None:
-                self._next_seq()  # a seq is used only by a message that left
-            return info
+                report = json.dumps(body).encode()
+                return Message(self._errors_topic, report, qos=1, accepted_only=True)
+            return Message(row.topic, payload, qos=0, numbered=True, accepted_only=True)
 
     def _next_seq(self) -> int:
         seq = self._seq
@@ -307,10 +319,14 @@ class SparkplugSession:
         return seq
 
     # -- inbound -------------------------------------------------------------------------
-    def on_state(self, host: str, payload: bytes) -> None:
-        """A primary host STATE message (JSON ``{"online": bool, "timestamp": ms}``)."""
+    def on_state(self, host: str, payload: bytes) -> bool:
+        """A primary host STATE message (JSON ``{"online": bool, "timestamp": ms}``).
+
+        Returns:
+            True when births are due now (the host is back).
+        """
         if host != self.primary_host:
-            return
+            return False
         try:
             body = json.loads(payload)
             online, ts = body["online"], int(body["timestamp"])
@@ -318,11 +334,11 @@ class SparkplugSession:
                 raise TypeError("online is not a boolean")
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring a malformed STATE message from %s: %s", host, exc)
-            return
+            return False
         with self._lock:
             if ts < self._host_ts:
                 log.info("ignoring a STATE message of %s older than the last one", host)
-                return
+                return False
             self._host_ts = ts
             was = self._host_online
             self._host_online = online
@@ -330,34 +346,36 @@ class SparkplugSession:
                 if self._born:
                     log.warning("primary host %s is offline: data waits in the outbox", host)
                 self._born = False
-                return
-            if was and self._born:
-                return
-        self.birth()
+                self._birthing = None
+                return False
+            return not (was and self._born)
 
-    def receive(self, name: str, payload: bytes) -> tuple[str, list[dict[str, Any]]]:
-        """Sort one incoming Sparkplug message (paho's network thread).
+    def receive(
+        self, name: str, payload: bytes, sensors: Collection[str] | None
+    ) -> Received | None:
+        """Sort one incoming message (paho's network thread); None: not a Sparkplug topic.
 
         Returns:
-            ``("commands", [...])`` for an NCMD, ``("sensors", rows)`` for a
-            source device's DDATA (every numeric metric by timestamp; the node
-            keeps its sensors), ``("", [])`` for anything handled here (STATE,
-            a source's DBIRTH, whose aliases are kept) or not for this node.
+            An NCMD's commands, a source device's DDATA as sensor rows (its
+            metrics named in ``sensors``, by timestamp), births due (STATE), or
+            nothing for anything else (a source's DBIRTH, whose aliases are
+            kept, or a message not for this node).
 
         Raises:
             InvalidInputError: A malformed NCMD/DDATA, or a DCMD (this node's
                 devices take no commands).
         """
+        if not name.startswith(NAMESPACE):
+            return None
         parsed = parse_topic(name)
         if parsed is None:
-            return "", []
+            return Received()
         if parsed.kind is MessageType.STATE:
-            self.on_state(parsed.host, payload)
-            return "", []
+            return Received(birth=self.on_state(parsed.host, payload))
         if parsed.group != self.group:
-            return "", []
+            return Received()
         if parsed.kind is MessageType.NCMD and parsed.node == self.node:
-            return "commands", self.commands(payload)
+            return Received([(Inbound.CMD, dumps(cmd)) for cmd in self.commands(payload)])
         if parsed.kind is MessageType.DCMD and parsed.node == self.node:
             raise InvalidInputError(
                 "DCMD", f"device {parsed.device!r} takes no commands; send NCMD to the node"
@@ -373,8 +391,8 @@ class SparkplugSession:
             self._types[source] = {m.name: m.datatype for m in msg.metrics if m.name}
         elif parsed.kind is MessageType.DDATA and source in self._sources:
             msg = decode(payload, self._types.get(source), self._aliases.get(source))
-            return "sensors", sensor_rows(msg.metrics, msg.timestamp)
-        return "", []
+            return _sensor_rows(sensor_rows(msg.metrics, msg.timestamp), sensors)
+        return Received()
 
     def commands(self, payload: bytes) -> list[dict[str, Any]]:
         """Translate an NCMD payload into the node's commands.
@@ -404,6 +422,18 @@ class SparkplugSession:
                     f"or {TELEMETRY_INTERVAL}",
                 )
         return out
+
+
+def _sensor_rows(rows: list[dict[str, Any]], sensors: Collection[str] | None) -> Received:
+    """A source's readings as one ``sensors`` message: only the model's sensors, if any."""
+    if sensors is None:
+        return Received()  # this model takes no sensor windows
+    known = set(sensors)
+    kept = [
+        {"t": r["t"], "values": {k: v for k, v in r["values"].items() if k in known}} for r in rows
+    ]
+    kept = [r for r in kept if r["values"]]
+    return Received([(Inbound.SENSORS, dumps({"rows": kept}))] if kept else [])
 
 
 def _metrics(triples: list[Any], ts: int, historical: bool) -> list[Metric]:
