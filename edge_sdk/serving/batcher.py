@@ -27,7 +27,6 @@ call, and splits the outputs back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -44,6 +43,7 @@ from ..graph import Graph, StaticGraph, as_graph
 from ..io_contract import GraphForm
 from ..runtime import Runtime
 from .cache import ResultCache
+from .loop_sink import LoopSink, hand_to_loops
 
 log = logging.getLogger(__name__)
 
@@ -86,68 +86,13 @@ class BatcherConfig:
             raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
 
 
-class _LoopSink:
-    """The future of an asyncio caller, settled in one loop callback per batch.
-
-    ``concurrent.futures`` + ``asyncio.wrap_future`` would wake the event loop
-    once per request; a batch of 32 answers then costs 32 cross-thread
-    wake-ups. The worker instead records each outcome here and hands a whole
-    batch's outcomes to each loop with one ``call_soon_threadsafe``.
-    """
-
-    __slots__ = ("fut", "loop", "outcome")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Outputs]) -> None:
-        self.loop = loop
-        self.fut = fut
-        self.outcome: tuple[bool, Any] | None = None
-
-    def set_running_or_notify_cancel(self) -> bool:
-        return not self.fut.cancelled()  # a benign cross-thread read
-
-    def set_result(self, value: Outputs) -> None:
-        self.outcome = (True, value)
-
-    def set_exception(self, exc: BaseException) -> None:
-        self.outcome = (False, exc)
-
-    def done(self) -> bool:
-        return self.outcome is not None
-
-    def settle(self) -> None:
-        """Apply the outcome (call on the loop's thread)."""
-        if self.outcome is None or self.fut.done():
-            return
-        ok, value = self.outcome
-        if ok:
-            self.fut.set_result(value)
-        else:
-            self.fut.set_exception(value)
-
-
-def _settle_all(sinks: list[_LoopSink]) -> None:
-    for sink in sinks:
-        sink.settle()
-
-
 @dataclass(eq=False)
 class _Request:
     graph: Graph
     rows: int
-    future: Future[Outputs] | _LoopSink
+    future: Future[Outputs] | LoopSink
     key: bytes | None
     arrived: float  # time.monotonic()
-
-
-def _hand_to_loops(requests: list[_Request]) -> None:
-    """One ``call_soon_threadsafe`` per event loop for the settled asyncio requests."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_LoopSink]] = {}
-    for r in requests:
-        if isinstance(r.future, _LoopSink) and r.future.outcome is not None:
-            by_loop.setdefault(r.future.loop, []).append(r.future)
-    for loop, sinks in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
-            loop.call_soon_threadsafe(_settle_all, sinks)
 
 
 class DynamicBatcher:
@@ -267,7 +212,7 @@ class DynamicBatcher:
             for request in pending:
                 if request.future.set_running_or_notify_cancel():
                     request.future.set_exception(error)
-            _hand_to_loops(pending)
+            hand_to_loops(r.future for r in pending)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
 
@@ -300,7 +245,7 @@ class DynamicBatcher:
         self._admit(inputs, future)
         return future
 
-    def _admit(self, inputs: Any, future: Future[Outputs] | _LoopSink) -> None:
+    def _admit(self, inputs: Any, future: Future[Outputs] | LoopSink) -> None:
         """Validate, answer from the cache, or queue (see :meth:`submit`)."""
         graph = as_graph(inputs, self._spec)
         rows = graph.batch_size if isinstance(graph, StaticGraph) else graph.num_graphs
@@ -374,7 +319,7 @@ class DynamicBatcher:
         the awaiting task withdraws a request that has not started.
         """
         loop = asyncio.get_running_loop()
-        sink = _LoopSink(loop, loop.create_future())
+        sink = LoopSink(loop, loop.create_future())
         self._admit(inputs, sink)
         sink.settle()  # a cache hit is settled already
         return await sink.fut
@@ -424,7 +369,7 @@ class DynamicBatcher:
                         request.future.set_exception(
                             InternalError(f"batcher failed: {type(exc).__name__}: {exc}")
                         )
-                _hand_to_loops(batch)
+                hand_to_loops(r.future for r in batch)
 
     def _next_batch(self) -> list[_Request] | None:
         """Block for the first request, then gather until the row limit or the deadline."""
@@ -484,7 +429,7 @@ class DynamicBatcher:
             if self.cache is not None and request.key is not None:
                 self.cache.put(request.key, outcome)
             request.future.set_result(outcome)
-        _hand_to_loops(live)
+        hand_to_loops(r.future for r in live)
         with self._cv:
             self._batches += 1
             self._batched_requests += len(live)
