@@ -1,31 +1,26 @@
 """HTTP/1.1 transport of the inference server: connections, deadlines, eviction, framing.
 
-:class:`HttpServer` and :class:`RequestHandler` carry requests to the app
-(:class:`~edge_sdk.serving.http.InferenceServer`, which routes them) and its
-answers back.
+:class:`HttpServer` and :class:`RequestHandler` carry requests to an :class:`App`
+(``http.InferenceServer``, which routes them). Why ``ThreadingHTTPServer`` on a device:
 
-Why the standard library's ``ThreadingHTTPServer`` on an edge device:
-
-* **no extra dependency** on the device: nothing to vendor, patch or
-  cross-compile for an ARM gateway, and an audited, long-maintained parser;
+* **no extra dependency** on the device: nothing to vendor, patch or cross-compile
+  for an ARM gateway, and an audited, long-maintained parser;
 * **one thread per connection** maps directly onto the thread-safe
-  :class:`~edge_sdk.serving.batcher.DynamicBatcher`, which merges the
-  requests of concurrent connections into one backend call: the server needs
-  no event loop of its own, and the expensive part (inference) releases the
-  GIL;
-* **bounded resources**: request bodies are capped (``max_body_bytes``,
-  checked on the header); every request must arrive whole (request line,
-  headers and body) within ``request_timeout_s`` of its first byte (a new
-  connection's first request: of the connection), else 408 and close;
-  idle keep-alive connections time out (``idle_timeout_s``); at most
-  ``max_connections`` are open at once.
+  :class:`~edge_sdk.serving.batcher.DynamicBatcher`, which merges concurrent
+  requests into one backend call: no event loop of its own is needed, and the
+  expensive part (inference) releases the GIL;
+* **bounded resources**: request bodies are capped (``max_body_bytes``, checked
+  on the header); every request must arrive whole (request line, headers, body)
+  within ``request_timeout_s`` of its first byte (a new connection's first
+  request: of the connection), else 408 and close; idle keep-alive connections
+  time out (``idle_timeout_s``); at most ``max_connections`` are open at once.
 * **slow clients cannot starve fast ones**: at the connection limit, a new
   connection takes the slot of the one that has waited longest without a
   complete request (idle, or trickling its request: answered 408). Only
-  connections answering a complete request keep their slots; when all of
-  them do, a new connection is answered 503 and closed. Measured with 200
-  connections trickling a byte every 0.2 s against 128 slots, over 99 % of
-  the valid requests sent meanwhile succeeded (``tests/serving/test_http_hostile.py``).
+  connections answering a complete request keep their slots; when all do, a new
+  one is answered 503 and closed. With 200 connections trickling a byte every
+  0.2 s against 128 slots, over 99 % of the valid requests sent meanwhile
+  succeeded (``tests/serving/test_http_hostile.py``).
 """
 
 from __future__ import annotations
@@ -41,18 +36,26 @@ import time
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .kserve import ERROR_KINDS, ProtocolError
-
-if TYPE_CHECKING:
-    from .http import InferenceServer
+from .metrics import ServingMetrics
 
 log = logging.getLogger("edge_sdk.serving.http")  # one logger for the server, as before
 SERVER_NAME = "edge-graph-sdk"
 
 
-# -- connections: request deadlines and eviction -------------------------------------------------
+class App(Protocol):
+    """What the transport needs of its app (``http.InferenceServer``): limits and ``handle``."""
+
+    idle_timeout_s: float
+    request_timeout_s: float
+    max_connections: int
+    max_body_bytes: int
+    metrics: ServingMetrics
+
+    def handle(self, req: RequestHandler, method: str) -> tuple[int, bytes, dict[str, str]]:
+        """Route one complete request; return status, body and extra headers."""
 
 
 class Expired(Exception):
@@ -423,7 +426,7 @@ class HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # listen backlog: a burst of connections waits, not refused
 
-    def __init__(self, address: tuple[str, int], app: InferenceServer) -> None:
+    def __init__(self, address: tuple[str, int], app: App) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.app = app
@@ -485,6 +488,7 @@ class HttpServer(ThreadingHTTPServer):
 
 __all__ = [
     "SERVER_NAME",
+    "App",
     "Connection",
     "DeadlineReader",
     "Expired",
