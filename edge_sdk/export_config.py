@@ -312,11 +312,11 @@ GROUPS: dict[str, type] = {
     "targets": TargetOptions,
     "bundle": BundleOptions,
 }
-#: Flat keywords whose group field has another name.
-_RENAMED = {"prune": ("pruning", "spec"), "int8": ("quant", "enabled")}
+#: (group, field) -> its flat keyword, where the two names differ.
+_FLAT_NAME = {("pruning", "spec"): "prune", ("quant", "enabled"): "int8"}
 #: Flat keyword -> (group, field), for every field of every group.
 FLAT: dict[str, tuple[str, str]] = {
-    ({v: k for k, v in _RENAMED.items()}.get((g, f.name), f.name)): (g, f.name)
+    _FLAT_NAME.get((g, f.name), f.name): (g, f.name)
     for g, cls in GROUPS.items()
     for f in dataclasses.fields(cls)
 }
@@ -340,7 +340,8 @@ class ExportConfig:
         bundle: Canary and archive (:class:`BundleOptions`).
 
     Raises:
-        ExportError: An unknown keyword, or a value a group refuses.
+        TypeError: An unknown keyword.
+        ExportError: A value a group refuses.
         ProfileError: An unknown or invalid device profile.
     """
 
@@ -411,13 +412,12 @@ class FlagField:
 
 def cli_fields() -> Iterator[FlagField]:
     """The config fields ``edge-export export`` offers, in group order."""
-    flat_of = {v: k for k, v in FLAT.items()}
     for g, cls in GROUPS.items():
         for f in dataclasses.fields(cls):
             flag: Flag | None = f.metadata.get("flag")
             if flag is None:
                 continue
-            flat = flat_of[(g, f.name)]
+            flat = _FLAT_NAME.get((g, f.name), f.name)
             default = f.default if flag.default is FIELD_DEFAULT else flag.default
             yield FlagField(flat, flag.param or flat, flag, flag.type or f.type, default)
 
