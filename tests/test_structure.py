@@ -54,10 +54,7 @@ LONG_FILE_EXCEPTIONS: dict[str, str] = {
 
 #: Files still over the limit while #16 splits them: strict xfail, so the split that lands
 #: turns the case into an XPASS failure until its line here is removed.
-PENDING_SPLITS: dict[str, str] = {
-    "edge_sdk/node/node.py": "EdgeNode split into ingress, worker and alerts (#16, item 1)",
-    "edge_sdk/node/windows.py": "node package split (#16, item 1)",
-}
+PENDING_SPLITS: dict[str, str] = {}
 
 # -- the module graph ------------------------------------------------------------------------
 

@@ -1,7 +1,10 @@
 """The MQTT protocol layer that the node and the fleet tools both sit on.
 
 * :mod:`.link`: one paho-mqtt client (reconnects, MQTT 5 with 3.1.1 fallback,
-  manual acknowledgements) and the pump that drains a durable store of rows;
+  manual acknowledgements); :mod:`.pump` drains a durable store of rows
+  (:mod:`.rows`) through it;
+* :mod:`.scheme`: what a link asks of its topic scheme (will, how a row
+  leaves, births, goodbye); the node's JSON and Sparkplug schemes implement it;
 * :mod:`.topics`: the JSON scheme's topics and envelopes, topic checks, JSON limits;
 * :mod:`.transfer`: model bundles offered and sent in chunks;
 * :mod:`.config`: where and how to connect (:class:`BrokerConfig`);

@@ -30,7 +30,7 @@ from .topics import check_topic
 if TYPE_CHECKING:
     from paho.mqtt.client import MQTTMessageInfo
 
-    from .link import LinkStats
+    from .delivery import LinkStats
 
 log = logging.getLogger(__name__)
 

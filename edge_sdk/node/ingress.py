@@ -1,0 +1,120 @@
+"""The node's ingress: MQTT messages (paho's network thread) and local input into one queue.
+
+Nothing here blocks on the model: sensors, ``infer`` requests and commands are
+queued for the worker, which acknowledges them (MQTT PUBACK) once its batch is
+committed; OTA messages go to the update agent and the wire scheme's own
+topics (Sparkplug STATE, NCMD, source DDATA) are translated by the scheme,
+both acknowledged at once (see docs/node.md).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import InvalidInputError
+from ..mqtt.link import Delivery
+from ..mqtt.topics import Inbound
+
+if TYPE_CHECKING:
+    from ..mqtt.link import MqttLink
+    from ..mqtt.topics import JsonScheme
+    from .config import NodeConfig
+    from .ota import UpdateAgent
+    from .schemes import NodeScheme
+    from .telemetry import NodeStats
+
+
+@dataclass(frozen=True)
+class Message:
+    """One queued input for the worker."""
+
+    kind: Inbound
+    payload: bytes
+    properties: Any
+    received: float
+    #: MQTT input: acknowledged by the worker once the batch is committed.
+    delivery: Delivery | None = None
+
+
+class IngressHost(Protocol):
+    """What the ingress needs from the node it receives for (the node implements it)."""
+
+    config: NodeConfig
+    scheme: JsonScheme
+    wire: NodeScheme
+    link: MqttLink | None
+    updates: UpdateAgent | None
+    stats: NodeStats
+
+    def window_sensors(self) -> Collection[str] | None: ...
+
+    def ack(self, *deliveries: Delivery | None) -> None: ...
+
+    def report_error(self, field_name: str, message: str, kind: Inbound | None = None) -> None: ...
+
+
+class Ingress:
+    """Sorts what arrives and queues it for the worker.
+
+    Args:
+        node: The node it receives for (config, scheme, link, updates, stats).
+    """
+
+    def __init__(self, node: IngressHost) -> None:
+        self.node = node
+        self.queue: queue.Queue[Message] = queue.Queue(maxsize=node.config.queue_size)
+
+    def on_message(
+        self, topic: str, payload: bytes, properties: Any, delivery: Delivery | None = None
+    ) -> None:
+        """paho's network thread. Sensors, infer and cmd are acknowledged by the worker
+        once their batch is committed; everything else at once (see docs/node.md)."""
+        node = self.node
+        kind = None
+        if not self._own_topic(topic, payload):
+            kind = node.scheme.classify(topic)
+        if kind in (Inbound.OTA_OFFER, Inbound.OTA_CHUNK):
+            if node.updates is not None:
+                node.updates.submit(kind, payload)
+        elif kind is not None:
+            self.enqueue(kind, payload, properties, delivery)
+            return
+        node.ack(delivery)
+
+    def enqueue(
+        self, kind: Inbound, payload: bytes, properties: Any, delivery: Delivery | None = None
+    ) -> None:
+        """Queue one input; when the queue stays full for a second, answer it as dropped."""
+        try:
+            self.queue.put(
+                Message(kind, payload, properties, time.monotonic(), delivery), timeout=1.0
+            )
+        except queue.Full:
+            node = self.node
+            node.stats.overloaded += 1
+            node.report_error(
+                "queue",
+                f"node overloaded: {node.config.queue_size} messages waiting; message dropped",
+                kind=kind,
+            )
+            node.ack(delivery)  # refused with an error, like any bad message
+
+    def _own_topic(self, topic: str, payload: bytes) -> bool:
+        """A message on the wire scheme's own topics (Sparkplug), handled here (True)."""
+        node = self.node
+        try:
+            got = node.wire.receive(topic, payload, node.window_sensors())
+        except InvalidInputError as exc:
+            node.report_error(exc.field, str(exc))
+            return True
+        if got is None:
+            return False
+        for kind, body in got.items:
+            self.enqueue(kind, body, None)
+        if got.birth and node.link is not None:
+            node.link.birth()
+        return True
