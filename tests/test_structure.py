@@ -3,9 +3,10 @@
 What is checked (the rules are written out in docs/architecture.md and CONTRIBUTING.md):
 
 * **No import cycle between files** in ``edge_sdk/``, ``exporters/`` and ``runtimes/``.
-  Every import counts, module-level or inside a function (a lazy import hides a
-  cycle from the interpreter, not from the reader); imports under
-  ``if TYPE_CHECKING:`` do not (they never run). An import names the file it
+  Every import counts: module-level, inside a function (a lazy import hides a
+  cycle from the interpreter, not from the reader) and under ``if TYPE_CHECKING:``
+  (two files that need each other's types are one idea in two places; name what
+  one needs of the other as a Protocol instead). An import names the file it
   loads: ``from .x import y`` is an edge to ``x`` (and to ``x/y.py`` when ``y``
   is a submodule), ``from . import x`` to ``x``.
 * **No ``_private`` name of another package's module.** ``from mod import _name``
@@ -93,16 +94,6 @@ def _modules() -> dict[str, Module]:
     return found
 
 
-def _type_checking_nodes(tree: ast.Module) -> set[int]:
-    """ids of the import nodes under ``if TYPE_CHECKING:`` (they never run)."""
-    skipped: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.body:
-                skipped.update(id(n) for n in ast.walk(child))
-    return skipped
-
-
 def _resolve(module: Module, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
@@ -113,11 +104,8 @@ def _resolve(module: Module, node: ast.ImportFrom) -> str:
 
 def _analyse(modules: dict[str, Module]) -> None:
     for module in modules.values():
-        skipped = _type_checking_nodes(module.tree)
         aliases: dict[str, str] = {}  # local name -> module of the tree
         for node in ast.walk(module.tree):
-            if id(node) in skipped:
-                continue
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name in modules:
@@ -250,7 +238,7 @@ def test_the_checks_catch_what_they_forbid() -> None:
             "edge_sdk.a": "from .b import thing",
             "edge_sdk.b": "def f():\n    from edge_sdk import a",  # lazy: still a cycle
             "edge_sdk.c": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-            "    from .d import X",  # never runs: no edge
+            "    from .d import X",  # for types only: still a cycle
             "edge_sdk.d": "from . import c",
             "edge_sdk.node.__init__": "",
             "edge_sdk.node.n": "from ..b import _helper\nfrom .. import d\nd._secret()",
@@ -258,7 +246,10 @@ def test_the_checks_catch_what_they_forbid() -> None:
             "edge_sdk.e": "from .node import _own",
         }
     )
-    assert list(_cycles(fake)) == [["edge_sdk.a", "edge_sdk.b", "edge_sdk.a"]]
+    assert list(_cycles(fake)) == [
+        ["edge_sdk.a", "edge_sdk.b", "edge_sdk.a"],
+        ["edge_sdk.c", "edge_sdk.d", "edge_sdk.c"],
+    ]
     assert fake["edge_sdk.node.n"].private_uses == [
         "1: from edge_sdk.b import _helper",
         "3: edge_sdk.d._secret",
