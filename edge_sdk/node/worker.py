@@ -15,8 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,14 +29,7 @@ from .telemetry import result_body
 from .windows import Gap, Incomplete, Window, WindowAssembler
 
 if TYPE_CHECKING:
-    from ..mqtt.link import Delivery, MqttLink
-    from ..mqtt.topics import JsonScheme
-    from .active_model import ActiveModel
-    from .alerts import Alerts
-    from .config import NodeConfig
-    from .ota import UpdateAgent
-    from .outbox import Outbox
-    from .telemetry import NodeStats
+    from .worker_host import WorkerHost
 
 log = logging.getLogger(__name__)
 
@@ -51,40 +43,6 @@ _MAX_FAILURE_CHARS = 300
 _MAX_ECHO_BYTES = 1024
 #: Outbox state key of the sensor-window buffer (committed with each batch's results).
 WINDOW_STATE = "windows"
-
-
-class WorkerHost(Protocol):
-    """What the worker needs from the node it works for (the node implements it)."""
-
-    config: NodeConfig
-    stats: NodeStats
-    model: ActiveModel
-    scheme: JsonScheme
-    link: MqttLink | None
-    outbox: Outbox | None
-    updates: UpdateAgent | None
-    alerts: Alerts
-    on_result: Callable[[dict[str, Any]], None] | None
-
-    def infer(self, inputs: Any, *, strict: bool = False) -> dict[str, np.ndarray]: ...
-
-    def message(self, kind: Outbound, body: dict[str, Any], priority: Priority) -> Outgoing: ...
-
-    def error_message(
-        self,
-        field_name: str,
-        message: str,
-        kind: Inbound | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> Outgoing: ...
-
-    def commit(self, out: list[Outgoing], state: dict[str, bytes] | None = None) -> None: ...
-
-    def command(self, msg: Message, out: list[Outgoing]) -> None: ...
-
-    def telemetry_due(self) -> Outgoing | None: ...
-
-    def ack(self, *deliveries: Delivery | None) -> None: ...
 
 
 class Worker:
