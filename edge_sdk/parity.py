@@ -23,12 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runtimes
 from .bundle import Bundle
 from .errors import BackendUnavailableError, InvalidInputError, ManifestError, ParityError
 from .io_contract import TensorSpec
 from .manifest import MANIFEST_NAME, Artifact, OutputParity, ParityReport, Precision
-from .runtimes import BackendOptions
+from .runtimes import (
+    BackendOptions,
+    backend_for_target,
+    create_backend,
+    known_backends,
+    unavailable_reason,
+)
 
 
 @dataclass
@@ -148,7 +153,7 @@ class VerifyParity:
         )
         return ParityReport(
             artifact=artifact.name,
-            backend=runtimes.backend_for_target(artifact.target) or str(artifact.target),
+            backend=backend_for_target(artifact.target) or str(artifact.target),
             samples=len(cases),
             outputs=per_output,
             metric="accuracy" if total else None,
@@ -166,9 +171,9 @@ def run_artifact(
     feeds: Sequence[dict[str, np.ndarray]],
 ) -> list[dict[str, np.ndarray]]:
     """Run ``artifact`` on its device backend (1 thread) for each feed dict."""
-    name = runtimes.backend_for_target(artifact.target)
+    name = backend_for_target(artifact.target)
     assert name is not None
-    backend = runtimes.create_backend(name, BackendOptions(threads=1))
+    backend = create_backend(name, BackendOptions(threads=1))
     backend.load(path, artifact, inputs, outputs)
     try:
         return [backend.infer(f) for f in feeds]
@@ -344,12 +349,12 @@ def verify_bundle(
     )
     checks = []
     for art in bundle.manifest.artifacts:
-        name = runtimes.backend_for_target(art.target) or str(art.target)
+        name = backend_for_target(art.target) or str(art.target)
         if backends and name not in backends:
             continue
         reason = (
-            runtimes.unavailable_reason(name)
-            if name in runtimes.known_backends()
+            unavailable_reason(name)
+            if name in known_backends()
             else ("not supported by this runtime version")
         )
         if reason:
@@ -358,7 +363,7 @@ def verify_bundle(
         if progress:
             progress(f"checking {art.name} on {name}")
         extra = {"device": art.options["device"]} if "device" in art.options else None
-        backend = runtimes.create_backend(name, BackendOptions(threads=threads, extra=extra))
+        backend = create_backend(name, BackendOptions(threads=threads, extra=extra))
         try:
             backend.load(bundle.path_of(art.path), art, raw.manifest.inputs, raw.manifest.outputs)
         except BackendUnavailableError as exc:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import runtimes
 from .bundle import Bundle
 from .errors import (
     BackendUnavailableError,
@@ -37,7 +36,13 @@ from .packing import (
     unpad_outputs,
 )
 from .profiles import DeviceProfile, load_profile
-from .runtimes import BackendOptions
+from .runtimes import (
+    Backend,
+    BackendOptions,
+    create_backend,
+    known_backends,
+    unavailable_reason,
+)
 from .runtimes.base import CheckedFeeds
 from .selection import artifact_plans
 
@@ -58,7 +63,7 @@ class Runtime:
     """
 
     def __init__(
-        self, bundle: Bundle, backend: runtimes.Backend, artifact: Artifact, why: list[str]
+        self, bundle: Bundle, backend: Backend, artifact: Artifact, why: list[str]
     ) -> None:
         self.bundle = bundle
         self.backend = backend
@@ -142,7 +147,7 @@ class Runtime:
         elif str(profile) != "auto":
             prof = load_profile(profile)
         if backend:
-            runtimes.unavailable_reason(backend)  # raises on an unknown name
+            unavailable_reason(backend)  # raises on an unknown name
         forced: list[Precision] | None = None
         if precision is not None:
             try:
@@ -159,16 +164,16 @@ class Runtime:
             if artifact.name in tried:
                 continue
             tried.add(artifact.name)
-            if name not in runtimes.known_backends():
+            if name not in known_backends():
                 why.append(f"{name}: not supported by this runtime version")
                 continue
-            reason = runtimes.unavailable_reason(name)
+            reason = unavailable_reason(name)
             if reason:
                 why.append(f"{name}: unavailable: {reason}")
                 continue
             n_threads = threads if threads is not None else plan.threads
             options = BackendOptions(threads=n_threads, extra=plan.extra or None)
-            be = runtimes.create_backend(name, options)
+            be = create_backend(name, options)
             try:
                 be.load(b.path_of(artifact.path), artifact, b.manifest.inputs, b.manifest.outputs)
             except BackendUnavailableError as exc:

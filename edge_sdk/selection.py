@@ -11,9 +11,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import runtimes
 from .manifest import Artifact, Manifest, Precision
 from .profiles import AUTO_ORDER, DeviceProfile, TargetSpec
+from .runtimes import backend_for_target
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def _by_precision(
 ) -> Iterator[Plan]:
     for precision in precisions:
         for a in manifest.artifacts:
-            if runtimes.backend_for_target(a.target) != backend or a.precision != precision:
+            if backend_for_target(a.target) != backend or a.precision != precision:
                 continue
             if device is not None and a.options.get("device", device) != device:
                 continue

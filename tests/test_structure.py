@@ -216,7 +216,7 @@ def test_the_graph_sees_the_whole_tree(modules: dict[str, Module]) -> None:
     assert {"edge_sdk.runtime", "edge_sdk.exporters.pipeline", "edge_sdk.runtimes.base"} <= set(
         modules
     )
-    assert "edge_sdk.runtimes" in modules["edge_sdk.runtime"].imports  # from . import runtimes
+    assert "edge_sdk.runtimes" in modules["edge_sdk.runtime"].imports  # the backend registry
     assert "edge_sdk.errors" in modules["edge_sdk.runtimes.base"].imports
 
 
