@@ -131,6 +131,8 @@ class DeadlineReader(io.RawIOBase):
         if conn.deadline is not None:
             timeout = min(timeout, conn.deadline - time.monotonic())
         reading = conn.phase == _READING
+        if conn.evicted:
+            return self._evicted(reading)
         if timeout <= 0:
             if reading:
                 raise Expired("deadline")
@@ -142,9 +144,19 @@ class DeadlineReader(io.RawIOBase):
             if reading:
                 raise Expired("deadline") from None
             raise
-        if n == 0 and conn.evicted and reading:
-            raise Expired("evicted")
+        if conn.evicted:
+            # Not only the shutdown's EOF wakes an evicted read: bytes the client sent after
+            # the eviction (its next request on a keep-alive connection) can be returned by a
+            # recv that was already blocked, as Linux keeps them readable after SHUT_RD. An
+            # evicted connection serves nothing more.
+            return self._evicted(reading)
         return n
+
+    @staticmethod
+    def _evicted(reading: bool) -> int:
+        if reading:
+            raise Expired("evicted")
+        return 0  # waiting for a request: end of stream, the connection closes quietly
 
 
 class RequestHandler(BaseHTTPRequestHandler):
@@ -353,6 +365,10 @@ class RequestHandler(BaseHTTPRequestHandler):
             # A body we did not read would be parsed as the next request.
             self.close_connection = True
         self._send(status, body, headers, method == "HEAD")
+        # Idle before the answer leaves (handle_one_request flushes it): a client that has
+        # its answer may open another connection at once, and at the cap that one must find
+        # this connection evictable, not still answering (a 503 under load otherwise).
+        self.conn.answered()
         if self.metrics_model is not None:
             app.metrics.observe_request(self.metrics_model, status, time.perf_counter() - started)
 
