@@ -67,11 +67,8 @@ _IDLE, _READING, _BUSY = "idle", "reading", "busy"
 class Connection:
     """One open connection as the server sees it: phase, deadline, eviction.
 
-    Phases: ``idle`` (waiting for a request: keep-alive, or a new connection),
-    ``reading`` (a request has begun and is not complete: its deadline runs)
-    and ``busy`` (the request is read completely and is being answered).
-    Only idle and reading connections are evicted for a new one; a busy one
-    holds its slot until answered.
+    Phases: ``idle`` (waiting for a request), ``reading`` (begun, not complete:
+    its deadline runs), ``busy`` (read completely, being answered: never evicted).
     """
 
     __slots__ = ("deadline", "evicted", "phase", "since", "sock")
@@ -108,9 +105,8 @@ class Connection:
 class DeadlineReader(io.RawIOBase):
     """The socket's read side, bounded by the request deadline, not only per read.
 
-    An idle timeout alone lets a client that sends one byte every few seconds
-    hold a connection for ever; here every read of a request waits at most
-    until that request's deadline (headers and body together).
+    An idle timeout alone lets a client sending a byte every few seconds hold a
+    connection for ever; here a request's reads all end by its deadline.
     """
 
     def __init__(self, conn: Connection, idle_timeout_s: float) -> None:
@@ -123,12 +119,12 @@ class DeadlineReader(io.RawIOBase):
 
     def readinto(self, buf: Any) -> int:
         conn = self._conn
-        timeout = self._idle_timeout_s
-        if conn.deadline is not None:
-            timeout = min(timeout, conn.deadline - time.monotonic())
         reading = conn.phase == _READING
         if conn.evicted:
             return self._evicted(reading)
+        timeout = self._idle_timeout_s
+        if conn.deadline is not None:
+            timeout = min(timeout, conn.deadline - time.monotonic())
         if timeout <= 0:
             if reading:
                 raise Expired("deadline")
@@ -140,8 +136,7 @@ class DeadlineReader(io.RawIOBase):
             if reading:
                 raise Expired("deadline") from None
             raise
-        # A blocked recv can return bytes sent after the eviction (Linux keeps them readable
-        # after SHUT_RD): an evicted connection serves nothing more.
+        # A blocked recv may return bytes sent after SHUT_RD: an evicted connection serves no more.
         return self._evicted(reading) if conn.evicted else n
 
     @staticmethod
