@@ -3,16 +3,7 @@
 Keys and the signature over the manifest bytes are in :mod:`edge_sdk.ed25519`;
 this module re-exports them, so ``edge_sdk.signing`` is the one place to import from.
 
-``manifest.json`` lists the size and sha256 of every other file of a bundle,
-so a signature over the exact manifest bytes covers the whole bundle (once
-:meth:`edge_sdk.Bundle.open` has checked the files against the manifest).
-The signature is a detached JSON document, ``manifest.sig`` in the bundle
-root, not listed in the manifest::
-
-    {"alg": "ed25519", "key_id": "<16 hex>", "signature": "<base64>"}
-
-``key_id`` is the first 16 hex digits of the sha256 of the raw 32-byte public
-key; a verifier looks the key up among its trusted keys by that id.
+What a signature covers and the ``manifest.sig`` format: :mod:`edge_sdk.ed25519`.
 
 Needs ``cryptography`` (the ``[mqtt]`` extra), imported on first use only:
 this module imports without it.
