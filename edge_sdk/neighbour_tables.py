@@ -311,3 +311,61 @@ def bucket_capacity(
             cap = min(max_nodes * max_splits, cap + max_edges // kmax)
         caps.append(max(1, cap))
     return caps
+
+
+def request_tables(
+    edge_index: np.ndarray,
+    num_nodes: int,
+    layout: TableLayout,
+    *,
+    batch: np.ndarray | None = None,
+    num_graphs: int = 1,
+    bucket: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The table inputs of one request (the contract between runtime and artifact).
+
+    Args:
+        edge_index: ``[2, E]`` int64 edges of the (already padded) request.
+        num_nodes: Nodes of the request (padding nodes included).
+        layout: The artifact's :class:`TableLayout` (``manifest.graph.tables``).
+        batch: ``[N]`` graph id per node, for the readout table (``layout.pool_widths``).
+        num_graphs: Graphs in the request (padding graph included).
+        bucket: Index of the bucket the request was padded to, for static-shape
+            engines (fixed class capacities); ``None`` for engines taking any shape.
+
+    Returns:
+        Arrays by input name, in :meth:`TableLayout.input_names` order.
+
+    Raises:
+        InvalidInputError: The request exceeds the layout's degree or capacity limits.
+    """
+    feeds: dict[str, np.ndarray] = {}
+    for k, variant in enumerate(layout.variants):
+        src, dst, eid = apply_variant(edge_index, num_nodes, variant)
+        cap = layout.capacities[k][bucket] if bucket is not None else None
+        table = build_table(
+            src,
+            dst,
+            num_nodes,
+            layout.widths,
+            eid=eid if layout.edge_ids else None,
+            max_splits=layout.max_splits,
+            capacity=cap,
+        )
+        feeds |= table.arrays(variant)
+    if layout.pool_widths:
+        nodes = np.arange(num_nodes, dtype=np.int64)
+        graph_of = np.zeros(num_nodes, np.int64) if batch is None else np.asarray(batch, np.int64)
+        cap = None
+        if bucket is not None:
+            cap = layout.capacities[len(layout.variants)][bucket]
+        pool = build_table(
+            nodes,
+            graph_of,
+            num_graphs,
+            layout.pool_widths,
+            max_splits=layout.pool_splits,
+            capacity=cap,
+        )
+        feeds |= pool.arrays("pool")
+    return feeds
