@@ -12,6 +12,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .neighbour_tables import TableLayout
+
 
 class GraphForm(StrEnum):
     """How the graph reaches the model (see DESIGN.md, "Graph forms")."""
@@ -77,6 +79,13 @@ class GraphSpec(_Spec):
         description="how neighbour aggregation is lowered: dense | scatter | model",
     )
 
+    tables: TableLayout | None = Field(
+        default=None,
+        description="dynamic form with neighbour tables: the tables the runtime builds per "
+        "request from edge_index/batch (model inputs instead of them); None: the model "
+        "takes edge_index (and batch) itself",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> GraphSpec:
         if self.form is not GraphForm.DYNAMIC and self.num_nodes is None:
@@ -84,11 +93,14 @@ class GraphSpec(_Spec):
         sizes = [(b.max_nodes, b.max_edges) for b in self.buckets]
         if sizes != sorted(sizes):
             raise ValueError("buckets must be in ascending order")
+        caps = self.tables.capacities if self.tables is not None else []
+        if any(len(per) != len(self.buckets) for per in caps):
+            raise ValueError("tables.capacities must hold one entry per bucket")
         return self
 
     @property
     def input_names(self) -> list[str]:
-        """Model input names in order."""
+        """The request's inputs in order (the model's own: :attr:`model_input_names`)."""
         if self.form is not GraphForm.DYNAMIC:
             return ["x"]
         names = ["x", "edge_index"]
@@ -97,3 +109,28 @@ class GraphSpec(_Spec):
         if self.has_batch:
             names.append("batch")
         return names
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """The exported model's inputs in order: :attr:`input_names`, or with
+        :attr:`tables`, ``x`` (``edge_attr``) and the table inputs the runtime builds."""
+        if self.tables is None:
+            return self.input_names
+        names = ["x"] + (["edge_attr"] if self.edge_dim is not None else [])
+        return names + self.tables.input_names()
+
+    def fixed_shapes(self, bucket: int) -> dict[str, list[int]]:
+        """Every model input's fixed shape for ``buckets[bucket]`` (static-shape engines).
+
+        Raises:
+            ValueError: No such bucket, or a model without :attr:`tables` (its inputs'
+                shapes follow the padded graph: ``x [max_nodes, F]``, ``edge_index
+                [2, max_edges]``...).
+        """
+        if self.tables is None:
+            raise ValueError("this model takes no neighbour tables")
+        if not 0 <= bucket < len(self.buckets):
+            raise ValueError(f"bucket {bucket}: the model has {len(self.buckets)} bucket(s)")
+        return self.tables.fixed_shapes(
+            self.buckets[bucket], bucket, self.num_features, self.edge_dim
+        )
