@@ -29,7 +29,7 @@ NEIGHBOUR_AGGRS = ("sum", "mean", "max", "min")
 
 
 def unsupported(path: str, conv: nn.Module, option: str, value: object, supported: str) -> None:
-    """Raise the error used for every conv option that has no dense lowering.
+    """Raise the error used for every conv option that has no lowering (dense or tables).
 
     Args:
         path: Dotted path of the layer inside the model (``""`` for the root).
@@ -43,8 +43,8 @@ def unsupported(path: str, conv: nn.Module, option: str, value: object, supporte
     """
     where = path or "<root>"
     raise UnsupportedModelError(
-        f"Cannot lower layer '{where}' ({type(conv).__name__}) to a dense static-topology "
-        f"layer: option {option}={value!r} is not supported; supported: {supported}."
+        f"Cannot lower layer '{where}' ({type(conv).__name__}): option "
+        f"{option}={value!r} is not supported; supported: {supported}."
     )
 
 

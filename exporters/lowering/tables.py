@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -41,7 +42,8 @@ class Table:
         index: Per class ``[B * R_c, K_c]`` rows into the flat ``[B * N, F]`` features.
         mask: Per class ``[B * R_c, K_c]`` 1.0 on real slots.
         target: Per class ``[B * R_c]`` the node each row aggregates into.
-        edge: Per class ``[B * R_c, K_c]`` edge ids, or ``None``.
+        edge: Per class ``[B * R_c, K_c]`` edge ids within each graph (stacked graphs
+            repeat graph 0's; :meth:`edge_slots` offsets them), or ``None``.
         order: ``[B * N, S]`` rows of each node in the flat concatenation of the classes.
         order_mask: ``[B * N, S]`` 1.0 on a node's real rows, ``None`` when ``S == 1``.
         graphs: ``B`` (1 for dynamic graphs).
@@ -60,6 +62,45 @@ class Table:
         idx = self.index[c]
         return x.index_select(0, idx.reshape(-1)).reshape(idx.shape[0], idx.shape[1], x.shape[1])
 
+    def edge_slots(self, edges: Tensor, loops: Tensor | None = None) -> list[Tensor]:
+        """Per-edge values at each slot's edge id: per class ``[B * R_c, K_c, F]``.
+
+        Args:
+            edges: ``[B * E, F]`` one row per edge of each stacked graph, in
+                ``edge_index`` order (padding edges included).
+            loops: ``[B * N, F]`` values of the self loops the ``loops`` variant adds
+                (edge id ``E + node``), or ``None`` for the ``raw`` variant.
+
+        Raises:
+            ExportError: The tables carry no edge ids (``TableLayout.edge_ids``).
+        """
+        if self.edge is None:
+            raise ExportError(
+                "this layer reads per-edge values (edge_attr / edge_weight) but the "
+                "neighbour tables carry no edge ids; build them with edge ids "
+                "(TableLayout.edge_ids=True)"
+            )
+        b, feat = self.graphs, edges.shape[-1]
+        single = isinstance(b, int) and b == 1
+        # Per graph: its edges, its loops, one zero row (the id padding rows of a
+        # graph without edges point at), so every id is in range.
+        parts = [edges.reshape(b, edges.shape[0] // b, feat)]
+        if loops is not None:
+            parts.append(loops.reshape(b, loops.shape[0] // b, feat))
+        parts.append(edges.new_zeros(1, 1, feat).expand(b, 1, feat))
+        ext = torch.cat(parts, dim=1)
+        per = ext.shape[1]
+        ext = ext.reshape(-1, feat)
+        out = []
+        for ids in self.edge:
+            if not single:  # graph g's ids index its own block of ext
+                k = ids.shape[1]
+                graphs = cast(int, b)  # a SymInt under export: stays symbolic
+                graph = torch.arange(graphs, device=ids.device).view(-1, 1, 1) * per
+                ids = (ids.reshape(b, ids.shape[0] // b, k) + graph).reshape(-1, k)
+            out.append(ext.index_select(0, ids.reshape(-1)).reshape(*ids.shape, feat))
+        return out
+
     def rows(self, v: Tensor, c: int) -> Tensor:
         """Per-node values ``v [B * N, F]`` at each row's target node: ``[B * R_c, F]``."""
         return v.index_select(0, self.target[c])
@@ -77,12 +118,10 @@ class Table:
             cat = torch.cat(list(rows), dim=0)
         else:  # class blocks per graph: [B, R_c, F] side by side, then flat
             cat = torch.cat([r.reshape(b, -1, feat) for r in rows], dim=1).reshape(-1, feat)
-        s = self.order.shape[1]
-        if s == 1:
+        if self.order_mask is None:  # one row per node (decided by the layout, not a shape)
             return cat.index_select(0, self.order.reshape(-1))
-        got = cat.index_select(0, self.order.reshape(-1)).reshape(-1, s, feat)
+        got = cat.index_select(0, self.order.reshape(-1)).reshape(-1, self.order.shape[1], feat)
         if how == "sum":
-            assert self.order_mask is not None
             return (got * self.order_mask.unsqueeze(-1)).sum(dim=1)
         return got.amax(dim=1) if how == "max" else got.amin(dim=1)
 
@@ -103,11 +142,23 @@ class Table:
         Returns:
             ``[B * N, F]``.
         """
+        msgs = [self.slots(x, c) for c in range(len(self.mask))]
+        if slot_weight is not None:
+            msgs = [m * w for m, w in zip(msgs, slot_weight, strict=True)]
+        return self.reduce_slots(msgs, how)
+
+    def reduce_slots(self, messages: Sequence[Tensor], how: str) -> Tensor:
+        """Aggregate per-slot messages (per class ``[B * R_c, K_c, F]``) into nodes.
+
+        Padding slots must hold a copy of a real slot of their row (as gathers by
+        ``index`` and :meth:`edge_slots` do) for ``max``/``min``; ``sum``/``mean``
+        mask them. A node without incoming edges gets 0, as in PyG.
+
+        Returns:
+            ``[B * N, F]``.
+        """
         out: list[Tensor] = []
-        for c, mask in enumerate(self.mask):
-            msg = self.slots(x, c)
-            if slot_weight is not None:
-                msg = msg * slot_weight[c]
+        for msg, mask in zip(messages, self.mask, strict=True):
             if how in ("sum", "mean"):
                 out.append((msg * mask.unsqueeze(-1)).sum(dim=1))
             elif how == "max":
@@ -119,7 +170,7 @@ class Table:
         if how in ("sum", "mean"):
             total = self.to_nodes(out, "sum")
             return total / self.degree().clamp(min=1.0) if how == "mean" else total
-        return self.to_nodes(out, how) * (self.degree() > 0).to(x.dtype)
+        return self.to_nodes(out, how) * (self.degree() > 0).to(messages[0].dtype)
 
     def softmax(self, logits: Sequence[Tensor], messages: Sequence[Tensor], heads: int) -> Tensor:
         """Attention: softmax of ``logits`` over each node's incoming slots, weighting ``messages``.
@@ -144,7 +195,7 @@ class Table:
             sums.append(w.sum(dim=1))
             wsums.append((expand_heads(w, messages[c].shape[-1], heads) * messages[c]).sum(dim=1))
         tiny = torch.finfo(logits[0].dtype).tiny
-        if self.order.shape[1] == 1:
+        if self.order_mask is None:
             total = self.to_nodes(sums)
             out = self.to_nodes(wsums)
             return out / expand_heads(total.clamp(min=tiny), out.shape[-1], heads)

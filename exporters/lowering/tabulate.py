@@ -24,11 +24,15 @@ from edge_sdk.neighbour_tables import (
     widths_up_to,
 )
 
-from .table_convs import TABLE_CONVS, TableConv
+from .table_attention import ATTENTION_CONVS
+from .table_convs import MESSAGE_CONVS, TableConv
 from .tables import ConstantTables
 
 #: Widest class of a table built for a fixed graph: wider rows spill over several.
 MAX_STATIC_WIDTH = 1024
+
+#: PyG layer -> its table lowering (exact classes: a subclass may change the message).
+TABLE_CONVS: dict[type, type[TableConv]] = {**MESSAGE_CONVS, **ATTENTION_CONVS}
 
 
 def tabulate(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -92,6 +96,8 @@ def drop_empty_classes(table: NeighbourTable) -> NeighbourTable:
     )
 
 
-def constant_tables(edge_index: np.ndarray, num_nodes: int, variants: list[str]) -> ConstantTables:
+def constant_tables(
+    edge_index: np.ndarray, num_nodes: int, variants: list[str], max_width: int = MAX_STATIC_WIDTH
+) -> ConstantTables:
     """The static form's tables: :func:`graph_tables` folded into buffers."""
-    return ConstantTables(graph_tables(edge_index, num_nodes, variants), num_nodes)
+    return ConstantTables(graph_tables(edge_index, num_nodes, variants, max_width), num_nodes)
