@@ -66,7 +66,7 @@ class Case:
 
     build: Callable[[], nn.Module]
     edge_arg: str | None = None  # "edge_weight" / "edge_attr"
-    edge_dim: int = D_EDGE
+    edge_dim: int = D_EDGE  # 0: one value per edge, ``edge_attr [E]``
 
 
 def mlp(i: int, o: int) -> nn.Module:
@@ -125,6 +125,8 @@ CASES: dict[str, Case] = {
             "edge-no-self-loops": {"edge_dim": D_EDGE, "add_self_loops": False},
         }.items()
     },
+    "gat-edge-1d": Case(lambda: GATConv(F_IN, 4, heads=2, edge_dim=1), A, 0),
+    "gatv2-edge-1d": Case(lambda: GATv2Conv(F_IN, 4, edge_dim=1, fill_value=-1.0), A, 0),
     "gat-bipartite-weights": Case(lambda: GATConv((F_IN, F_IN), 4, heads=2)),
     "gatv2-share-weights": Case(lambda: GATv2Conv(F_IN, 4, heads=2, share_weights=True)),
 }
@@ -160,7 +162,7 @@ def features(case: Case, n: int, e: int, seed: int) -> tuple[Tensor, Tensor | No
     if case.edge_arg == W:
         return x, torch.rand(e, generator=g) + 0.2
     if case.edge_arg == A:
-        return x, torch.randn(e, case.edge_dim, generator=g)
+        return x, torch.randn(e, *([case.edge_dim] if case.edge_dim else []), generator=g)
     return x, None
 
 
@@ -286,7 +288,7 @@ def test_unknown_layer_is_refused_by_name() -> None:
         tabulate(One(ChebConv(F_IN, 4, K=2), None))
 
 
-# --- ONNX round trip: the lowered layer with its tables as model inputs -------------
+# --- ONNX round trip: every family in one model, tables as model inputs -----------
 
 FAMILIES = {
     "gcn": "gcn",
@@ -299,29 +301,43 @@ FAMILIES = {
 }
 
 
-class TableInputs(nn.Module):
-    """``(x[, edge], *tables) -> out``: the dynamic form's signature, positional inputs."""
+class Families(nn.Module):
+    """One layer of each family side by side on the same graph (one export for all)."""
 
-    def __init__(self, low: nn.Module, variants: list[str], has_edge: bool) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.low, self.has_edge = low, has_edge
-        self.variants = variants
+        self.layers = nn.ModuleDict(
+            {f: build(CASES[name], seed=k) for k, (f, name) in enumerate(FAMILIES.items())}
+        )
+
+    def forward(
+        self, x: Tensor, edge_index: Tensor | None, weight: Tensor, attr: Tensor
+    ) -> tuple[Tensor, ...]:
+        given = {None: None, W: weight, A: attr}
+        return tuple(one(x, edge_index, given[one.edge_arg]) for one in self.layers.values())
+
+
+class TableInputs(nn.Module):
+    """``(x, edge_weight, edge_attr, *tables)``: the dynamic form's positional inputs."""
+
+    def __init__(self, low: nn.Module, variants: list[str]) -> None:
+        super().__init__()
+        self.low, self.variants = low, variants
         self.names = layout(variants).input_names()
 
-    def forward(self, x: Tensor, *rest: Tensor) -> Tensor:
-        edge = rest[0] if self.has_edge else None
-        tabs = rest[1:] if self.has_edge else rest
+    def forward(self, x: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+        weight, attr, tabs = rest[0], rest[1], rest[2:]
         feeds = dict(zip(self.names, tabs, strict=True))
         spec = {v: (len(WIDTHS), SPLITS, True) for v in self.variants}
         with use_tables(InputTables(feeds, spec)):
-            return self.low(x, None, edge)
+            return self.low(x, None, weight, attr)
 
 
-def dynamic_shapes(names: list[str], has_edge: bool) -> tuple[object, ...]:
+def dynamic_shapes(names: list[str]) -> tuple[object, ...]:
     """One ``Dim`` for the nodes, the edges, each variant's splits and each (variant, class)."""
-    nodes = torch.export.Dim("nodes")
+    nodes, edges = torch.export.Dim("nodes"), torch.export.Dim("edges")
     dims: dict[str, torch.export.Dim] = {}
-    tables = []
+    tables: list[dict[int, torch.export.Dim]] = []
     for name in names:
         variant, field = name.split(".")
         if field.startswith("order"):
@@ -330,43 +346,53 @@ def dynamic_shapes(names: list[str], has_edge: bool) -> tuple[object, ...]:
             continue
         key = f"{variant}_rows{re.sub(r'[a-z_]', '', field)}"  # index0, mask0, ... -> 0
         tables.append({0: dims.setdefault(key, torch.export.Dim(key))})
-    edge = [{0: torch.export.Dim("edges")}] if has_edge else []
-    return ({0: nodes}, (*edge, *tables))
+    return ({0: nodes}, ({0: edges}, {0: edges}, *tables))
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_onnx_round_trip(family: str, tmp_path) -> None:
+def edge_inputs(n: int, e: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, F_IN, generator=g)
+    return x, torch.rand(e, generator=g) + 0.2, torch.randn(e, D_EDGE, generator=g)
+
+
+def test_onnx_round_trip_every_family(tmp_path) -> None:
+    """Exported with tables as inputs, the lowered layers run on ONNX Runtime for graphs
+    of other sizes (spilled rows, no edges) as PyG computes them; the graph holds no
+    scatter and no tensor above 3-D."""
     ort = pytest.importorskip("onnxruntime")
-    case = CASES[FAMILIES[family]]
-    model = build(case)
+    onnx = pytest.importorskip("onnx")
+    model = Families().eval()
     low, variants = tabulate(model)
-    has_edge = case.edge_arg is not None
-    wrapper = TableInputs(low, variants, has_edge).eval()
+    wrapper = TableInputs(low, variants).eval()
     # Example padded to a bucket so every class has >= 2 rows (no 0/1 specialisation).
-    rng = np.random.default_rng(0)
     n, e = 20, 50
-    ei = rng.integers(0, n, (2, e))
+    ei = np.random.default_rng(0).integers(0, n, (2, e))
     caps = [[bucket_capacity(WIDTHS, n, e + n, SPLITS)] for _ in variants]
     feeds = request_tables(ei, n, layout(variants, caps), bucket=0)
-    x, edge = features(case, n, e, 0)
-    head = [x] + ([edge] if has_edge else [])
     tabs = tuple(torch.from_numpy(feeds[k]) for k in wrapper.names)
     ep = torch.export.export(
         wrapper,
-        (*head, *tabs),
-        dynamic_shapes=dynamic_shapes(wrapper.names, has_edge),
+        (*edge_inputs(n, e, 0), *tabs),
+        dynamic_shapes=dynamic_shapes(wrapper.names),
         strict=False,
     )
-    path = tmp_path / f"{family}.onnx"
+    path = tmp_path / "families.onnx"
     torch.onnx.export(ep, dynamo=True, opset_version=18).save(str(path))
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    assert not {node.op_type for node in graph.node} & {"ScatterElements", "ScatterND"}
+    ranks = [len(v.type.tensor_type.shape.dim) for v in [*graph.value_info, *graph.output]]
+    assert max(ranks) <= 3
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = [i.name for i in sess.get_inputs()]
-    worst = 0.0
+    worst = dict.fromkeys(FAMILIES, 0.0)
     for make in GRAPHS.values():
         n, ei = make()
-        x, edge = features(case, n, ei.shape[1], 1)
+        x, w, a = edge_inputs(n, ei.shape[1], 1)
         f = request_tables(ei, n, layout(variants))
-        arrays = [x.numpy()] + ([edge.numpy()] if has_edge else []) + [f[k] for k in wrapper.names]
-        (out,) = sess.run(None, dict(zip(inputs, arrays, strict=True)))
-        worst = max(worst, float(np.abs(out - pyg(model, x, ei, edge).numpy()).max()))
-    assert worst <= TOL, f"{family}: ONNX Runtime max abs error {worst:.3g}"
+        arrays = [x.numpy(), w.numpy(), a.numpy()] + [f[k] for k in wrapper.names]
+        outs = sess.run(None, dict(zip(inputs, arrays, strict=True)))
+        with torch.no_grad():
+            refs = model(x, torch.from_numpy(ei), w, a)
+        for fam, out, ref in zip(FAMILIES, outs, refs, strict=True):
+            worst[fam] = max(worst[fam], float(np.abs(out - ref.numpy()).max()))
+    assert max(worst.values()) <= TOL, f"ONNX Runtime max abs error per family: {worst}"
