@@ -84,7 +84,8 @@ class TableAttentionConv(TableConv):
         """
         if self.lin_edge is None or edge is None:
             return None
-        e = project(edge if edge.dim() == 2 else edge.unsqueeze(-1))  # [B * E, F']
+        attr = edge if edge.dim() == 2 else edge.unsqueeze(-1)  # PyG takes [E] as [E, 1]
+        e = project(attr)  # [B * E, F']
         if self.variant == RAW:
             return table.edge_slots(e)
         if self.fill == "mean":  # each node has one loop: the other slots are its edges
@@ -92,8 +93,7 @@ class TableAttentionConv(TableConv):
             total = table.reduce_slots(table.edge_slots(e, zero), "sum")
             loops = total / (table.degree() - 1.0).clamp(min=1.0)
         else:
-            dims = (edge if edge.dim() == 2 else edge.unsqueeze(-1)).shape[1]
-            fill = torch.full((1, dims), float(self.fill), dtype=e.dtype, device=e.device)
+            fill = torch.full((1, attr.shape[1]), float(self.fill), dtype=e.dtype, device=e.device)
             loops = x.new_zeros(x.shape[0], 1) + project(fill)
         return table.edge_slots(e, loops)
 
