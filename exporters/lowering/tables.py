@@ -176,10 +176,15 @@ class Table:
         """Attention: softmax of ``logits`` over each node's incoming slots, weighting ``messages``.
 
         Exact with spilled rows: each row keeps its shift, sum and weighted sum; the
-        node combines them rescaled to the largest shift.
+        node combines them rescaled to the largest shift. The shift is the row's
+        largest score, found without a mask because padding slots must copy a real
+        slot of their row (as gathers by ``index`` and :meth:`edge_slots` do): exact
+        however negative the scores (a masked max would take a padding 0 instead, and
+        ``exp`` of scores below about -87 relative to it underflows to 0).
 
         Args:
-            logits: Per class ``[B * R_c, K_c, H]`` scores.
+            logits: Per class ``[B * R_c, K_c, H]`` scores, padding slots copying a
+                real slot of their row.
             messages: Per class ``[B * R_c, K_c, H * C]`` source features.
             heads: ``H``.
 
@@ -189,7 +194,7 @@ class Table:
         shifts, sums, wsums = [], [], []
         for c, mask in enumerate(self.mask):
             m = mask.unsqueeze(-1)
-            shift = (logits[c] * m).amax(dim=1, keepdim=True)  # [R, 1, H]
+            shift = logits[c].amax(dim=1, keepdim=True)  # [R, 1, H]
             w = torch.exp((logits[c] - shift).clamp(max=0.0)) * m  # [R, K, H]
             shifts.append(shift.squeeze(1))
             sums.append(w.sum(dim=1))
@@ -202,7 +207,8 @@ class Table:
         top = self.to_nodes(shifts, "max")  # [BN, H]
         scaled_sums, scaled_wsums = [], []
         for c in range(len(self.mask)):
-            f = torch.exp(shifts[c] - self.rows(top, c))  # [R, H], <= 1
+            # [R, H], <= 1; clamped for a bucket's padding rows, which no node reads
+            f = torch.exp((shifts[c] - self.rows(top, c)).clamp(max=0.0))
             scaled_sums.append(sums[c] * f)
             scaled_wsums.append(wsums[c] * expand_heads(f, wsums[c].shape[-1], heads))
         total = self.to_nodes(scaled_sums)

@@ -67,6 +67,7 @@ class Case:
     build: Callable[[], nn.Module]
     edge_arg: str | None = None  # "edge_weight" / "edge_attr"
     edge_dim: int = D_EDGE  # 0: one value per edge, ``edge_attr [E]``
+    att_scale: float = 1.0  # of attention vectors (large: logits far below 0)
 
 
 def mlp(i: int, o: int) -> nn.Module:
@@ -127,6 +128,8 @@ CASES: dict[str, Case] = {
     },
     "gat-edge-1d": Case(lambda: GATConv(F_IN, 4, heads=2, edge_dim=1), A, 0),
     "gatv2-edge-1d": Case(lambda: GATv2Conv(F_IN, 4, edge_dim=1, fill_value=-1.0), A, 0),
+    "gat-large-logits": Case(lambda: GATConv(F_IN, 4, heads=2), att_scale=3000.0),
+    "gatv2-large-logits": Case(lambda: GATv2Conv(F_IN, 4, heads=2), att_scale=3000.0),
     "gat-bipartite-weights": Case(lambda: GATConv((F_IN, F_IN), 4, heads=2)),
     "gatv2-share-weights": Case(lambda: GATv2Conv(F_IN, 4, heads=2, share_weights=True)),
 }
@@ -149,9 +152,11 @@ def build(case: Case, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = One(case.build(), case.edge_arg).eval()
-        for p in model.parameters():  # non-zero biases, eps and attention vectors
+        for name, p in model.named_parameters():  # non-zero biases, eps, attention
             if p.dim() == 1 or p.shape[0] == 1:
                 p.data.uniform_(-0.5, 0.5)
+            if name.rpartition(".")[2].startswith("att"):
+                p.data *= case.att_scale
     return model
 
 
