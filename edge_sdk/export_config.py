@@ -29,6 +29,9 @@ from .io_contract import Bucket, GraphForm
 from .manifest import Decision, Topology
 from .profiles import load_profile
 
+#: The static form's aggregation choices (``--aggregation``; see ``exporters/aggregation.py``).
+AGGREGATIONS = ("auto", "dense", "tables", "scatter")
+
 #: ``Flag.default`` when the CLI default is the field's own.
 FIELD_DEFAULT: Any = type("FieldDefault", (), {"__repr__": lambda _self: "FIELD_DEFAULT"})()
 
@@ -131,7 +134,11 @@ class GraphOptions:
 
     Attributes:
         form: ``auto`` | ``static`` | ``dynamic`` | ``learned``.
-        dense_threshold: Static form: fold adjacency densely up to this N.
+        aggregation: Static form: ``auto`` | ``dense`` | ``tables`` | ``scatter``;
+            ``auto`` takes neighbour tables, or dense where the graph is small and
+            dense measures faster (see ``exporters/aggregation.py``).
+        dense_threshold: Static form, ``auto``: largest N for which dense folding
+            is timed against neighbour tables.
         max_nodes: Largest request the runtime accepts (dynamic form).
         max_edges: Largest edge count the runtime accepts (dynamic form).
         buckets: Padded sizes for static-shape backends (dynamic form).
@@ -141,9 +148,20 @@ class GraphOptions:
     form: str = field(
         default="auto", metadata=cli_flag("Graph form: auto, static, dynamic or learned.")
     )
+    aggregation: str = field(
+        default="auto",
+        metadata=cli_flag(
+            "Static form: how neighbours are aggregated: auto, dense, tables or scatter. "
+            "auto takes neighbour tables, or dense [N, N] constants when N <= "
+            "--dense-threshold and dense measures faster here."
+        ),
+    )
     dense_threshold: int = field(
-        default=2048,
-        metadata=cli_flag("Static form: fold the adjacency densely up to this many nodes."),
+        default=256,
+        metadata=cli_flag(
+            "Static form, --aggregation auto: time dense folding against neighbour tables "
+            "up to this many nodes."
+        ),
     )
     max_nodes: int = 1_000_000
     max_edges: int = 10_000_000
@@ -155,6 +173,10 @@ class GraphOptions:
             raise ExportError(f"form {self.form!r}: expected auto, static, dynamic or learned")
         if self.dense_threshold < 1:
             raise ExportError("dense_threshold must be >= 1")
+        if self.aggregation not in AGGREGATIONS:
+            raise ExportError(
+                f"aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)}"
+            )
 
 
 @dataclass

@@ -76,7 +76,14 @@ class GraphSpec(_Spec):
     buckets: list[Bucket] = Field(default_factory=list)
     aggregation: str = Field(
         default="scatter",
-        description="how neighbour aggregation is lowered: dense | scatter | model",
+        description="how neighbour aggregation is lowered: dense ([N, N] constants) | "
+        "tables (neighbour tables) | scatter (gather/scatter over edge_index) | model "
+        "(the model's own operators)",
+    )
+    aggregation_reason: str = Field(
+        default="",
+        description="why the exporter chose this aggregation: the option asked for, the "
+        "rule, or the latencies it measured",
     )
 
     tables: TableLayout | None = Field(

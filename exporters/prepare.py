@@ -19,8 +19,8 @@ from torch import nn
 from edge_sdk.errors import ExportError, InvalidInputError
 from edge_sdk.io_contract import GraphForm, OutputLevel
 
+from .aggregation import DEFAULT_DENSE_THRESHOLD, StaticLowering, check_aggregation
 from .intake import Sample
-from .lowering import densify
 from .rewrites import project_first
 from .support import check_supported
 from .wrappers import DynamicWrapper, StackedWrapper, StaticWrapper, as_tuple, model_inputs
@@ -42,6 +42,7 @@ class Prepared:
     num_nodes: int | None = None
     edge_dim: int | None = None
     aggregation: str = "model"
+    aggregation_reason: str = ""
     graph_layers: list[str] = field(default_factory=list)
     rewrites: list[str] = field(default_factory=list)
 
@@ -60,7 +61,11 @@ class Prepared:
 
 
 def prepare(
-    model: nn.Module, samples: Sequence[Sample], form: str = "auto", dense_threshold: int = 2048
+    model: nn.Module,
+    samples: Sequence[Sample],
+    form: str = "auto",
+    dense_threshold: int = DEFAULT_DENSE_THRESHOLD,
+    aggregation: str = "auto",
 ) -> Prepared:
     """Choose the graph form and wrap ``model`` for it.
 
@@ -68,7 +73,10 @@ def prepare(
         model: The user's model (eval mode is forced).
         samples: Sample graphs; the first decides shapes.
         form: ``auto`` | ``static`` | ``dynamic`` | ``learned``.
-        dense_threshold: Largest N whose adjacency is folded densely (N×N floats).
+        dense_threshold: Static form, ``auto`` aggregation: largest N for which
+            dense ``[N, N]`` folding is timed against neighbour tables.
+        aggregation: Static form: ``auto`` | ``dense`` | ``tables`` | ``scatter``
+            (see :mod:`.aggregation`).
 
     Raises:
         UnsupportedModelError: A layer or option the exporter cannot lower.
@@ -81,7 +89,8 @@ def prepare(
     model = model.eval()
     graph_layers = check_supported(model)
     check_samples(samples)
-    prepared = _prepare(model, samples, form, dense_threshold, graph_layers)
+    check_aggregation(aggregation)
+    prepared = _prepare(model, samples, form, (aggregation, dense_threshold), graph_layers)
     check_labels(prepared, samples)
     return prepared
 
@@ -90,7 +99,7 @@ def _prepare(
     model: nn.Module,
     samples: Sequence[Sample],
     form: str,
-    dense_threshold: int,
+    aggregation: tuple[str, int],
     graph_layers: list[str],
 ) -> Prepared:
     first = samples[0]
@@ -114,7 +123,7 @@ def _prepare(
                 f"learned-topology models compute their own adjacency; this one has PyG layers "
                 f"{sorted(set(graph_layers))}: use --form static with the fixed edge_index"
             )
-        return _static_pyg(model, first, graph_layers, dense_threshold)
+        return _static_pyg(model, first, graph_layers, *aggregation)
     module = StackedWrapper(model)
     return Prepared(
         form=chosen,
@@ -165,7 +174,11 @@ def _dynamic(model: nn.Module, sample: Sample, graph_layers: list[str]) -> Prepa
 
 
 def _static_pyg(
-    model: nn.Module, sample: Sample, graph_layers: list[str], dense_threshold: int
+    model: nn.Module,
+    sample: Sample,
+    graph_layers: list[str],
+    aggregation: str,
+    dense_threshold: int,
 ) -> Prepared:
     if "edge_index" not in sample.topology:
         raise ExportError(
@@ -188,14 +201,9 @@ def _static_pyg(
     b = max(2, x.shape[0])
     node_level = [o.ndim > 0 and o.shape[0] == b * n for o in outs]
     reference = StaticWrapper(model, ei, n, names, node_level)
-    dense = n <= dense_threshold
-    rewrites: list[str] = []
-    if dense:
-        lowered = densify(model, ei, n)
-    else:
-        lowered, paths = project_first(model)
-        rewrites = [f"{p}: project before aggregating" for p in paths]
-    export_module = StaticWrapper(lowered, ei, n, names, node_level, dense_readout=dense)
+    lowering = StaticLowering(model, ei, n, names, node_level)
+    choice = lowering.choose(aggregation, dense_threshold, _at_least_two(x))
+    export_module, rewrites = lowering.build(choice.aggregation)
     return Prepared(
         form=GraphForm.STATIC,
         export_module=export_module,
@@ -205,7 +213,8 @@ def _static_pyg(
         output_levels=[OutputLevel.BATCH] * len(outs),
         num_features=int(x.shape[2]),
         num_nodes=n,
-        aggregation="dense" if dense else "scatter",
+        aggregation=choice.aggregation,
+        aggregation_reason=choice.reason,
         graph_layers=graph_layers,
         rewrites=rewrites,
     )

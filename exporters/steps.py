@@ -152,8 +152,10 @@ def prepare_model(ctx: ExportContext) -> None:
     ctx.say("preparing model")
     cfg = ctx.cfg
     ctx.original = ctx.prepared = prepare(
-        ctx.module, ctx.samples, cfg.graph.form, cfg.graph.dense_threshold
+        ctx.module, ctx.samples, cfg.graph.form, cfg.graph.dense_threshold, cfg.graph.aggregation
     )
+    if ctx.original.aggregation_reason:
+        ctx.say(f"aggregation: {ctx.original.aggregation} ({ctx.original.aggregation_reason})")
     ctx.names = output_names(cfg.model.output_names, ctx.original)
     if cfg.model.decision is not None:
         check_decision_names(cfg.model.decision, ctx.names)  # before the slow steps
@@ -179,7 +181,10 @@ def prune(ctx: ExportContext) -> None:
         cfg.pruning.fine_tune_fn,
         ctx.say,
     )
-    ctx.prepared = prepare(pruned, ctx.samples, cfg.graph.form, cfg.graph.dense_threshold)
+    # The pruned model aggregates as the original chose (no second measurement).
+    chosen = ctx.original.aggregation if ctx.original.aggregation_reason else "auto"
+    ctx.prepared = prepare(pruned, ctx.samples, cfg.graph.form, cfg.graph.dense_threshold, chosen)
+    ctx.prepared.aggregation_reason = ctx.original.aggregation_reason
     pruned_metrics = torch_metrics(ctx.prepared, ctx.samples, ctx.names)
     ctx.metrics["pruned"] = pruned_metrics.to_dict()
     gate = cfg.quant
@@ -265,6 +270,7 @@ def target_inputs(ctx: ExportContext) -> None:
         max_edges=cfg.graph.max_edges,
         buckets=cfg.graph.buckets,
         aggregation=prepared.aggregation,
+        aggregation_reason=prepared.aggregation_reason,
     )
     ctx.profiles = [load_profile(p) for p in cfg.targets.profiles]
     # Computed once: every target is checked on the same cases (and verify.npz holds them).

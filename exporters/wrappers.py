@@ -5,8 +5,9 @@
 * static: ``(x [B, N, F]) -> outputs``; the fixed topology is a constant. The
   user's forward sees the ordinary flat disjoint union ``[B*N, F]`` (so
   BatchNorm, pooling and friends behave exactly as in training); conv layers
-  are either densified (folded ``[N, N]`` adjacency) or run on the constant,
-  offset edge_index (gather/scatter, for graphs too large to densify).
+  are densified (folded ``[N, N]`` adjacency), lowered to neighbour tables
+  (constants the wrapper makes current around the forward), or run on the
+  constant, offset edge_index (gather/scatter).
 * learned / plain static: the model already takes ``x [B, N, F]``.
 """
 
@@ -14,11 +15,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 import torch
 from torch import Tensor, nn
 
 from edge_sdk.errors import ExportError
+
+from .lowering.readout import dense_readout
+from .lowering.tables import TableSource, use_tables
 
 DYNAMIC_INPUTS = ("x", "edge_index", "edge_attr", "batch")
 
@@ -97,6 +102,8 @@ class StaticWrapper(nn.Module):
             otherwise one row per graph (``[B, C]``).
         dense_readout: Pool ``global_*_pool`` readouts as dense reductions
             (see :mod:`.lowering.readout`) instead of scatters.
+        tables: The fixed graph's neighbour tables, current while the model runs
+            (layers lowered by :func:`.lowering.tabulate.tabulate` read them).
     """
 
     def __init__(
@@ -107,10 +114,12 @@ class StaticWrapper(nn.Module):
         names: Sequence[str],
         node_level: Sequence[bool],
         dense_readout: bool = False,
+        tables: TableSource | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.dense_readout = dense_readout
+        self.tables = tables
         self.edge_index: Tensor
         self.register_buffer("edge_index", edge_index.long(), persistent=False)
         self.num_nodes = num_nodes
@@ -132,12 +141,11 @@ class StaticWrapper(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         feeds = self.flat_inputs(x)
-        if self.dense_readout and "batch" in feeds:
-            from .lowering.readout import dense_readout
-
-            with dense_readout(feeds["batch"], self.num_nodes):
-                outs = as_tuple(self.model(**feeds))
-        else:
+        with ExitStack() as scope:
+            if self.tables is not None:
+                scope.enter_context(use_tables(self.tables))
+            if self.dense_readout and "batch" in feeds:
+                scope.enter_context(dense_readout(feeds["batch"], self.num_nodes))
             outs = as_tuple(self.model(**feeds))
         if len(outs) != len(self.node_level):
             raise ExportError(

@@ -26,7 +26,8 @@ def make_job(
     *,
     form: str = "auto",
     int8: bool = False,
-    dense_threshold: int = 2048,
+    dense_threshold: int = 256,
+    aggregation: str = "auto",
     calibration: int = 32,
 ) -> TargetJob:
     """A :class:`TargetJob` for ``target`` beside a finished ONNX Runtime bundle.
@@ -36,7 +37,11 @@ def make_job(
     pipeline would.
     """
     cfg = ExportConfig(
-        form=form, int8=int8, dense_threshold=dense_threshold, calibration=calibration
+        form=form,
+        int8=int8,
+        dense_threshold=dense_threshold,
+        aggregation=aggregation,
+        calibration=calibration,
     )
     out = Path(workdir)
     manifest = export_model(model, samples, out, cfg).manifest

@@ -152,7 +152,12 @@ def manifest_tables(m: Manifest) -> list[Table]:
         ("graph form", str(m.graph.form)),
         ("nodes", str(m.graph.num_nodes) if m.graph.num_nodes else "per request"),
         ("features", str(m.graph.num_features)),
-        ("aggregation", m.graph.aggregation),
+        (
+            "aggregation",
+            escape(
+                m.graph.aggregation + (f" ({why})" if (why := m.graph.aggregation_reason) else "")
+            ),
+        ),
         ("limits", f"max_nodes {m.graph.max_nodes:,}, max_edges {m.graph.max_edges:,}"),
         ("buckets", ", ".join(f"{b.max_nodes}n/{b.max_edges}e" for b in m.graph.buckets) or "-"),
         ("profiles", ", ".join(m.profiles) or "-"),

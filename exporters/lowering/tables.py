@@ -254,7 +254,9 @@ class ConstantTables(TableSource):
         self.rows_total = {v: sum(i.shape[0] for i in t.index) for v, t in tables.items()}
         for variant, t in tables.items():
             for name, arr in t.arrays(_safe(variant)).items():
-                dtype = torch.float32 if arr.dtype.kind == "f" else _index_dtype(arr)
+                # 0/1 masks as uint8 and ids as int32: a quarter and half the bytes in the
+                # artifact; cast only after tiling (a cast of a constant would be folded back).
+                dtype = torch.uint8 if arr.dtype.kind == "f" else _index_dtype(arr)
                 self.register_buffer(name.replace(".", "_"), torch.from_numpy(arr).to(dtype))
 
     def table(self, variant: str, x: Tensor) -> Table:
@@ -262,7 +264,6 @@ class ConstantTables(TableSource):
             raise ExportError(f"no {variant!r} neighbour table was built for this model")
         p, n = self.variants[variant], self.num_nodes
         b = x.shape[0] // n
-        graphs = torch.arange(b, device=x.device)
 
         def buf(name: str) -> Tensor:
             return getattr(self, f"{p}_{name}")
@@ -270,9 +271,15 @@ class ConstantTables(TableSource):
         def tile(t: Tensor) -> Tensor:  # [R, K] constant -> [B * R, K]
             return t.unsqueeze(0).expand(b, *t.shape).reshape(-1, *t.shape[1:])
 
+        def weights(t: Tensor) -> Tensor:  # uint8 0/1 constant -> [B * R, K] in x's dtype
+            return tile(t).to(x.dtype)
+
         def offset(t: Tensor, step: int) -> Tensor:  # ids of graph 0 -> ids of every graph
+            # In the ids' own dtype (int32 mostly: Gather takes it), so the exporter folds
+            # no int64 copy of the table into the artifact.
+            graphs = torch.arange(b, device=x.device, dtype=t.dtype)
             shape = (-1,) + (1,) * t.dim()
-            return (t.long().unsqueeze(0) + (graphs * step).view(shape)).reshape(-1, *t.shape[1:])
+            return (t.unsqueeze(0) + (graphs * step).view(shape)).reshape(-1, *t.shape[1:])
 
         classes = range(self.classes[variant])
         edge = None
@@ -281,11 +288,11 @@ class ConstantTables(TableSource):
         order_mask = buf("order_mask") if self.splits[variant] > 1 else None
         return Table(
             index=[offset(buf(f"index{c}"), n) for c in classes],
-            mask=[tile(buf(f"mask{c}")) for c in classes],
+            mask=[weights(buf(f"mask{c}")) for c in classes],
             target=[offset(buf(f"target{c}"), n).reshape(-1) for c in classes],
             edge=edge,
             order=offset(buf("order"), self.rows_total[variant]),
-            order_mask=None if order_mask is None else tile(order_mask),
+            order_mask=None if order_mask is None else weights(order_mask),
             graphs=b,
         )
 

@@ -105,21 +105,22 @@ def test_dynamic_graph_level_readout(tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("threshold, aggregation", [(2048, "dense"), (4, "scatter")])
-def test_static_topology_folds_adjacency(tmp_path, threshold, aggregation):
+@pytest.mark.parametrize("aggregation", ["dense", "tables", "scatter"])
+def test_static_topology_folds_adjacency(tmp_path, aggregation):
     rng = np.random.default_rng(2)
     torch.manual_seed(2)
     model = NodeNet().eval()
     n = 12
     topo = _graph(rng, n, 30)["edge_index"]
     x = rng.normal(size=(3, n, F)).astype(np.float32)
-    cfg = ExportConfig(name="static", dense_threshold=threshold)
+    cfg = ExportConfig(name="static", aggregation=aggregation)
     res = export_model(model, sample_from_arrays({"x": x, "edge_index": topo}), tmp_path / "b", cfg)
     m = res.manifest
     assert m.graph.form is GraphForm.STATIC and m.graph.num_nodes == n
     assert m.graph.aggregation == aggregation
+    assert m.graph.aggregation_reason == f"asked for (--aggregation {aggregation})"
     assert [i.name for i in m.inputs] == ["x"] and m.inputs[0].shape == ["batch_size", n, F]
-    if aggregation == "dense":
+    if aggregation != "scatter":
         assert not {"ScatterElements", "ScatterND", "NonZero"} & set(m.artifacts[0].ops)
     rt = Runtime.load(res.bundle_dir)
     x5 = rng.normal(size=(5, n, F)).astype(np.float32)

@@ -205,7 +205,12 @@ def test_static_scatter_form_is_refused(sensor_model: Any, tmp_path: Path) -> No
     sample = sample_from_arrays({"x": x, "edge_index": sensor_model.sensor_graph(n, chords=6)})
     target = _litert("native", ("fp32",))
     job = make_job(
-        sensor_model.SensorGCN().eval(), sample, tmp_path, target, form="static", dense_threshold=4
+        sensor_model.SensorGCN().eval(),
+        sample,
+        tmp_path,
+        target,
+        form="static",
+        aggregation="scatter",
     )
     assert litert_graph.reducing_scatters(_onnx.load(str(job.onnx_fp32)))
     with pytest.raises(TargetNotSupported) as info:

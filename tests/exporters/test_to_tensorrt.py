@@ -184,7 +184,7 @@ def test_build_at_export_without_gpu_is_refused(dense_job: TargetJob) -> None:
         CompileTensorRT(build_engine=True)(dense_job)
 
 
-def _sensor_job(sensor_model: Any, path: Path, dense_threshold: int) -> TargetJob:
+def _sensor_job(sensor_model: Any, path: Path, aggregation: str) -> TargetJob:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = sensor_model.SensorGCN().eval()
@@ -192,12 +192,12 @@ def _sensor_job(sensor_model: Any, path: Path, dense_threshold: int) -> TargetJo
 
     x = np.random.default_rng(0).standard_normal((4, 52, 20), dtype=np.float32)
     sample = sample_from_arrays({"x": x, "edge_index": sensor_model.sensor_graph()})
-    return make_job(model, sample, path, GPU, form="static", dense_threshold=dense_threshold)
+    return make_job(model, sample, path, GPU, form="static", aggregation=aggregation)
 
 
 def test_static_sensor_model_with_readout_is_accepted(sensor_model: Any, tmp_path: Path) -> None:
     """Dense static form: the adjacency and the global_mean_pool readout have no scatter."""
-    job = _sensor_job(sensor_model, tmp_path, dense_threshold=2048)
+    job = _sensor_job(sensor_model, tmp_path, aggregation="dense")
     cands = CompileTensorRT(build_engine=False)(job)
     assert [c.artifact.precision for c in cands] == [Precision.FP16, Precision.FP32]
     for cand in cands:
@@ -206,7 +206,7 @@ def test_static_sensor_model_with_readout_is_accepted(sensor_model: Any, tmp_pat
 
 def test_static_scatter_form_is_refused_naming_the_ops(sensor_model: Any, tmp_path: Path) -> None:
     """Above the dense threshold the static form aggregates with scatters: refused early."""
-    job = _sensor_job(sensor_model, tmp_path, dense_threshold=16)
+    job = _sensor_job(sensor_model, tmp_path, aggregation="scatter")
     with pytest.raises(TargetNotSupported) as err:
         CompileTensorRT(build_engine=False)(job)
     msg = str(err.value)
