@@ -4,6 +4,12 @@ Template methods (after Polygraphy's ``BaseRunner``): the base class owns the
 public ``load/infer/describe/close`` and checks every feed against the
 manifest's tensor specs, so all backends reject bad input with the same words;
 an engine implements only ``_load_impl`` and ``_infer_impl``.
+
+An artifact compiled once per padding bucket (a dynamic-form model with
+neighbour-table inputs on a static-shape engine: one file per bucket) lists
+its files in ``options["buckets"]``; the base class then loads one engine per
+file and sends each call to the one whose fixed input shapes the feeds have
+(the runtime padded them to a bucket). Engines need no code for it.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ class Backend(abc.ABC):
         self._output_set: set[str] = set()
         self._checks: list[tuple[str, np.dtype[Any], list[int | str], list[tuple[int, int]]]] = []
         self._loaded = False
+        #: Per-bucket engines of a bucketed artifact: (input shapes, backend), smallest first.
+        self._buckets: list[tuple[dict[str, tuple[int, ...]], Backend]] = []
 
     @classmethod
     def runs_here(cls) -> tuple[bool, str]:
@@ -102,7 +110,10 @@ class Backend(abc.ABC):
             for s in inputs
         ]
         try:
-            self._load_impl(path)
+            if artifact.options.get("buckets"):
+                self._load_buckets(path, artifact)
+            else:
+                self._load_impl(path)
         except BackendUnavailableError:
             raise
         except Exception as exc:
@@ -125,7 +136,9 @@ class Backend(abc.ABC):
             raise InternalError(f"{self.name} backend used before load()")
         if type(feeds) is not CheckedFeeds:
             self.check_feeds(feeds)
-        out = self._infer_impl(feeds)
+        out = (
+            self._bucket_for(feeds)._infer_impl(feeds) if self._buckets else self._infer_impl(feeds)
+        )
         if not out.keys() >= self._output_set:
             missing = [o.name for o in self.outputs if o.name not in out]
             raise InternalError(f"{self.name} returned no output(s) {missing}")
@@ -164,13 +177,55 @@ class Backend(abc.ABC):
             "artifact": self.artifact.name if self.artifact else None,
             "precision": str(self.artifact.precision) if self.artifact else None,
             "threads": self.options.threads,
-            **self._describe_impl(),
+            **(self._buckets[-1][1]._describe_impl() if self._buckets else self._describe_impl()),
+            **({"buckets": len(self._buckets)} if self._buckets else {}),
         }
 
     def close(self) -> None:
         """Release the engine's resources."""
-        self._close_impl()
+        if self._buckets:
+            for _, backend in self._buckets:
+                backend.close()
+            self._buckets = []
+        else:
+            self._close_impl()
         self._loaded = False
+
+    # -- bucketed artifacts: one file per padding bucket -------------------------
+    def _load_buckets(self, path: Path, artifact: Artifact) -> None:
+        """Load one engine per ``options["buckets"]`` entry (files beside ``path``).
+
+        Each entry holds ``file`` (a name in ``path``'s folder), ``input_shapes``
+        and the engine options of that file (e.g. LiteRT's tensor name map),
+        which replace the artifact's for that engine.
+        """
+        base = {k: v for k, v in artifact.options.items() if k != "buckets"}
+        for entry in artifact.options["buckets"]:
+            one = artifact.model_copy(
+                update={
+                    "path": str(Path(artifact.path).parent / entry["file"]),
+                    "input_shapes": entry["input_shapes"],
+                    "options": {**base, **entry.get("options", {})},
+                }
+            )
+            backend = type(self)(self.options)
+            backend.load(path.parent / entry["file"], one, self.inputs, self.outputs)
+            shapes = {k: tuple(v) for k, v in entry["input_shapes"].items()}
+            self._buckets.append((shapes, backend))
+        self.static_shapes = True
+
+    def _bucket_for(self, feeds: dict[str, np.ndarray]) -> Backend:
+        """The per-bucket engine compiled for the feeds' shapes."""
+        for shapes, backend in self._buckets:
+            if all(feeds[k].shape == s for k, s in shapes.items() if k in feeds):
+                return backend
+        have = {k: list(v.shape) for k, v in feeds.items()}
+        compiled = [{k: list(s) for k, s in shapes.items()} for shapes, _ in self._buckets]
+        raise InvalidInputError(
+            "x",
+            f"input shapes {have} match none of the buckets this artifact was compiled for "
+            f"({compiled}); pad the request to a bucket (Runtime does)",
+        )
 
     # -- what an engine implements ------------------------------------------------
     @abc.abstractmethod

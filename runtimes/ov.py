@@ -208,6 +208,8 @@ class OpenVinoBackend(Backend):
                 self.check_feeds(feeds)
         if not feeds_list:
             return []
+        if self._buckets:  # one IR per bucket (base class): each call to its own IR
+            return [self.infer(f) for f in feeds_list]
         with self._call() as compiled:
             wanted = min(self._num_requests, len(feeds_list))
             with self._state:

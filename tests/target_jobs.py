@@ -29,12 +29,13 @@ def make_job(
     dense_threshold: int = 256,
     aggregation: str = "auto",
     calibration: int = 32,
+    **config: Any,
 ) -> TargetJob:
     """A :class:`TargetJob` for ``target`` beside a finished ONNX Runtime bundle.
 
     Exports ``model`` into ``workdir`` (``model.onnx``, and ``model.int8.onnx``
     with ``int8``, and a manifest a test may extend), then fills the job as the
-    pipeline would.
+    pipeline would. ``config``: more :class:`ExportConfig` flat options (``buckets``...).
     """
     cfg = ExportConfig(
         form=form,
@@ -42,6 +43,7 @@ def make_job(
         dense_threshold=dense_threshold,
         aggregation=aggregation,
         calibration=calibration,
+        **config,
     )
     out = Path(workdir)
     manifest = export_model(model, samples, out, cfg).manifest

@@ -25,7 +25,8 @@ import numpy as np
 
 from edge_sdk import runtimes
 from edge_sdk.bundle import Bundle, file_digest
-from edge_sdk.errors import EdgeSDKError, ExportError
+from edge_sdk.errors import EdgeSDKError, ExportError, InvalidInputError
+from edge_sdk.graph import DynamicGraph
 from edge_sdk.io_contract import GraphSpec, TensorSpec
 from edge_sdk.manifest import (
     SCHEMA_VERSION,
@@ -38,6 +39,7 @@ from edge_sdk.manifest import (
     Precision,
     Target,
 )
+from edge_sdk.neighbour_tables import TableLayout, request_tables
 from edge_sdk.parity import ParityCase, judge
 from edge_sdk.profiles import TargetSpec
 from edge_sdk.runtime import Runtime
@@ -220,15 +222,133 @@ def artifact_bytes(artifact: Artifact) -> int:
 def fixed_shapes(job: TargetJob, batch: int = 1) -> dict[str, list[int]]:
     """Fixed input shapes for static-shape engines.
 
-    Static and learned forms: ``x [batch, N, F]``. The dynamic form has no
-    single fixed shape (its buckets do): raises :class:`TargetNotSupported`.
+    Static and learned forms: ``x [batch, N, F]``. A dynamic-form model with
+    neighbour-table inputs: the largest bucket's shapes (every input; see
+    :func:`bucket_shapes` for all buckets). Any other dynamic-form model has no
+    fixed shape: raises :class:`TargetNotSupported`.
     """
     if job.graph.num_nodes is None:
+        if job.graph.tables is not None and job.graph.buckets:
+            return bucket_shapes(job)[-1]
         raise TargetNotSupported(
             f"{job.target.backend} needs fixed shapes; this dynamic-form model has none "
             "(export with --form static, or give padding buckets)"
         )
     return {"x": [batch, job.graph.num_nodes, job.graph.num_features]}
+
+
+def table_layout(job: TargetJob) -> TableLayout | None:
+    """The model's neighbour-table layout (``manifest.graph.tables``), if it takes tables."""
+    return job.graph.tables
+
+
+def bucket_shapes(job: TargetJob) -> list[dict[str, list[int]]]:
+    """Per padding bucket, the fixed shape of every input of a table-input model
+    (:meth:`~edge_sdk.io_contract.GraphSpec.fixed_shapes`).
+
+    Raises:
+        TargetNotSupported: Not a table-input model, or it has no buckets.
+    """
+    if job.graph.tables is None or not job.graph.buckets:
+        raise TargetNotSupported(
+            f"{job.target.backend} needs fixed shapes: give the dynamic-form model padding "
+            "buckets (--bucket NODES:EDGES) and neighbour-table aggregation"
+        )
+    names = onnx_input_names(job.onnx_fp32)  # the tables the model reads, not every one
+    out = []
+    for b in range(len(job.graph.buckets)):
+        fixed = job.graph.fixed_shapes(b)
+        out.append({k: fixed[k] for k in names})
+    return out
+
+
+def bucket_feeds(job: TargetJob, graph: DynamicGraph, bucket: int) -> Feeds | None:
+    """A request's model feeds padded to ``bucket``, tables built at its capacities.
+
+    For calibration and converter checks (the runtime builds the same feeds per
+    request). ``None`` when the graph does not fit the bucket.
+    """
+    spec = job.graph
+    layout = spec.tables
+    assert layout is not None
+    b = spec.buckets[bucket]
+    n, e = graph.num_nodes, graph.num_edges
+    if n > b.max_nodes or e > b.max_edges or graph.num_graphs > b.max_graphs:
+        return None
+    x = np.zeros((b.max_nodes, spec.num_features), np.float32)
+    x[:n] = graph.x
+    feeds: Feeds = {"x": x}
+    if spec.edge_dim is not None:
+        attr = np.zeros((b.max_edges, spec.edge_dim), np.float32)
+        if graph.edge_attr is not None:
+            attr[:e] = graph.edge_attr
+        feeds["edge_attr"] = attr
+    try:
+        feeds |= request_tables(
+            graph.edge_index,
+            b.max_nodes,
+            layout,
+            batch=graph.batch,
+            num_graphs=b.max_graphs,
+            bucket=bucket,
+            num_edges=b.max_edges,
+        )
+    except InvalidInputError:  # over the degree or a class capacity of this bucket
+        return None
+    return {k: feeds[k] for k in onnx_input_names(job.onnx_fp32)}
+
+
+def model_feeds(job: TargetJob, feeds: Sequence[Feeds]) -> list[Feeds]:
+    """Requests as the model's own feeds (calibration of a table-input model).
+
+    A request (``x``, ``edge_index``...) of a table-input model becomes ``x`` and
+    its tables: padded to the smallest bucket it fits when the model has buckets
+    (an NNCF/converter calibration then sees the shapes the device runs), else at
+    its own size. Feeds that are already the model's pass through.
+    """
+    spec = job.graph
+    if spec.tables is None:
+        return list(feeds)
+    out = []
+    for f in feeds:
+        if "edge_index" not in f:
+            out.append(f)
+            continue
+        g = DynamicGraph(
+            x=np.asarray(f["x"], np.float32),
+            edge_index=np.asarray(f["edge_index"], np.int64),
+            edge_attr=f.get("edge_attr"),
+            batch=f.get("batch"),
+        )
+        fed = next(
+            (m for b in range(len(spec.buckets)) if (m := bucket_feeds(job, g, b)) is not None),
+            None,
+        )
+        if fed is None and not spec.buckets:
+            fed = {"x": g.x} | request_tables(
+                g.edge_index, g.num_nodes, spec.tables, batch=g.batch, num_graphs=g.num_graphs
+            )
+            if spec.edge_dim is not None and g.edge_attr is not None:
+                fed["edge_attr"] = g.edge_attr
+            fed = {k: fed[k] for k in onnx_input_names(job.onnx_fp32)}
+        if fed is not None:
+            out.append(fed)
+    return out
+
+
+def onnx_input_names(path: Path) -> list[str]:
+    """Input names of an ONNX model, in order (initializers left out)."""
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _INPUT_NAMES:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        consts = {i.name for i in model.graph.initializer}
+        _INPUT_NAMES[key] = [i.name for i in model.graph.input if i.name not in consts]
+    return _INPUT_NAMES[key]
+
+
+_INPUT_NAMES: dict[tuple[str, int], list[str]] = {}
 
 
 def openvino_has(device: str) -> bool:

@@ -1,7 +1,9 @@
 """LiteRT (TFLite) artifacts through onnx2tf: FP32, FP16, INT8, native or NHWC layout.
 
 Only fixed-shape, scatter-free graphs convert: onnx2tf 1.28 refuses
-``ScatterElements`` with a reduction. The FP32 ONNX is given its fixed input
+``ScatterElements`` with a reduction. A dynamic-form model that takes
+neighbour tables as inputs (``graph.tables``) is converted once per padding
+bucket by :mod:`.litert_tables`. The FP32 ONNX is given its fixed input
 shape and simplified, constant-index scatter-adds (mean pooling over a fixed
 batch vector) become a one-hot ``MatMul`` (:mod:`.litert_graph`); anything
 still scattering is refused with the fix.
@@ -37,8 +39,17 @@ from edge_sdk.errors import ExportError
 from edge_sdk.manifest import Artifact, Precision, Target
 from edge_sdk.parity import explain
 
+from . import litert_files as lf
 from . import litert_graph as lg
-from .base import Candidate, TargetJob, TargetNotSupported, fixed_shapes, make_artifact
+from .base import (
+    Candidate,
+    TargetJob,
+    TargetNotSupported,
+    fixed_shapes,
+    make_artifact,
+    table_layout,
+)
+from .litert_tables import compile_bucketed
 
 #: onnx2tf output file suffix per precision.
 _SUFFIX = {
@@ -91,12 +102,17 @@ class CompileLiteRT:
 
         require("onnx2tf", "LiteRT conversion")
         asked = job.target.options_as(LiteRtOptions).layout
+        if job.graph.num_nodes is None and table_layout(job) is not None:
+            if asked != "native":
+                job.say(f"litert: layout {asked} asked; table-input models convert natively")
+            return compile_bucketed(job, self.max_calibration)
         model = onnx.load(str(job.onnx_fp32))
         scatters = lg.reducing_scatters(model)
         if scatters and job.graph.num_nodes is None:
             raise TargetNotSupported(
                 f"onnx2tf cannot convert {', '.join(scatters)} (dynamic-form aggregation): "
-                "export with --form static to fold the topology into dense operators"
+                "export with --aggregation tables (neighbour tables as inputs, one file per "
+                "bucket), or --form static to fold the topology into the model"
             )
         shapes = fixed_shapes(job)
         try:
@@ -198,7 +214,7 @@ class CompileLiteRT:
                 f = work / "tf" / f"model_{flavour}.tflite"
                 if not f.exists():
                     raise ExportError(f"onnx2tf wrote no {f.name} (log: {log.getvalue()[-800:]})")
-                crash = _probe(f)
+                crash = lf.probe(f)
                 if crash:
                     # Left out, not raised: the other files of this layout are still good.
                     job.say(f"litert: {layout} {flavour} file does not run ({crash}); left out")
@@ -251,7 +267,9 @@ class CompileLiteRT:
                 flavour = self._int8_flavour(job, v, dest, flavours)
             shutil.copyfile(v.int8.get(flavour, v.files[precision]), dest)
             # Each file has its own tensor names (full-INT8 renames x to serving_default_x:0).
-            io_map, ops = _io_map(dest, [i.name for i in job.inputs], [o.name for o in job.outputs])
+            io_map, ops = lf.io_map(
+                dest, [i.name for i in job.inputs], [o.name for o in job.outputs]
+            )
             arts[layout] = make_artifact(
                 job.out,
                 dest,
@@ -287,7 +305,7 @@ class CompileLiteRT:
         return Candidate(
             art,
             {
-                "converter": _versions(),
+                "converter": lf.converter_versions(),
                 "layout": decision,
                 "int8_flavour": (
                     {
@@ -313,7 +331,9 @@ class CompileLiteRT:
         tried = flavours.setdefault(v.layout, {})
         for flavour, path in v.int8.items():
             shutil.copyfile(path, dest)
-            io_map, ops = _io_map(dest, [i.name for i in job.inputs], [o.name for o in job.outputs])
+            io_map, ops = lf.io_map(
+                dest, [i.name for i in job.inputs], [o.name for o in job.outputs]
+            )
             probe = make_artifact(
                 job.out,
                 dest,
@@ -361,84 +381,3 @@ class CompileLiteRT:
                 f"(sum of medians at {threads} thread(s))"
             )
         return best
-
-
-def _io_map(
-    path: Path, input_names: list[str], output_names: list[str]
-) -> tuple[dict[str, Any], list[str]]:
-    """Manifest input/output names -> TFLite tensor names (via the serving signature), and ops.
-
-    The signature keeps ONNX input names; outputs come out as ``Identity``,
-    ``Identity_1``, ... in ONNX output order, whatever the tensors are called
-    or how a full-INT8 file orders them.
-    """
-    interpreter_mod = require("ai_edge_litert.interpreter", "reading converted .tflite files")
-    it = interpreter_mod.Interpreter(model_path=str(path))
-    sig = it._get_full_signature_list().get("serving_default")
-    ins, outs = it.get_input_details(), it.get_output_details()
-    names = {d["index"]: d["name"] for d in ins + outs}
-    if sig is None:
-        inputs = {n: d["name"] for n, d in zip(input_names, ins, strict=True)}
-        outputs = {n: d["name"] for n, d in zip(output_names, outs, strict=True)}
-    else:
-        inputs = {n: names[sig["inputs"][n]] for n in input_names}
-        keys = (
-            output_names
-            if set(output_names) <= set(sig["outputs"])
-            else sorted(sig["outputs"], key=_identity_order)
-        )
-        outputs = {n: names[sig["outputs"][k]] for n, k in zip(output_names, keys, strict=True)}
-    ops = sorted({d["op_name"] for d in it._get_ops_details()} - {"DELEGATE"})
-    return {"inputs": inputs, "outputs": outputs}, ops
-
-
-#: Loads, allocates and runs a .tflite once on zeros; a crash there kills only this child.
-_PROBE = """
-import sys, numpy as np
-from ai_edge_litert.interpreter import Interpreter
-it = Interpreter(model_path=sys.argv[1])
-it.allocate_tensors()
-for d in it.get_input_details():
-    it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-it.invoke()
-"""
-
-
-def _probe(path: Path, timeout: float = 300.0) -> str:
-    """Run ``path`` once in a child process; ``""`` if it runs, else why not.
-
-    Some onnx2tf outputs abort inside LiteRT's native code (a full-INT8 ``SELECT_V2``
-    fed the float32 minimum, for one): in-process that would kill the whole export.
-    """
-    import subprocess
-    import sys
-
-    try:
-        r = subprocess.run(
-            [sys.executable, "-c", _PROBE, str(path)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return f"did not finish one inference in {timeout:.0f} s"
-    if r.returncode == 0:
-        return ""
-    tail = [ln for ln in r.stderr.strip().splitlines() if ln and not ln.startswith("I0000")]
-    how = f"signal {-r.returncode}" if r.returncode < 0 else f"exit code {r.returncode}"
-    return f"LiteRT interpreter crashed ({how})" + (f": {tail[-1][:200]}" if tail else "")
-
-
-def _identity_order(key: str) -> tuple[int, str]:
-    head, _, tail = key.rpartition("_")
-    return (int(tail) + 1, head) if head and tail.isdigit() else (0, key)
-
-
-def _versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        tf = version("tensorflow-cpu")
-    except PackageNotFoundError:
-        tf = version("tensorflow")
-    return f"onnx2tf {version('onnx2tf')}, tensorflow {tf}"

@@ -14,9 +14,14 @@
 
 **Static shapes** (``static_shapes: true``, e.g. the NPU): the IR is reshaped
 to ``[1, N, F]`` before saving and the artifact records ``input_shapes``; the
-runtime pads smaller batches and slices larger ones. A dynamic-form model is
-refused for such a target (:class:`~.base.TargetNotSupported`): per-bucket IRs
-are not built (yet), and leaving the IR dynamic would just fail on the device.
+runtime pads smaller batches and slices larger ones. A dynamic-form model that
+takes neighbour tables (``graph.tables``) gets one IR per padding bucket
+(``model.<precision>.b<i>.xml``, every input at the bucket's fixed shape; the
+largest is the main file, the others companions listed in
+``options["buckets"]``, and the runtime runs the IR of the bucket a request was
+padded to). Any other dynamic-form model is refused for such a target
+(:class:`~.base.TargetNotSupported`): leaving the IR dynamic would just fail on
+the device.
 """
 
 from __future__ import annotations
@@ -31,7 +36,19 @@ from edge_sdk.engines import OpenVinoOptions
 from edge_sdk.io_contract import GraphForm
 from edge_sdk.manifest import Artifact, Precision, Target
 
-from .base import Candidate, TargetJob, TargetNotSupported, fixed_shapes, make_artifact
+from .base import (
+    Candidate,
+    Feeds,
+    TargetJob,
+    TargetNotSupported,
+    bucket_shapes,
+    fixed_shapes,
+    make_artifact,
+    model_feeds,
+)
+
+#: Fixed input shapes: one set, or one per padding bucket (table-input models); {}: dynamic.
+Shapes = dict[str, list[int]] | list[dict[str, list[int]]]
 
 #: INT8 routes closer than this in median latency are a tie (sub-ms timings are noisy).
 SPEED_TIE = 0.05
@@ -71,14 +88,24 @@ class CompileOpenVINO:
         """
         ov = require("openvino", "compiling OpenVINO artifacts")
         options = job.target.options_as(OpenVinoOptions)
-        shapes: dict[str, list[int]] = {}
-        if job.target.static_shapes:
+        shapes: Shapes = {}
+        if job.target.static_shapes and job.graph.tables is not None and job.graph.buckets:
+            shapes = bucket_shapes(job)
+        elif job.target.static_shapes:
+            if job.graph.tables is not None:  # a table-input model without buckets
+                raise TargetNotSupported(
+                    f"{job.target.key} needs static shapes and this dynamic-form model has no "
+                    "padding buckets: give --bucket NODES:EDGES (one IR per bucket), or export "
+                    "with --form static (fixed topology), or pick a target without "
+                    "static_shapes (e.g. openvino-cpu)"
+                )
             if job.prepared.form is GraphForm.DYNAMIC or job.graph.num_nodes is None:
                 raise TargetNotSupported(
                     f"{job.target.key} needs static shapes and this is a dynamic-form model "
-                    "(each request brings its own graph); per-bucket OpenVINO IRs are not "
-                    "built: export with --form static (fixed topology), or pick a target "
-                    "without static_shapes (e.g. openvino-cpu)"
+                    "(each request brings its own graph) that takes edge_index: export with "
+                    "--aggregation tables and padding buckets (one IR per bucket), or --form "
+                    "static (fixed topology), or pick a target without static_shapes "
+                    "(e.g. openvino-cpu)"
                 )
             shapes = fixed_shapes(job)
         # One folder per engine and device: an NPU and a CPU IR can share a bundle.
@@ -94,7 +121,7 @@ class CompileOpenVINO:
         out: list[Candidate] = []
 
         fp32_model = ov.convert_model(str(job.onnx_fp32))
-        if shapes:
+        if isinstance(shapes, dict) and shapes:
             fp32_model.reshape(shapes)
         need_fp32 = Precision.FP32 in job.precisions
         if need_fp32:
@@ -131,7 +158,7 @@ class CompileOpenVINO:
         job: TargetJob,
         fp32_model: Any,
         folder: Path,
-        shapes: dict[str, list[int]],
+        shapes: Shapes,
         base_options: dict[str, Any],
     ) -> Candidate:
         key = job.target.key
@@ -181,24 +208,18 @@ class CompileOpenVINO:
                 _remove(job.out, art)
         final = built[chosen]
         # One name per target whatever the route: the orchestrator and profiles refer to it.
-        final_xml = folder / "model.int8.xml"
-        src_xml = job.out / final.path
-        if src_xml != final_xml:
-            final_bin = final_xml.with_suffix(".bin")
-            shutil.move(src_xml, final_xml)
-            shutil.move(src_xml.with_suffix(".bin"), final_bin)
-        final = make_artifact(
-            job.out,
-            final_xml,
-            name=f"{key}-int8",
-            target=Target.OPENVINO,
-            precision=Precision.INT8,
-            companions=[final_xml.with_suffix(".bin")],
-            input_shapes=shapes or None,
-            options={**final.options, "int8_source": chosen},
-            notes=final.notes,
-            ops=final.ops,
-        )
+        moved = []
+        for src_xml in _xmls(job.out, final):
+            dest = folder / src_xml.name.replace(f"model.int8-{chosen}", "model.int8")
+            if src_xml != dest:
+                shutil.move(src_xml, dest)
+                shutil.move(src_xml.with_suffix(".bin"), dest.with_suffix(".bin"))
+            moved.append(dest)
+        options = {k: v for k, v in final.options.items() if k != "buckets"}
+        final = _ir_artifact(
+            job, moved, f"{key}-int8", Precision.INT8, shapes,
+            {**options, "int8_source": chosen}, final.notes, final.ops,
+        )  # fmt: skip
         details: dict[str, Any] = {"int8_source": chosen, "candidates": numbers, "why": why}
         if failed:
             details["failed"] = failed
@@ -210,7 +231,7 @@ class CompileOpenVINO:
         job: TargetJob,
         fp32_model: Any,
         folder: Path,
-        shapes: dict[str, list[int]],
+        shapes: Shapes,
         source: str,
     ) -> tuple[Artifact, dict[str, Any]]:
         info: dict[str, Any] = {}
@@ -218,7 +239,7 @@ class CompileOpenVINO:
             if job.onnx_int8 is None:
                 raise TargetNotSupported("no QDQ ONNX in the bundle (model.int8.onnx)")
             model = ov.convert_model(str(job.onnx_int8))
-            if shapes:
+            if isinstance(shapes, dict) and shapes:
                 model.reshape(shapes)
             notes = f"OpenVINO IR converted from the QDQ ONNX {job.onnx_int8.name}"
             src = job.onnx_int8.name
@@ -236,9 +257,7 @@ class CompileOpenVINO:
         )  # fmt: skip
         return art.artifact, info
 
-    def _nncf(
-        self, job: TargetJob, fp32_model: Any, shapes: dict[str, list[int]]
-    ) -> tuple[Any, dict[str, Any]]:
+    def _nncf(self, job: TargetJob, fp32_model: Any, shapes: Shapes) -> tuple[Any, dict[str, Any]]:
         nncf = require("nncf", "INT8 quantisation of OpenVINO IR")
         if not job.calibration:
             raise TargetNotSupported("no calibration feeds")
@@ -248,14 +267,15 @@ class CompileOpenVINO:
             # the quantised graph is reshaped afterwards, FakeQuantize is shape-agnostic.
             ov = require("openvino")
             model = ov.convert_model(str(job.onnx_fp32))
-        dataset = nncf.Dataset(job.calibration, lambda feeds: dict(feeds))
+        feeds: list[Feeds] = model_feeds(job, job.calibration)
+        dataset = nncf.Dataset(feeds, lambda f: dict(f))
         device = {
             "CPU": nncf.TargetDevice.CPU,
             "GPU": nncf.TargetDevice.GPU,
             "NPU": nncf.TargetDevice.NPU,
         }.get(job.target.device, nncf.TargetDevice.ANY)
-        info: dict[str, Any] = {"calibration_size": len(job.calibration)}
-        kwargs = {"subset_size": len(job.calibration), "target_device": device}
+        info: dict[str, Any] = {"calibration_size": len(feeds)}
+        kwargs = {"subset_size": len(feeds), "target_device": device}
         try:
             q = nncf.quantize(
                 model.clone(), dataset, fast_bias_correction=self.fast_bias_correction, **kwargs
@@ -267,7 +287,7 @@ class CompileOpenVINO:
             job.say(f"NNCF fast bias correction failed ({type(exc).__name__}); using the full one")
             q = nncf.quantize(model.clone(), dataset, fast_bias_correction=False, **kwargs)
             info["bias_correction"] = f"full (fast failed: {type(exc).__name__}: {exc})"
-        if shapes:
+        if isinstance(shapes, dict) and shapes:
             q.reshape(shapes)
         return q, info
 
@@ -280,26 +300,71 @@ class CompileOpenVINO:
         xml: Path,
         name: str,
         precision: Precision,
-        shapes: dict[str, list[int]],
+        shapes: Shapes,
         options: dict[str, Any],
         notes: str,
         compress: bool = False,
     ) -> Candidate:
-        ov.save_model(model, str(xml), compress_to_fp16=compress)
-        ops = {op.get_type_name() for op in model.get_ops()}
-        art = make_artifact(
-            job.out,
-            xml,
-            name=name,
-            target=Target.OPENVINO,
-            precision=precision,
-            companions=[xml.with_suffix(".bin")],
-            input_shapes=shapes or None,
-            options=options,
-            notes=notes,
-            ops=sorted(ops),
-        )
+        ops = sorted({op.get_type_name() for op in model.get_ops()})
+        if isinstance(shapes, dict):
+            ov.save_model(model, str(xml), compress_to_fp16=compress)
+            xmls = [xml]
+        else:  # one IR per padding bucket
+            xmls = []
+            for b, bucket in enumerate(shapes):
+                one = model.clone()
+                one.reshape(bucket)
+                xmls.append(xml.with_name(f"{xml.stem}.b{b}.xml"))
+                ov.save_model(one, str(xmls[-1]), compress_to_fp16=compress)
+        art = _ir_artifact(job, xmls, name, precision, shapes, options, notes, ops)
         return Candidate(art, {"source": options.get("source")})
+
+
+def _ir_artifact(
+    job: TargetJob,
+    xmls: list[Path],
+    name: str,
+    precision: Precision,
+    shapes: Shapes,
+    options: dict[str, Any],
+    notes: str,
+    ops: list[str],
+) -> Artifact:
+    """One IR, or one IR per bucket (the largest the main file; see the module notes)."""
+    companions = [xmls[-1].with_suffix(".bin")]
+    input_shapes = shapes if isinstance(shapes, dict) else shapes[-1]
+    if isinstance(shapes, list):
+        companions += [f for x in xmls[:-1] for f in (x, x.with_suffix(".bin"))]
+        options = {
+            **options,
+            "buckets": [
+                {"file": x.name, "input_shapes": s} for x, s in zip(xmls, shapes, strict=True)
+            ],
+        }
+        notes += (
+            f"; one IR per padding bucket ({len(xmls)}): neighbour tables are inputs at each "
+            "bucket's class capacities"
+        )
+    return make_artifact(
+        job.out,
+        xmls[-1],
+        name=name,
+        target=Target.OPENVINO,
+        precision=precision,
+        companions=companions,
+        input_shapes=input_shapes or None,
+        options=options,
+        notes=notes,
+        ops=ops,
+    )
+
+
+def _xmls(out: Path, art: Artifact) -> list[Path]:
+    """The IR files of ``art``: one per bucket, or its main file."""
+    buckets = art.options.get("buckets")
+    if not buckets:
+        return [out / art.path]
+    return [(out / art.path).parent / b["file"] for b in buckets]
 
 
 def _device_present(ov: Any, device: str) -> bool:

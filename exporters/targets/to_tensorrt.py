@@ -35,7 +35,7 @@ from edge_sdk.runtimes.trt import (
     gpu_available,
 )
 
-from .base import Candidate, TargetJob, TargetNotSupported, make_artifact
+from .base import Candidate, TargetJob, TargetNotSupported, bucket_shapes, make_artifact
 from .trt_support import (
     OPSET_MAX,
     OPSET_MIN,
@@ -197,7 +197,9 @@ class CompileTensorRT:
         Static/learned form: one profile, batch 1..``batch`` (or the ONNX's fixed
         batch), N and F fixed; the runtime pads to ``[batch, N, F]``.
         Dynamic form: one exact profile per padding bucket (the runtime pads
-        every request to a bucket, so each gets kernels tuned for its size).
+        every request to a bucket, so each gets kernels tuned for its size); a
+        table-input model's profiles fix ``x`` and every table input at the
+        bucket's class capacities.
         """
         graph = job.graph
         if graph.form is not GraphForm.DYNAMIC:
@@ -213,6 +215,11 @@ class CompileTensorRT:
                 f"{job.target.key}: TensorRT engines need fixed shapes; this dynamic-form model "
                 "has no padding buckets (give --bucket NODES:EDGES, or export with --form static)"
             )
+        if graph.tables is not None:
+            # Tables are inputs: every one fixed per bucket (one exact profile each).
+            exact = [{k: {"min": v, "opt": v, "max": v} for k, v in s.items()} for s in
+                     bucket_shapes(job)]  # fmt: skip
+            return exact, {}
         profiles = []
         for b in graph.buckets:
             shapes = {"x": [b.max_nodes, graph.num_features], "edge_index": [2, b.max_edges]}

@@ -290,12 +290,15 @@ class SupportReport:
         ops: Operator types in the model.
         issues: Problems found, errors first.
         checked_against: TensorRT versions the table describes.
+        scatter_ops: Scatter nodes (``ScatterElements``/``ScatterND``/``Scatter``, any
+            reduction): 0 for dense and neighbour-table aggregation.
     """
 
     precision: Precision
     opset: int
     ops: list[str]
     issues: list[SupportIssue] = field(default_factory=list)
+    scatter_ops: int = 0
     checked_against: str = f">={TRT_CHECKED_MIN},<{TRT_CHECKED_BELOW}"
 
     @property
@@ -345,6 +348,7 @@ class SupportReport:
             "precision": str(self.precision),
             "opset": self.opset,
             "checked_against": self.checked_against,
+            "scatter_ops": self.scatter_ops,
             "issues": [i.__dict__ for i in self.issues],
         }
 
@@ -403,8 +407,12 @@ def check_tensorrt_support(
             )
         )
     issues.sort(key=lambda i: i.severity != "error")
-    ops = sorted({n.op_type for n in _all_nodes(model.graph.node)})
-    return SupportReport(precision=precision, opset=opset, ops=ops, issues=issues)
+    nodes = list(_all_nodes(model.graph.node))
+    ops = sorted({n.op_type for n in nodes})
+    scatters = sum(n.op_type in ("ScatterElements", "ScatterND", "Scatter") for n in nodes)
+    return SupportReport(
+        precision=precision, opset=opset, ops=ops, issues=issues, scatter_ops=scatters
+    )
 
 
 def _all_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterable[onnx.NodeProto]:

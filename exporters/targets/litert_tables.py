@@ -1,0 +1,310 @@
+"""LiteRT artifacts of a dynamic-form model that takes neighbour tables: one file per bucket.
+
+A table-input model (``manifest.graph.tables``) has fixed shapes once a request
+is padded to a bucket: ``x [max_nodes, F]`` and every table at the bucket's
+class capacities. Each bucket is converted on its own (onnx2tf, all inputs kept
+as they are, int64 tables staying int64), so a small request runs the small
+file instead of being padded to the largest graph. The artifact's main file is
+the largest bucket's; the others are companions, listed with their shapes in
+``options["buckets"]``, and the runtime's base backend loads one interpreter
+per file and sends each padded request to its own.
+
+INT8 is quantised here, not by onnx2tf: onnx2tf's representative dataset casts
+every input to float32 and slices all inputs along the first input's axis 0
+(the node count), which is wrong for table inputs of other row counts. The
+TensorFlow converter is run on onnx2tf's SavedModel with a dataset of real
+requests (the job's calibration graphs padded to the bucket, tables built by
+:func:`~edge_sdk.neighbour_tables.request_tables` at its capacities), int8
+kernels where they exist and float kernels elsewhere (no Select TF ops), float
+inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_sdk._optional import require
+from edge_sdk.errors import ExportError
+from edge_sdk.graph import DynamicGraph
+from edge_sdk.manifest import Artifact, Precision, Target
+from edge_sdk.parity import explain
+
+from . import litert_files as lf
+from . import litert_graph as lg
+from .base import (
+    Candidate,
+    Feeds,
+    TargetJob,
+    TargetNotSupported,
+    bucket_feeds,
+    bucket_shapes,
+    make_artifact,
+    onnx_input_names,
+)
+
+#: INT8 flavours tried in order until one passes the accuracy gate.
+INT8_FLAVOURS = {
+    "integer_quant": "int8 weights and activations where LiteRT has int8 kernels, float32 IO",
+    "dynamic_range_quant": "int8 weights, float activations (dynamic range)",
+}
+
+
+def compile_bucketed(job: TargetJob, max_calibration: int = 200) -> list[Candidate]:
+    """Convert a table-input model once per bucket; one artifact per precision.
+
+    Raises:
+        TargetNotSupported: No buckets, or onnx2tf refused the model.
+        ExportError: A converted file does not run.
+    """
+    import onnx
+
+    shapes = bucket_shapes(job)
+    names = onnx_input_names(job.onnx_fp32)
+    graphs = request_graphs(job)
+    model = onnx.load(str(job.onnx_fp32))
+    files: dict[Precision, list[Path]] = {p: [] for p in job.precisions}
+    saved: list[tuple[Path, list[Feeds]]] = []  # per bucket: SavedModel, calibration feeds
+    with tempfile.TemporaryDirectory(prefix="edge-litert-tables-") as tmp:
+        for b, fixed_shape in enumerate(shapes):
+            feeds = calibration_feeds(job, graphs, b)[:max_calibration]
+            job.say(f"litert: converting bucket {b} ({_bucket_label(job, b)}) with onnx2tf")
+            work = Path(tmp) / f"b{b}"
+            work.mkdir()
+            out = _convert(job, model, fixed_shape, names, feeds, work)
+            for p, f in out.items():
+                files[p].append(f)
+            saved.append((work / "tf", feeds))
+        cands = []
+        for p in job.precisions:
+            if p is not Precision.INT8:
+                art = _artifact(job, p, files[p], shapes, names, "")
+                cands.append(Candidate(art, {"converter": lf.converter_versions()}))
+            elif (cand := _int8(job, saved, shapes, names)) is not None:
+                cands.append(cand)
+        return cands
+
+
+def request_graphs(job: TargetJob) -> list[DynamicGraph]:
+    """The calibration graphs (then the parity cases' first graph) as requests."""
+    out = []
+    for feeds in [*job.calibration, *(c.feeds for c in job.cases)]:
+        if "edge_index" not in feeds:
+            continue
+        out.append(
+            DynamicGraph(
+                x=np.asarray(feeds["x"], np.float32),
+                edge_index=np.asarray(feeds["edge_index"], np.int64),
+                edge_attr=feeds.get("edge_attr"),
+                batch=feeds.get("batch"),
+            )
+        )
+    if not out:
+        raise ExportError("no calibration or parity graph (x, edge_index) to calibrate LiteRT with")
+    return out
+
+
+def calibration_feeds(job: TargetJob, graphs: Sequence[DynamicGraph], bucket: int) -> list[Feeds]:
+    """Model feeds of the graphs that fit ``bucket`` (cropped ones when none does)."""
+    feeds = [f for g in graphs if (f := bucket_feeds(job, g, bucket)) is not None]
+    if feeds:
+        return feeds
+    b = job.graph.buckets[bucket]
+    for g in graphs:
+        f = bucket_feeds(job, crop(g, b.max_nodes - 1, b.max_edges), bucket)
+        if f is not None:
+            feeds.append(f)
+    if not feeds:
+        raise ExportError(f"no calibration graph can be cropped into bucket {bucket} ({b})")
+    return feeds
+
+
+def crop(g: DynamicGraph, nodes: int, edges: int) -> DynamicGraph:
+    """The subgraph on the first ``nodes`` nodes, at most ``edges`` of its edges."""
+    keep = np.nonzero((g.edge_index < nodes).all(axis=0))[0][:edges]
+    batch = None if g.batch is None else g.batch[:nodes]
+    attr = None if g.edge_attr is None else g.edge_attr[keep]
+    return DynamicGraph(g.x[:nodes], g.edge_index[:, keep], attr, batch)
+
+
+def _convert(
+    job: TargetJob,
+    model: Any,
+    shapes: dict[str, list[int]],
+    names: list[str],
+    feeds: list[Feeds],
+    work: Path,
+) -> dict[Any, Path]:
+    """One bucket: FP32/FP16 by onnx2tf, INT8 flavours from its SavedModel."""
+    import onnx
+
+    onnx2tf = require("onnx2tf", "LiteRT conversion")
+    try:
+        fixed = lg.fix_shapes(model, shapes)
+    except Exception as exc:
+        raise ExportError(f"LiteRT: fixing input shapes {shapes} failed: {exc}") from exc
+    left = lg.reducing_scatters(fixed)
+    if left:
+        raise TargetNotSupported(f"onnx2tf cannot convert {', '.join(left)}")
+    src = work / "model.onnx"
+    onnx.save(fixed, str(src))
+    # One real request of exactly the input shapes for onnx2tf's ONNX Runtime checks.
+    data = []
+    for name in names:
+        path = work / f"check_{name}.npy"
+        np.save(path, feeds[0][name])
+        data.append([name, str(path), 0.0, 1.0])
+    with lg.quiet() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            onnx2tf.convert(
+                input_onnx_file_path=str(src),
+                output_folder_path=str(work / "tf"),
+                output_signaturedefs=True,
+                copy_onnx_input_output_names_to_tflite=True,
+                non_verbose=True,
+                keep_shape_absolutely_input_names=names,
+                custom_input_op_name_np_data_path=data,
+            )
+        except BaseException as exc:  # onnx2tf calls sys.exit on some errors
+            raise TargetNotSupported(f"onnx2tf: {exc}; log tail: {log.getvalue()[-800:]}") from exc
+    out: dict[Precision, Path] = {}
+    for p, stem in ((Precision.FP32, "float32"), (Precision.FP16, "float16")):
+        if p in job.precisions:
+            out[p] = work / "tf" / f"model_{stem}.tflite"
+            crash = lf.probe(out[p], feeds=feeds[0])
+            if crash:
+                raise ExportError(f"litert: {p} file of bucket {shapes} does not run: {crash}")
+    return out
+
+
+def _quantized(saved_model: Path, feeds: list[Feeds], flavour: str) -> Path:
+    """One bucket's INT8 file of ``flavour``, run once on a real request."""
+    path = quantize_saved_model(saved_model, feeds, flavour)
+    crash = lf.probe(path, feeds=feeds[0])
+    if crash:
+        raise ExportError(f"{path.name} does not run: {crash}")
+    return path
+
+
+def quantize_saved_model(saved_model: Path, feeds: Sequence[Feeds], flavour: str) -> Path:
+    """INT8 ``.tflite`` from onnx2tf's SavedModel, calibrated on ``feeds`` (exact dtypes)."""
+    tf = require("tensorflow", "LiteRT INT8 quantisation")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if flavour == "integer_quant":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,  # float kernels where int8 has none, no flex ops
+        ]
+
+        def dataset() -> Any:
+            for f in feeds:
+                yield {k: tf.constant(v) for k, v in f.items()}
+
+        converter.representative_dataset = dataset
+    elif flavour != "dynamic_range_quant":
+        raise ValueError(f"unknown INT8 flavour {flavour!r}; known: {list(INT8_FLAVOURS)}")
+    with lg.quiet() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            data = converter.convert()
+        except Exception as exc:
+            raise ExportError(f"TFLite {flavour}: {exc}; log: {log.getvalue()[-800:]}") from exc
+    path = saved_model / f"model_{flavour}.tflite"
+    path.write_bytes(data)
+    return path
+
+
+def _int8(
+    job: TargetJob,
+    saved: list[tuple[Path, list[Feeds]]],
+    shapes: list[dict[str, list[int]]],
+    names: list[str],
+) -> Candidate | None:
+    """The first INT8 flavour that runs in every bucket and passes the gate (else the
+    first that runs; the orchestrator refuses it). Built one flavour at a time."""
+    tried: dict[str, str] = {}
+    built: dict[str, list[Path]] = {}
+    art: Artifact | None = None
+    for flavour in INT8_FLAVOURS:
+        try:
+            built[flavour] = [_quantized(tf_dir, feeds, flavour) for tf_dir, feeds in saved]
+        except ExportError as exc:  # left out: the next flavour may run
+            tried[flavour] = str(exc)[:300]
+            job.say(f"litert: INT8 {flavour} left out: {tried[flavour]}")
+            continue
+        art = _artifact(job, Precision.INT8, built[flavour], shapes, names, flavour)
+        report = job.check(art)
+        if report.passed:
+            tried[flavour] = "passed"
+            break
+        tried[flavour] = report.note or explain(report)
+        job.say(f"litert: INT8 {flavour} fails the gate ({tried[flavour]})")
+    else:
+        if not built:
+            job.say(f"litert: no INT8 file runs in every bucket; INT8 not built: {tried}")
+            return None
+        first = next(iter(built))
+        art = _artifact(job, Precision.INT8, built[first], shapes, names, first)
+    assert art is not None
+    chosen = art.options["int8_flavour"]
+    details = {
+        "converter": lf.converter_versions(),
+        "int8_flavour": {"chosen": f"{chosen} ({INT8_FLAVOURS[chosen]})", "tried": tried},
+    }
+    return Candidate(art, details)
+
+
+def _artifact(
+    job: TargetJob,
+    precision: Precision,
+    paths: list[Path],
+    shapes: list[dict[str, list[int]]],
+    names: list[str],
+    flavour: str,
+) -> Artifact:
+    """Copy the per-bucket files into ``litert/`` and describe them as one artifact."""
+    folder = job.out / "litert"
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = [o.name for o in job.outputs]
+    buckets: list[dict[str, Any]] = []
+    dests = []
+    for b, (src, shape) in enumerate(zip(paths, shapes, strict=True)):
+        dest = folder / f"model.b{b}.{precision}.tflite"
+        shutil.copyfile(src, dest)
+        io, ops = lf.io_map(dest, names, outputs)
+        buckets.append({"file": dest.name, "input_shapes": shape, "options": io})
+        dests.append(dest)
+    sizes = "; ".join(_bucket_label(job, b) for b in range(len(paths)))
+    options: dict[str, Any] = {"layout": "native", "buckets": buckets, **buckets[-1]["options"]}
+    if precision is Precision.INT8:
+        options |= {"int8_flavour": flavour, "int8_io": "float32"}
+    return make_artifact(
+        job.out,
+        dests[-1],
+        name=f"{job.target.key}-{precision}",
+        target=Target.LITERT,
+        precision=precision,
+        layout="NF",
+        companions=dests[:-1],
+        input_shapes=shapes[-1],
+        options=options,
+        notes=(
+            f"one .tflite per padding bucket ({sizes}): neighbour tables are inputs at each "
+            "bucket's class capacities; the runtime runs the file of the bucket a request was "
+            "padded to (the largest is the main file)"
+        ),
+        ops=ops,
+    )
+
+
+def _bucket_label(job: TargetJob, b: int) -> str:
+    bucket = job.graph.buckets[b]
+    return f"b{b}: {bucket.max_nodes} nodes, {bucket.max_edges} edges"
