@@ -76,7 +76,9 @@ def dense_job(tmp_path_factory: pytest.TempPathFactory) -> TargetJob:
 @pytest.fixture(scope="module")
 def dynamic_job(tmp_path_factory: pytest.TempPathFactory) -> TargetJob:
     out = tmp_path_factory.mktemp("trt_dyn")
-    return make_job(_gcn(False), _samples(False), out, GPU, form="dynamic", int8=False)
+    return make_job(
+        _gcn(False), _samples(False), out, GPU, form="dynamic", int8=False, aggregation="scatter"
+    )
 
 
 def _plan(job: TargetJob, key: str, precision: str) -> dict[str, Any]:
@@ -171,6 +173,39 @@ def test_dynamic_plan_has_one_profile_per_bucket(dynamic_job: TargetJob) -> None
     assert cands[0].artifact.input_shapes == {}  # the runtime pads to the manifest's buckets
     warned = {i["op"] for i in cands[0].details["support"]["issues"]}
     assert "ScatterElements(reduction=add)" in warned
+
+
+@pytest.fixture(scope="module")
+def table_job(tmp_path_factory: pytest.TempPathFactory) -> TargetJob:
+    """The dynamic GCN over neighbour-table inputs (the default), two buckets, INT8 on."""
+    out = tmp_path_factory.mktemp("trt_tables")
+    buckets = [Bucket(max_nodes=24, max_edges=64), Bucket(max_nodes=48, max_edges=160)]
+    return make_job(
+        _gcn(False), _samples(False), out, GPU, form="dynamic", int8=True, buckets=buckets
+    )
+
+
+def test_table_model_plans_every_precision_with_table_profiles(table_job: TargetJob) -> None:
+    """No scatter left: every precision is planned (INT8 from the QDQ model), and each
+    bucket's profile fixes x and every table input at the bucket's capacities."""
+    cands = CompileTensorRT(build_engine=False)(table_job)
+    assert [c.artifact.precision for c in cands] == [Precision.INT8, Precision.FP16, Precision.FP32]
+    graph = table_job.graph
+    assert graph.tables is not None and len(graph.buckets) == 2
+    for cand in cands:
+        support = cand.details["support"]
+        assert support["ok"] and support["scatter_ops"] == 0 and support["issues"] == []
+        plan = _plan(table_job, "tensorrt", str(cand.artifact.precision))
+        assert len(plan["profiles"]) == 2
+        for b, profile in enumerate(plan["profiles"]):
+            fixed = graph.fixed_shapes(b)
+            assert "edge_index" not in profile
+            assert profile["x"]["min"] == [graph.buckets[b].max_nodes, 8]
+            assert any(k.startswith("loops.index") for k in profile)
+            for name, dims in profile.items():
+                assert dims["min"] == dims["opt"] == dims["max"] == fixed[name]
+    int8 = _plan(table_job, "tensorrt", "int8")
+    assert int8["explicit_quantization"] and int8["onnx"] == "model.int8.onnx"
 
 
 def test_dynamic_without_buckets_is_refused(dynamic_job: TargetJob) -> None:

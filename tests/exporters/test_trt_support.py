@@ -30,7 +30,9 @@ class TwoConv(torch.nn.Module):
         return self.c2(self.c1(x, edge_index).relu(), edge_index)
 
 
-def export(conv_name: str, form: str, out: Path, int8: bool = False) -> Path:
+def export(
+    conv_name: str, form: str, out: Path, int8: bool = False, aggregation: str = "auto"
+) -> Path:
     from torch_geometric.nn import GATConv, GCNConv
 
     from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
@@ -47,18 +49,39 @@ def export(conv_name: str, form: str, out: Path, int8: bool = False) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = TwoConv(conv).eval()
-    export_model(model, sample, out, ExportConfig(form=form, int8=int8))
+    cfg = ExportConfig(form=form, int8=int8, aggregation=aggregation)
+    export_model(model, sample, out, cfg)
     return out
 
 
 @pytest.fixture(scope="module")
 def gcn_dynamic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export("gcn", "dynamic", tmp_path_factory.mktemp("trt") / "gcn_dyn", int8=True)
+    out = tmp_path_factory.mktemp("trt") / "gcn_dyn"
+    return export("gcn", "dynamic", out, int8=True, aggregation="scatter")
 
 
 @pytest.fixture(scope="module")
 def gat_dynamic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export("gat", "dynamic", tmp_path_factory.mktemp("trt") / "gat_dyn")
+    return export(
+        "gat", "dynamic", tmp_path_factory.mktemp("trt") / "gat_dyn", aggregation="scatter"
+    )
+
+
+@pytest.fixture(scope="module")
+def gcn_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Dynamic GCN over neighbour-table inputs (the default aggregation), with its QDQ model."""
+    return export("gcn", "dynamic", tmp_path_factory.mktemp("trt") / "gcn_tab", int8=True)
+
+
+@pytest.fixture(scope="module")
+def gat_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export("gat", "dynamic", tmp_path_factory.mktemp("trt") / "gat_tab")
+
+
+@pytest.fixture(scope="module")
+def gcn_static_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("trt") / "gcn_static_tab"
+    return export("gcn", "static", out, aggregation="tables")
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +118,32 @@ def test_allow_plugins_downgrades_scatter_to_warning(gcn_dynamic: Path) -> None:
     report = check_tensorrt_support(gcn_dynamic / "model.onnx", "fp16", allow_plugins=True)
     assert report.ok
     assert [i.op for i in report.warnings].count("ScatterElements(reduction=add)") == 3
+
+
+def test_table_models_have_no_scatter_and_pass(
+    gcn_tables: Path, gat_tables: Path, gcn_static_tables: Path
+) -> None:
+    """Neighbour-table aggregation (static constants or dynamic inputs) is made of
+    core TensorRT layers: no scatter at all, no plugin, no warning."""
+    for path, extra in [
+        (gcn_tables, {"ReduceSum"}),
+        (gat_tables, {"Exp", "ReduceMax"}),
+        (gcn_static_tables, {"ReduceSum"}),
+    ]:
+        for precision in ("fp32", "fp16"):
+            report = check_tensorrt_support(path / "model.onnx", precision)
+            assert report.ok, report.message()
+            assert report.scatter_ops == 0
+            assert report.issues == []
+            assert {"Gather", *extra} <= set(report.ops)
+            assert report.to_dict()["scatter_ops"] == 0
+    int8 = check_tensorrt_support(gcn_tables / "model.int8.onnx", "int8")
+    assert int8.ok, int8.message()
+    assert int8.scatter_ops == 0 and "QuantizeLinear" in int8.ops
+
+
+def test_scatter_ops_are_counted(gcn_dynamic: Path) -> None:
+    assert check_tensorrt_support(gcn_dynamic / "model.onnx", allow_plugins=True).scatter_ops == 3
 
 
 def test_dense_static_model_passes_at_every_precision(gcn_dense: Path) -> None:
