@@ -193,7 +193,7 @@ def _static_pyg(
             f"{sample.name}: edge_weight in static samples is not supported yet; "
             "fold the weights into the model or use the dynamic form"
         )
-    names = [k for k in model_inputs(model, ["x", "edge_index", "batch"]) if k != "edge_attr"]
+    names = model_inputs(model, ["x", "edge_index", "batch"], static=True)
     probe = StaticWrapper(model, ei, n, names, node_level=[])
     with torch.no_grad():
         flat = probe.flat_inputs(torch.from_numpy(_at_least_two(x)))

@@ -20,7 +20,7 @@ from contextlib import ExitStack
 import torch
 from torch import Tensor, nn
 
-from edge_sdk.errors import ExportError
+from edge_sdk.errors import ExportError, UnsupportedModelError
 
 from .lowering.readout import dense_readout
 from .lowering.tables import TableSource, use_tables
@@ -28,10 +28,16 @@ from .lowering.tables import TableSource, use_tables
 DYNAMIC_INPUTS = ("x", "edge_index", "edge_attr", "batch")
 
 
-def model_inputs(model: nn.Module, available: Sequence[str]) -> list[str]:
+def model_inputs(model: nn.Module, available: Sequence[str], static: bool = False) -> list[str]:
     """Which of ``x/edge_index/edge_attr/batch`` to feed, checked against forward.
 
+    Args:
+        model: The model.
+        available: The inputs the samples give.
+        static: For the static form, whose only input is ``x [B, N, F]``.
+
     Raises:
+        UnsupportedModelError: ``static`` and forward needs ``edge_attr``.
         ExportError: forward needs a parameter the SDK cannot provide.
     """
     params = inspect.signature(model.forward).parameters
@@ -39,6 +45,12 @@ def model_inputs(model: nn.Module, available: Sequence[str]) -> list[str]:
     for name, p in params.items():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
+        if static and name == "edge_attr" and p.default is inspect.Parameter.empty:
+            raise UnsupportedModelError(
+                "static form has no edge input: model.forward needs 'edge_attr', but a "
+                "static-form model takes only x [B, N, F]; export with --form dynamic, "
+                "where edge_attr [E, D] is a request input"
+            )
         if name in DYNAMIC_INPUTS:
             if name in available or name == "batch":
                 names.append(name)
