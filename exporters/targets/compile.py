@@ -232,8 +232,14 @@ class CompileTargets:
 
 
 def _build_key(target: TargetSpec) -> str:
-    """Targets with equal keys share one build (they differ only in run-time settings)."""
-    return json.dumps(target.build_settings(), sort_keys=True)
+    """Targets with equal keys share one build (they differ only in run-time settings).
+
+    The precisions are a set here: their order only says which one a profile ships
+    (``_pick``), so two profiles that order the same precisions differently share a build.
+    """
+    settings = target.build_settings()
+    settings["precisions"] = sorted(settings["precisions"])
+    return json.dumps(settings, sort_keys=True)
 
 
 def _relocate(
