@@ -184,7 +184,9 @@ def test_dynamic_form_with_static_shapes_refused(tmp_path: Path) -> None:
 
     sample = sample_from_arrays(tiny_gcn_arrays(seed=2))
     target = _target(device="NPU", static_shapes=True, precisions=["fp16"])
-    job = make_job(tiny_gcn(), sample, tmp_path / "b", target, form="dynamic")
+    job = make_job(
+        tiny_gcn(), sample, tmp_path / "b", target, form="dynamic", aggregation="scatter"
+    )
     with pytest.raises(TargetNotSupported) as info:
         CompileOpenVINO()(job)
     message = str(info.value)
@@ -192,3 +194,95 @@ def test_dynamic_form_with_static_shapes_refused(tmp_path: Path) -> None:
     assert "dynamic-form" in message
     assert "--form static" in message
     assert not (job.out / "openvino").exists() or not any((job.out / "openvino").iterdir())
+
+
+@pytest.fixture(scope="module")
+def table_npu(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The dynamic tiny GCN over neighbour-table inputs, two buckets, built for an NPU target
+    (static shapes; FP32 and INT8), checked on the CPU plugin."""
+    _need_export()
+    from target_jobs import make_job
+
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
+    from edge_sdk.io_contract import Bucket
+
+    samples = [sample_from_arrays(tiny_gcn_arrays(seed=s)) for s in (3, 4)]
+    target = _target(device="NPU", static_shapes=True, precisions=["int8", "fp32"])
+    buckets = [Bucket(max_nodes=24, max_edges=64), Bucket(max_nodes=48, max_edges=160)]
+    out = tmp_path_factory.mktemp("ov_tables") / "b"
+    job = make_job(tiny_gcn(), samples, out, target, form="dynamic", int8=True, buckets=buckets)
+    return job, {c.artifact.precision: c for c in CompileOpenVINO(("nncf",))(job)}
+
+
+def test_table_model_gets_one_static_ir_per_bucket(table_npu: Any) -> None:
+    job, built = table_npu
+    assert job.graph.tables is not None
+    art = built[Precision.FP32].artifact
+    buckets = art.options["buckets"]
+    assert [b["file"] for b in buckets] == ["model.fp32.b0.xml", "model.fp32.b1.xml"]
+    assert art.path == "openvino-npu/model.fp32.b1.xml"  # the largest bucket is the main file
+    for b, entry in enumerate(buckets):
+        want = job.graph.fixed_shapes(b)
+        assert entry["input_shapes"] == {k: want[k] for k in entry["input_shapes"]}
+        assert entry["input_shapes"]["x"] == [job.graph.buckets[b].max_nodes, 8]
+        assert (job.out / "openvino-npu" / entry["file"]).is_file()
+    companions = {c.path for c in art.companions}
+    assert "openvino-npu/model.fp32.b0.xml" in companions
+    assert "openvino-npu/model.fp32.b0.bin" in companions
+    assert not any("Scatter" in op for op in art.ops)
+    assert _max_err(job, art) <= 1e-4
+
+
+def test_table_ir_runs_each_request_in_its_own_bucket(table_npu: Any) -> None:
+    """A small graph runs the small IR, a larger one the large IR: both match PyTorch."""
+    from edge_sdk.graph import DynamicGraph
+    from edge_sdk.packing import pick_bucket
+
+    job, built = table_npu
+    rng = np.random.default_rng(7)
+    rt = job.open(built[Precision.FP32].artifact)
+    try:
+        for n, e in [(10, 30), (40, 150)]:
+            feeds = {
+                "x": rng.standard_normal((n, 8), dtype=np.float32),
+                "edge_index": rng.integers(0, n, size=(2, e)),
+            }
+            graph = DynamicGraph(feeds["x"], feeds["edge_index"])
+            bucket = pick_bucket(graph, job.graph.buckets, False)
+            assert bucket.max_nodes == (24 if n == 10 else 48)
+            (ref,) = job.prepared.run_reference(feeds)
+            got = rt.infer(feeds)
+            assert np.abs(next(iter(got.values())) - ref).max() <= 1e-4
+        assert rt.backend.describe()["buckets"] == 2
+    finally:
+        rt.close()
+
+
+def test_table_int8_ir_per_bucket_from_nncf(table_npu: Any) -> None:
+    job, built = table_npu
+    cand = built[Precision.INT8]
+    art = cand.artifact
+    assert [b["file"] for b in art.options["buckets"]] == ["model.int8.b0.xml", "model.int8.b1.xml"]
+    assert art.options["int8_source"] == "nncf"
+    assert (job.out / art.path).is_file()
+    assert not list((job.out / "openvino-npu").glob("model.int8-*"))  # route files renamed
+    assert "FakeQuantize" in art.ops
+    report = job.check(art)
+    assert max(o.max_abs_err for o in report.outputs) < 0.5  # quantised, same model
+
+
+def test_table_model_without_buckets_asks_for_them(tmp_path: Path) -> None:
+    _need_export()
+    from target_jobs import make_job
+
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.exporters.targets import TargetNotSupported
+    from edge_sdk.exporters.targets.to_openvino import CompileOpenVINO
+
+    sample = sample_from_arrays(tiny_gcn_arrays(seed=2))
+    target = _target(device="NPU", static_shapes=True, precisions=["fp32"])
+    job = make_job(tiny_gcn(), sample, tmp_path / "b", target, form="dynamic")
+    assert job.graph.tables is not None
+    with pytest.raises(TargetNotSupported, match="--bucket NODES:EDGES"):
+        CompileOpenVINO()(job)
