@@ -209,30 +209,45 @@ def build_table(
     row = first_row[d_sorted] + j // kmax
     slot = j % kmax
     total = int(counts.sum())
-    # Fill one flat [total, kmax] buffer, then cut per class (narrow classes use slots < K).
-    index = np.full((total, kmax), -1, np.int64)
-    index[row, slot] = src[edge_order]
-    mask = np.zeros((total, kmax), np.float32)
-    mask[row, slot] = 1.0
+    # One flat buffer of every class's [R_c, K_c] block, back to back (no padding to the
+    # widest class: a bucket's narrow classes hold most rows), cut into classes at the end.
+    k_arr = np.asarray(widths, np.int64)
+    block = np.concatenate([[0], np.cumsum(counts * k_arr)])
+    row_class = np.repeat(np.arange(len(widths)), counts)
+    row_width = k_arr[row_class]
+    row_start = block[row_class] + (np.arange(total) - base[row_class]) * row_width
+    pos = row_start[row] + slot
+    slots = int(block[-1])
+    flat = np.full(slots, -1, np.int64)
+    flat[pos] = src[edge_order]
+    mask = np.zeros(slots, np.float32)
+    mask[pos] = 1.0
+    # Padding slots repeat their row's first slot (a real one, or node/edge 0 if none).
+    first_of_slot = np.repeat(row_start, row_width)
+    first = flat[first_of_slot]
+    index = np.where(flat >= 0, flat, np.maximum(first, 0))
     edge = None
     if eid is not None:
-        edge = np.zeros((total, kmax), np.int64)
-        edge[row, slot] = eid[edge_order]
-        edge = np.where(mask > 0, edge, edge[:, :1])
-    first = index[:, :1]
-    index = np.where(index >= 0, index, np.where(first >= 0, first, 0))
+        edge = np.full(slots, -1, np.int64)
+        edge[pos] = eid[edge_order]
+        edge = np.where(edge >= 0, edge, np.maximum(edge[first_of_slot], 0))
     target = np.zeros(total, np.int64)
     node_rows = first_row[:, None] + np.arange(s)[None, :]
     valid = np.arange(s)[None, :] < rows_per_node[:, None]
     order = np.where(valid, node_rows, first_row[:, None])
     target[order[valid]] = np.nonzero(valid)[0]
     with_mask = s > 1 if order_mask is None else order_mask
-    spans = list(zip(base.tolist(), np.cumsum(counts).tolist(), widths, strict=True))
+    spans = list(zip(block[:-1].tolist(), block[1:].tolist(), widths, strict=True))
+    rows = list(zip(base.tolist(), np.cumsum(counts).tolist(), strict=True))
+
+    def cut(a: np.ndarray, dtype: type) -> list[np.ndarray]:
+        return [a[b:t].reshape(-1, k).astype(dtype, copy=False) for b, t, k in spans]
+
     table = NeighbourTable(
-        index=[index[b:t, :k].astype(index_dtype) for b, t, k in spans],
-        mask=[mask[b:t, :k] for b, t, k in spans],
-        target=[target[b:t].astype(index_dtype) for b, t, _ in spans],
-        edge=None if edge is None else [edge[b:t, :k].astype(index_dtype) for b, t, k in spans],
+        index=cut(index, index_dtype),
+        mask=cut(mask, np.float32),
+        target=[target[b:t].astype(index_dtype) for b, t in rows],
+        edge=None if edge is None else cut(edge, index_dtype),
         order=order.astype(index_dtype),
         order_mask=valid.astype(np.float32) if with_mask else None,
         edges=e,
