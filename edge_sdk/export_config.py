@@ -27,6 +27,7 @@ from typing import Any
 from .errors import ExportError
 from .io_contract import Bucket, GraphForm
 from .manifest import Decision, Topology
+from .neighbour_tables import DEFAULT_MAX_DEGREE
 from .profiles import load_profile
 
 #: The static form's aggregation choices (``--aggregation``; see ``exporters/aggregation.py``).
@@ -139,6 +140,8 @@ class GraphOptions:
             dense measures faster (see ``exporters/aggregation.py``).
         dense_threshold: Static form, ``auto``: largest N for which dense folding
             is timed against neighbour tables.
+        max_degree: Dynamic form over neighbour tables: in-degree limit of a request
+            (recorded as ``graph.tables.max_degree``).
         max_nodes: Largest request the runtime accepts (dynamic form).
         max_edges: Largest edge count the runtime accepts (dynamic form).
         buckets: Padded sizes for static-shape backends (dynamic form).
@@ -163,6 +166,15 @@ class GraphOptions:
             "up to this many nodes."
         ),
     )
+    max_degree: int = field(
+        default=DEFAULT_MAX_DEGREE,
+        metadata=cli_flag(
+            "Dynamic form over neighbour tables: the most incoming edges a node of a request "
+            "may have (self loops included where the model adds them); larger raises the "
+            "limit at the cost of wider tables on static-shape engines.",
+            min=1,
+        ),
+    )
     max_nodes: int = 1_000_000
     max_edges: int = 10_000_000
     buckets: list[Bucket] = field(default_factory=list)
@@ -173,6 +185,8 @@ class GraphOptions:
             raise ExportError(f"form {self.form!r}: expected auto, static, dynamic or learned")
         if self.dense_threshold < 1:
             raise ExportError("dense_threshold must be >= 1")
+        if self.max_degree < 1:
+            raise ExportError("max_degree must be >= 1")
         if self.aggregation not in AGGREGATIONS:
             raise ExportError(
                 f"aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)}"

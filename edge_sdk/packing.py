@@ -8,7 +8,8 @@ Padding never changes a real node's result: padded nodes are isolated from
 real nodes (padding edges join padding nodes only) and, for readout models,
 belong to an extra graph id whose row is dropped. That holds for every
 message-passing layer (sum, mean, max, attention) and for per-node norms,
-so ``unpad(model(pad(g))) == model(g)``.
+so ``unpad(model(pad(g))) == model(g)``. A model taking neighbour tables
+needs no padding edge at all (:func:`table_feeds`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .graph import DynamicGraph, StaticGraph
-from .io_contract import Bucket, OutputLevel
+from .io_contract import Bucket, GraphSpec, OutputLevel
+from .neighbour_tables import request_tables
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,20 @@ class Padding:
     edge_mask: np.ndarray
 
 
-def fits(graph: DynamicGraph, bucket: Bucket, has_batch: bool) -> bool:
-    """Whether ``graph`` can be padded into ``bucket`` (one padding node/graph reserved)."""
+def fits(graph: DynamicGraph, bucket: Bucket, has_batch: bool, tables: bool = False) -> bool:
+    """Whether ``graph`` can be padded into ``bucket``.
+
+    A model taking ``edge_index`` needs one padding node (padding edges point at it)
+    and, with ``batch``, one padding graph; a model taking neighbour tables
+    (``tables``) needs neither: padding nodes have no edges and belong to no graph.
+    """
     n, e = graph.num_nodes, graph.num_edges
+    if tables:
+        return (
+            n <= bucket.max_nodes
+            and e <= bucket.max_edges
+            and graph.num_graphs <= (bucket.max_graphs if has_batch else 1)
+        )
     # Padding edges need a padding node to point at.
     need_nodes = n + (1 if e < bucket.max_edges else 0)
     if need_nodes > bucket.max_nodes or e > bucket.max_edges:
@@ -56,21 +69,23 @@ def fits(graph: DynamicGraph, bucket: Bucket, has_batch: bool) -> bool:
     return True
 
 
-def pick_bucket(graph: DynamicGraph, buckets: Sequence[Bucket], has_batch: bool) -> Bucket:
-    """Return the smallest bucket ``graph`` fits in.
+def pick_bucket(
+    graph: DynamicGraph, buckets: Sequence[Bucket], has_batch: bool, tables: bool = False
+) -> Bucket:
+    """Return the smallest bucket ``graph`` fits in (see :func:`fits`).
 
     Raises:
         InvalidInputError: No bucket is large enough (names nodes/edges/graphs).
     """
     for bucket in buckets:
-        if fits(graph, bucket, has_batch):
+        if fits(graph, bucket, has_batch, tables):
             return bucket
     largest = buckets[-1] if buckets else None
     raise InvalidInputError(
         "x",
         f"graph with {graph.num_nodes} nodes, {graph.num_edges} edges and "
-        f"{graph.num_graphs} graph(s) fits no bucket; largest is {largest} "
-        "(one node and one graph slot are reserved for padding)",
+        f"{graph.num_graphs} graph(s) fits no bucket; largest is {largest}"
+        + ("" if tables else " (one node and one graph slot are reserved for padding)"),
     )
 
 
@@ -125,6 +140,71 @@ def pad_graph(
     return padded, Padding(n, e, num_graphs, node_mask, edge_mask)
 
 
+def table_feeds(
+    graph: DynamicGraph, spec: GraphSpec, static_shapes: bool, graph_level_outputs: bool = False
+) -> tuple[dict[str, np.ndarray], Padding | None]:
+    """The inputs of a model taking neighbour tables (``spec.tables``) for a validated graph.
+
+    Engines taking any shape get ``x``, ``edge_attr`` and tables sized to the graph.
+    Static-shape engines get them padded to the smallest bucket that fits: ``x``
+    and ``edge_attr`` with zero rows, the tables with the bucket's fixed class
+    capacities (:meth:`~edge_sdk.io_contract.GraphSpec.fixed_shapes`). Padding
+    nodes have no edge but their own self loop and belong to no graph, so no real
+    result changes and no padding edge is needed.
+
+    Returns:
+        The feeds (every table input; the runtime keeps those the artifact takes)
+        and the :class:`Padding` to cut outputs back (``None`` when not padded).
+
+    Raises:
+        InvalidInputError: A node beyond the in-degree limit (``graph.tables.max_degree``),
+            a graph that fits no bucket, or a whole-graph readout without ``batch``
+            that padding would change.
+    """
+    layout = spec.tables
+    if layout is None:
+        raise ValueError("the model takes no neighbour tables")
+    n, e = graph.num_nodes, graph.num_edges
+    batch = graph.batch if spec.has_batch else None
+    if not static_shapes:
+        feeds = {"x": graph.x}
+        if graph.edge_attr is not None:
+            feeds["edge_attr"] = graph.edge_attr
+        tables = request_tables(
+            graph.edge_index, n, layout, batch=batch, num_graphs=graph.num_graphs
+        )
+        return feeds | tables, None
+    bucket = pick_bucket(graph, spec.buckets, spec.has_batch, tables=True)
+    index = spec.buckets.index(bucket)
+    nb, eb = bucket.max_nodes, bucket.max_edges
+    if graph_level_outputs and not spec.has_batch and nb > n:
+        raise InvalidInputError(
+            "batch",
+            "padding a whole-graph readout without a batch vector would change the result; "
+            "export the model with a batch input to use padded buckets",
+        )
+    x = np.zeros((nb, graph.x.shape[1]), np.float32)
+    x[:n] = graph.x
+    feeds = {"x": x}
+    if graph.edge_attr is not None:
+        feeds["edge_attr"] = np.zeros((eb, graph.edge_attr.shape[1]), np.float32)
+        feeds["edge_attr"][:e] = graph.edge_attr
+    if batch is None and spec.has_batch:
+        batch = np.zeros(n, np.int64)
+    tables = request_tables(
+        graph.edge_index,
+        nb,
+        layout,
+        batch=batch,
+        num_graphs=bucket.max_graphs,
+        bucket=index,
+        num_edges=eb,
+    )
+    node_mask = np.arange(nb) < n
+    padding = Padding(n, e, graph.num_graphs, node_mask, np.arange(eb) < e)
+    return feeds | tables, padding
+
+
 def unpad_outputs(
     outputs: Mapping[str, np.ndarray], padding: Padding, levels: Mapping[str, OutputLevel]
 ) -> dict[str, np.ndarray]:
@@ -148,7 +228,7 @@ def pad_static(graph: StaticGraph, batch_size: int) -> StaticGraph:
 
 
 def group_for_buckets(
-    graphs: Sequence[DynamicGraph], buckets: Sequence[Bucket], has_batch: bool
+    graphs: Sequence[DynamicGraph], buckets: Sequence[Bucket], has_batch: bool, tables: bool = False
 ) -> list[list[int]]:
     """Split requests, in order, into groups whose union fits the largest bucket.
 
@@ -161,7 +241,7 @@ def group_for_buckets(
     groups: list[list[int]] = []
     for i in range(len(graphs)):
         if groups and fits(
-            batch_graphs([graphs[j] for j in [*groups[-1], i]])[0], largest, has_batch
+            batch_graphs([graphs[j] for j in [*groups[-1], i]])[0], largest, has_batch, tables
         ):
             groups[-1].append(i)
         else:

@@ -24,14 +24,16 @@ from .errors import (
     UnsupportedTargetError,
 )
 from .graph import DynamicGraph, Graph, StaticGraph, as_graph, zero_request
-from .io_contract import GraphForm, OutputLevel
+from .io_contract import GraphForm, GraphSpec, OutputLevel, TensorSpec
 from .manifest import Artifact, Manifest, Precision
+from .neighbour_tables import table_input_dtype
 from .packing import (
     batch_graphs,
     group_for_buckets,
     pad_graph,
     pad_static,
     pick_bucket,
+    table_feeds,
     unbatch_outputs,
     unpad_outputs,
 )
@@ -89,6 +91,8 @@ class Runtime:
         self._batch_dim = first if not self._dynamic and isinstance(first, int) else None
         #: Whether validate() implies Backend.check_feeds (then feeds skip it).
         self._prechecked = _validation_implies_specs(m)
+        #: The model's inputs (a table model may not read every table input it was given).
+        self._inputs = [s.name for s in m.inputs]
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -273,7 +277,7 @@ class Runtime:
             if len(dyn) == 1:
                 return [self._run(dyn[0])]
             groups = (
-                group_for_buckets(dyn, spec.buckets, spec.has_batch)
+                group_for_buckets(dyn, spec.buckets, spec.has_batch, spec.tables is not None)
                 if self.backend.static_shapes
                 else [list(range(len(dyn)))]
             )
@@ -345,10 +349,14 @@ class Runtime:
             mean, std = self._scale
             g = DynamicGraph((g.x - mean) / std, g.edge_index, g.edge_attr, g.batch)
         padding = None
-        if self.backend.static_shapes:
-            bucket = pick_bucket(g, spec.buckets, spec.has_batch)
-            g, padding = pad_graph(g, bucket, spec.has_batch, self._graph_level)
-        raw = g.feeds(spec)
+        if spec.tables is not None:  # neighbour tables built here, from edge_index/batch
+            built, padding = table_feeds(g, spec, self.backend.static_shapes, self._graph_level)
+            raw = {k: built[k] for k in self._inputs}
+        else:
+            if self.backend.static_shapes:
+                bucket = pick_bucket(g, spec.buckets, spec.has_batch)
+                g, padding = pad_graph(g, bucket, spec.has_batch, self._graph_level)
+            raw = g.feeds(spec)
         feeds = CheckedFeeds(raw) if self._prechecked else raw
         with self._lock:
             out = self.backend.infer(feeds)
@@ -405,7 +413,11 @@ def _validation_implies_specs(manifest: Manifest) -> bool:
     """
     spec = manifest.graph
     by_name = {s.name: s for s in manifest.inputs}
-    if sorted(by_name) != sorted(spec.input_names) or len(by_name) != len(manifest.inputs):
+    if len(by_name) != len(manifest.inputs):
+        return False
+    if spec.tables is not None:
+        return _tables_implied(spec, by_name)
+    if sorted(by_name) != sorted(spec.input_names):
         return False
     if spec.form is not GraphForm.DYNAMIC:
         # Axis 0 (B) may be fixed: the runtime then checks it per call (see _run).
@@ -427,6 +439,30 @@ def _validation_implies_specs(manifest: Manifest) -> bool:
             # None: any fixed value is fine (checked per call); -1: nothing is guaranteed.
             if isinstance(have, int) and guaranteed is not None and have != guaranteed:
                 return False
+    return True
+
+
+def _tables_implied(spec: GraphSpec, by_name: dict[str, TensorSpec]) -> bool:
+    """:func:`_validation_implies_specs` for a model taking neighbour tables.
+
+    The runtime builds the tables (:func:`~edge_sdk.neighbour_tables.request_tables`):
+    their dtypes and ranks are fixed, their sizes follow the graph (or the bucket).
+    The model may take a subset of them (inputs it never reads are not exported).
+    """
+    known = spec.model_input_names
+    if not set(by_name) <= set(known) or "x" not in by_name:
+        return False
+    for name, tensor in by_name.items():
+        if name in ("x", "edge_attr"):
+            width = spec.num_features if name == "x" else spec.edge_dim
+            dtype, rank, last = "float32", 2, tensor.shape[-1] if tensor.shape else None
+            if isinstance(last, int) and last != width:
+                return False
+        else:
+            dtype = table_input_dtype(name)
+            rank = 1 if name.rsplit(".", 1)[-1].startswith("target") else 2
+        if tensor.dtype != dtype or len(tensor.shape) != rank:
+            return False
     return True
 
 

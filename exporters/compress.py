@@ -162,14 +162,17 @@ def quantize_step(
     from .quantize import CalibMethod, EvalCase, QuantConfig, quantize_int8
 
     base = torch_metrics(original, samples, names)
-    calib = calibration_feeds(prepared, samples, quant.calibration)
+    # A model over neighbour tables takes the tables the runtime would build.
+    calib = [
+        prepared.model_feeds(f) for f in calibration_feeds(prepared, samples, quant.calibration)
+    ]
     say(f"quantising to INT8 ({quant.calib_method}, {len(calib)} calibration graphs)")
     references = [
         dict(zip(names, original.run_reference(original.feeds(s)), strict=True)) for s in samples
     ]
     cases = [
         EvalCase(
-            feeds=prepared.feeds(s),
+            feeds=prepared.model_feeds(prepared.feeds(s)),
             reference=ref,
             labels=s.labels,
             decision_mask=s.decision_mask,
@@ -194,7 +197,9 @@ def quantize_step(
         prepared.form,
         "QDQ, symmetric (zero point 0), per-channel",
     )
-    got = run_artifact(path, artifact, inputs, outputs, [c.feeds for c in cases])
+    taken = {i.name for i in inputs}  # a table model may not read every table
+    feeds = [{k: v for k, v in c.feeds.items() if k in taken} for c in cases]
+    got = run_artifact(path, artifact, inputs, outputs, feeds)
     parity_cases = [
         ParityCase(c.feeds, c.reference, s.labels, s.mask)
         for c, s in zip(cases, samples, strict=True)

@@ -16,13 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_sdk.errors import ExportError, InvalidInputError
+from edge_sdk.errors import ExportError, InvalidInputError, UnsupportedModelError
 from edge_sdk.io_contract import GraphForm, OutputLevel
+from edge_sdk.neighbour_tables import DEFAULT_MAX_DEGREE, TableLayout
 
 from .aggregation import DEFAULT_DENSE_THRESHOLD, StaticLowering, check_aggregation
 from .intake import Sample
 from .rewrites import project_first
 from .support import check_supported
+from .table_wrapper import (
+    lower_dynamic,
+    model_input_names,
+    table_axes,
+    table_feeds,
+    trace_feeds,
+)
 from .wrappers import DynamicWrapper, StackedWrapper, StaticWrapper, as_tuple, model_inputs
 
 T = TypeVar("T")
@@ -45,13 +53,35 @@ class Prepared:
     aggregation_reason: str = ""
     graph_layers: list[str] = field(default_factory=list)
     rewrites: list[str] = field(default_factory=list)
+    tables: TableLayout | None = None  # dynamic form over neighbour tables (model inputs)
 
     def feeds(self, sample: Sample) -> dict[str, np.ndarray]:
-        """The model inputs of ``sample`` in this form's signature."""
+        """The request inputs of ``sample`` in this form's signature (what a caller sends)."""
         feeds = {k: v for k, v in sample.inputs.items() if k in self.input_names}
         if "batch" in self.input_names and "batch" not in feeds:
             feeds["batch"] = np.zeros(sample.inputs["x"].shape[0], np.int64)
         return {k: feeds[k] for k in self.input_names}
+
+    @property
+    def model_names(self) -> list[str]:
+        """The exported model's inputs: :attr:`input_names`, or ``x``(, ``edge_attr``) and
+        the neighbour tables the runtime builds from ``edge_index``/``batch``."""
+        if self.tables is None:
+            return self.input_names
+        return model_input_names(self.input_names, self.tables)
+
+    def model_feeds(
+        self, feeds: dict[str, np.ndarray], trace: bool = False
+    ) -> dict[str, np.ndarray]:
+        """What the exported model takes for request ``feeds`` (for direct engine runs).
+
+        Args:
+            feeds: Request inputs (:meth:`feeds`).
+            trace: Pad the tables so ``torch.export`` keeps their dims symbolic.
+        """
+        if self.tables is None:
+            return feeds
+        return (trace_feeds if trace else table_feeds)(feeds, self.tables)
 
     def run_reference(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         """Reference outputs (PyTorch, eval mode, no grad)."""
@@ -66,6 +96,7 @@ def prepare(
     form: str = "auto",
     dense_threshold: int = DEFAULT_DENSE_THRESHOLD,
     aggregation: str = "auto",
+    max_degree: int = DEFAULT_MAX_DEGREE,
 ) -> Prepared:
     """Choose the graph form and wrap ``model`` for it.
 
@@ -76,7 +107,10 @@ def prepare(
         dense_threshold: Static form, ``auto`` aggregation: largest N for which
             dense ``[N, N]`` folding is timed against neighbour tables.
         aggregation: Static form: ``auto`` | ``dense`` | ``tables`` | ``scatter``
-            (see :mod:`.aggregation`).
+            (see :mod:`.aggregation`). Dynamic form: ``auto``/``tables`` take
+            neighbour tables where every layer has a lowering, ``scatter`` keeps
+            ``edge_index`` (see :mod:`.table_wrapper`).
+        max_degree: Dynamic form over tables: the in-degree limit of a request.
 
     Raises:
         UnsupportedModelError: A layer or option the exporter cannot lower.
@@ -90,7 +124,9 @@ def prepare(
     graph_layers = check_supported(model)
     check_samples(samples)
     check_aggregation(aggregation)
-    prepared = _prepare(model, samples, form, (aggregation, dense_threshold), graph_layers)
+    prepared = _prepare(
+        model, samples, form, (aggregation, dense_threshold), graph_layers, max_degree
+    )
     check_labels(prepared, samples)
     return prepared
 
@@ -101,6 +137,7 @@ def _prepare(
     form: str,
     aggregation: tuple[str, int],
     graph_layers: list[str],
+    max_degree: int = DEFAULT_MAX_DEGREE,
 ) -> Prepared:
     first = samples[0]
     x = first.inputs["x"]
@@ -112,7 +149,7 @@ def _prepare(
             raise ExportError(
                 f"dynamic form needs x [N, F] samples; {first.name} has x {list(x.shape)}"
             )
-        return _dynamic(model, first, graph_layers)
+        return _dynamic(model, first, graph_layers, aggregation[0], max_degree)
     if x.ndim != 3:
         raise ExportError(
             f"{chosen} form needs x [B, N, F] samples; {first.name} has x {list(x.shape)}"
@@ -139,7 +176,13 @@ def _prepare(
     )
 
 
-def _dynamic(model: nn.Module, sample: Sample, graph_layers: list[str]) -> Prepared:
+def _dynamic(
+    model: nn.Module,
+    sample: Sample,
+    graph_layers: list[str],
+    aggregation: str = "auto",
+    max_degree: int = DEFAULT_MAX_DEGREE,
+) -> Prepared:
     # A .pt2 program states its inputs; a module's forward is inspected.
     names = getattr(model, "program_inputs", None) or model_inputs(model, list(sample.inputs))
     if "edge_index" not in names:
@@ -170,7 +213,42 @@ def _dynamic(model: nn.Module, sample: Sample, graph_layers: list[str]) -> Prepa
     prepared.output_levels = [
         OutputLevel.NODE if o.ndim and o.shape[0] == n else OutputLevel.GRAPH for o in outs
     ]
+    _dynamic_tables(prepared, model, feeds, outs, aggregation, max_degree)
     return prepared
+
+
+def _dynamic_tables(
+    prepared: Prepared,
+    model: nn.Module,
+    feeds: dict[str, np.ndarray],
+    outs: Sequence[np.ndarray],
+    aggregation: str,
+    max_degree: int,
+) -> None:
+    """Switch ``prepared`` to neighbour-table inputs where the model allows (else scatter)."""
+    if aggregation == "dense":
+        raise ExportError(
+            "--aggregation dense is for the static form; a dynamic-form model aggregates "
+            "over neighbour tables (auto, tables) or scatter"
+        )
+    if aggregation == "scatter":
+        prepared.aggregation_reason = "asked for (--aggregation scatter)"
+        return
+    if not prepared.graph_layers:  # no PyG layer: the model aggregates its own way
+        prepared.aggregation_reason = "the model has no PyG message-passing layer"
+        return
+    lowered = lower_dynamic(model, prepared.input_names, feeds, outs, max_degree)
+    if lowered.module is None or lowered.layout is None:
+        if aggregation == "tables":
+            raise UnsupportedModelError(f"aggregation 'tables': {lowered.reason}")
+        prepared.aggregation_reason = lowered.reason
+        return
+    prepared.export_module = lowered.module
+    prepared.tables = lowered.layout
+    prepared.dynamic_axes = table_axes(prepared.input_names, lowered.layout)
+    prepared.aggregation = "tables"
+    prepared.aggregation_reason = lowered.reason
+    prepared.rewrites = []
 
 
 def _static_pyg(

@@ -152,7 +152,12 @@ def prepare_model(ctx: ExportContext) -> None:
     ctx.say("preparing model")
     cfg = ctx.cfg
     ctx.original = ctx.prepared = prepare(
-        ctx.module, ctx.samples, cfg.graph.form, cfg.graph.dense_threshold, cfg.graph.aggregation
+        ctx.module,
+        ctx.samples,
+        cfg.graph.form,
+        cfg.graph.dense_threshold,
+        cfg.graph.aggregation,
+        cfg.graph.max_degree,
     )
     if ctx.original.aggregation_reason:
         ctx.say(f"aggregation: {ctx.original.aggregation} ({ctx.original.aggregation_reason})")
@@ -183,7 +188,9 @@ def prune(ctx: ExportContext) -> None:
     )
     # The pruned model aggregates as the original chose (no second measurement).
     chosen = ctx.original.aggregation if ctx.original.aggregation_reason else "auto"
-    ctx.prepared = prepare(pruned, ctx.samples, cfg.graph.form, cfg.graph.dense_threshold, chosen)
+    ctx.prepared = prepare(
+        pruned, ctx.samples, cfg.graph.form, cfg.graph.dense_threshold, chosen, cfg.graph.max_degree
+    )
     ctx.prepared.aggregation_reason = ctx.original.aggregation_reason
     pruned_metrics = torch_metrics(ctx.prepared, ctx.samples, ctx.names)
     ctx.metrics["pruned"] = pruned_metrics.to_dict()
@@ -226,7 +233,7 @@ def verify_onnx(ctx: ExportContext) -> None:
     ctx.cases = [parity_case(ctx.prepared, s, ctx.names) for s in ctx.samples]
     p = ctx.cfg.parity
     report = VerifyParity(p.atol, p.rtol, p.max_metric_drop)(
-        ctx.onnx_path, ctx.artifacts[0], ctx.inputs, ctx.outputs, ctx.cases
+        ctx.onnx_path, ctx.artifacts[0], ctx.inputs, ctx.outputs, engine_cases(ctx)
     )
     ctx.reports = [report]
 
@@ -271,6 +278,7 @@ def target_inputs(ctx: ExportContext) -> None:
         buckets=cfg.graph.buckets,
         aggregation=prepared.aggregation,
         aggregation_reason=prepared.aggregation_reason,
+        tables=prepared.tables.with_buckets(cfg.graph.buckets) if prepared.tables else None,
     )
     ctx.profiles = [load_profile(p) for p in cfg.targets.profiles]
     # Computed once: every target is checked on the same cases (and verify.npz holds them).
@@ -283,6 +291,23 @@ def compile_targets(ctx: ExportContext) -> None:
     ctx.compiled = CompileTargets(ctx.target_job, ctx.artifacts, ctx.reports, ctx.say)(ctx.profiles)
     ctx.artifacts += ctx.compiled.artifacts
     ctx.reports += ctx.compiled.parity
+
+
+def engine_cases(ctx: ExportContext) -> list[ParityCase]:
+    """``ctx.cases`` as the ONNX model takes them: a model over neighbour tables gets
+    the tables the runtime would build (only those it reads) instead of edge_index."""
+    if ctx.prepared.tables is None:
+        return ctx.cases
+    names = {s.name for s in ctx.inputs}
+    return [
+        ParityCase(
+            {k: v for k, v in ctx.prepared.model_feeds(c.feeds).items() if k in names},
+            c.expected,
+            c.labels,
+            c.mask,
+        )
+        for c in ctx.cases
+    ]
 
 
 def output_names(given: list[str] | None, prepared: Prepared) -> list[str]:

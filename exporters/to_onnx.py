@@ -45,7 +45,8 @@ class ToOnnx:
     Args:
         input_names: ONNX input names, in forward order.
         output_names: ONNX output names.
-        dynamic_axes: Per input name, axis -> symbolic name (e.g. ``num_nodes``).
+        dynamic_axes: Per input name, axis -> symbolic name (e.g. ``num_nodes``); inputs
+            sharing a name share one ``torch.export.Dim`` (a table class's rows).
         output_dim_names: Per output name, axis -> symbolic name to stamp.
         simplify: Run onnxslim (kept only if the checker still passes).
     """
@@ -119,9 +120,17 @@ class ToOnnx:
                 # the first attempt failing is expected, so keep it off the terminal.
                 with warnings.catch_warnings(), redirect_stderr(io.StringIO()):
                     warnings.simplefilter("ignore")
-                    ep = torch.export.export(
-                        module, (), dict(inputs), dynamic_shapes=shapes, strict=strict
-                    )
+                    if getattr(module, "positional_inputs", False):
+                        # forward(*inputs): names with dots (neighbour tables) are no keywords.
+                        args = tuple(inputs[n] for n in self.input_names)
+                        ordered = (tuple(shapes[n] for n in self.input_names),)
+                        ep = torch.export.export(
+                            module, args, dynamic_shapes=ordered, strict=strict
+                        )
+                    else:
+                        ep = torch.export.export(
+                            module, (), dict(inputs), dynamic_shapes=shapes, strict=strict
+                        )
                 return ep, "strict" if strict else "non-strict"
             except Exception as exc:
                 errors.append(f"{'strict' if strict else 'non-strict'}: {_first_line(exc)}")

@@ -50,14 +50,13 @@ def trace_to_onnx(
     prepared: Prepared, sample: Sample, names: list[str], simplify: bool, out: Path
 ) -> Traced:
     """Trace ``prepared`` on ``sample`` to ``out/model.onnx``."""
-    example = {
-        k: torch.from_numpy(_traceable(k, v, prepared)) for k, v in prepared.feeds(sample).items()
-    }
+    feeds = prepared.model_feeds(prepared.feeds(sample), trace=True)
+    example = {k: torch.from_numpy(_traceable(k, v, prepared)) for k, v in feeds.items()}
     graph_dims = {
         n: {0: _LEVEL_DIM[lvl]} for n, lvl in zip(names, prepared.output_levels, strict=True)
     }
     path = out / "model.onnx"
-    result = ToOnnx(prepared.input_names, names, prepared.dynamic_axes, graph_dims, simplify)(
+    result = ToOnnx(prepared.model_names, names, prepared.dynamic_axes, graph_dims, simplify)(
         prepared.export_module, example, path
     )
     return Traced(
