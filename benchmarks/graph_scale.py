@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -53,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_meta
-from graph_scale_child import Child, ChildFailed, interleave, make_model
+from graph_scale_child import Child, ChildFailed, enough, interleave, make_model
 from synthetic_graphs import power_law_graph
 
 HERE = Path(__file__).resolve().parent
@@ -82,6 +83,19 @@ ENGINES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
 AGGREGATIONS = ("dense", "tables", "scatter")
 SIZES = (10_000, 50_000, 100_000)
 FEATURES, HIDDEN, CLASSES, EDGES_PER_NODE = 128, 64, 16, 10
+
+
+def git_state() -> dict[str, Any]:
+    """The commit measured and how many tracked files differed from it (shared checkouts)."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        done = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout
+
+    status = git("status", "--porcelain", "-uno").splitlines()
+    changed = [line.split(maxsplit=1)[1] for line in status if line.strip()]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_files": changed}
 
 
 def say(msg: str) -> None:
@@ -364,13 +378,16 @@ def timed_round_robin(
     fns: dict[str, Callable[[], Any]], calls: int, block: int = 5
 ) -> dict[str, dict[str, float]]:
     """Blocks of ``block`` calls per row (the first not counted), rows in turn, until
-    every row has ``calls`` timed calls: all rows see the same background load."""
+    every row has ``calls`` timed calls or spent its time budget (see :func:`enough`):
+    all rows see the same background load."""
     for fn in fns.values():
         fn()
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    while min(len(v) for v in times.values()) < calls:
+    while not all(enough(v, calls) for v in times.values()):
         for k, fn in fns.items():
+            if enough(times[k], calls):
+                continue
             for j in range(block):
                 t = time.perf_counter()
                 fn()
@@ -399,7 +416,12 @@ def cora_rows(args: argparse.Namespace, work: Path, profiles: dict[str, Path]) -
         model = make_model(kind, f, c, HIDDEN, args.seed)
         with torch.no_grad():
             ref = model(x, ei).numpy()
-        entry: dict[str, Any] = {"model": kind, "weights_bytes": weight_bytes(model), "rows": {}}
+        entry: dict[str, Any] = {
+            "model": kind,
+            "weights_bytes": weight_bytes(model),
+            "rows": {},
+            "exports": {},
+        }
         subjects: list[tuple[str, Any, str | None, dict[str, np.ndarray]]] = [
             (agg, model, agg, arrays) for agg in args.cora_aggregations
         ]
@@ -429,6 +451,7 @@ def cora_rows(args: argparse.Namespace, work: Path, profiles: dict[str, Path]) -
                 say(f"  {agg}: export failed: {type(exc).__name__}: {str(exc)[:200]}")
                 continue
             say(f"  {agg}: export {exp['export_s']:.1f} s ({exp['aggregation']})")
+            entry["exports"][agg] = {k: exp[k] for k in ("export_s", "aggregation", "progress")}
             for e in args.cora_engines:
                 art = exp["artifacts"][e]
                 key = f"{agg}/{e}"
@@ -511,7 +534,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="small run: 2,000 nodes, Cora GCN")
-    p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="graph sizes")
+    p.add_argument(
+        "--sizes", type=int, nargs="*", default=list(SIZES), help="graph sizes (none: skip)"
+    )
     p.add_argument(
         "--models",
         nargs="+",
@@ -541,11 +566,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1, help="intra-op threads, every engine")
     p.add_argument(
-        "--repeats", type=int, default=16, help="timed calls per synthetic-graph row (eager too)"
+        "--repeats", type=int, default=12, help="timed calls per synthetic-graph row (eager too)"
     )
-    p.add_argument("--cora-repeats", type=int, default=40, help="timed calls per Cora row")
+    p.add_argument("--cora-repeats", type=int, default=30, help="timed calls per Cora row")
     p.add_argument("--host-runs", type=int, default=200, help="request_tables runs (Cora)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--render", type=Path, help="only rewrite the .md of an existing result JSON, then exit"
+    )
     p.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
     p.add_argument("--name", default=None, help="results file stem (default graph_scale)")
     args = p.parse_args(argv)
@@ -569,7 +597,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from graph_scale_report import render_md
 
+    if args.render:
+        args.render.with_suffix(".md").write_text(render_md(json.loads(args.render.read_text())))
+        return 0
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="graph-scale-"))
     try:
         profiles = write_profiles(
@@ -590,9 +622,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             g = power_law_graph(2708, 4, 8, 2, seed=args.seed)
             host.append(host_tables(g.edge_index, 2708, args.host_runs, "synthetic 2,708 nodes"))
-        big = max(args.sizes)
-        g = power_law_graph(big, EDGES_PER_NODE, FEATURES, CLASSES, seed=args.seed)
-        host.append(host_tables(g.edge_index, big, 5, f"synthetic {big:,} nodes"))
+        if args.sizes:
+            big = max(args.sizes)
+            g = power_law_graph(big, EDGES_PER_NODE, FEATURES, CLASSES, seed=args.seed)
+            host.append(host_tables(g.edge_index, big, 5, f"synthetic {big:,} nodes"))
         results["host_tables"] = host
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -608,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "threads": args.threads,
         "seed": args.seed,
+        "git": git_state(),
+        "loadavg_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
         "command": "python benchmarks/graph_scale.py " + " ".join(sys.argv[1:]),
         "wall_s": round(time.perf_counter() - t_start, 1),
         "repeats": {

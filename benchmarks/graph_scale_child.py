@@ -204,13 +204,23 @@ class Child:
             self.proc.wait()
 
 
+#: A row stops being timed once it has this many calls and has run this long.
+MIN_CALLS, BUDGET_S = 8, 6.0
+
+
+def enough(times: list[float], calls: int) -> bool:
+    """Whether a row has its ``calls`` timed calls, or ``MIN_CALLS`` worth ``BUDGET_S``
+    seconds (slow rows, e.g. dense GAT, would otherwise take minutes)."""
+    return len(times) >= calls or (len(times) >= MIN_CALLS and sum(times) >= BUDGET_S * 1e3)
+
+
 def interleave(children: dict[str, Child], calls: int, block: int) -> dict[str, list[float]]:
     """Blocks of ``block`` calls per child (the first of each not counted), children in
-    turn, until each has ``calls`` timed calls."""
+    turn, until each has ``calls`` timed calls or spent its budget (:func:`enough`)."""
     times: dict[str, list[float]] = {k: [] for k in children}
-    while min(len(v) for v in times.values()) < calls:
+    while not all(enough(v, calls) for v in times.values()):
         for k, child in children.items():
-            if len(times[k]) < calls:
+            if not enough(times[k], calls):
                 times[k] += child.run(block)[1:]
     return {k: v[:calls] for k, v in times.items()}
 

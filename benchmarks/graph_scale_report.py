@@ -179,8 +179,21 @@ def host_table(host: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _load_note(meta: dict[str, Any]) -> str:
+    load = meta.get("loadavg_1min")
+    if not load:
+        return ""
+    return (
+        f" Machine load (1-min average) {load['start']:.1f} at the start and {load['end']:.1f} "
+        f"at the end on {meta['cpus']} CPUs: other jobs shared the cores, so absolute times "
+        "are noisy; the rows of one model on one graph were timed in turn, so their ratios "
+        "are fair."
+    )
+
+
 def render_md(doc: dict[str, Any]) -> str:
     meta = doc["meta"]
+    dirty = meta["git"]["uncommitted_files"]
     lines = [
         "# Graph scale: neighbour tables vs PyG eager",
         "",
@@ -188,7 +201,9 @@ def render_md(doc: dict[str, Any]) -> str:
         "",
         f"Threads: {meta['threads']} (every engine and PyTorch). Seed {meta['seed']}. "
         f"Workload: {meta['workload']}. Whole run: {meta['wall_s'] / 60:.1f} min. "
-        f"Command: `{meta['command'].strip()}`.",
+        f"Command: `{meta['command'].strip()}`. Code: commit {meta['git']['commit']}"
+        + (f", {len(dirty)} files uncommitted (listed in the JSON)." if dirty else ".")
+        + _load_note(meta),
         "",
     ]
     lines += scale_table(doc["scale"])
@@ -204,6 +219,7 @@ def render_md(doc: dict[str, Any]) -> str:
         f"Calls: {reps['scale_engine']} per synthetic-graph row, PyG eager included (after "
         "warm-up; the p99 of so few calls is close to the slowest call), "
         f"{reps['cora']} per Cora row, {reps['host_tables']} table builds on Cora (5 on the "
-        "largest graph).",
+        "largest graph). A row stops early once it has 8 calls and 6 s of them (the JSON "
+        "has each row's count).",
     ]
     return "\n".join(lines) + "\n"
