@@ -5,6 +5,8 @@ Shared by the LiteRT compilers (:mod:`.to_litert`, :mod:`.litert_tables`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,25 @@ def probe(path: Path, timeout: float = 300.0, feeds: dict[str, np.ndarray] | Non
 def _identity_order(key: str) -> tuple[int, str]:
     head, _, tail = key.rpartition("_")
     return (int(tail) + 1, head) if head and tail.isdigit() else (0, key)
+
+
+@contextmanager
+def tools_on_path() -> Iterator[None]:
+    """Put this interpreter's scripts folder first on ``PATH`` for the block.
+
+    onnx2tf runs the ``onnxsim`` command-line tool (and checks with onnxruntime);
+    outside an activated virtual environment it is not found and the step is
+    skipped with a message nobody sees.
+    """
+    import os
+    import sys
+
+    saved = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), saved])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = saved
 
 
 def converter_versions() -> str:

@@ -77,7 +77,9 @@ def compile_bucketed(job: TargetJob, max_calibration: int = 200) -> list[Candida
             job.say(f"litert: converting bucket {b} ({_bucket_label(job, b)}) with onnx2tf")
             work = Path(tmp) / f"b{b}"
             work.mkdir()
-            out = _convert(job, model, fixed_shape, names, feeds, work)
+            check = bucket_feeds(job, coverage_graph(job, b), b)
+            checks = feeds if check is None else [check, *feeds]
+            out = _convert(job, model, fixed_shape, names, checks, work)
             for p, f in out.items():
                 files[p].append(f)
             saved.append((work / "tf", feeds))
@@ -154,13 +156,15 @@ def _convert(
         raise TargetNotSupported(f"onnx2tf cannot convert {', '.join(left)}")
     src = work / "model.onnx"
     onnx.save(fixed, str(src))
-    # One real request of exactly the input shapes for onnx2tf's ONNX Runtime checks.
+    # A request with rows in every class, of exactly the input shapes, for onnx2tf's ONNX
+    # Runtime checks: where an axis is ambiguous (slots K == features F) onnx2tf keeps the
+    # guess those checks accept, and with empty classes a wrong guess passed them.
     data = []
     for name in names:
         path = work / f"check_{name}.npy"
         np.save(path, feeds[0][name])
         data.append([name, str(path), 0.0, 1.0])
-    with lg.quiet() as log, warnings.catch_warnings():
+    with lg.quiet() as log, warnings.catch_warnings(), lf.tools_on_path():
         warnings.simplefilter("ignore")
         try:
             onnx2tf.convert(
@@ -181,7 +185,83 @@ def _convert(
             crash = lf.probe(out[p], feeds=feeds[0])
             if crash:
                 raise ExportError(f"litert: {p} file of bucket {shapes} does not run: {crash}")
+    if Precision.FP32 in out:
+        _verify(src, out[Precision.FP32], feeds[:2])
     return out
+
+
+def _verify(onnx_path: Path, tflite: Path, feeds: Sequence[Feeds], atol: float = 1e-4) -> None:
+    """The FP32 file against ONNX Runtime on the coverage request (every class holds rows)
+    and a real one; a wrong conversion is refused, never shipped.
+
+    Raises:
+        TargetNotSupported: The outputs differ by more than ``atol`` (relative to the
+            reference's magnitude).
+    """
+    import onnxruntime as ort
+
+    interpreter = require("ai_edge_litert.interpreter", "checking converted .tflite files")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    it = interpreter.Interpreter(model_path=str(tflite))
+    it.allocate_tensors()
+    by_name = {d["name"]: d for d in it.get_input_details()}
+    for f in feeds:
+        ref = session.run(None, f)
+        for name, value in f.items():
+            d = by_name[name]
+            it.set_tensor(d["index"], value.reshape(d["shape"]).astype(d["dtype"]))
+        it.invoke()
+        got = [it.get_tensor(d["index"]) for d in it.get_output_details()]
+        for r, g in zip(ref, got, strict=True):
+            err = float(np.abs(g.reshape(r.shape) - r).max()) if r.size else 0.0
+            if err > atol * max(1.0, float(np.abs(r).max(initial=0.0))):
+                raise TargetNotSupported(
+                    f"onnx2tf converted the model for input shapes "
+                    f"{ {k: list(v.shape) for k, v in f.items()} } wrongly: max error {err:.3g} "
+                    "against ONNX Runtime on a request with rows in every table class"
+                )
+
+
+def coverage_graph(job: TargetJob, bucket: int, seed: int = 0) -> DynamicGraph:
+    """A request for ``bucket`` with rows in every table class (seeded, random features).
+
+    Nodes get in-degrees ``w - 1``, then ``w``, for every class width ``w`` (then one
+    node spills over several rows where the layout allows), while the bucket's edge
+    budget lasts; the rest of the budget is random edges. Graph ids (``batch``) of different
+    sizes fill the readout table's classes.
+    """
+    spec = job.graph
+    layout = spec.tables
+    assert layout is not None
+    b = spec.buckets[bucket]
+    rng = np.random.default_rng(seed)
+    n = b.max_nodes
+    limit = layout.max_degree - 1  # room for the self loop a layer may add
+    # w - 1 (+ a self loop: w) reaches every class of a ``loops`` table, w every class of
+    # a ``raw`` one: one node per class first, while the edge budget lasts.
+    wanted = [w - 1 for w in layout.widths] + list(layout.widths)
+    if layout.max_splits > 1:
+        wanted.append(layout.widths[-1] + 1)
+    wanted = [d for d in wanted if 0 < d <= limit]
+    degrees: list[int] = []
+    for d in wanted:
+        if len(degrees) < n - 1 and sum(degrees) + d <= b.max_edges:
+            degrees.append(d)
+    dst = np.repeat(np.arange(len(degrees)), degrees)
+    extra = (b.max_edges - dst.size) // 2
+    dst = np.concatenate([dst, rng.integers(len(degrees), n, extra)]).astype(np.int64)
+    src = rng.integers(0, n, dst.size).astype(np.int64)
+    batch = None
+    if spec.has_batch:
+        cuts = np.sort(rng.choice(np.arange(1, n), min(b.max_graphs, n) - 1, replace=False))
+        batch = np.zeros(n, np.int64)
+        batch[cuts] = 1
+        batch = np.cumsum(batch)
+    attr = None
+    if spec.edge_dim is not None:
+        attr = rng.standard_normal((dst.size, spec.edge_dim)).astype(np.float32)
+    x = rng.standard_normal((n, spec.num_features)).astype(np.float32)
+    return DynamicGraph(x, np.stack([src, dst]), attr, batch)
 
 
 def _quantized(saved_model: Path, feeds: list[Feeds], flavour: str) -> Path:

@@ -199,7 +199,7 @@ class CompileLiteRT:
         }
         if Precision.INT8 in job.precisions:
             kwargs |= {"output_integer_quantized_tflite": True, "quant_type": "per-channel"}
-        with lg.quiet() as log, warnings.catch_warnings():
+        with lg.quiet() as log, warnings.catch_warnings(), lf.tools_on_path():
             # onnx2tf's own checks use the deprecated tf.lite.Interpreter: not ours to fix.
             warnings.simplefilter("ignore")
             try:

@@ -178,14 +178,20 @@ def test_dynamic_form_is_refused_naming_the_scatter(tmp_path: Path) -> None:
             "edge_index": rng.integers(0, 12, size=(2, 30)),
         }
     )
+    target = _litert("auto", ("fp32",))
     job = make_job(
-        GCNConv(4, 3).eval(), sample, tmp_path, _litert("auto", ("fp32",)), form="dynamic"
+        GCNConv(4, 3).eval(), sample, tmp_path, target, form="dynamic", aggregation="scatter"
     )
     with pytest.raises(TargetNotSupported) as info:
         CompileLiteRT()(job)
     assert "ScatterElements(reduction=add)" in str(info.value)
-    assert "--form static" in str(info.value)
+    assert "--aggregation tables" in str(info.value) and "--form static" in str(info.value)
     assert not (tmp_path / "litert").exists()
+    # Over neighbour tables (the default) but without buckets: no fixed shape to convert.
+    job = make_job(GCNConv(4, 3).eval(), sample, tmp_path / "t", target, form="dynamic")
+    assert job.graph.tables is not None and not job.graph.buckets
+    with pytest.raises(TargetNotSupported, match="--bucket NODES:EDGES"):
+        CompileLiteRT()(job)
 
 
 def test_static_scatter_form_is_refused(sensor_model: Any, tmp_path: Path) -> None:
@@ -339,3 +345,103 @@ def test_dense_gat_converts_and_matches_pytorch(tmp_path: Path) -> None:
     assert max(o.max_abs_err for o in report.outputs) <= 1e-4
     int8 = job.check(cands["int8"])
     assert int8.passed, int8
+
+
+# -- dynamic form over neighbour tables: one .tflite per bucket --------------------------------
+TABLE_BUCKETS = ((24, 64), (48, 160))
+
+
+@pytest.fixture(scope="module")
+def table_job(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The dynamic tiny GCN over neighbour-table inputs, two buckets, INT8 on."""
+    _need_onnx2tf()
+    from target_jobs import make_job
+    from tiny_models import tiny_gcn, tiny_gcn_arrays
+
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.io_contract import Bucket
+
+    samples = [sample_from_arrays(tiny_gcn_arrays(seed=s)) for s in (1, 2, 3)]
+    buckets = [Bucket(max_nodes=n, max_edges=e) for n, e in TABLE_BUCKETS]
+    out = tmp_path_factory.mktemp("litert_tables") / "bundle"
+    target = _litert("auto")
+    return make_job(tiny_gcn(), samples, out, target, form="dynamic", int8=True, buckets=buckets)
+
+
+@pytest.fixture(scope="module")
+def tables_built(table_job: Any) -> dict[Precision, Any]:
+    from edge_sdk.exporters.targets.to_litert import CompileLiteRT
+
+    return {c.artifact.precision: c for c in CompileLiteRT()(table_job)}
+
+
+def _tensor_dtypes(path: Path) -> dict[str, Any]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    return {d["name"]: d["dtype"] for d in it.get_input_details()}
+
+
+def test_table_fp32_one_file_per_bucket_matches_pytorch(
+    table_job: Any, tables_built: dict[Precision, Any]
+) -> None:
+    art = tables_built[Precision.FP32].artifact
+    assert table_job.graph.tables is not None
+    files = [b["file"] for b in art.options["buckets"]]
+    assert files == ["model.b0.fp32.tflite", "model.b1.fp32.tflite"]
+    assert art.path == "litert/model.b1.fp32.tflite"  # the largest bucket is the main file
+    assert [c.path for c in art.companions] == ["litert/model.b0.fp32.tflite"]
+    for b, entry in enumerate(art.options["buckets"]):
+        want = table_job.graph.fixed_shapes(b)
+        assert entry["input_shapes"] == {k: want[k] for k in entry["input_shapes"]}
+        assert entry["input_shapes"]["x"] == [TABLE_BUCKETS[b][0], 8]
+        # Index tables stay int64 in the file (onnx2tf keeps -kat inputs as they are).
+        dtypes = _tensor_dtypes(table_job.out / "litert" / entry["file"])
+        assert dtypes["loops.index0"] == np.int64 and dtypes["x"] == np.float32
+    assert not {"SCATTER_ND", "ScatterElements"} & set(art.ops) and "GATHER" in art.ops
+    report = table_job.check(art)
+    assert report.passed, report
+    assert max(o.max_abs_err for o in report.outputs) <= 1e-4
+
+
+def test_table_requests_run_in_their_own_bucket(
+    table_job: Any, tables_built: dict[Precision, Any]
+) -> None:
+    rng = np.random.default_rng(5)
+    rt = table_job.open(tables_built[Precision.FP32].artifact)
+    try:
+        for n, e in [(12, 40), (40, 150)]:  # bucket 0, then bucket 1
+            feeds = {
+                "x": rng.standard_normal((n, 8), dtype=np.float32),
+                "edge_index": rng.integers(0, n, size=(2, e)),
+            }
+            (ref,) = table_job.prepared.run_reference(feeds)
+            got = next(iter(rt.infer(feeds).values()))
+            assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-4
+        assert rt.backend.describe()["buckets"] == 2
+    finally:
+        rt.close()
+
+
+def test_table_int8_calibrated_on_requests_passes_the_gate(
+    table_job: Any, tables_built: dict[Precision, Any]
+) -> None:
+    cand = tables_built[Precision.INT8]
+    art = cand.artifact
+    assert [b["file"] for b in art.options["buckets"]] == [
+        "model.b0.int8.tflite",
+        "model.b1.int8.tflite",
+    ]
+    # Full-integer conversion renames and reorders inputs: every file maps them by name.
+    for entry in art.options["buckets"]:
+        inputs = entry["options"]["inputs"]
+        assert inputs["x"] == "serving_default_x:0"
+        assert inputs["loops.index0"] == "serving_default_loops.index0:0"
+        dtypes = _tensor_dtypes(table_job.out / "litert" / entry["file"])
+        assert dtypes["serving_default_loops.index0:0"] == np.int64
+    assert art.options["int8_flavour"] == "integer_quant"
+    assert cand.details["int8_flavour"]["tried"] == {"integer_quant": "passed"}
+    assert "FULLY_CONNECTED" in art.ops and "QUANTIZE" in art.ops
+    report = table_job.check(art)
+    assert report.passed, report
+    assert 0 < max(o.max_abs_err for o in report.outputs) < 0.2
