@@ -29,7 +29,7 @@ EXPORT_EPILOG = (
     "--sample-data cora.npz --prune structured:0.5 --fine-tune-epochs 50 --int8 "
     "--max-accuracy-drop 1.5 -o out/gcn-small.bundle\n\n"
     "  edge-export export --model samples/cora/models.py:gcn --weights gcn.pt "
-    "--sample-data cora.npz --form static --dense-threshold 4096 --int8 "
+    "--sample-data cora.npz --form static --int8 "
     "--profile intel-core-cpu --profile raspberry-pi-5 --profile jetson-orin-nano "
     "-o out/gcn-multi.bundle\n\n"
     "  edge-export export --model plant.py:detector --weights detector.pt "
