@@ -454,3 +454,56 @@ def test_broken_int8_candidate_is_dropped_and_fp32_ships(
     measured = next(c for c in _choices(m, "build-box") if c.backend == "openvino")
     assert measured.reason.startswith("measured")
     Bundle.open(result.bundle_dir)
+
+
+# -- a dynamic-form table model on the Raspberry Pi 5 profile ---------------------------------
+@pytest.fixture(scope="module")
+def pi5_tables(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The dynamic tiny GCN (neighbour-table inputs, one bucket, INT8 on) for raspberry-pi-5."""
+    pytest.importorskip("onnx2tf", reason="LiteRT conversion needs onnx2tf")
+    pytest.importorskip("ai_edge_litert", reason="LiteRT parity needs ai-edge-litert")
+    from tiny_models import tiny_gcn, tiny_gcn_arrays
+
+    from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
+    from edge_sdk.io_contract import Bucket
+
+    samples = [sample_from_arrays(tiny_gcn_arrays(seed=s)) for s in (1, 2)]
+    cfg = ExportConfig(
+        name="tables",
+        form="dynamic",
+        int8=True,
+        buckets=[Bucket(max_nodes=32, max_edges=96)],
+        profiles=["raspberry-pi-5"],
+    )
+    out = tmp_path_factory.mktemp("pi5") / "tables.bundle"
+    return out, export_model(tiny_gcn(), samples, out, cfg).manifest
+
+
+def test_pi5_chooses_litert_for_a_dynamic_table_model(pi5_tables: Any) -> None:
+    """LiteRT builds FP32 and INT8 per bucket and is chosen; no silent ORT fallback."""
+    out, m = pi5_tables
+    assert m.graph.tables is not None and m.graph.aggregation == "tables"
+    (litert,) = [c for c in _choices(m, "raspberry-pi-5") if c.backend == "litert"]
+    assert litert.artifact == "litert-int8" and litert.precision is Precision.INT8
+    assert "declared order" in litert.reason
+    measured = {x.artifact: x for x in litert.measured}
+    assert set(measured) == {"litert-int8", "litert-fp32"}
+    assert all(x.passed for x in measured.values())
+    art = next(a for a in m.artifacts if a.name == "litert-int8")
+    assert art.options["buckets"][0]["file"] == "model.b0.int8.tflite"
+    assert (out / art.path).is_file()
+    report = next(r for r in m.parity if r.artifact == "litert-int8")
+    assert report.passed and max(o.max_abs_err for o in report.outputs) < 0.2
+
+
+def test_pi5_table_bundle_runs_on_litert(pi5_tables: Any) -> None:
+    from tiny_models import tiny_gcn_arrays
+
+    from edge_sdk import Runtime
+
+    out, _ = pi5_tables
+    with Runtime.load(out, profile="raspberry-pi-5") as rt:
+        assert rt.describe()["backend"] == "litert"
+        feeds = tiny_gcn_arrays(seed=9)
+        got = next(iter(rt.infer(feeds).values()))
+        assert got.shape == (feeds["x"].shape[0], 3) and np.isfinite(got).all()
