@@ -135,9 +135,10 @@ class GraphOptions:
 
     Attributes:
         form: ``auto`` | ``static`` | ``dynamic`` | ``learned``.
-        aggregation: Static form: ``auto`` | ``dense`` | ``tables`` | ``scatter``;
-            ``auto`` takes neighbour tables, or dense where the graph is small and
-            dense measures faster (see ``exporters/aggregation.py``).
+        aggregation: ``auto`` | ``tables`` | ``scatter`` | ``dense`` (static form
+            only); ``auto`` takes neighbour tables where every layer has a lowering,
+            in the static form dense where the graph is small and dense measures
+            faster (see ``exporters/aggregation.py``).
         dense_threshold: Static form, ``auto``: largest N for which dense folding
             is timed against neighbour tables.
         max_degree: Dynamic form over neighbour tables: in-degree limit of a request
@@ -154,9 +155,10 @@ class GraphOptions:
     aggregation: str = field(
         default="auto",
         metadata=cli_flag(
-            "Static form: how neighbours are aggregated: auto, dense, tables or scatter. "
-            "auto takes neighbour tables, or dense [N, N] constants when N <= "
-            "--dense-threshold and dense measures faster here."
+            "How neighbours are aggregated: auto, tables, scatter, or dense (static form). "
+            "auto takes neighbour tables where every layer has a lowering; in the static "
+            "form dense [N, N] constants instead when N <= --dense-threshold and dense "
+            "measures faster here."
         ),
     )
     dense_threshold: int = field(
