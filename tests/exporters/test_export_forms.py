@@ -75,7 +75,9 @@ def test_dynamic_node_level_runs_other_sizes(tmp_path):
     res = export_model(model, samples, tmp_path / "b", ExportConfig(name="node"))
     m = res.manifest
     assert m.graph.form is GraphForm.DYNAMIC
-    assert [i.name for i in m.inputs] == ["x", "edge_index"]
+    # The request is (x, edge_index); the model takes x and the neighbour tables.
+    assert m.graph.input_names == ["x", "edge_index"] and m.graph.aggregation == "tables"
+    assert m.inputs[0].name == "x" and "edge_index" not in [i.name for i in m.inputs]
     assert m.inputs[0].shape == ["num_nodes", F]
     assert m.outputs[0].level is OutputLevel.NODE
     assert m.parity[0].samples == 2 and m.parity[0].passed

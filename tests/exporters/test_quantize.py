@@ -98,7 +98,9 @@ class Exported:
     def __init__(self, tmp: Path, outlier: bool) -> None:
         self.model, self.arrays = _trained(outlier)
         sample = sample_from_arrays(self.arrays)
-        export_model(self.model, sample, tmp / "bundle", ExportConfig(output_names=["logits"]))
+        # Scatter: these tests feed (x, edge_index) to the ONNX model directly.
+        cfg = ExportConfig(output_names=["logits"], aggregation="scatter")
+        export_model(self.model, sample, tmp / "bundle", cfg)
         self.fp32 = tmp / "bundle" / "model.onnx"
         self.tmp = tmp
         feeds = {"x": self.arrays["x"], "edge_index": self.arrays["edge_index"]}
