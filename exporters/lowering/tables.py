@@ -237,6 +237,10 @@ class TableSource(nn.Module):
         raise NotImplementedError
 
 
+#: Most graphs one request of the static form stacks (``GraphSpec.max_batch``'s default).
+MAX_STACKED = 4096
+
+
 class ConstantTables(TableSource):
     """Tables of one fixed graph, stored as buffers and offset per stacked graph.
 
@@ -252,11 +256,14 @@ class ConstantTables(TableSource):
         self.splits = {v: t.order.shape[1] for v, t in tables.items()}
         self.classes = {v: len(t.index) for v, t in tables.items()}
         self.rows_total = {v: sum(i.shape[0] for i in t.index) for v, t in tables.items()}
+        # Ids are offset per stacked graph in their own dtype: int32 only while the ids
+        # of MAX_STACKED graphs still fit.
+        self.span = MAX_STACKED * max(num_nodes, *self.rows_total.values(), 1)
         for variant, t in tables.items():
             for name, arr in t.arrays(_safe(variant)).items():
                 # 0/1 masks as uint8 and ids as int32: a quarter and half the bytes in the
                 # artifact; cast only after tiling (a cast of a constant would be folded back).
-                dtype = torch.uint8 if arr.dtype.kind == "f" else _index_dtype(arr)
+                dtype = torch.uint8 if arr.dtype.kind == "f" else _index_dtype(arr, self.span)
                 self.register_buffer(name.replace(".", "_"), torch.from_numpy(arr).to(dtype))
 
     def table(self, variant: str, x: Tensor) -> Table:
@@ -366,6 +373,7 @@ def _safe(variant: str) -> str:
     return variant.replace(".", "_")
 
 
-def _index_dtype(arr: np.ndarray) -> torch.dtype:
-    """int32 where the ids fit (half the bytes in the artifact), else int64."""
-    return torch.int32 if arr.size == 0 or int(arr.max()) < 2**31 - 1 else torch.int64
+def _index_dtype(arr: np.ndarray, span: int = 0) -> torch.dtype:
+    """int32 where the ids (and ``span``, their largest offset value) fit: half the bytes."""
+    top = max(span, int(arr.max()) if arr.size else 0)
+    return torch.int32 if top < 2**31 - 1 else torch.int64

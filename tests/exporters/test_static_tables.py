@@ -23,7 +23,8 @@ from edge_sdk import Runtime
 from edge_sdk.errors import ExportError, UnsupportedModelError
 from edge_sdk.export_config import cli_fields
 from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
-from edge_sdk.exporters.lowering.tabulate import TABLE_CONVS
+from edge_sdk.exporters.lowering.tables import ConstantTables
+from edge_sdk.exporters.lowering.tabulate import TABLE_CONVS, graph_tables
 from edge_sdk.exporters.prepare import prepare
 from edge_sdk.exporters.trace import trace_to_onnx
 
@@ -180,3 +181,11 @@ def test_aggregation_option() -> None:
     assert "aggregation" in flags and "dense_threshold" in flags
     with pytest.raises(ExportError, match="aggregation 'sparse': expected one of auto, dense"):
         ExportConfig(aggregation="sparse")
+
+
+def test_ids_are_int64_where_stacked_ids_would_overflow_int32() -> None:
+    tables = graph_tables(np.array([[0, 1, 2], [1, 2, 0]]), 3, ["raw"])
+    small = ConstantTables(tables, 3)
+    assert small.raw_index0.dtype == torch.int32 and small.raw_mask0.dtype == torch.uint8
+    # 600,000 nodes x 4,096 stacked graphs pass 2**31: offsets would wrap in int32.
+    assert ConstantTables(tables, 600_000).raw_index0.dtype == torch.int64
