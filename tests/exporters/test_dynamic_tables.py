@@ -29,9 +29,11 @@ from torch_geometric.nn import (
 from torch_geometric.utils import degree
 
 from edge_sdk import Bucket, Runtime
+from edge_sdk.bundle import Bundle
 from edge_sdk.errors import ExportError, InvalidInputError, UnsupportedModelError
 from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
 from edge_sdk.exporters.prepare import prepare
+from edge_sdk.parity import verify_bundle
 
 pytestmark = [pytest.mark.requires_backend("onnxruntime"), pytest.mark.requires_backend("openvino")]
 
@@ -143,6 +145,12 @@ def test_artifacts_take_tables_not_edge_index(bundles: dict[str, Path], name: st
     # Export parity went through the runtime on the sample and a duplicate-edge graph.
     assert m.verification is not None and m.verification.cases == 2
     assert all(r.passed for r in m.parity)
+    # ... and is repeated on a device the same way (edge-export verify).
+    checks = verify_bundle(Bundle.open(bundles[name]))
+    assert {c.artifact.name for c in checks if c.report and c.report.passed} == {
+        "onnx-fp32",
+        "openvino-fp32",
+    }
 
 
 GRAPHS = [(1, 0, 1), (2, 0, 2), (5, 0, 1), (17, 60, 3), (300, 1500, 5), (2000, 7000, 8)]
