@@ -8,13 +8,14 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= out/tep
 CORA_OUT ?= out/cora
 
-.PHONY: demo demo-cora test lint typecheck unit clean help mosquitto proto
+.PHONY: demo demo-cora test lint typecheck unit clean help mosquitto proto docs
 
 help:
 	@echo "make demo       - TEP plant: train the adaptive-graph GNN, export an INT8 bundle,"
 	@echo "                  serve it with edge-node over MQTT, stream faults, write a report"
 	@echo "make demo-cora  - train, export and run the Cora GNN bundles end to end"
 	@echo "make test       - lint, type-check and run the whole test suite"
+	@echo "make docs       - run the support matrix and write its table into docs/graph-export.md"
 	@echo "make clean      - remove .venv and demo output"
 
 # Re-install only when the dependency list changes.
@@ -55,6 +56,11 @@ unit: $(STAMP) mosquitto
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+# The support matrix (tests/exporters/test_support_matrix.py, a few minutes): the table in
+# docs/graph-export.md is rewritten only when every cell's outcome is the one it declares.
+docs: $(STAMP)
+	$(BIN)/python tests/exporters/support_matrix_docs.py
 
 # Regenerate the Sparkplug B protobuf module (committed; only needed after editing the .proto).
 # grpcio-tools 1.75.1 writes code for protobuf >= 6.31.1 (it runs on 7.x too), but itself
