@@ -445,3 +445,30 @@ def test_table_int8_calibrated_on_requests_passes_the_gate(
     report = table_job.check(art)
     assert report.passed, report
     assert 0 < max(o.max_abs_err for o in report.outputs) < 0.2
+
+
+def test_converter_check_data_fills_every_table_class(table_job: Any) -> None:
+    """onnx2tf keeps the axis guesses its ONNX Runtime check accepts: the check data must
+    leave no table slot as padding (an empty class once hid a wrong K == F axis)."""
+    from edge_sdk.exporters.targets.base import bucket_feeds
+    from edge_sdk.exporters.targets.litert_tables import coverage_graph, every_slot
+
+    for b, bucket in enumerate(table_job.graph.buckets):
+        graph = coverage_graph(table_job, b)
+        assert graph.num_nodes == bucket.max_nodes and graph.num_edges <= bucket.max_edges
+        real = bucket_feeds(table_job, graph, b)
+        assert real is not None
+        masks = [k for k in real if ".mask" in k]
+        # A real request with rows in the narrow classes and the widest one the bucket allows.
+        assert sum(real[k].sum() > 0 for k in masks) >= len(masks) - 1
+        live = every_slot(table_job, real, b)
+        assert set(live) == set(real)
+        rows = sum(v.shape[0] for k, v in real.items() if ".index" in k)
+        for name, value in live.items():
+            assert value.shape == real[name].shape and value.dtype == real[name].dtype
+            if ".mask" in name or name.endswith("order_mask"):
+                assert (value == 1).all()
+            elif ".index" in name or ".target" in name:
+                assert value.min() >= 0 and value.max() < bucket.max_nodes
+            elif name.endswith(".order"):
+                assert value.min() >= 0 and value.max() < rows
