@@ -29,7 +29,7 @@ A row an engine cannot build (the export records why) shows as not built.
 
 Examples:
     python benchmarks/graph_scale.py --quick      # 2k nodes, Cora GCN, few calls (~2 min)
-    python benchmarks/graph_scale.py              # everything (~15 min on 2 cores)
+    python benchmarks/graph_scale.py              # everything (23-27 min on 2 busy cores)
     python benchmarks/graph_scale.py --sizes 10000 --engines ort-fp32 ov-fp32 --cora-models none
     python benchmarks/graph_scale.py --threads 2 --out /tmp/scale2
 
@@ -96,6 +96,25 @@ def git_state() -> dict[str, Any]:
     status = git("status", "--porcelain", "-uno").splitlines()
     changed = [line.split(maxsplit=1)[1] for line in status if line.strip()]
     return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_files": changed}
+
+
+def git_stamp(start: dict[str, Any]) -> dict[str, Any]:
+    """Code state at the start and the end, and the commits that landed in between.
+
+    The parent imports the exporter at its first export; each child imports the
+    runtime when it starts, so a commit landing mid-run may reach later rows.
+    """
+    import subprocess
+
+    end = git_state()
+    landed = subprocess.run(
+        ["git", "log", "--format=%h %s", f"{start['commit']}..{end['commit']}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.splitlines()
+    return {"start": start, "end": end, "commits_during_run": [c[:160] for c in landed]}
 
 
 def say(msg: str) -> None:
@@ -602,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t_start = time.perf_counter()
     load_start = os.getloadavg()
+    git_start = git_state()
     work = Path(tempfile.mkdtemp(prefix="graph-scale-"))
     try:
         profiles = write_profiles(
@@ -641,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "threads": args.threads,
         "seed": args.seed,
-        "git": git_state(),
+        "git": git_stamp(git_start),
         "loadavg_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
         "command": "python benchmarks/graph_scale.py " + " ".join(sys.argv[1:]),
         "wall_s": round(time.perf_counter() - t_start, 1),

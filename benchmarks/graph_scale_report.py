@@ -179,6 +179,21 @@ def host_table(host: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _code_note(git: dict[str, Any]) -> str:
+    start = git["start"]
+    dirty = start["uncommitted_files"]
+    text = f"Code: commit {start['commit']} at the start" + (
+        f" with {len(dirty)} files uncommitted" if dirty else ""
+    )
+    landed = git["commits_during_run"]
+    if landed:
+        text += (
+            f"; {len(landed)} commits landed during the run (shared checkout; listed in the "
+            f"JSON), ending at {git['end']['commit']}"
+        )
+    return text + "." + (f" {git['note']}" if git.get("note") else "")
+
+
 def _load_note(meta: dict[str, Any]) -> str:
     load = meta.get("loadavg_1min")
     if not load:
@@ -193,7 +208,6 @@ def _load_note(meta: dict[str, Any]) -> str:
 
 def render_md(doc: dict[str, Any]) -> str:
     meta = doc["meta"]
-    dirty = meta["git"]["uncommitted_files"]
     lines = [
         "# Graph scale: neighbour tables vs PyG eager",
         "",
@@ -201,9 +215,7 @@ def render_md(doc: dict[str, Any]) -> str:
         "",
         f"Threads: {meta['threads']} (every engine and PyTorch). Seed {meta['seed']}. "
         f"Workload: {meta['workload']}. Whole run: {meta['wall_s'] / 60:.1f} min. "
-        f"Command: `{meta['command'].strip()}`. Code: commit {meta['git']['commit']}"
-        + (f", {len(dirty)} files uncommitted (listed in the JSON)." if dirty else ".")
-        + _load_note(meta),
+        f"Command: `{meta['command'].strip()}`. " + _code_note(meta["git"]) + _load_note(meta),
         "",
     ]
     lines += scale_table(doc["scale"])
