@@ -40,6 +40,8 @@ def run_matrix(out: Path) -> int:
         "-q",
         "-p",
         "no:cacheprovider",
+        "-k",
+        "test_cell or test_tensorrt_static_check",  # the docs test checks what this writes
         str(HERE / "test_support_matrix.py"),
     ]
     return subprocess.call(cmd, cwd=matrix.ROOT, env=env)
