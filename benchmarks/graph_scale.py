@@ -29,7 +29,7 @@ A row an engine cannot build (the export records why) shows as not built.
 
 Examples:
     python benchmarks/graph_scale.py --quick      # 2k nodes, Cora GCN, few calls (~2 min)
-    python benchmarks/graph_scale.py              # everything (23-27 min on 2 busy cores)
+    python benchmarks/graph_scale.py              # everything (16-27 min on 2 shared cores)
     python benchmarks/graph_scale.py --sizes 10000 --engines ort-fp32 ov-fp32 --cora-models none
     python benchmarks/graph_scale.py --threads 2 --out /tmp/scale2
 
