@@ -333,6 +333,27 @@ class Manifest(_Model):
         return v
 
     @property
+    def request_inputs(self) -> list[TensorSpec]:
+        """The inputs a caller sends (KServe metadata and decoding, the node's wire format).
+
+        The model's own :attr:`inputs`, except for a model taking neighbour tables
+        (``graph.tables``): its caller sends ``x``, ``edge_index`` (``edge_attr``,
+        ``batch``) and the runtime builds the tables from them.
+        """
+        g = self.graph
+        if g.tables is None:
+            return self.inputs
+        specs = {
+            "x": TensorSpec(name="x", dtype="float32", shape=["num_nodes", g.num_features]),
+            "edge_index": TensorSpec(name="edge_index", dtype="int64", shape=[2, "num_edges"]),
+            "edge_attr": TensorSpec(
+                name="edge_attr", dtype="float32", shape=["num_edges", g.edge_dim or 1]
+            ),
+            "batch": TensorSpec(name="batch", dtype="int64", shape=["num_nodes"]),
+        }
+        return [specs[name] for name in g.input_names]
+
+    @property
     def output_levels(self) -> dict[str, OutputLevel]:
         """Level of each output name (node / graph / batch)."""
         return {o.name: o.level or OutputLevel.NODE for o in self.outputs}

@@ -450,18 +450,28 @@ def _tables_implied(spec: GraphSpec, by_name: dict[str, TensorSpec]) -> bool:
     The model may take a subset of them (inputs it never reads are not exported).
     """
     known = spec.model_input_names
-    if not set(by_name) <= set(known) or "x" not in by_name:
+    if not set(by_name) <= set(known) or "x" not in by_name or spec.tables is None:
         return False
+    widths, pool_widths = spec.tables.widths, spec.tables.pool_widths
     for name, tensor in by_name.items():
+        # Row counts follow each request (or bucket): a fixed one is not guaranteed.
+        if tensor.shape and isinstance(tensor.shape[0], int):
+            return False
+        want: int | None = None  # the fixed second dim validation guarantees, if any
         if name in ("x", "edge_attr"):
-            width = spec.num_features if name == "x" else spec.edge_dim
-            dtype, rank, last = "float32", 2, tensor.shape[-1] if tensor.shape else None
-            if isinstance(last, int) and last != width:
-                return False
+            dtype, rank = "float32", 2
+            want = spec.num_features if name == "x" else spec.edge_dim
         else:
             dtype = table_input_dtype(name)
-            rank = 1 if name.rsplit(".", 1)[-1].startswith("target") else 2
+            field = name.rsplit(".", 1)[-1]
+            rank = 1 if field.startswith("target") else 2
+            digits = field.lstrip("abcdefghijklmnopqrstuvwxyz_")
+            table_widths = pool_widths if name.startswith("pool.") else widths
+            if digits.isdigit() and int(digits) < len(table_widths):
+                want = table_widths[int(digits)]
         if tensor.dtype != dtype or len(tensor.shape) != rank:
+            return False
+        if rank == 2 and isinstance(tensor.shape[1], int) and tensor.shape[1] != want:
             return False
     return True
 

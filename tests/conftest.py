@@ -87,21 +87,31 @@ def mosquitto_path() -> str:
 # -- bundles -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def tiny_gcn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Directory of a bundle exported from a tiny GCN (dynamic form). Read-only by contract."""
+def _export_tiny_gcn(tmp_path_factory: pytest.TempPathFactory, aggregation: str) -> Path:
     for module in ("torch", "torch_geometric", "onnx"):
         if not _importable(module):
             pytest.skip(f"exporting a test bundle needs the [export] extra ({module} missing)")
     from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
 
     sample = sample_from_arrays(tiny_gcn_arrays())
-    out = tmp_path_factory.mktemp("tiny_gcn") / "tiny_gcn.bundle"
-    # Scatter: the backend tests feed the canary (x, edge_index) to engines directly; the
-    # neighbour-table form is covered by tests/exporters/test_dynamic_tables.py.
-    cfg = ExportConfig(name="tiny-gcn", form="dynamic", aggregation="scatter")
+    out = tmp_path_factory.mktemp(f"tiny_gcn_{aggregation}") / "tiny_gcn.bundle"
+    cfg = ExportConfig(name="tiny-gcn", form="dynamic", aggregation=aggregation)
     export_model(tiny_gcn(), sample, out, cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gcn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a bundle exported from a tiny GCN (dynamic form, the default
+    aggregation: neighbour tables built by the runtime). Read-only by contract."""
+    return _export_tiny_gcn(tmp_path_factory, "auto")
+
+
+@pytest.fixture(scope="session")
+def tiny_gcn_scatter_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GCN exported with ``aggregation="scatter"``: its model takes
+    ``(x, edge_index)`` itself, for tests that feed an engine directly."""
+    return _export_tiny_gcn(tmp_path_factory, "scatter")
 
 
 @pytest.fixture

@@ -346,7 +346,7 @@ class InferenceServer:
             "name": m.model.name,
             "versions": [m.model.version],
             "platform": f"{SERVER_NAME}/{backend}",
-            "inputs": tensors(m.inputs),
+            "inputs": tensors(m.request_inputs),
             "outputs": tensors(m.outputs),
         }
 

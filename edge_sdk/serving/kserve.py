@@ -108,7 +108,7 @@ def _params(item: Mapping[str, Any], where: str) -> Mapping[str, Any]:
 def decode_inputs(
     request: Mapping[str, Any], manifest: Manifest, binary: memoryview
 ) -> dict[str, np.ndarray]:
-    specs = {t.name: t for t in manifest.inputs}
+    specs = {t.name: t for t in manifest.request_inputs}
     items = request.get("inputs")
     if not isinstance(items, list) or not items:
         raise ProtocolError(

@@ -56,9 +56,10 @@ class BackendConformance:
 
     # -- fixtures -------------------------------------------------------------------------
     @pytest.fixture
-    def bundle(self, tiny_gcn_bundle: Path) -> Path:
-        """A bundle with an artifact for this backend."""
-        return tiny_gcn_bundle
+    def bundle(self, tiny_gcn_scatter_bundle: Path) -> Path:
+        """A bundle with an artifact for this backend (scatter: the tests feed
+        ``(x, edge_index)`` to the engine itself)."""
+        return tiny_gcn_scatter_bundle
 
     @pytest.fixture
     def rt(self, bundle: Path) -> Runtime:

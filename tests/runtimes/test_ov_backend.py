@@ -41,7 +41,7 @@ def ov_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     sample = sample_from_arrays(tiny_gcn_arrays())
     out = tmp_path_factory.mktemp("ov") / "tiny_gcn.bundle"
-    # Scatter, as tiny_gcn_bundle: the conformance tests feed (x, edge_index) to the engine.
+    # Scatter, as tiny_gcn_scatter_bundle: the conformance tests feed (x, edge_index) to the engine.
     target = TargetSpec(backend="openvino")
     job = make_job(tiny_gcn(), sample, out, target, form="dynamic", aggregation="scatter")
     (cand,) = CompileOpenVINO()(job)
