@@ -113,20 +113,11 @@ def pad_graph(
         raise InvalidInputError("x", f"graph does not fit bucket {bucket}")
     n, e = graph.num_nodes, graph.num_edges
     nb, eb = bucket.max_nodes, bucket.max_edges
-    if graph_level_outputs and not has_batch and nb > n:
-        raise InvalidInputError(
-            "batch",
-            "padding a whole-graph readout without a batch vector would change the result; "
-            "export the model with a batch input to use padded buckets",
-        )
-    x = np.zeros((nb, graph.x.shape[1]), np.float32)
-    x[:n] = graph.x
+    _check_readout_padding(graph_level_outputs, has_batch, nb > n)
+    x = _zero_padded(graph.x, nb)
     edge_index = np.full((2, eb), n, np.int64)  # padding edges: first padding node, self loop
     edge_index[:, :e] = graph.edge_index
-    edge_attr = None
-    if graph.edge_attr is not None:
-        edge_attr = np.zeros((eb, graph.edge_attr.shape[1]), np.float32)
-        edge_attr[:e] = graph.edge_attr
+    edge_attr = None if graph.edge_attr is None else _zero_padded(graph.edge_attr, eb)
     batch = None
     num_graphs = graph.num_graphs
     if has_batch:
@@ -177,18 +168,10 @@ def table_feeds(
     bucket = pick_bucket(graph, spec.buckets, spec.has_batch, tables=True)
     index = spec.buckets.index(bucket)
     nb, eb = bucket.max_nodes, bucket.max_edges
-    if graph_level_outputs and not spec.has_batch and nb > n:
-        raise InvalidInputError(
-            "batch",
-            "padding a whole-graph readout without a batch vector would change the result; "
-            "export the model with a batch input to use padded buckets",
-        )
-    x = np.zeros((nb, graph.x.shape[1]), np.float32)
-    x[:n] = graph.x
-    feeds = {"x": x}
+    _check_readout_padding(graph_level_outputs, spec.has_batch, nb > n)
+    feeds = {"x": _zero_padded(graph.x, nb)}
     if graph.edge_attr is not None:
-        feeds["edge_attr"] = np.zeros((eb, graph.edge_attr.shape[1]), np.float32)
-        feeds["edge_attr"][:e] = graph.edge_attr
+        feeds["edge_attr"] = _zero_padded(graph.edge_attr, eb)
     if batch is None and spec.has_batch:
         batch = np.zeros(n, np.int64)
     tables = request_tables(
@@ -203,6 +186,22 @@ def table_feeds(
     node_mask = np.arange(nb) < n
     padding = Padding(n, e, graph.num_graphs, node_mask, np.arange(eb) < e)
     return feeds | tables, padding
+
+
+def _check_readout_padding(graph_level_outputs: bool, has_batch: bool, padded: bool) -> None:
+    if graph_level_outputs and not has_batch and padded:
+        raise InvalidInputError(
+            "batch",
+            "padding a whole-graph readout without a batch vector would change the result; "
+            "export the model with a batch input to use padded buckets",
+        )
+
+
+def _zero_padded(rows: np.ndarray, size: int) -> np.ndarray:
+    """``rows`` (float32 ``[R, D]``) followed by zero rows up to ``size``."""
+    out = np.zeros((size, rows.shape[1]), np.float32)
+    out[: rows.shape[0]] = rows
+    return out
 
 
 def unpad_outputs(
