@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ExportError
-from .io_contract import Bucket, GraphForm
+from .io_contract import Bucket, GraphForm, parse_buckets
 from .manifest import Decision, Topology
 from .neighbour_tables import DEFAULT_MAX_DEGREE
 from .profiles import load_profile
@@ -179,7 +179,18 @@ class GraphOptions:
     )
     max_nodes: int = 1_000_000
     max_edges: int = 10_000_000
-    buckets: list[Bucket] = field(default_factory=list)
+    buckets: list[Bucket] = field(
+        default_factory=list,
+        metadata=cli_flag(
+            "Dynamic form: a padded size NODES:EDGES[:GRAPHS] for static-shape engines, one "
+            "artifact each; repeatable. Default: derived from the samples where needed.",
+            decls=("--bucket",),
+            param="bucket",
+            type=list[str] | None,
+            default=None,
+            parse=parse_buckets,
+        ),
+    )
     simplify: bool = True
 
     def __post_init__(self) -> None:

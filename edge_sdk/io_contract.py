@@ -8,10 +8,12 @@ every request against, so every backend rejects bad input with the same words.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import ExportError
 from .neighbour_tables import TableLayout
 
 
@@ -55,6 +57,30 @@ class Bucket(_Spec):
     max_nodes: int = Field(gt=1)
     max_edges: int = Field(ge=0)
     max_graphs: int = Field(default=1, ge=1)
+
+
+def parse_buckets(values: Sequence[str] | None) -> list[Bucket]:
+    """``--bucket NODES:EDGES[:GRAPHS]`` values as ascending buckets.
+
+    Raises:
+        ExportError: A value that is not two or three integers separated by ``:``
+            (or sizes a bucket refuses); the value and the expected form are named.
+    """
+    buckets = []
+    for value in values or []:
+        parts = value.split(":")
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError("expected 2 or 3 numbers")
+            names = ("max_nodes", "max_edges", "max_graphs")[: len(parts)]
+            buckets.append(Bucket(**dict(zip(names, map(int, parts), strict=True))))
+        except ValueError as exc:  # int() and pydantic's ValidationError
+            why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            raise ExportError(
+                f"--bucket {value!r}: expected NODES:EDGES[:GRAPHS], e.g. --bucket 1024:4096 "
+                f"or --bucket 2048:8192:16 (nodes >= 2, edges >= 0, graphs >= 1; {why})"
+            ) from None
+    return sorted(buckets, key=lambda b: (b.max_nodes, b.max_edges, b.max_graphs))
 
 
 class GraphSpec(_Spec):

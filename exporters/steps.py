@@ -27,6 +27,7 @@ from edge_sdk.manifest import Artifact, CompressionReport, ParityReport, Precisi
 from edge_sdk.parity import ParityCase, VerifyParity
 from edge_sdk.profiles import DeviceProfile, TargetSpec, load_profile
 
+from .buckets import default_buckets, needs_buckets
 from .calibration import calibration_feeds
 from .compress import Metrics, check_gate, prune_model, quantize_step, torch_metrics
 from .intake import ModelSource, Sample, SampleSource, module_of, samples_of
@@ -267,20 +268,31 @@ def quantize(ctx: ExportContext) -> None:
 def target_inputs(ctx: ExportContext) -> None:
     """The graph contract, profiles, parity cases and calibration every target shares."""
     cfg, prepared = ctx.cfg, ctx.prepared
+    ctx.profiles = [load_profile(p) for p in cfg.targets.profiles]
+    has_batch = "batch" in prepared.input_names
+    buckets = cfg.graph.buckets
+    fixed = needs_buckets(ctx.profiles)
+    if not buckets and prepared.tables is not None and fixed:
+        # A table-input model runs on a static-shape engine only at a bucket's shapes.
+        buckets = default_buckets(ctx.samples, has_batch, cfg.graph.max_nodes, cfg.graph.max_edges)
+        sizes = ", ".join(f"{b.max_nodes}:{b.max_edges}:{b.max_graphs}" for b in buckets)
+        ctx.say(
+            f"padding buckets for {', '.join(fixed)} (fixed shapes): {sizes} "
+            "(NODES:EDGES:GRAPHS, derived from the samples; give --bucket to choose)"
+        )
     ctx.graph = GraphSpec(
         form=prepared.form,
         num_features=prepared.num_features,
         num_nodes=prepared.num_nodes,
         edge_dim=prepared.edge_dim,
-        has_batch="batch" in prepared.input_names,
+        has_batch=has_batch,
         max_nodes=cfg.graph.max_nodes,
         max_edges=cfg.graph.max_edges,
-        buckets=cfg.graph.buckets,
+        buckets=buckets,
         aggregation=prepared.aggregation,
         aggregation_reason=prepared.aggregation_reason,
-        tables=prepared.tables.with_buckets(cfg.graph.buckets) if prepared.tables else None,
+        tables=prepared.tables.with_buckets(buckets) if prepared.tables else None,
     )
-    ctx.profiles = [load_profile(p) for p in cfg.targets.profiles]
     # Computed once: every target is checked on the same cases (and verify.npz holds them).
     ctx.cases = target_cases(prepared, ctx.samples, ctx.names, base=ctx.cases or None)
     ctx.calibration = calibration_feeds(prepared, ctx.samples, cfg.quant.calibration)

@@ -218,3 +218,76 @@ def test_int8_export_reports_compression(workdir: Path, tmp_path: Path) -> None:
         "magic",
         check=3,
     )
+
+
+# -- padding buckets: --bucket, and the default a static-shape target gets ---------------------
+def test_a_malformed_bucket_is_refused_by_name(workdir: Path, tmp_path: Path) -> None:
+    for bad in ("64x128", "64:many", "64", "1:8"):
+        proc = cli(
+            "export",
+            "--model",
+            f"{workdir}/models.py:net",
+            "-s",
+            f"{workdir}/sample.npz",
+            "-o",
+            str(tmp_path / "b"),
+            "--bucket",
+            bad,
+            check=3,
+        )
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and f"--bucket '{bad}'" in lines[0], proc.stderr
+        assert "NODES:EDGES[:GRAPHS]" in lines[0]
+    assert "--bucket" in cli("export", "--help").stdout
+
+
+def test_pi5_dynamic_export_without_bucket_gets_default_buckets_and_litert(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A CLI user exporting a dynamic table model for the Pi 5 gets LiteRT, not a refusal:
+    the buckets come from the sample (12 nodes, 30 edges -> 16:32, then 4x) and are said."""
+    pytest.importorskip("onnx2tf", reason="LiteRT conversion needs onnx2tf")
+    pytest.importorskip("ai_edge_litert", reason="LiteRT parity needs ai-edge-litert")
+    out = tmp_path / "pi5.bundle"
+    proc = cli(
+        "export",
+        "--model",
+        f"{workdir}/models.py:net",
+        "-s",
+        f"{workdir}/sample.npz",
+        "-o",
+        str(out),
+        "--form",
+        "dynamic",
+        "--profile",
+        "raspberry-pi-5",
+    )
+    assert "padding buckets for litert" in proc.stderr and "16:32:1, 64:128:1" in proc.stderr
+    doc = json.loads(cli("inspect", str(out), "--json").stdout)
+    sizes = [(b["max_nodes"], b["max_edges"]) for b in doc["graph"]["buckets"]]
+    assert sizes == [(16, 32), (64, 128)] and doc["graph"]["aggregation"] == "tables"
+    # the profile's first (preferred) target
+    choice = next(c for c in doc["targets"] if c["profile"] == "raspberry-pi-5")
+    assert choice["backend"] == "litert" and choice["artifact"] == "litert-fp32"
+    report = next(r for r in doc["parity"] if r["artifact"] == "litert-fp32")
+    assert report["passed"] and max(o["max_abs_err"] for o in report["outputs"]) <= 1e-4
+
+    # an unseen 40-node graph runs on the larger bucket's file within 1e-4 of PyTorch
+    import importlib.util
+
+    import torch
+
+    from edge_sdk import Runtime
+
+    spec = importlib.util.spec_from_file_location("cli_models", workdir / "models.py")
+    assert spec is not None and spec.loader is not None
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    edge_index = rng.integers(0, 40, (2, 100))
+    want = models.net().eval()(torch.from_numpy(x), torch.from_numpy(edge_index))
+    with Runtime.load(out, profile="raspberry-pi-5") as rt:
+        assert rt.describe()["backend"] == "litert"
+        got = rt.infer({"x": x, "edge_index": edge_index})["out"]
+    np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-4)
