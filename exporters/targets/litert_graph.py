@@ -59,6 +59,36 @@ def fix_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.Mod
     return simple
 
 
+def int32_gather_indices(model: onnx.ModelProto) -> int:
+    """Store constant ``Gather`` indices as int32 where they fit; returns how many.
+
+    Neighbour-table ids are int32 in the exported model, but PyTorch's exporter
+    casts them to int64 for ``index_select`` and, once the shapes are fixed,
+    onnxsim folds that cast into int64 constants: twice the bytes per table
+    slot in the ``.tflite`` (ONNX ``Gather`` and TFLite ``GATHER`` both take
+    int32 indices). Only initializers read by nothing but ``Gather`` indices
+    are narrowed.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, set[tuple[str, int]]] = {}
+    for node in model.graph.node:
+        for pos, name in enumerate(node.input):
+            uses.setdefault(name, set()).add((node.op_type, pos))
+    outputs = {o.name for o in model.graph.output}
+    count = 0
+    for name, init in inits.items():
+        if init.data_type != onnx.TensorProto.INT64 or name in outputs:
+            continue
+        if uses.get(name) != {("Gather", 1)}:
+            continue
+        ids = numpy_helper.to_array(init)
+        if ids.size and (ids.min() < np.iinfo(np.int32).min or ids.max() > np.iinfo(np.int32).max):
+            continue
+        init.CopyFrom(numpy_helper.from_array(ids.astype(np.int32), name))
+        count += 1
+    return count
+
+
 def constants_to_initializers(model: onnx.ModelProto) -> None:
     """Move ``Constant`` nodes' values into initializers (the rewrites look only there)."""
     keep = []

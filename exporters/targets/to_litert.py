@@ -120,6 +120,8 @@ class CompileLiteRT:
         except Exception as exc:
             raise ExportError(f"LiteRT: fixing input shapes {shapes} failed: {exc}") from exc
         rewrites = [f"{n}: scatter-add as one-hot MatMul" for n in lg.scatter_to_matmul(fixed)]
+        if narrowed := lg.int32_gather_indices(fixed):
+            rewrites.append(f"{narrowed} constant Gather indices as int32")
         left = lg.reducing_scatters(fixed)
         if left:
             n = job.graph.num_nodes
