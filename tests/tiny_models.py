@@ -33,6 +33,27 @@ def tiny_gcn() -> Any:
         return TinyGCN().eval()
 
 
+def gcn_gat_net(features: int, classes: int) -> Any:
+    """GCN (``loops`` table) -> LayerNorm -> 2-head GAT -> linear head, node-level logits."""
+    import torch
+    from torch import nn
+    from torch_geometric.nn import GATConv, GCNConv
+
+    class GcnGatNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = GCNConv(features, 16)
+            self.norm = nn.LayerNorm(16)
+            self.c2 = GATConv(16, 4, heads=2)
+            self.head = nn.Linear(8, classes)
+
+        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+            h = self.norm(self.c1(x, edge_index).relu())
+            return self.head(self.c2(h, edge_index))
+
+    return GcnGatNet()
+
+
 def tiny_gcn_arrays(batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Sample arrays for :func:`tiny_gcn`: one graph ``x [N, F]``, or ``x [batch, N, F]``."""
     rng = np.random.default_rng(seed)

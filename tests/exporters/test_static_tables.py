@@ -16,8 +16,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny_models import gcn_gat_net
 from torch import nn
-from torch_geometric.nn import GATConv, GCNConv, SAGEConv, global_max_pool, global_mean_pool
+from torch_geometric.nn import SAGEConv, global_max_pool, global_mean_pool
 
 from edge_sdk import Runtime
 from edge_sdk.errors import ExportError, UnsupportedModelError
@@ -33,19 +34,9 @@ pytestmark = pytest.mark.requires_backend("onnxruntime")
 F, C, N, E = 6, 3, 150, 600
 
 
-class NodeNet(nn.Module):
-    """GCN (``loops`` table) then multi-head GAT, node-level logits."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = GCNConv(F, 16)
-        self.norm = nn.LayerNorm(16)
-        self.c2 = GATConv(16, 4, heads=2)
-        self.head = nn.Linear(8, C)
-
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        h = self.norm(self.c1(x, edge_index).relu())
-        return self.head(self.c2(h, edge_index))
+def NodeNet() -> nn.Module:
+    """GCN then multi-head GAT, node-level logits (tests/tiny_models.py)."""
+    return gcn_gat_net(F, C)
 
 
 class GraphNet(nn.Module):
