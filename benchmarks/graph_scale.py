@@ -15,21 +15,28 @@ Three measurements, all at ``--threads`` (1 by default) and in one run:
    the engine's own share shows). Also: export time, and artifact size against
    the model's weights plus 8 bytes per edge.
 2. **Cora** (2,708 nodes, 10,556 edges, 1,433 features; copied to a temp
-   dir): GCN, GAT and SAGE exported with dense, neighbour-table and scatter
-   aggregation, timed through ``Runtime`` against PyG eager in one process,
-   round-robin in blocks so every row sees the same background load; and the
-   GCN's matrix products alone (its two linear layers, no aggregation,
-   exported and run the same way) so whole-model time / matmul-only time shows
-   what aggregation costs on each engine.
+   dir): GCN, GAT and SAGE, trained like ``samples/cora`` (seeded), exported
+   with dense, neighbour-table and scatter aggregation (``--cora-engines``,
+   FP32), the tables bundle also for INT8 and LiteRT (``--cora-table-engines``);
+   all timed through ``Runtime`` against PyG eager in one process, round-robin
+   in blocks so every row sees the same background load, with each row's test
+   accuracy against PyG's. Per model the best CPU artifact (fastest row) and
+   its ratio to PyG eager against issue #17's bar; and the GCN's matrix
+   products alone (its two linear layers, no aggregation, exported and run the
+   same way on every tables engine and precision) so whole-model time /
+   matmul-only time shows what aggregation costs on each.
 3. **Host tables.** ``edge_sdk.neighbour_tables.request_tables`` on the Cora
    graph (median of many runs) and on the largest synthetic graph.
 
-Weights are random and seeded: latency, size and parity do not depend on them.
-A row an engine cannot build (the export records why) shows as not built.
+Synthetic-graph weights are random and seeded: latency, size and parity do not
+depend on them. A row an engine cannot build (the export records why) shows as
+not built. ``--only`` runs some sections; ``--merge`` puts them into an existing
+result, each section keeping the stamp (date, commit, load) of its own run.
 
 Examples:
-    python benchmarks/graph_scale.py --quick      # 2k nodes, Cora GCN, few calls (~2 min)
-    python benchmarks/graph_scale.py              # everything (16-27 min on 2 shared cores)
+    python benchmarks/graph_scale.py --quick      # 2k nodes, Cora GCN, few calls (~5 min)
+    python benchmarks/graph_scale.py              # everything (20-30 min on 2 shared cores)
+    python benchmarks/graph_scale.py --only cora --merge benchmarks/results/graph_scale.json
     python benchmarks/graph_scale.py --sizes 10000 --engines ort-fp32 ov-fp32 --cora-models none
     python benchmarks/graph_scale.py --threads 2 --out /tmp/scale2
 
@@ -47,6 +54,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +423,57 @@ def timed_round_robin(
     return {k: stats_ms(v[:calls]) for k, v in times.items()}
 
 
+#: Issue #17's bar per Cora model: best CPU artifact at least this much faster than PyG eager.
+CORA_BARS = {"gcn": 2.0, "gat": 1.5, "sage": 3.0}
+
+
+def train_cora(
+    kind: str, data: Any, f: int, c: int, args: argparse.Namespace
+) -> tuple[Any, dict[str, Any]]:
+    """A Cora model trained like ``samples/cora`` (Adam, best-validation weights), seeded;
+    and how it trained."""
+    import cora  # samples/cora/cora.py (on sys.path since load_cora_copy)
+
+    model = make_model(kind, f, c, HIDDEN, args.seed)
+    t = time.perf_counter()
+    best_epoch, best_val = cora.train(model, data, cora.LEARNING_RATES[kind], args.cora_epochs)
+    return model, {
+        "epochs": args.cora_epochs,
+        "lr": cora.LEARNING_RATES[kind],
+        "best_epoch": best_epoch,
+        "best_val_acc": best_val,
+        "train_s": round(time.perf_counter() - t, 1),
+    }
+
+
+def cora_engines_for(agg: str, args: argparse.Namespace) -> list[str]:
+    """Engine rows of one Cora bundle: ``--cora-engines`` for dense and scatter, plus
+    ``--cora-table-engines`` for tables and the matmul-only twin (same artifacts)."""
+    engines = set(args.cora_engines)
+    if agg in ("tables", "matmul-only"):
+        engines |= set(args.cora_table_engines)
+    return [e for e in ENGINES if e in engines]
+
+
+def best_artifact(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The fastest whole-model row of one Cora model (matmul-only rows excluded)."""
+    timed = {
+        k: r
+        for k, r in entry["rows"].items()
+        if "median_ms" in r and not k.startswith("matmul-only/")
+    }
+    if not timed:
+        return None
+    key = min(timed, key=lambda k: timed[k]["median_ms"])
+    r = timed[key]
+    best = {"row": key, "bar": CORA_BARS.get(entry["model"])}
+    for k in ("median_ms", "speedup_vs_pyg", "test_acc", "acc_delta_pp", "over_matmul_only"):
+        best[k] = r.get(k)
+    if best["bar"] is not None:
+        best["meets_bar"] = r["speedup_vs_pyg"] >= best["bar"]
+    return best
+
+
 def cora_rows(args: argparse.Namespace, work: Path, profiles: dict[str, Path]) -> dict[str, Any]:
     import torch
 
@@ -425,22 +484,35 @@ def cora_rows(args: argparse.Namespace, work: Path, profiles: dict[str, Path]) -
     x, ei = data.x, data.edge_index
     request = x.numpy()[None]
     arrays = {"x": request, "edge_index": ei.numpy()}
+    y, test = data.y.numpy(), data.test_mask.numpy()
     f, c = int(x.shape[1]), int(data.y.max()) + 1
+
+    def test_acc(logits: np.ndarray) -> float:
+        return float((logits.argmax(-1)[test] == y[test]).mean())
+
     out: dict[str, Any] = {
-        "graph": {"nodes": int(x.shape[0]), "edges": int(ei.shape[1]), "features": f},
+        "graph": {
+            "nodes": int(x.shape[0]),
+            "edges": int(ei.shape[1]),
+            "features": f,
+            "test_nodes": int(test.sum()),
+        },
         "models": [],
     }
     for kind in args.cora_models:
-        say(f"Cora {kind}")
-        model = make_model(kind, f, c, HIDDEN, args.seed)
+        say(f"Cora {kind}: training {args.cora_epochs} epochs")
+        model, training = train_cora(kind, data, f, c, args)
         with torch.no_grad():
             ref = model(x, ei).numpy()
         entry: dict[str, Any] = {
             "model": kind,
             "weights_bytes": weight_bytes(model),
+            "training": training,
+            "pyg_test_acc": test_acc(ref),
             "rows": {},
             "exports": {},
         }
+        say(f"  trained: {entry['training']}, PyG test acc {entry['pyg_test_acc']:.3f}")
         subjects: list[tuple[str, Any, str | None, dict[str, np.ndarray]]] = [
             (agg, model, agg, arrays) for agg in args.cora_aggregations
         ]
@@ -455,37 +527,40 @@ def cora_rows(args: argparse.Namespace, work: Path, profiles: dict[str, Path]) -
 
         fns["pyg-eager"] = eager
         for agg, module, aggregation, arr in subjects:
+            engines = cora_engines_for(agg, args)
             try:
                 exp = export_bundle(
-                    module,
-                    arr,
-                    work / f"cora-{kind}-{agg}",
-                    aggregation,
-                    args.cora_engines,
-                    profiles,
+                    module, arr, work / f"cora-{kind}-{agg}", aggregation, engines, profiles
                 )
             except Exception as exc:
-                for e in args.cora_engines:
+                for e in engines:
                     entry["rows"][f"{agg}/{e}"] = {"error": f"{type(exc).__name__}: {exc}"[:800]}
                 say(f"  {agg}: export failed: {type(exc).__name__}: {str(exc)[:200]}")
                 continue
             say(f"  {agg}: export {exp['export_s']:.1f} s ({exp['aggregation']})")
             entry["exports"][agg] = {k: exp[k] for k in ("export_s", "aggregation", "progress")}
-            for e in args.cora_engines:
+            for e in engines:
                 art = exp["artifacts"][e]
                 key = f"{agg}/{e}"
                 if not art["built"]:
                     entry["rows"][key] = art
                     continue
                 backend, precision, _ = ENGINES[e]
-                rt = Runtime.load(
-                    exp["bundle"], backend=backend, precision=precision, threads=args.threads
-                )
+                try:
+                    rt = Runtime.load(
+                        exp["bundle"], backend=backend, precision=precision, threads=args.threads
+                    )
+                    got = next(iter(rt.infer(request).values()))[0]
+                except Exception as exc:  # a row that does not load is a result too
+                    entry["rows"][key] = {**art, "error": f"{type(exc).__name__}: {exc}"[:800]}
+                    say(f"  {key}: {entry['rows'][key]['error'][:200]}")
+                    continue
                 opened.append(rt)
-                got = next(iter(rt.infer(request).values()))[0]
                 row = {**art, "export_s": exp["export_s"], "aggregation": exp["aggregation"]}
                 if agg != "matmul-only":
                     row["max_abs_err"] = float(np.abs(got - ref).max())
+                    row["test_acc"] = test_acc(got)
+                    row["acc_delta_pp"] = 100 * (row["test_acc"] - entry["pyg_test_acc"])
                 entry["rows"][key] = row
                 fns[key] = lambda rt=rt: rt.infer(request)
         say(f"  timing {len(fns)} rows, {args.cora_repeats} calls each")
@@ -494,12 +569,15 @@ def cora_rows(args: argparse.Namespace, work: Path, profiles: dict[str, Path]) -
         for key, st in timed.items():
             entry["rows"][key].update(st)
             entry["rows"][key]["speedup_vs_pyg"] = entry["pyg_eager"]["median_ms"] / st["median_ms"]
-        for e in args.cora_engines:
+        for key, row in entry["rows"].items():
+            agg, e = key.split("/")
             mm = entry["rows"].get(f"matmul-only/{e}", {}).get("median_ms")
-            for agg in args.cora_aggregations:
-                row = entry["rows"].get(f"{agg}/{e}", {})
-                if mm and "median_ms" in row:
-                    row["over_matmul_only"] = row["median_ms"] / mm
+            if agg != "matmul-only" and mm and "median_ms" in row:
+                row["over_matmul_only"] = row["median_ms"] / mm
+        entry["best"] = best_artifact(entry)
+        if entry["best"]:
+            b = entry["best"]
+            say(f"  best: {b['row']} {b['median_ms']:.2f} ms, {b['speedup_vs_pyg']:.2f}x PyG")
         for rt in opened:
             rt.close()
         out["models"].append(entry)
@@ -575,8 +653,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cora-aggregations", nargs="+", default=list(AGGREGATIONS), choices=list(AGGREGATIONS)
     )
     p.add_argument(
-        "--cora-engines", nargs="+", default=["ort-fp32", "ov-fp32"], choices=list(ENGINES)
+        "--cora-engines",
+        nargs="+",
+        default=["ort-fp32", "ov-fp32"],
+        choices=list(ENGINES),
+        help="Cora engine rows of every aggregation",
     )
+    p.add_argument(
+        "--cora-table-engines",
+        nargs="*",
+        default=["ort-int8", "ov-int8", "litert-fp32", "litert-int8"],
+        choices=list(ENGINES),
+        help="extra Cora engine rows for neighbour tables (and GCN's matmul-only twin)",
+    )
+    p.add_argument("--cora-epochs", type=int, default=200, help="training epochs per Cora model")
     p.add_argument(
         "--root",
         type=Path,
@@ -590,6 +680,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cora-repeats", type=int, default=30, help="timed calls per Cora row")
     p.add_argument("--host-runs", type=int, default=200, help="request_tables runs (Cora)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=["synthetic", "cora", "host"],
+        help="run only this section (repeatable; default: all three)",
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        metavar="JSON",
+        help="merge the sections run into this result JSON (the others keep their own run's "
+        "stamp) and write it back, with its .md; --out and --name are then not used",
+    )
     p.add_argument(
         "--render", type=Path, help="only rewrite the .md of an existing result JSON, then exit"
     )
@@ -606,49 +709,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             args.cora_models = ["gcn"]
         args.repeats = min(args.repeats, 6)
         args.cora_repeats, args.host_runs = min(args.cora_repeats, 10), min(args.host_runs, 20)
+        args.cora_epochs = min(args.cora_epochs, 50)
     if "none" in args.cora_models:
         args.cora_models = []
     args.name = args.name or ("graph_scale_quick" if args.quick else "graph_scale")
     return args
 
 
+def host_rows(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """``request_tables`` on Cora (or a synthetic stand-in) and on the largest graph size."""
+    try:
+        data = load_cora_copy(args.root, work / "host")
+        cora_graph: tuple[np.ndarray, int] | None = (data.edge_index.numpy(), data.num_nodes)
+    except FileNotFoundError:
+        cora_graph = None
+    say("host table building")
+    host = []
+    if cora_graph is not None:
+        host.append(host_tables(*cora_graph, args.host_runs, "Cora"))
+    else:
+        g = power_law_graph(2708, 4, 8, 2, seed=args.seed)
+        host.append(host_tables(g.edge_index, 2708, args.host_runs, "synthetic 2,708 nodes"))
+    if args.sizes:
+        big = max(args.sizes)
+        g = power_law_graph(big, EDGES_PER_NODE, FEATURES, CLASSES, seed=args.seed)
+        host.append(host_tables(g.edge_index, big, 5, f"synthetic {big:,} nodes"))
+    return host
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from graph_scale_report import render_md
+    from graph_scale_report import SECTIONS, merge_docs, render_md, upgrade
 
     if args.render:
-        args.render.with_suffix(".md").write_text(render_md(json.loads(args.render.read_text())))
+        doc = upgrade(json.loads(args.render.read_text()))
+        args.render.with_suffix(".md").write_text(render_md(doc))
         return 0
-    t_start = time.perf_counter()
-    load_start = os.getloadavg()
-    git_start = git_state()
-    work = Path(tempfile.mkdtemp(prefix="graph-scale-"))
-    try:
-        profiles = write_profiles(
-            work / "profiles", sorted(set(args.engines) | set(args.cora_engines))
-        )
-        results: dict[str, Any] = {"scale": scale_rows(args, work, profiles)}
-        if args.cora_models:
-            results["cora"] = cora_rows(args, work, profiles)
-        try:
-            data = load_cora_copy(args.root, work / "host")
-            cora_graph: tuple[np.ndarray, int] | None = (data.edge_index.numpy(), data.num_nodes)
-        except FileNotFoundError:
-            cora_graph = None
-        say("host table building")
-        host = []
-        if cora_graph is not None:
-            host.append(host_tables(*cora_graph, args.host_runs, "Cora"))
-        else:
-            g = power_law_graph(2708, 4, 8, 2, seed=args.seed)
-            host.append(host_tables(g.edge_index, 2708, args.host_runs, "synthetic 2,708 nodes"))
-        if args.sizes:
-            big = max(args.sizes)
-            g = power_law_graph(big, EDGES_PER_NODE, FEATURES, CLASSES, seed=args.seed)
-            host.append(host_tables(g.edge_index, big, 5, f"synthetic {big:,} nodes"))
-        results["host_tables"] = host
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    base = upgrade(json.loads(args.merge.read_text())) if args.merge else None
+    only = [o for o in SECTIONS if o in (args.only or SECTIONS)]
+    command = "python benchmarks/graph_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
     meta = {
         **machine_meta(
             "edge-graph-sdk",
@@ -661,25 +760,68 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "threads": args.threads,
         "seed": args.seed,
-        "git": git_stamp(git_start),
-        "loadavg_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
-        "command": "python benchmarks/graph_scale.py " + " ".join(sys.argv[1:]),
-        "wall_s": round(time.perf_counter() - t_start, 1),
-        "repeats": {
-            "scale_engine": args.repeats,
-            "cora": args.cora_repeats,
-            "host_tables": args.host_runs,
-        },
-        "workload": (
-            f"synthetic power-law graphs ({EDGES_PER_NODE} directed edges/node, {FEATURES} "
-            f"features, {CLASSES} classes), hidden {HIDDEN}; Cora full graph; random weights"
-        ),
+        "command": command,
     }
-    doc = {"meta": meta, **results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    repeats = {
+        "scale": {"scale_engine": args.repeats},
+        "cora": {"cora": args.cora_repeats, "cora_epochs": args.cora_epochs},
+        "host_tables": {"host_tables": args.host_runs},
+    }
+    workload = {
+        "scale": (
+            f"synthetic power-law graphs ({EDGES_PER_NODE} directed edges/node, {FEATURES} "
+            f"features, {CLASSES} classes), hidden {HIDDEN}, random seeded weights"
+        ),
+        "cora": (
+            f"Cora full graph, models trained {args.cora_epochs} epochs like samples/cora "
+            "(accuracy on its 1,000 test nodes)"
+        ),
+        "host_tables": "Cora and the largest synthetic graph",
+    }
+    runners: dict[str, Callable[[Path, dict[str, Path]], Any]] = {
+        "scale": lambda w, p: scale_rows(args, w, p),
+        "cora": lambda w, p: cora_rows(args, w, p),
+        "host_tables": lambda w, p: host_rows(args, w),
+    }
+    results: dict[str, Any] = {}
+    stamps: dict[str, dict[str, Any]] = {}
+    work = Path(tempfile.mkdtemp(prefix="graph-scale-"))
+    try:
+        profiles = write_profiles(
+            work / "profiles",
+            sorted(set(args.engines) | set(args.cora_engines) | set(args.cora_table_engines)),
+        )
+        for name in only:
+            key = SECTIONS[name]
+            if key == "cora" and not args.cora_models:
+                continue
+            t0, load0, git0 = time.perf_counter(), os.getloadavg()[0], git_state()
+            date = datetime.now(UTC).isoformat(timespec="seconds")
+            results[key] = runners[key](work, profiles)
+            stamps[key] = {
+                "date": date,
+                "run": meta["date"],
+                "command": command,
+                "threads": args.threads,
+                "seed": args.seed,
+                "versions": meta["versions"],
+                "git": git_stamp(git0),
+                "loadavg_1min": {"start": load0, "end": os.getloadavg()[0]},
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "repeats": repeats[key],
+                "workload": workload[key],
+            }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    doc = merge_docs(base, meta, results, stamps)
+    if args.merge:
+        json_path = args.merge
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        json_path = args.out / f"{args.name}.json"
+    json_path.write_text(json.dumps(doc, indent=2) + "\n")
     md = render_md(doc)
-    (args.out / f"{args.name}.md").write_text(md)
+    json_path.with_suffix(".md").write_text(md)
     print(md)
     return 0
 
