@@ -171,9 +171,11 @@ def cora_table(cora: dict[str, Any]) -> list[str]:
             if "median_ms" not in mm:
                 continue
             cells = [_x(gcn["rows"].get(f"{a}/{e}", {}).get("over_matmul_only")) for a in aggs]
-            lines.append(
-                f"| {ENGINE_LABEL.get(e, e)} | {_ms(mm['median_ms'])} | " + " | ".join(cells) + " |"
-            )
+            label = ENGINE_LABEL.get(e, e)
+            flavour = gcn["rows"].get(f"tables/{e}", {}).get("int8_flavour")
+            if mm.get("int8_flavour") != flavour:  # the export picks a flavour per bundle
+                label += f" (matmul-only {mm.get('int8_flavour')}, tables {flavour})"
+            lines.append(f"| {label} | {_ms(mm['median_ms'])} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
