@@ -265,7 +265,8 @@ def validate(graph: Graph, spec: GraphSpec, *, strict: bool = False) -> Graph:
     Raises:
         InvalidInputError: Wrong form, dtype (booleans included), rank, shape or feature count;
             negative or out-of-range edge indices; NaN/Inf; a graph larger
-            than the model's limits or largest bucket.
+            than the model's limits (padding buckets are checked where an engine
+            needs them, see :func:`~edge_sdk.packing.pick_bucket`).
     """
     if spec.form is GraphForm.DYNAMIC:
         if not isinstance(graph, DynamicGraph):
@@ -321,22 +322,20 @@ def _validate_dynamic(graph: DynamicGraph, spec: GraphSpec) -> DynamicGraph:
         )
     if n == 0:
         raise InvalidInputError("x", "graph has no nodes (N = 0)")
-    largest = spec.buckets[-1].max_nodes if spec.buckets else spec.max_nodes
-    if n > min(largest, spec.max_nodes):
-        what = "largest bucket" if spec.buckets and largest <= spec.max_nodes else "max_nodes"
+    # Padding buckets bound what static-shape engines take (``pick_bucket`` says so by
+    # name); engines taking any shape run larger graphs, up to the model's limits.
+    if n > spec.max_nodes:
         raise InvalidInputError(
-            "x", f"graph has {n} nodes, beyond the model's {what} ({min(largest, spec.max_nodes)})"
+            "x", f"graph has {n} nodes, beyond the model's max_nodes ({spec.max_nodes})"
         )
 
     ei = _index_field("edge_index", graph.edge_index)
     if ei.ndim != 2 or ei.shape[0] != 2:
         raise InvalidInputError("edge_index", f"expected shape [2, E], received {list(ei.shape)}")
     e = ei.shape[1]
-    max_edges = spec.buckets[-1].max_edges if spec.buckets else spec.max_edges
-    if e > min(max_edges, spec.max_edges):
+    if e > spec.max_edges:
         raise InvalidInputError(
-            "edge_index",
-            f"graph has {e} edges, beyond the model's limit ({min(max_edges, spec.max_edges)})",
+            "edge_index", f"graph has {e} edges, beyond the model's limit ({spec.max_edges})"
         )
     if e and (ei.min() < 0 or ei.max() >= n):
         if (neg := ei < 0).any():

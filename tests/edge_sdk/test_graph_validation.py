@@ -14,6 +14,7 @@ import pytest
 from graph_cases import (  # shared by the test_graph_* files
     _DROP,
     DYN,
+    DYN_BUCKETS,
     EDGES,
     N_STATIC,
     SPECS,
@@ -25,6 +26,7 @@ from graph_cases import (  # shared by the test_graph_* files
 )
 
 from edge_sdk import DynamicGraph, InvalidInputError, StaticGraph, as_graph
+from edge_sdk.packing import pick_bucket
 
 # (id, spec key, request, field, substrings the message must contain)
 BAD: list[tuple[str, str, Any, str, list[str]]] = [
@@ -310,20 +312,6 @@ BAD: list[tuple[str, str, Any, str, list[str]]] = [
         ["9 edges", "limit (8)"],
     ),
     (
-        "beyond-largest-bucket-nodes",
-        "dyn_buckets",
-        dyn(x=_x(7), edge_index=np.array([[0], [6]])),
-        "x",
-        ["7 nodes", "largest bucket (6)"],
-    ),
-    (
-        "beyond-largest-bucket-edges",
-        "dyn_buckets",
-        dyn(edge_index=np.zeros((2, 6), np.int64)),
-        "edge_index",
-        ["6 edges", "limit (5)"],
-    ),
-    (
         "empty-graph",
         "dyn",
         dyn(x=np.zeros((0, F), np.float32), edge_index=np.zeros((2, 0), np.int64)),
@@ -424,6 +412,27 @@ def test_bad_input_names_field_expected_and_received(
     assert message.startswith(f"{field}: ")
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+@pytest.mark.parametrize(
+    ("request_graph", "fragments"),
+    [
+        (dyn(x=_x(7), edge_index=np.array([[0], [6]])), ["7 nodes", "fits no bucket"]),
+        (dyn(edge_index=np.zeros((2, 6), np.int64)), ["6 edges", "fits no bucket"]),
+    ],
+    ids=["nodes", "edges"],
+)
+def test_buckets_bound_static_shape_engines_not_validation(
+    request_graph: DynamicGraph, fragments: list[str]
+) -> None:
+    # An engine taking any shape runs a graph beyond the largest bucket; one with
+    # fixed shapes is refused when its bucket is picked, naming the largest.
+    graph = as_graph(request_graph, DYN_BUCKETS)
+    with pytest.raises(InvalidInputError) as exc:
+        pick_bucket(graph, DYN_BUCKETS.buckets, DYN_BUCKETS.has_batch)
+    for fragment in fragments:
+        assert fragment in str(exc.value)
+    assert str(DYN_BUCKETS.buckets[-1]) in str(exc.value)
 
 
 def test_invalid_input_error_is_a_value_error() -> None:
