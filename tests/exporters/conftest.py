@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from table_bundles import Bundles
 from torch import Tensor
 
 GraphFactory = Callable[[int, int, int], dict[str, Tensor]]
@@ -23,3 +24,14 @@ def make_graph() -> GraphFactory:
         }
 
     return build
+
+
+@pytest.fixture(scope="session")
+def table_bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+    """Each tiny (model, form) exported once for the session, on first use (never modify).
+
+    Shared by ``test_support_matrix.py`` and ``test_dynamic_tables.py``: every engine and
+    precision, the dynamic form over neighbour tables with two padding buckets and an
+    in-degree limit of 16 (see ``table_bundles.py``).
+    """
+    return Bundles(tmp_path_factory)

@@ -19,12 +19,14 @@ TensorRT has no engine here: its cells run the static parser check
 (``exporters/targets/trt_support.py``) on the bundle's ONNX and INT8 ONNX, and
 assert it accepts them with no scatter op.
 
-Each (model, form) is exported once, for every engine and precision: two
+Each (model, form) is exported once per session, for every engine and precision
+(``table_bundles.py``; ``test_dynamic_tables.py`` runs on the same bundles): two
 declared profiles over the same three targets (one ships FP32, the other INT8),
 so each engine is built once with both precisions. Neighbour tables are the
 aggregation in both forms (``aggregation='tables'``: the static form's ``auto``
-would time dense against tables on graphs this small). The dynamic form has one
-padding bucket, for LiteRT.
+would time dense against tables on graphs this small). The dynamic form has two
+padding buckets (LiteRT converts each; the second, of 2,048 nodes, is for
+``test_dynamic_tables.py``'s large graphs); the cells' graphs fit the first.
 
 Every cell's outcome goes into :data:`RESULTS`; with ``SUPPORT_MATRIX_JSON`` set
 they are written there at the end of the module (``make docs`` reads them; see
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from table_bundles import (
+    ENGINES,
+    Built,
+    Bundles,
+    pyg_reference,
+    static_sample,
+    unseen_dynamic,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "graph-export.md"
@@ -53,12 +62,6 @@ END = "<!-- support-matrix:end -->"
 
 MODELS = ("GCN", "GraphSAGE", "GIN", "GAT", "GATv2")
 FORMS = ("dynamic", "static")
-#: Engine -> (backend name for ``Runtime.load``, capability set, column title).
-ENGINES = {
-    "onnxruntime": ("ort-cpu", "ONNX Runtime"),
-    "openvino": ("openvino-cpu", "OpenVINO CPU"),
-    "litert": ("litert-xnnpack", "LiteRT"),
-}
 PRECISIONS = ("fp32", "int8")
 MODEL_TITLES = {
     "GCN": "GCN",
@@ -68,22 +71,6 @@ MODEL_TITLES = {
     "GATv2": "GATv2 + `edge_attr`",
 }
 
-F, H, C, D = 5, 8, 3, 2  # features, hidden, classes, edge_attr width
-STATIC_N, STATIC_B = 12, 16
-BUCKET = {"max_nodes": 32, "max_edges": 96, "max_graphs": 4}
-#: Export samples of the dynamic form (nodes, edges, graphs): parity and INT8 calibration.
-DYNAMIC_SAMPLES = (
-    (14, 40, 2),
-    (22, 60, 3),
-    (10, 24, 2),
-    (30, 90, 3),
-    (8, 30, 1),
-    (25, 50, 3),
-    (18, 36, 2),
-    (28, 70, 3),
-    (12, 20, 1),
-)
-MAX_DEGREE = 16  # the dynamic form's in-degree limit: classes of width 1..16
 FP32_ATOL = 1e-4
 #: INT8 on unseen graphs: the gate (``max_rel_error``, 0.05) holds on the export's own
 #: cases; unseen graphs move a random-weight model's INT8 output by up to ~0.16 (measured),
@@ -145,243 +132,6 @@ KNOWN_FAILURES: dict[tuple[str, str, str, str], Fails] = {
 EXPECTED: dict[tuple[str, str, str, str], Expected] = _expected() | KNOWN_FAILURES
 
 
-# -- models and graphs -----------------------------------------------------------------------
-
-
-def build_model(name: str) -> Any:
-    """A tiny seeded model; forward takes ``x, edge_index`` (+ ``batch`` / ``edge_attr``)."""
-    import torch
-    from torch import nn
-    from torch_geometric.nn import (
-        GATConv,
-        GATv2Conv,
-        GCNConv,
-        GINConv,
-        SAGEConv,
-        global_add_pool,
-    )
-
-    class GCN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.c1, self.c2 = GCNConv(F, H), GCNConv(H, C)
-
-        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-            return self.c2(self.c1(x, edge_index).relu(), edge_index)
-
-    class GraphSAGE(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.c1, self.c2 = SAGEConv(F, H), SAGEConv(H, C)
-
-        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-            return self.c2(self.c1(x, edge_index).relu(), edge_index)
-
-    class GIN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.c1 = GINConv(nn.Sequential(nn.Linear(F, H), nn.ReLU(), nn.Linear(H, H)))
-            self.head = nn.Linear(H, C)
-
-        def forward(
-            self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor
-        ) -> torch.Tensor:
-            return self.head(global_add_pool(self.c1(x, edge_index).relu(), batch))
-
-    class GAT(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.c1, self.c2 = GATConv(F, 4, heads=2), GATConv(8, C, heads=1)
-
-        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-            return self.c2(torch.nn.functional.elu(self.c1(x, edge_index)), edge_index)
-
-    class GATv2(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.c1 = GATv2Conv(F, 4, heads=2, edge_dim=D)
-            self.head = nn.Linear(8, C)
-
-        def forward(
-            self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor
-        ) -> torch.Tensor:
-            return self.head(torch.nn.functional.elu(self.c1(x, edge_index, edge_attr)))
-
-    classes = {"GCN": GCN, "GraphSAGE": GraphSAGE, "GIN": GIN, "GAT": GAT, "GATv2": GATv2}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return classes[name]().eval()
-
-
-def dynamic_graph(
-    model: str, rng: np.random.Generator, n: int, e: int, graphs: int = 1
-) -> dict[str, np.ndarray]:
-    """A request of ``n`` nodes and ``e`` edges (duplicates on purpose when ``e`` > 6)."""
-    ei = rng.integers(0, n, (2, e)).astype(np.int64)
-    if e > 6:
-        ei[:, :3] = ei[:, 3:6]
-    g = {"x": rng.uniform(-1, 1, (n, F)).astype(np.float32), "edge_index": ei}
-    if model == "GIN":
-        g["batch"] = np.sort(rng.integers(0, graphs, n)).astype(np.int64)
-        g["batch"][:graphs] = np.arange(graphs)  # every graph id present
-        g["batch"].sort()
-    if model == "GATv2":
-        g["edge_attr"] = rng.uniform(-1, 1, (e, D)).astype(np.float32)
-    return g
-
-
-def edge_cases(model: str, seed: int) -> list[dict[str, np.ndarray]]:
-    """An edge repeated four times, a node with no edge at all, a graph with no edges."""
-    rng = np.random.default_rng(seed)
-    dup = dynamic_graph(model, rng, 20, 50, graphs=3)
-    dup["edge_index"][:, 10:14] = dup["edge_index"][:, 10:11]  # one edge four times
-    isolated = dynamic_graph(model, rng, 15, 30, graphs=2)
-    ei = isolated["edge_index"]
-    ei[ei == 4] = 5  # node 4 has no edge at all
-    no_edges = dynamic_graph(model, rng, 7, 0, graphs=2)
-    return [dup, isolated, no_edges]
-
-
-def unseen_dynamic(model: str) -> list[dict[str, np.ndarray]]:
-    """Graphs never seen at export, of each edge case (:func:`edge_cases`)."""
-    return edge_cases(model, 101)
-
-
-def dynamic_samples(model: str) -> list[dict[str, np.ndarray]]:
-    """Export samples (parity, INT8 calibration): random graphs that fit the bucket, and
-    the edge cases with another seed (calibration should see the structures requests have)."""
-    rng = np.random.default_rng(11)
-    graphs = [dynamic_graph(model, rng, n, e, graphs=g) for n, e, g in DYNAMIC_SAMPLES]
-    return graphs + edge_cases(model, 12)
-
-
-def static_topology() -> np.ndarray:
-    """The static form's fixed graph: duplicate edges, a self loop, an isolated node."""
-    rng = np.random.default_rng(7)
-    ei = rng.integers(0, STATIC_N, (2, 36)).astype(np.int64)
-    ei[:, :3] = ei[:, 3:6]
-    ei[:, 6] = 2
-    ei[ei == 9] = 10  # node 9: isolated
-    return ei
-
-
-def static_sample(model: str, seed: int, b: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ei = static_topology()
-    g = {"x": rng.uniform(-1, 1, (b, STATIC_N, F)).astype(np.float32), "edge_index": ei}
-    if model == "GATv2":
-        g["edge_attr"] = rng.uniform(-1, 1, (ei.shape[1], D)).astype(np.float32)
-    return g
-
-
-def pyg_reference(model: Any, name: str, form: str, g: dict[str, np.ndarray]) -> np.ndarray:
-    """The eager PyG model (its own scatter code): one graph, or the union of B stacked ones."""
-    import torch
-
-    if form == "dynamic":
-        feeds = {k: torch.from_numpy(v) for k, v in g.items()}
-        with torch.no_grad():
-            return model(**feeds).numpy()
-    x = g["x"]
-    b, n, _ = x.shape
-    union = np.concatenate([g["edge_index"] + i * n for i in range(b)], axis=1)
-    feeds = {"x": torch.from_numpy(x.reshape(b * n, -1)), "edge_index": torch.from_numpy(union)}
-    if name == "GIN":
-        feeds["batch"] = torch.from_numpy(np.repeat(np.arange(b), n))
-    with torch.no_grad():
-        out = model(**feeds).numpy()
-    return out if name == "GIN" else out.reshape(b, n, -1)
-
-
-# -- bundles, built once per (model, form) ---------------------------------------------------
-
-
-@dataclass
-class Built:
-    """One (model, form) export: the bundle, or why the export raised."""
-
-    model: str
-    form: str
-    bundle: Path | None = None
-    manifest: Any = None
-    error: BaseException | None = None
-    seconds: float = 0.0
-    module: Any = None
-
-
-def _profiles(root: Path) -> list[str]:
-    """Two declared profiles over the same targets: one ships FP32, the other INT8."""
-    paths = []
-    for first, second in (("fp32", "int8"), ("int8", "fp32")):
-        lines = [
-            f"name: matrix-{first}",
-            f"description: support matrix, {first} first",
-            "arch: x86_64",
-            "device_class: x86-cpu",
-            "threads: 1",
-            "targets:",
-        ]
-        for use, _title in ENGINES.values():
-            lines += [f"  - use: {use}", f"    precisions: [{first}, {second}]"]
-            if use.startswith("litert"):
-                lines.append("    layout: native")
-        path = root / f"matrix-{first}.yaml"
-        path.write_text("\n".join(lines) + "\n")
-        paths.append(str(path))
-    return paths
-
-
-def export_bundle(model: str, form: str, root: Path, progress: Any = None) -> Built:
-    """Export ``model`` in ``form`` for all engines and precisions (errors kept, not raised)."""
-    from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
-    from edge_sdk.io_contract import Bucket
-
-    module = build_model(model)
-    built = Built(model, form, module=module)
-    if form == "dynamic":
-        samples = [
-            sample_from_arrays(g, name=f"s{i}") for i, g in enumerate(dynamic_samples(model))
-        ]
-        graph_opts: dict[str, Any] = {
-            "form": "dynamic",
-            "buckets": [Bucket(**BUCKET)],
-            "max_degree": MAX_DEGREE,
-        }
-    else:
-        samples = [sample_from_arrays(static_sample(model, 11, STATIC_B))]
-        graph_opts = {"form": "static"}
-    cfg = ExportConfig(
-        name=f"{model}-{form}",
-        aggregation="tables",
-        int8=True,
-        calibration=16,
-        profiles=_profiles(root),
-        **graph_opts,
-    )
-    start = time.perf_counter()
-    try:
-        res = export_model(module, samples, root / "bundle", cfg, progress=progress)
-        built.bundle, built.manifest = res.bundle_dir, res.manifest
-    except Exception as exc:  # kept: each cell says whether it expected this
-        built.error = exc
-    built.seconds = time.perf_counter() - start
-    return built
-
-
-class Bundles:
-    """Exports on first use, kept for the module."""
-
-    def __init__(self, factory: pytest.TempPathFactory) -> None:
-        self.factory = factory
-        self.built: dict[tuple[str, str], Built] = {}
-
-    def get(self, model: str, form: str) -> Built:
-        key = (model, form)
-        if key not in self.built:
-            self.built[key] = export_bundle(model, form, self.factory.mktemp(f"{model}-{form}"))
-        return self.built[key]
-
-
 # -- results --------------------------------------------------------------------------------
 
 
@@ -405,8 +155,9 @@ RESULTS: dict[tuple[str, str, str, str], CellResult] = {}
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundles]:
-    made = Bundles(tmp_path_factory)
+def bundles(table_bundles: Bundles) -> Iterator[Bundles]:
+    """The session's bundles (shared with test_dynamic_tables.py); writes the results."""
+    made = table_bundles
     yield made
     out = os.environ.get("SUPPORT_MATRIX_JSON")
     if out:
