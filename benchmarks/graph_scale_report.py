@@ -328,7 +328,10 @@ def _run_note(stamp: dict[str, Any], cpus: int) -> str:
     return (
         f"*Run:* {stamp['date']}, `{stamp['command'].strip()}`, threads {stamp['threads']} "
         f"(every engine and PyTorch), seed {stamp['seed']}; {took}. Workload: "
-        f"{stamp['workload']}. " + _code_note(stamp["git"]) + _load_note(stamp, cpus)
+        f"{stamp['workload']}. "
+        + _code_note(stamp["git"])
+        + _load_note(stamp, cpus)
+        + (f" {stamp['note']}" if stamp.get("note") else "")
     )
 
 
