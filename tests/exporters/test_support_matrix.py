@@ -207,6 +207,26 @@ CELLS = [
 ]
 
 
+def _cell_bundle(
+    cell: tuple[str, str, str, str], bundles: Bundles, request: pytest.FixtureRequest
+) -> Built | None:
+    """The cell's exported bundle, or ``None`` once an expected refusal was checked.
+
+    A cell declared :class:`Fails` is marked strict xfail first.
+    """
+    model, form, _engine, _precision = cell
+    built = bundles.get(model, form)
+    want = EXPECTED[cell]
+    if isinstance(want, Fails):
+        request.applymarker(pytest.mark.xfail(reason=want.reason, strict=True))
+    if isinstance(want, Refused):
+        _check_refusal(cell, built, want)
+        return None
+    _export_or_fail(cell, built)
+    assert built.bundle is not None
+    return built
+
+
 @pytest.mark.requires_backend("onnxruntime")
 @pytest.mark.requires_backend("openvino")
 @pytest.mark.requires_backend("ai_edge_litert")
@@ -221,15 +241,9 @@ def test_cell(
     from edge_sdk.parity import ParityCase, load_verification, relative_error
 
     model, form, engine, precision = cell
-    built = bundles.get(model, form)
-    want = EXPECTED[cell]
-    if isinstance(want, Fails):
-        request.applymarker(pytest.mark.xfail(reason=want.reason, strict=True))
-    if isinstance(want, Refused):
-        _check_refusal(cell, built, want)
+    built = _cell_bundle(cell, bundles, request)
+    if built is None:
         return
-    _export_or_fail(cell, built)
-    assert built.bundle is not None
     graphs = (
         unseen_dynamic(model)
         if form == "dynamic"
@@ -308,16 +322,10 @@ def test_tensorrt_static_check(
     """The TensorRT parser check accepts the table model (and its INT8 Q/DQ) with no scatter."""
     from edge_sdk.exporters.targets.trt_support import check_tensorrt_support
 
-    model, form, _engine, precision = cell
-    built = bundles.get(model, form)
-    want = EXPECTED[cell]
-    if isinstance(want, Fails):
-        request.applymarker(pytest.mark.xfail(reason=want.reason, strict=True))
-    if isinstance(want, Refused):
-        _check_refusal(cell, built, want)
+    _model, _form, _engine, precision = cell
+    built = _cell_bundle(cell, bundles, request)
+    if built is None:
         return
-    _export_or_fail(cell, built)
-    assert built.bundle is not None
     onnx_art = next(
         a
         for a in built.manifest.artifacts
