@@ -12,6 +12,7 @@ by multiplication, never by ``-inf``.
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -97,10 +98,11 @@ class TableAttentionConv(TableConv):
             loops = x.new_zeros(x.shape[0], 1) + project(fill)
         return table.edge_slots(e, loops)
 
+    @abc.abstractmethod
     def _attend_inputs(
         self, table: Table, x: Tensor, edge: Tensor | None
-    ) -> tuple[list[Tensor], list[Tensor]]:  # pragma: no cover - interface
-        raise NotImplementedError
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Per class: the slots' attention logits and the messages they weigh."""
 
     def _table_forward(self, x: Tensor, edge: Tensor | None) -> Tensor:
         table = current_table(self.variant, x)

@@ -11,6 +11,7 @@ tables' per-slot edge ids. The GAT family is in :mod:`.table_attention`.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, cast
 
 import torch
@@ -26,7 +27,7 @@ from .common import NEIGHBOUR_AGGRS, aggr_name, check_lowerable, unsupported
 from .tables import Table, current_table
 
 
-class TableConv(nn.Module):
+class TableConv(nn.Module, abc.ABC):
     """Base of the table-lowered layers: remembers the layer path and table variant.
 
     Subclasses set :attr:`edge_arg` when their PyG layer takes a per-edge
@@ -51,8 +52,10 @@ class TableConv(nn.Module):
             unsupported(path, conv, "flow", conv.flow, "flow='source_to_target'")
         self._lower(conv)
 
-    def _lower(self, conv: Any) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    # `conv` is Any so each subclass can narrow it to the PyG class it lowers.
+    @abc.abstractmethod
+    def _lower(self, conv: Any) -> None:
+        """Check ``conv``'s options and keep its weights."""
 
     def forward(
         self, x: Tensor, edge_index: Tensor | None = None, *args: Any, **kwargs: Any
@@ -77,8 +80,9 @@ class TableConv(nn.Module):
             edge = kwargs.get(self.edge_arg, args[0] if args else None)
         return self._table_forward(x, edge)
 
-    def _table_forward(self, x: Tensor, edge: Tensor | None) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _table_forward(self, x: Tensor, edge: Tensor | None) -> Tensor:
+        """The layer on flat ``x`` over the current tables (``edge``: the per-edge argument)."""
 
     def refuse(self, what: str) -> UnsupportedModelError:
         """The error for a forward argument this lowering cannot take."""

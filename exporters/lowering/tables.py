@@ -20,6 +20,7 @@ and padding is masked by multiplication, never by ``-inf`` or ``Where``.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -229,12 +230,12 @@ def expand_heads(w: Tensor, width: int, heads: int) -> Tensor:
     return torch.matmul(w, spread)
 
 
-class TableSource(nn.Module):
+class TableSource(nn.Module, abc.ABC):
     """Where the current forward's tables come from."""
 
-    def table(self, variant: str, x: Tensor) -> Table:  # pragma: no cover - interface
+    @abc.abstractmethod
+    def table(self, variant: str, x: Tensor) -> Table:
         """The tables of ``variant`` for the features ``x [B * N, F]``."""
-        raise NotImplementedError
 
 
 #: Most graphs one request of the static form stacks (``GraphSpec.max_batch``'s default).
