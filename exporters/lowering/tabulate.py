@@ -26,13 +26,20 @@ from edge_sdk.neighbour_tables import (
 
 from .table_attention import ATTENTION_CONVS
 from .table_convs import MESSAGE_CONVS, TableConv
+from .table_edge_conv import EDGE_CONVS
+from .table_pna import PNA_CONVS
 from .tables import ConstantTables
 
 #: Widest class of a table built for a fixed graph: wider rows spill over several.
 MAX_STATIC_WIDTH = 1024
 
 #: PyG layer -> its table lowering (exact classes: a subclass may change the message).
-TABLE_CONVS: dict[type, type[TableConv]] = {**MESSAGE_CONVS, **ATTENTION_CONVS}
+TABLE_CONVS: dict[type, type[TableConv]] = {
+    **MESSAGE_CONVS,
+    **ATTENTION_CONVS,
+    **PNA_CONVS,
+    **EDGE_CONVS,
+}
 
 
 def tabulate(model: nn.Module) -> tuple[nn.Module, list[str]]:
