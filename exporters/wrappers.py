@@ -52,9 +52,12 @@ def model_inputs(model: nn.Module, available: Sequence[str], static: bool = Fals
                 "where edge_attr [E, D] is a request input"
             )
         if name in DYNAMIC_INPUTS:
-            if name in available or name == "batch":
+            # A required `batch` is built for one graph when the samples have none; an
+            # optional one (PyG's model classes: batch=None) is fed only when given.
+            required = p.default is inspect.Parameter.empty
+            if name in available or (name == "batch" and required):
                 names.append(name)
-            elif p.default is inspect.Parameter.empty:
+            elif required:
                 raise ExportError(f"model.forward needs {name!r} but the sample data has none")
         elif p.default is inspect.Parameter.empty:
             raise ExportError(
