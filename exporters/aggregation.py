@@ -12,7 +12,8 @@
 (``N <= dense_threshold``) *and* dense measures faster than tables on ONNX
 Runtime on the build machine (both traced and timed on the sample at one
 thread, a few runs: small graphs trace in about a second). A model whose
-layers have no table lowering falls back to dense (small graphs) or scatter.
+layers have no table lowering falls back to dense (small graphs) or scatter;
+one with no dense lowering (``EdgeConv``) takes tables untimed.
 Every choice says why, for the manifest and the progress output.
 """
 
@@ -152,12 +153,22 @@ class StaticLowering:
             return str(exc)
         return None
 
+    def dense_refused(self) -> str | None:
+        """Why the model's layers cannot fold into dense ``[N, N]`` constants, or None."""
+        try:
+            densify(self.model, self.edge_index, self.num_nodes)
+        except UnsupportedModelError as exc:
+            return str(exc)
+        return None
+
     def choose(self, aggregation: str, dense_threshold: int, x: np.ndarray) -> Choice:
         """Resolve ``auto`` (see :mod:`.aggregation`); an explicit choice is kept as asked."""
         n = self.num_nodes
         if aggregation != "auto":
             if aggregation == "tables" and (why := self.tables_refused()):
                 raise UnsupportedModelError(f"aggregation 'tables': {why}")
+            if aggregation == "dense" and (why := self.dense_refused()):
+                raise UnsupportedModelError(f"aggregation 'dense': {why}")
             return Choice(aggregation, f"asked for (--aggregation {aggregation})")
         refused = self.tables_refused()
         small = n <= dense_threshold
@@ -171,6 +182,8 @@ class StaticLowering:
             )
         if not small:
             return Choice("tables", f"N={n} > dense threshold {dense_threshold}: not timed")
+        if dense_refused := self.dense_refused():
+            return Choice("tables", f"no dense lowering ({dense_refused.splitlines()[0]})")
         outputs = len(self.node_level)
         dense_ms = time_onnx_ms(self.build("dense")[0], x, outputs)
         tables_ms = time_onnx_ms(self.build("tables")[0], x, outputs)
