@@ -26,6 +26,8 @@ _AGGR_NAMES: dict[type, str] = {
     pyg_aggr.MinAggregation: "min",
 }
 NEIGHBOUR_AGGRS = ("sum", "mean", "max", "min")
+#: ``MultiAggregation`` modes that lower (:class:`.aggregations.Combine`); ``attn`` does not.
+COMBINE_MODES = ("cat", "proj", "sum", "mean", "max", "min", "logsumexp", "std", "var")
 
 
 def unsupported(path: str, conv: nn.Module, option: str, value: object, supported: str) -> None:
@@ -96,6 +98,52 @@ def aggr_name(path: str, conv: MessagePassing, allowed: tuple[str, ...]) -> str:
         unsupported(path, conv, "aggr", conv.aggr, " / ".join(allowed))
     assert name is not None  # unsupported() raises
     return name
+
+
+def aggr_names(path: str, conv: MessagePassing, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """A layer's neighbourhood aggregations: one name, or those of its ``MultiAggregation``.
+
+    Args:
+        path: Dotted path of the layer inside the model.
+        conv: The PyG layer.
+        allowed: Aggregations the caller can lower (each of a ``MultiAggregation`` too).
+
+    Returns:
+        The canonical names in the layer's order (``aggr=['mean', 'max']``:
+        ``("mean", "max")``); :class:`.aggregations.Combine` joins their results.
+
+    Raises:
+        UnsupportedModelError: An aggregation not in ``allowed`` (named, inside a
+            ``MultiAggregation`` too), or a ``MultiAggregation`` combine mode
+            outside :data:`COMBINE_MODES` (``attn``).
+    """
+    module = conv.aggr_module
+    if not isinstance(module, pyg_aggr.MultiAggregation):
+        return (aggr_name(path, conv, allowed),)
+    names: list[str] = []
+    for inner in module.aggrs:
+        name = _AGGR_NAMES.get(type(inner))
+        if name is None or name not in allowed:
+            unsupported(
+                path,
+                conv,
+                "aggr",
+                conv.aggr,
+                f"{' / '.join(allowed)} or a MultiAggregation of those "
+                f"({type(inner).__name__} has no lowering)",
+            )
+        assert name is not None  # unsupported() raises
+        names.append(name)
+    if len(names) > 1 and module.mode not in COMBINE_MODES:
+        unsupported(
+            path,
+            conv,
+            "aggr_kwargs['mode']",
+            module.mode,
+            f"MultiAggregation modes {', '.join(COMBINE_MODES)} ('attn' runs multi-head "
+            f"attention across the aggregations, which has no lowering)",
+        )
+    return tuple(names)
 
 
 def oriented(conv: MessagePassing, edge_index: Tensor) -> Tensor:

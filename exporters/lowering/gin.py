@@ -5,14 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch_geometric.nn import GINConv
 
-from .common import (
-    NEIGHBOUR_AGGRS,
-    DenseAggregation,
-    LowerContext,
-    StaticConv,
-    aggr_name,
-    to_flat,
-)
+from .aggregations import dense_aggregation
+from .common import LowerContext, StaticConv, to_flat
 
 
 class StaticGINConv(StaticConv):
@@ -22,20 +16,19 @@ class StaticGINConv(StaticConv):
     so layers such as ``BatchNorm1d`` keep working. Edge weights are ignored because
     PyG's ``GINConv`` has none.
 
+    ``aggr`` is sum, mean, max, min or a ``MultiAggregation`` of those.
+
     Raises:
-        UnsupportedModelError: For a list/custom aggregation.
+        UnsupportedModelError: For a learnable/custom aggregation or ``attn`` mode.
     """
 
     def _lower(self, conv: GINConv, ctx: LowerContext) -> None:
-        aggr = aggr_name(ctx.path, conv, NEIGHBOUR_AGGRS)
         self.nn = conv.nn
         if isinstance(conv.eps, nn.Parameter):
             self.eps = conv.eps
         else:
             self.register_buffer("eps", conv.eps)
-        self.propagate = DenseAggregation(
-            ctx.edge_index, self.num_nodes, None, aggr, ctx.dtype, ctx.device
-        )
+        self.propagate = dense_aggregation(conv, ctx, self.num_nodes)
 
     def _dense(self, xb: Tensor, x_flat: Tensor) -> Tensor:
         out = to_flat(self.propagate(xb))

@@ -6,29 +6,29 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import SAGEConv
 
-from .common import NEIGHBOUR_AGGRS, DenseAggregation, LowerContext, StaticConv, aggr_name
+from .aggregations import dense_aggregation
+from .common import LowerContext, StaticConv
 
 
 class StaticSAGEConv(StaticConv):
     """``SAGEConv`` with its neighbourhood aggregation folded into constants.
 
-    Supports ``aggr`` sum/add, mean, max (and min), ``project``, ``normalize`` and
-    ``root_weight``. Edge weights are ignored because PyG's ``SAGEConv`` has none.
+    Supports ``aggr`` sum/add, mean, max, min and a ``MultiAggregation`` of those
+    (``aggr=['mean', 'max']``: ``lin_l`` takes the combined result), ``project``,
+    ``normalize`` and ``root_weight``. Edge weights are ignored because PyG's
+    ``SAGEConv`` has none.
 
     Raises:
-        UnsupportedModelError: For an ``lstm``/list/custom aggregation.
+        UnsupportedModelError: For an ``lstm``/learnable/custom aggregation or ``attn`` mode.
     """
 
     def _lower(self, conv: SAGEConv, ctx: LowerContext) -> None:
-        aggr = aggr_name(ctx.path, conv, NEIGHBOUR_AGGRS)
         self.normalize = conv.normalize
         # PyG only creates `lin` for project=True; mirror its hasattr check.
         self.lin = conv.lin if conv.project and hasattr(conv, "lin") else None
         self.lin_l = conv.lin_l
         self.lin_r = conv.lin_r if conv.root_weight else None
-        self.propagate = DenseAggregation(
-            ctx.edge_index, self.num_nodes, None, aggr, ctx.dtype, ctx.device
-        )
+        self.propagate = dense_aggregation(conv, ctx, self.num_nodes)
 
     def _dense(self, xb: Tensor, x_flat: Tensor) -> Tensor:
         # Projection only feeds the messages; the root term keeps the raw features.

@@ -23,6 +23,7 @@ from torch_geometric.nn.conv import MessagePassing
 from edge_sdk.errors import ExportError, UnsupportedModelError
 from edge_sdk.neighbour_tables import LOOPS, RAW
 
+from .aggregations import TableAggregation
 from .common import NEIGHBOUR_AGGRS, aggr_name, check_lowerable, unsupported
 from .tables import Table, current_table
 
@@ -98,20 +99,26 @@ def edge_weights(table: Table, weight: Tensor | None) -> list[Tensor] | None:
 
 
 def linear_after_reduce(
-    table: Table, x: Tensor, how: str, lin: nn.Module, weights: list[Tensor] | None = None
+    table: Table,
+    x: Tensor,
+    aggr: TableAggregation,
+    lin: nn.Module,
+    weights: list[Tensor] | None = None,
 ) -> Tensor:
-    """``lin(reduce(x))``, projecting first where that is cheaper and still exact.
+    """``lin(aggr(x))``, projecting first where that is cheaper and still exact.
 
     ``sum`` and ``mean`` are linear, so ``agg(x) W^T = agg(x W^T)``; the bias is
     added after the aggregation, so a node without edges still gets ``lin(0) = b``.
-    Projecting first gathers the narrower features when ``lin`` shrinks them.
+    Projecting first gathers the narrower features when ``lin`` shrinks them
+    (one aggregation only: a ``MultiAggregation`` reduces first, then combines).
     """
     weight = cast(Tensor, lin.weight)
     bias = cast(Tensor | None, lin.bias)
+    how = aggr.single
     if how in ("sum", "mean") and weight.shape[0] < weight.shape[1]:
         out = table.reduce(F.linear(x, weight), how, weights)
         return out if bias is None else out + bias
-    return lin(table.reduce(x, how, weights))
+    return lin(aggr(table, x, weights))
 
 
 class TableGCNConv(TableConv):
@@ -160,12 +167,15 @@ class TableGCNConv(TableConv):
 
 
 class TableGraphConv(TableConv):
-    """``GraphConv``: ``lin_rel(agg(w_e * x_j)) + lin_root(x)`` over the raw edges."""
+    """``GraphConv``: ``lin_rel(agg(w_e * x_j)) + lin_root(x)`` over the raw edges.
+
+    ``agg`` is one aggregation or a ``MultiAggregation`` (:class:`.aggregations.Combine`).
+    """
 
     edge_arg = "edge_weight"
 
     def _lower(self, conv: GraphConv) -> None:
-        self.aggr = aggr_name(self.path, conv, NEIGHBOUR_AGGRS)
+        self.aggr = TableAggregation(self.path, conv)
         self.lin_rel, self.lin_root = conv.lin_rel, conv.lin_root
 
     def _table_forward(self, x: Tensor, edge: Tensor | None) -> Tensor:
@@ -178,11 +188,11 @@ class TableGINConv(TableConv):
     """``GINConv``: ``nn(agg(x_j) + (1 + eps) * x)`` (``eps`` trained or not)."""
 
     def _lower(self, conv: GINConv) -> None:
-        self.aggr = aggr_name(self.path, conv, NEIGHBOUR_AGGRS)
+        self.aggr = TableAggregation(self.path, conv)
         self.nn, self.eps = conv.nn, conv.eps
 
     def _table_forward(self, x: Tensor, edge: Tensor | None) -> Tensor:
-        out = current_table(RAW, x).reduce(x, self.aggr)
+        out = self.aggr(current_table(RAW, x), x)
         return self.nn(out + (1 + self.eps) * x)
 
 
@@ -196,7 +206,7 @@ class TableGINEConv(TableConv):
     edge_arg = "edge_attr"
 
     def _lower(self, conv: GINEConv) -> None:
-        self.aggr = aggr_name(self.path, conv, NEIGHBOUR_AGGRS)
+        self.aggr = TableAggregation(self.path, conv)
         self.nn, self.eps, self.lin = conv.nn, conv.eps, conv.lin
 
     def _table_forward(self, x: Tensor, edge: Tensor | None) -> Tensor:
@@ -207,18 +217,20 @@ class TableGINEConv(TableConv):
             e = self.lin(e)
         table = current_table(RAW, x)
         msgs = [(table.slots(x, c) + ea).relu() for c, ea in enumerate(table.edge_slots(e))]
-        return self.nn(table.reduce_slots(msgs, self.aggr) + (1 + self.eps) * x)
+        return self.nn(self.aggr.reduce_slots(table, msgs) + (1 + self.eps) * x)
 
 
 class TableSAGEConv(TableConv):
     """``SAGEConv``: ``lin_l(agg(x_j)) + lin_r(x)``, optional ``project`` and ``normalize``.
 
     ``sum``/``mean`` aggregate after ``lin_l`` when it narrows the features (exact,
-    see :func:`linear_after_reduce`).
+    see :func:`linear_after_reduce`). With a ``MultiAggregation`` (``aggr=['mean',
+    'max']``) ``lin_l`` takes the combined result (``cat``: ``A * F_in`` wide, as
+    PyG sizes it).
     """
 
     def _lower(self, conv: SAGEConv) -> None:
-        self.aggr = aggr_name(self.path, conv, NEIGHBOUR_AGGRS)
+        self.aggr = TableAggregation(self.path, conv)
         self.lin = conv.lin if conv.project else None
         self.lin_l = conv.lin_l
         self.lin_r = conv.lin_r if conv.root_weight else None

@@ -147,7 +147,7 @@ def test_nested_model_and_original_untouched() -> None:
         (GATConv(F_IN, 4, edge_dim=2), "edge_dim"),
         (GATv2Conv(F_IN, 4, edge_dim=2), "edge_dim"),
         (SAGEConv(F_IN, 4, aggr="lstm"), "aggr"),
-        (GINConv(nn.Linear(F_IN, 4), aggr=["sum", "max"]), "aggr"),
+        (GINConv(nn.Linear(F_IN, 4), aggr=["sum", "softmax"]), "aggr"),
         (GATConv(F_IN, 4, aggr="mean"), "aggr"),
         (GCNConv(-1, 4), "in_channels"),
     ],
