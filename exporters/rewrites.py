@@ -67,11 +67,17 @@ def _narrows(linear: object) -> bool:
     return weight.shape[0] < weight.shape[1]  # [out, in]
 
 
+def _linear_aggr(module: nn.Module) -> bool:
+    """One linear aggregation (``aggr=['mean', 'max']`` is a list: not rewritten)."""
+    aggr = getattr(module, "aggr", None)
+    return isinstance(aggr, str) and aggr in _LINEAR_AGGRS
+
+
 def _eligible(module: nn.Module) -> bool:
     if type(module) is SAGEConv:
-        return bool(not module.project and module.aggr in _LINEAR_AGGRS) and _narrows(module.lin_l)
+        return bool(not module.project and _linear_aggr(module)) and _narrows(module.lin_l)
     if type(module) is GraphConv:
-        return module.aggr in _LINEAR_AGGRS and _narrows(module.lin_rel)
+        return _linear_aggr(module) and _narrows(module.lin_rel)
     return False
 
 
