@@ -43,6 +43,7 @@ from .table_builder import (
 )
 
 __all__ = [
+    "GRAPH_IDS",
     "LOOPS",
     "POOL",
     "RAW",
@@ -62,6 +63,8 @@ __all__ = [
 
 #: Prefix of the readout table's inputs (rows are graphs, slots their nodes).
 POOL = "pool"
+#: The input giving each node's graph id (``[num_nodes]``), for ``TableLayout.graph_ids``.
+GRAPH_IDS = f"{POOL}.graph"
 #: Default in-degree limit of a dynamic-form artifact (``--max-degree``).
 DEFAULT_MAX_DEGREE = 512
 #: Widest class of a dynamic-form artifact's node tables (wider rows spill).
@@ -104,6 +107,10 @@ class TableLayout(BaseModel):
             ``max_nodes``); engines taking any shape get as many as the request
             needs, without limit. At least 2 when there is a readout table, so
             ``pool.order_mask`` is an input.
+        graph_ids: Whether the model also takes :data:`GRAPH_IDS`, each node's graph
+            (``[num_nodes]`` int64; a bucket's padding nodes get 0), to bring per-graph
+            statistics back to the nodes (graph-level norms). Implies a readout table.
+            Bundles from before it load as ``False``.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -115,12 +122,15 @@ class TableLayout(BaseModel):
     edge_ids: bool = False
     pool_widths: list[int] = Field(default_factory=list)
     pool_splits: int = Field(default=1, ge=1)
+    graph_ids: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TableLayout:
         for ws in (self.widths, self.pool_widths):
             if ws and ws != widths_up_to(ws[-1]):
                 raise ValueError(f"widths must be 1, 2, 4, ... up to a power of two, got {ws}")
+        if self.graph_ids and not self.pool_widths:
+            raise ValueError("graph_ids needs the readout table (pool_widths)")
         unknown = set(self.variants) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown table variants {sorted(unknown)}; known: {VARIANTS}")
@@ -138,6 +148,8 @@ class TableLayout(BaseModel):
             names += table_input_names(v, len(self.widths), self.max_splits, self.edge_ids)
         if self.pool_widths:
             names += table_input_names(POOL, len(self.pool_widths), self.pool_splits, False)
+        if self.graph_ids:
+            names.append(GRAPH_IDS)
         return names
 
     @classmethod
@@ -148,6 +160,7 @@ class TableLayout(BaseModel):
         max_degree: int = DEFAULT_MAX_DEGREE,
         edge_ids: bool = False,
         pool: bool = False,
+        graph_ids: bool = False,
     ) -> TableLayout:
         """The layout of a dynamic-form model (capacities come with :meth:`with_buckets`).
 
@@ -158,6 +171,8 @@ class TableLayout(BaseModel):
                 power of two of a smaller limit), ``ceil(max_degree / width)`` rows per node.
             edge_ids: Whether the layers read ``edge_attr`` by edge id.
             pool: Whether the model reads out per graph of ``batch``.
+            graph_ids: Whether the model takes each node's graph id (graph-level
+                norms); it gets the readout table too.
 
         Raises:
             ValueError: ``max_degree`` < 1.
@@ -170,8 +185,9 @@ class TableLayout(BaseModel):
             max_splits=-(-max_degree // width),
             variants=list(variants),
             edge_ids=edge_ids,
-            pool_widths=widths_up_to(POOL_WIDTH) if pool else [],
+            pool_widths=widths_up_to(POOL_WIDTH) if pool or graph_ids else [],
             pool_splits=2,
+            graph_ids=graph_ids,
         )
 
     def with_buckets(self, buckets: Sequence[BucketSize]) -> TableLayout:
@@ -240,6 +256,8 @@ class TableLayout(BaseModel):
             shapes |= _table_shapes(
                 POOL, self.pool_widths, caps, bucket.max_graphs, self.pool_splits, False
             )
+        if self.graph_ids:
+            shapes[GRAPH_IDS] = [bucket.max_nodes]
         return shapes
 
 
@@ -288,8 +306,8 @@ def request_tables(
         num_nodes: Nodes of the request (a bucket's ``max_nodes`` when padded).
         layout: The artifact's :class:`TableLayout` (``manifest.graph.tables``).
         batch: Graph id of each of the first ``len(batch)`` nodes, for the readout
-            table (``layout.pool_widths``); later nodes (a bucket's padding) belong to
-            no graph. ``None``: every node in graph 0.
+            table (``layout.pool_widths``) and :data:`GRAPH_IDS`; later nodes (a
+            bucket's padding) belong to no graph. ``None``: every node in graph 0.
         num_graphs: Rows of the readout table (a bucket's ``max_graphs`` when padded).
         bucket: Index of the bucket the request was padded to, for static-shape
             engines (fixed shapes); ``None`` for engines taking any shape.
@@ -332,4 +350,8 @@ def request_tables(
             order_mask=layout.pool_splits > 1,
         )
         feeds |= pool.arrays(POOL)
+        if layout.graph_ids:  # padding nodes: graph 0 (any graph; their rows are cut off)
+            ids = np.zeros(num_nodes, np.int64)
+            ids[: graph_of.size] = graph_of
+            feeds[GRAPH_IDS] = ids
     return feeds

@@ -172,7 +172,7 @@ def table_feeds(
     feeds = {"x": _zero_padded(graph.x, nb)}
     if graph.edge_attr is not None:
         feeds["edge_attr"] = _zero_padded(graph.edge_attr, eb)
-    if batch is None and spec.has_batch:
+    if batch is None:  # the real nodes are graph 0; the padding ones belong to none
         batch = np.zeros(n, np.int64)
     tables = request_tables(
         graph.edge_index,

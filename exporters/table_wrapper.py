@@ -28,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from edge_sdk.errors import UnsupportedModelError
-from edge_sdk.neighbour_tables import POOL, TableLayout, request_tables
+from edge_sdk.neighbour_tables import GRAPH_IDS, POOL, TableLayout, request_tables
 
+from .lowering.graph_norms import TableStats, has_lowered_norms, use_stats
 from .lowering.readout import table_readout
 from .lowering.tables import InputTables, use_tables
 from .lowering.tabulate import tabulate
@@ -46,7 +47,8 @@ def table_axes(names: Sequence[str], layout: TableLayout) -> dict[str, dict[int,
 
     ``x`` and every node table's ``order`` share ``num_nodes``; the readout
     table's ``order`` has ``num_graphs`` rows (the graph-level outputs' dim);
-    ``order``/``order_mask`` columns are per table (as many as a request needs).
+    ``order``/``order_mask`` columns are per table (as many as a request needs);
+    the nodes' graph ids (graph-level norms) have ``num_nodes`` rows.
     """
     axes: dict[str, dict[int, str]] = {"x": {0: "num_nodes"}}
     if "edge_attr" in names:
@@ -61,6 +63,8 @@ def table_axes(names: Sequence[str], layout: TableLayout) -> dict[str, dict[int,
         order = {0: rows, 1: f"{prefix}_splits"} if splits > 1 else {0: rows}
         axes[f"{prefix}.order"] = order
         axes[f"{prefix}.order_mask"] = order
+    if layout.graph_ids:
+        axes[GRAPH_IDS] = {0: "num_nodes"}
     return axes
 
 
@@ -93,6 +97,7 @@ class TableWrapper(nn.Module):
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         feeds = dict(zip(self.input_names, inputs, strict=True))
         x = feeds.pop("x")
+        graph_ids = feeds.pop(GRAPH_IDS, None)
         # Stands for `batch` in the user's forward: global_*_pool(h, batch) pools with
         # the readout table (matched by identity); nothing else may read it.
         batch = x.new_zeros(x.shape[0], dtype=torch.long) if self.layout.pool_widths else None
@@ -102,6 +107,9 @@ class TableWrapper(nn.Module):
             scope.enter_context(use_tables(InputTables(feeds, self.sources)))
             if batch is not None:
                 scope.enter_context(table_readout(batch))
+            if graph_ids is not None:  # graph-level norms (lowering.graph_norms)
+                given_batch = batch if "batch" in self.names else None
+                scope.enter_context(use_stats(TableStats(graph_ids, given_batch)))
             return as_tuple(self.model(**{k: given[k] for k in self.names}))
 
 
@@ -200,7 +208,11 @@ def lower_dynamic(
     if not variants:
         return Lowered(None, None, "scatter: the model has no message-passing layer to lower")
     layout = TableLayout.for_model(
-        variants, max_degree=max_degree, edge_ids="edge_attr" in names, pool="batch" in names
+        variants,
+        max_degree=max_degree,
+        edge_ids="edge_attr" in names,
+        pool="batch" in names,
+        graph_ids=has_lowered_norms(lowered),
     )
     wrapper = TableWrapper(lowered, names, layout).eval()
     inputs = table_feeds(feeds, layout)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from edge_sdk.errors import ExportError, UnsupportedModelError
 
+from .lowering.graph_norms import DenseStats, use_stats
 from .lowering.readout import dense_readout
 from .lowering.tables import TableSource, use_tables
 
@@ -116,7 +117,8 @@ class StaticWrapper(nn.Module):
         node_level: Outputs have one row per node (reshaped to ``[B, N, C]``);
             otherwise one row per graph (``[B, C]``).
         dense_readout: Pool ``global_*_pool`` readouts as dense reductions
-            (see :mod:`.lowering.readout`) instead of scatters.
+            (see :mod:`.lowering.readout`) instead of scatters, and give lowered
+            graph-level norms (:mod:`.lowering.graph_norms`) the ``B`` graphs of ``N`` nodes.
         tables: The fixed graph's neighbour tables, current while the model runs
             (layers lowered by :func:`.lowering.tabulate.tabulate` read them).
     """
@@ -161,6 +163,8 @@ class StaticWrapper(nn.Module):
                 scope.enter_context(use_tables(self.tables))
             if self.dense_readout and "batch" in feeds:
                 scope.enter_context(dense_readout(feeds["batch"], self.num_nodes))
+            if self.dense_readout:
+                scope.enter_context(use_stats(DenseStats(self.num_nodes, feeds.get("batch"))))
             outs = as_tuple(self.model(**feeds))
         if len(outs) != len(self.node_level):
             raise ExportError(

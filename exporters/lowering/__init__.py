@@ -22,6 +22,7 @@ from .gatv2 import StaticGATv2Conv
 from .gcn import StaticGCNConv
 from .gin import StaticGINConv
 from .graph_conv import StaticGraphConv
+from .graph_norms import lower_norms
 from .sage import StaticSAGEConv
 
 __all__ = [
@@ -76,8 +77,10 @@ def densify(
 
     Returns:
         A deep copy of ``model`` in eval mode in which every supported conv is replaced by
-        its dense equivalent holding the folded ``[N, N]`` constants as buffers. The
-        copy expects flat node features ``[B * N, F]`` for ``B`` stacked graphs.
+        its dense equivalent holding the folded ``[N, N]`` constants as buffers, and
+        graph-level norms by :class:`.graph_norms.LoweredNorm` (run it inside
+        :func:`.graph_norms.use_stats`). The copy expects flat node features
+        ``[B * N, F]`` for ``B`` stacked graphs.
 
     Raises:
         UnsupportedModelError: If a conv option cannot be lowered (e.g. ``GATConv`` with
@@ -105,6 +108,7 @@ def densify(
             return dense
         parent_path, _, name = path.rpartition(".")
         setattr(lowered.get_submodule(parent_path), name, dense)
+    lower_norms(lowered)
     share_constants(lowered)
     return lowered
 

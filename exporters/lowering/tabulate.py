@@ -24,6 +24,7 @@ from edge_sdk.neighbour_tables import (
     widths_up_to,
 )
 
+from .graph_norms import lower_norms
 from .table_attention import ATTENTION_CONVS
 from .table_convs import MESSAGE_CONVS, TableConv
 from .table_edge_conv import EDGE_CONVS
@@ -44,6 +45,9 @@ TABLE_CONVS: dict[type, type[TableConv]] = {
 
 def tabulate(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """Lower every supported PyG conv of a copy of ``model`` to neighbour tables.
+
+    Graph-level norms are lowered too (:func:`.graph_norms.lower_norms`): the copy then
+    runs inside :func:`.graph_norms.use_stats`.
 
     Returns:
         The lowered copy (eval mode) and the table variants its layers read, in
@@ -72,6 +76,7 @@ def tabulate(model: nn.Module) -> tuple[nn.Module, list[str]]:
             return table_conv, [v for v in VARIANTS if v in used]
         parent, _, name = path.rpartition(".")
         setattr(lowered.get_submodule(parent), name, table_conv)
+    lower_norms(lowered)
     return lowered, [v for v in VARIANTS if v in used]
 
 

@@ -288,7 +288,8 @@ def bucket_feeds(job: TargetJob, graph: DynamicGraph, bucket: int) -> Feeds | No
             graph.edge_index,
             b.max_nodes,
             layout,
-            batch=graph.batch,
+            # Without one, the real nodes are graph 0 (padding: none; graph-level norms).
+            batch=graph.batch if graph.batch is not None else np.zeros(n, np.int64),
             num_graphs=b.max_graphs,
             bucket=bucket,
             num_edges=b.max_edges,
