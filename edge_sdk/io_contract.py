@@ -112,6 +112,12 @@ class GraphSpec(_Spec):
         "rule, or the latencies it measured",
     )
 
+    whole_request_stats: bool = Field(
+        default=False,
+        description="outputs depend on statistics over the whole request (a graph-level "
+        "norm called without a batch vector): the runtime never merges requests",
+    )
+
     tables: TableLayout | None = Field(
         default=None,
         description="dynamic form with neighbour tables: the tables the runtime builds per "

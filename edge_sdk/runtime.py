@@ -271,8 +271,9 @@ class Runtime:
         spec = self._spec
         if self._dynamic:
             dyn = [g for g in graphs if isinstance(g, DynamicGraph)]
-            if self._graph_level and not spec.has_batch:
-                # Without a batch vector the readout would pool across requests.
+            if spec.whole_request_stats or (self._graph_level and not spec.has_batch):
+                # Without a batch vector the readout (or a graph-level norm, recorded at
+                # export) would take its statistics across requests.
                 return [self._run(g) for g in dyn]
             if len(dyn) == 1:
                 return [self._run(dyn[0])]
@@ -464,7 +465,7 @@ def _tables_implied(spec: GraphSpec, by_name: dict[str, TensorSpec]) -> bool:
         else:
             dtype = table_input_dtype(name)
             field = name.rsplit(".", 1)[-1]
-            rank = 1 if field.startswith("target") else 2
+            rank = 1 if field.startswith(("target", "graph")) else 2
             digits = field.lstrip("abcdefghijklmnopqrstuvwxyz_")
             table_widths = pool_widths if name.startswith("pool.") else widths
             if digits.isdigit() and int(digits) < len(table_widths):

@@ -22,6 +22,7 @@ from edge_sdk.neighbour_tables import DEFAULT_MAX_DEGREE, TableLayout
 
 from .aggregation import DEFAULT_DENSE_THRESHOLD, StaticLowering, check_aggregation
 from .intake import Sample
+from .lowering.graph_norms import norms_without_batch
 from .rewrites import project_first
 from .support import check_supported
 from .table_wrapper import (
@@ -54,6 +55,8 @@ class Prepared:
     graph_layers: list[str] = field(default_factory=list)
     rewrites: list[str] = field(default_factory=list)
     tables: TableLayout | None = None  # dynamic form over neighbour tables (model inputs)
+    #: Graph-level norms called without a batch vector: statistics over the whole request.
+    whole_request_stats: list[str] = field(default_factory=list)
 
     def feeds(self, sample: Sample) -> dict[str, np.ndarray]:
         """The request inputs of ``sample`` in this form's signature (what a caller sends)."""
@@ -208,7 +211,9 @@ def _dynamic(
         rewrites=[f"{p}: project before aggregating" for p in rewrites],
     )
     feeds = prepared.feeds(sample)
-    outs = _on_sample(sample, lambda: prepared.run_reference(feeds))
+    with norms_without_batch(model) as whole:
+        outs = _on_sample(sample, lambda: prepared.run_reference(feeds))
+    prepared.whole_request_stats = whole
     n = feeds["x"].shape[0]
     prepared.output_levels = [
         OutputLevel.NODE if o.ndim and o.shape[0] == n else OutputLevel.GRAPH for o in outs
@@ -275,7 +280,15 @@ def _static_pyg(
     probe = StaticWrapper(model, ei, n, names, node_level=[])
     with torch.no_grad():
         flat = probe.flat_inputs(torch.from_numpy(_at_least_two(x)))
-        outs = _on_sample(sample, lambda: as_tuple(model(**flat)))
+        with norms_without_batch(model) as whole:
+            outs = _on_sample(sample, lambda: as_tuple(model(**flat)))
+    if whole:
+        raise UnsupportedModelError(
+            f"layer '{whole[0]}' ({type(model.get_submodule(whole[0])).__name__}) is called "
+            "without a batch vector: in the static form its statistics would span all B "
+            "stacked graphs of a request, which batching and padding change; take `batch` in "
+            "forward and pass it to the norm (per-graph statistics), or use --form dynamic"
+        )
     b = max(2, x.shape[0])
     node_level = [o.ndim > 0 and o.shape[0] == b * n for o in outs]
     reference = StaticWrapper(model, ei, n, names, node_level)

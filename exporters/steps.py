@@ -286,6 +286,7 @@ def target_inputs(ctx: ExportContext) -> None:
         num_nodes=prepared.num_nodes,
         edge_dim=prepared.edge_dim,
         has_batch=has_batch,
+        whole_request_stats=bool(prepared.whole_request_stats),
         max_nodes=cfg.graph.max_nodes,
         max_edges=cfg.graph.max_edges,
         buckets=buckets,
