@@ -19,7 +19,6 @@ node, so a padding slot's message equals a real one's after any MLP and ``max``/
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -146,8 +145,11 @@ class TablePNAConv(TableConv):
         if set(self.aggrs) & {"var", "std"}:
             mean2 = table.reduce_slots([m * m for m in msgs], "sum") / count
             done["var"] = mean2 - done["mean"] * done["mean"]
-            std = done["var"].clamp(min=STD_EPS).sqrt()
-            done["std"] = std * (std > math.sqrt(STD_EPS)).to(std.dtype)
+            # PyG zeroes sqrt(max(var, eps)) where it is sqrt(eps): the same as var <= eps,
+            # tested on var (a comparison is exact on every engine; LiteRT's sqrt(eps) is
+            # not PyTorch's to the last bit, and it left sqrt(eps) on constant messages).
+            var = done["var"]
+            done["std"] = var.clamp(min=STD_EPS).sqrt() * (var > STD_EPS).to(var.dtype)
         for how in ("max", "min"):
             if how in self.aggrs:
                 done[how] = table.reduce_slots(msgs, how)
