@@ -4,6 +4,8 @@ A :class:`Side` lists every tensor of a layer that holds one side of a hidden
 dimension (output rows, input columns, per-channel norms) and the attributes
 that state its width. Structured pruning slices them; its self-check masks
 the same entries in a second copy and compares the two (see ``structured``).
+A side may cover one segment of a wider axis (a layer's channels inside a
+jumping-knowledge concatenation): the entries outside it are kept as they are.
 """
 
 from __future__ import annotations
@@ -56,14 +58,22 @@ class Side:
         layout: Blocks of ``units`` in the flat width the next layer sees
             (``heads`` for a concatenating attention layer, else 1).
         cuts: Tensors to cut.
-        attrs: ``(module, attribute, multiplier)``: set to ``multiplier * units``
-            after cutting (``in_channels``, ``out_channels``, ``num_features``).
+        attrs: ``(module, attribute, multiplier)``: reduced by ``multiplier``
+            per removed unit (``in_channels``, ``out_channels``, ``num_features``).
+        offset: First position of the side's channels along each cut axis
+            (non-zero for a segment of a concatenation); the rest is kept.
     """
 
     units: int
     layout: int = 1
     cuts: list[Cut] = field(default_factory=list)
     attrs: list[tuple[nn.Module, str, int]] = field(default_factory=list)
+    offset: int = 0
+
+    def segment(self, offset: int, units: int) -> Side:
+        """Restrict the side to ``units`` positions from ``offset`` (a part of its axis)."""
+        self.offset, self.units = offset, units
+        return self
 
     def importance(self) -> Tensor:
         """Squared L2 norm per channel over all scoring tensors (and heads)."""
@@ -78,21 +88,24 @@ class Side:
         """Keep only channels ``keep`` in every tensor and update the width attributes."""
         for cut in _unique(self.cuts):
             old = cut.tensor()
-            where = cut.positions(keep, self.units).to(old.device)
-            new = old.detach().index_select(cut.dim, where).clone()
+            end, size = self.offset + cut.heads * self.units, old.shape[cut.dim]
+            inner = cut.positions(keep, self.units) + self.offset
+            where = torch.cat([torch.arange(self.offset), inner, torch.arange(end, size)])
+            new = old.detach().index_select(cut.dim, where.to(old.device)).clone()
             if isinstance(old, nn.Parameter):
                 setattr(cut.owner, cut.name, nn.Parameter(new, requires_grad=old.requires_grad))
             else:
                 setattr(cut.owner, cut.name, new)
         for module, attr, mult in self.attrs:
-            _set_width(module, attr, mult * len(keep))
+            _shrink_width(module, attr, mult * (self.units - len(keep)))
 
     def mask(self, drop: Tensor) -> None:
         """Zero channels ``drop`` in every tensor (shapes unchanged)."""
         with torch.no_grad():
             for cut in _unique(self.cuts):
                 t = cut.tensor()
-                t.index_fill_(cut.dim, cut.positions(drop, self.units).to(t.device), 0.0)
+                where = cut.positions(drop, self.units) + self.offset
+                t.index_fill_(cut.dim, where.to(t.device), 0.0)
 
 
 def _unique(cuts: list[Cut]) -> list[Cut]:
@@ -107,9 +120,9 @@ def _unique(cuts: list[Cut]) -> list[Cut]:
     return out
 
 
-def _set_width(module: nn.Module, attr: str, value: int) -> None:
+def _shrink_width(module: nn.Module, attr: str, by: int) -> None:
     old = getattr(module, attr, None)
-    if isinstance(old, tuple):
-        setattr(module, attr, tuple(value for _ in old))  # bipartite (src, dst) widths
-    elif old is not None:
-        setattr(module, attr, value)
+    if isinstance(old, tuple):  # bipartite (src, dst) widths
+        setattr(module, attr, tuple(w - by if w > 0 else w for w in old))
+    elif isinstance(old, int) and old > 0:  # -1: a lazy layer's unknown width stays unknown
+        setattr(module, attr, old - by)

@@ -3,7 +3,7 @@
 ``output_side(m)`` lists what to cut when ``m`` produces a hidden dimension
 (weight rows, biases, attention vectors); ``input_side(m)`` what to cut when it
 consumes one (weight columns); ``norm_side(m)`` the per-channel tensors of a
-channel-wise layer in between (BatchNorm, PReLU).
+channel-wise layer in between (BatchNorm, InstanceNorm, GraphNorm, PReLU).
 """
 
 from __future__ import annotations
@@ -151,10 +151,13 @@ def norm_side(m: nn.Module) -> Side | None:
         assert side is not None
         side.attrs.append((m, "in_channels", 1))
         return side
-    if isinstance(m, nn.BatchNorm1d):
+    if isinstance(m, nn.BatchNorm1d | nn.InstanceNorm1d | pyg_nn.InstanceNorm):
         names = ("weight", "bias", "running_mean", "running_var")
         cuts = [Cut(m, n, 0) for n in names if getattr(m, n, None) is not None]
-        return Side(m.num_features, 1, cuts, [(m, "num_features", 1)])
+        return Side(m.num_features, 1, cuts, [(m, "num_features", 1)]) if cuts else None
+    if isinstance(m, pyg_nn.GraphNorm):
+        cuts = [Cut(m, n, 0) for n in ("weight", "bias", "mean_scale")]
+        return Side(m.in_channels, 1, cuts, [(m, "in_channels", 1)])
     if isinstance(m, nn.PReLU) and m.num_parameters > 1:
         return Side(m.num_parameters, 1, [Cut(m, "weight", 0)], [(m, "num_parameters", 1)])
     return None

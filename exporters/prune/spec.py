@@ -101,7 +101,9 @@ class PruneReport:
         layers: Per layer. Unstructured: ``{"layer", "sparsity", "params"}``.
             Structured, per pruned hidden dimension: ``{"layer", "class",
             "consumers", "channels_before", "channels_after"}`` plus ``heads``,
-            ``per_head_before`` and ``per_head_after`` for attention layers.
+            ``per_head_before`` and ``per_head_after`` for attention layers,
+            and ``tied`` (the layers that keep the same channels: a ``max``
+            jumping knowledge) when there are several.
         scope: Unstructured: ``global`` or ``layer``.
         sparsity: Unstructured: fraction of exact zeros over all pruned weights.
         skipped: Structured: hidden dimensions left whole, ``{"layer", "reason"}``.

@@ -1,9 +1,10 @@
 """Structured pruning: remove the least important hidden channels, shrinking tensors.
 
-Each hidden dimension (see ``trace``) keeps the ``1 - amount`` fraction of
+Each hidden dimension (see ``flow``) keeps the ``1 - amount`` fraction of
 its channels with the largest L2 norm over the producing layer's output rows
-(summed over heads for attention layers). The producer's rows, the
-channel-wise layers in between and the consumer's columns are sliced alike.
+(summed over heads for attention layers, and over the layers of a tied
+dimension). The producers' rows, the channel-wise layers in between and the
+consumers' columns (at their offset in a concatenation) are sliced alike.
 
 Self-check: slicing must equal zeroing. For every dimension, a copy whose
 removed channels are zeroed (producer rows and consumer columns) must give
@@ -25,8 +26,9 @@ from edge_sdk.errors import ExportError
 
 from ..wrappers import as_tuple
 from .cuts import Side
+from .flow import HiddenDim, hidden_dims
 from .layers import input_side, norm_side, output_side
-from .trace import HiddenDim, hidden_dims, record_calls
+from .trace import record_calls
 
 
 @dataclass
@@ -68,10 +70,13 @@ def structured(
         ExportError: No hidden dimension could be pruned (reasons listed).
     """
     dims, skipped = hidden_dims(record_calls(model, example))
-    plans = [_plan(model, d, amount) for d in dims]
     accepted: list[_Cut] = []
     pruned: nn.Module | None = None
-    for plan in plans:
+    for dim in dims:
+        plan = _plan(dim, amount)
+        if isinstance(plan, str):
+            skipped.append({"layer": dim.producer.path, "reason": plan})
+            continue
         candidate, problem = _self_check(model, [*accepted, plan], example)
         if problem is None:
             accepted.append(plan)
@@ -87,35 +92,49 @@ def structured(
     return pruned, [_describe(p) for p in accepted], skipped
 
 
-def _plan(model: nn.Module, dim: HiddenDim, amount: float) -> _Cut:
-    side = output_side(dim.producer.path, dim.producer.module)
-    input_side(dim.consumer.path, dim.consumer.module)  # refuse early, naming the layer
-    n_keep = max(1, round(side.units * (1.0 - amount)))
-    order = torch.argsort(side.importance(), descending=True, stable=True)
-    keep = torch.sort(order[:n_keep]).values
-    return _Cut(dim, side.units, side.layout, keep)
+def _plan(dim: HiddenDim, amount: float) -> _Cut | str:
+    """The channels to keep, or why not (tied layers of different shapes)."""
+    sides = [output_side(p.path, p.module) for p in dim.producers]
+    for use in dim.consumers:
+        input_side(use.call.path, use.call.module)  # refuse early, naming the layer
+    shapes = {(s.units, s.layout) for s in sides}
+    if len(shapes) > 1:
+        tied = ", ".join(p.path for p in dim.producers)
+        return f"the tied layers ({tied}) differ in channels x heads {sorted(shapes)}"
+    units, layout = shapes.pop()
+    n_keep = max(1, round(units * (1.0 - amount)))
+    importance = torch.stack([s.importance() for s in sides]).sum(0)
+    order = torch.argsort(importance, descending=True, stable=True)
+    return _Cut(dim, units, layout, torch.sort(order[:n_keep]).values)
 
 
-def _sides(model: nn.Module, plan: _Cut) -> tuple[Side, Side, list[Side]]:
-    modules = dict(model.named_modules())
-    d = plan.dim
-    out = output_side(d.producer.path, modules[d.producer.path])
-    into = input_side(d.consumer.path, modules[d.consumer.path])
-    mids = [norm_side(modules[c.path]) for c in d.between]
-    return out, into, [m for m in mids if m is not None]
+def _sides(model: nn.Module, plan: _Cut) -> tuple[list[Side], list[Side]]:
+    """The producers' sides, and the sides seen at an offset: consumers and norms."""
+    at = model.get_submodule  # by path: ``model`` is a copy of the traced one
+    d, width = plan.dim, plan.units * plan.layout
+    outs = [output_side(p.path, at(p.path)) for p in d.producers]
+    seen = [input_side(u.call.path, at(u.call.path)).segment(u.offset, width)
+            for u in d.consumers]  # fmt: skip
+    for use in d.between:
+        norm = norm_side(at(use.call.path))
+        if norm is not None:
+            seen.append(norm.segment(use.offset, width))
+    return outs, seen
 
 
 def _apply(model: nn.Module, plans: list[_Cut], how: Literal["slice", "mask"]) -> nn.Module:
     # Sides are collected first: slicing one dim must not change another's view.
-    sides = [(_sides(model, p), p) for p in plans]
-    for (out, into, mids), plan in sides:
+    ops: list[tuple[Side, Tensor, Tensor]] = []  # side, channels kept, channels dropped
+    for plan in plans:
+        outs, seen = _sides(model, plan)
+        ops += [(s, plan.keep, plan.drop()) for s in outs]
+        ops += [(s, plan.flat(plan.keep), plan.flat(plan.drop())) for s in seen]
+    # Segments of one axis are cut from the last: the earlier ones keep their offsets.
+    for side, keep, drop in sorted(ops, key=lambda op: -op[0].offset):
         if how == "slice":
-            out.slice(plan.keep)
-            for side in (into, *mids):
-                side.slice(plan.flat(plan.keep))
-        else:  # the in-between layers need no mask: the consumer ignores those channels
-            out.mask(plan.drop())
-            into.mask(plan.flat(plan.drop()))
+            side.slice(keep)
+        else:  # zeroing the norms in between too is harmless: the consumers ignore them
+            side.mask(drop)
     return model
 
 
@@ -149,10 +168,12 @@ def _describe(plan: _Cut) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "layer": d.producer.path,
         "class": type(d.producer.module).__name__,
-        "consumers": [d.consumer.path],
+        "consumers": [u.call.path for u in d.consumers],
         "channels_before": plan.units * plan.layout,
         "channels_after": len(plan.keep) * plan.layout,
     }
+    if len(d.producers) > 1:
+        entry["tied"] = [p.path for p in d.producers]
     heads = getattr(d.producer.module, "heads", None)
     if isinstance(heads, int):
         entry |= {

@@ -1,17 +1,15 @@
-"""Find the hidden dimensions of a model by running it once with forward hooks.
+"""Record how a model's layers are called, by running it once with forward hooks.
 
-The layers are seen in the order they are called. Each weight layer's output
-width should be the next weight layer's input width, with only channel-wise
-layers (activations, dropout, BatchNorm, GIN's aggregation) in between: that
-pair is one hidden dimension. The model's input features and its outputs are
-never hidden dimensions. Operations the hooks cannot see (functional calls,
-residual additions, concatenations) are caught later by the numeric
-self-check in ``structured``.
+The layers are seen in the order they are called, each with a role: weight
+layers (cut), channel-wise layers (activations, dropout, per-channel norms,
+GIN's aggregation), blockers that mix channels, opaque layers, and
+``JumpingKnowledge`` (cat/max), which gathers several layers' outputs. Each
+call keeps its input and output tensors so that ``flow`` can tell which
+layer's channels reach a jumping-knowledge fan-in.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,46 +17,56 @@ import torch
 import torch_geometric.nn as pyg_nn
 from torch import Tensor, nn
 from torch_geometric.nn.aggr import Aggregation, MultiAggregation
-
-from edge_sdk.errors import UnsupportedModelError
+from torch_geometric.nn.models import JumpingKnowledge
 
 from ..support import CONTAINERS
 from .layers import WEIGHT_LAYERS
 
-Role = Literal["weight", "channelwise", "blocker", "opaque", "container"]
+Role = Literal["weight", "channelwise", "blocker", "opaque", "container", "fanin"]
 
 _ELEMENTWISE = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.PReLU, nn.Identity,
     nn.Dropout, nn.AlphaDropout,
 )  # fmt: skip
-_CHANNELWISE = (*_ELEMENTWISE, nn.BatchNorm1d, pyg_nn.BatchNorm, pyg_nn.GINConv)
+#: Per channel: a channel's output depends on that channel only (over nodes or graphs).
+_CHANNELWISE = (
+    *_ELEMENTWISE, nn.BatchNorm1d, pyg_nn.BatchNorm, pyg_nn.GraphNorm, pyg_nn.InstanceNorm,
+    pyg_nn.GINConv,
+)  # fmt: skip
 #: Mix all channels of a row: removing channels changes the others.
 _BLOCKERS = (nn.LayerNorm, pyg_nn.LayerNorm, nn.Softmax, nn.LogSoftmax, nn.Flatten)
 
 
 @dataclass
 class Call:
-    """One call of a hooked layer."""
+    """One call of a hooked layer.
+
+    Attributes:
+        path: Module path.
+        module: The layer.
+        role: See :func:`role`.
+        in_width: Width of its (first) input.
+        out_width: Width of its output.
+        inputs: Input tensors: the first one, or all of a fan-in's list.
+        output: Its (first) output tensor.
+        nested: Its children are hooked too (GIN): its output is theirs.
+    """
 
     path: str
     module: nn.Module
     role: Role
     in_width: int | None = None
     out_width: int | None = None
-
-
-@dataclass
-class HiddenDim:
-    """A producer's output channels, consumed by the next weight layer."""
-
-    producer: Call
-    consumer: Call
-    between: list[Call] = field(default_factory=list)
+    inputs: list[Tensor] = field(default_factory=list)
+    output: Tensor | None = None
+    nested: bool = False
 
 
 def role(module: nn.Module) -> Role:
     """How a layer relates to the channels flowing through it."""
+    if isinstance(module, JumpingKnowledge):  # lstm mixes channels with weights
+        return "fanin" if module.mode in ("cat", "max") else "opaque"
     if isinstance(module, WEIGHT_LAYERS):
         return "weight"
     if isinstance(module, _CHANNELWISE):
@@ -83,11 +91,13 @@ def record_calls(model: nn.Module, example: dict[str, Tensor]) -> list[Call]:
     """Run ``model(**example)`` (no grad) and list the hooked layers in call order."""
     calls: list[Call] = []
     handles: list[Any] = []
+    hooked: set[int] = set()
 
     def visit(prefix: str, module: nn.Module) -> None:
         r = role(module)
-        if r != "container":
-            pre = _pre(prefix, r, calls)
+        if r != "container" and id(module) not in hooked:  # shared (GIN's act): hook once
+            hooked.add(id(module))
+            pre = _pre(prefix, r, calls, nested=isinstance(module, pyg_nn.GINConv))
             handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(module.register_forward_hook(_post(calls, module)))
         if r == "container" or isinstance(module, pyg_nn.GINConv):
@@ -117,9 +127,13 @@ def _width(t: Tensor | None) -> int | None:
     return int(t.shape[-1]) if t is not None and t.dim() > 0 else None
 
 
-def _pre(path: str, r: Role, calls: list[Call]) -> Any:
+def _pre(path: str, r: Role, calls: list[Call], nested: bool) -> Any:
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        calls.append(Call(path, module, r, _width(_first_tensor(args, kwargs))))
+        first = _first_tensor(args, kwargs)
+        inputs = [first] if first is not None else []
+        if r == "fanin" and args and isinstance(args[0], list | tuple):
+            inputs = [t for t in args[0] if isinstance(t, Tensor)]
+        calls.append(Call(path, module, r, _width(first), inputs=inputs, nested=nested))
 
     return hook
 
@@ -128,76 +142,8 @@ def _post(calls: list[Call], module: nn.Module) -> Any:
     def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         for call in reversed(calls):  # the latest unfinished call of this module
             if call.module is module and call.out_width is None:
-                call.out_width = _width(_first_tensor((out,), {}))
+                call.output = _first_tensor((out,), {})
+                call.out_width = _width(call.output)
                 return
 
     return hook
-
-
-def hidden_dims(calls: list[Call]) -> tuple[list[HiddenDim], list[dict[str, str]]]:
-    """Pair each weight layer with the next one; return the dims and the skipped ones.
-
-    Raises:
-        UnsupportedModelError: A layer structured pruning cannot cut sits on a
-            hidden dimension (named with its class).
-    """
-    dims: list[HiddenDim] = []
-    skipped: list[dict[str, str]] = []
-    pending: Call | None = None
-    between: list[Call] = []
-    blocked: str | None = None
-    for call in calls:
-        if pending is None:
-            pending = call if call.role == "weight" else None
-            continue
-        if call.role == "channelwise":
-            if call.in_width == pending.out_width:  # else it works on another tensor
-                between.append(call)
-            continue
-        if call.role == "blocker":
-            blocked = blocked or f"{call.path} ({type(call.module).__name__}) sits in between"
-            continue
-        if call.role == "opaque" and blocked is None:
-            raise UnsupportedModelError(
-                f"structured pruning: layer {call.path} ({type(call.module).__name__}) follows "
-                f"{pending.path} and is not supported; supported layers: "
-                f"{', '.join(sorted({c.__name__ for c in WEIGHT_LAYERS}))}; "
-                "use unstructured pruning"
-            )
-        if call.role == "opaque":
-            skipped.append({"layer": pending.path, "reason": blocked or ""})
-        elif call.role == "weight":
-            if blocked is None and call.in_width != pending.out_width:
-                blocked = (
-                    f"{call.path} takes {call.in_width} features where {pending.path} gives "
-                    f"{pending.out_width} (concatenation, pooling or reshape in between)"
-                )
-            if blocked is None:
-                dims.append(HiddenDim(pending, call, between))
-            else:
-                skipped.append({"layer": pending.path, "reason": blocked})
-        pending = call if call.role == "weight" else None
-        between, blocked = [], None
-    return _drop_reused(dims, skipped)
-
-
-def _drop_reused(
-    dims: list[HiddenDim], skipped: list[dict[str, str]]
-) -> tuple[list[HiddenDim], list[dict[str, str]]]:
-    # A layer called twice (shared weights) would be cut twice: leave its dims whole.
-    uses = Counter(
-        (id(c.module), side)
-        for d in dims
-        for side, group in (("out", [d.producer]), ("in", [d.consumer]), ("mid", d.between))
-        for c in group
-    )
-    kept = []
-    for d in dims:
-        members = [("out", d.producer), ("in", d.consumer), *(("mid", c) for c in d.between)]
-        reused = [c.path for side, c in members if uses[(id(c.module), side)] > 1]
-        if d.producer.module is d.consumer.module or reused:
-            why = f"{(reused or [d.producer.path])[0]} is called more than once (shared weights)"
-            skipped.append({"layer": d.producer.path, "reason": why})
-        else:
-            kept.append(d)
-    return kept, skipped
