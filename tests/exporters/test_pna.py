@@ -321,3 +321,34 @@ def test_pna_dense_static_lowering_is_refused_by_name() -> None:
     sample = sample_from_arrays(static_sample(1, 2))
     with pytest.raises(UnsupportedModelError, match=r"'convs\.0' \(PNAConv\).*dense"):
         prepare(pna_model(), [sample], "static", aggregation="dense")
+
+
+def test_pna_with_edge_attr_jk_and_norm_takes_tables_in_the_dynamic_form() -> None:
+    """``edge_dim``, towers, every aggregator, ``jk='cat'`` and batch norm: the wrapper over
+    input tables (edge_attr by edge id) matches PyG on a graph with duplicates and a hub."""
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.exporters.prepare import prepare
+    from edge_sdk.exporters.table_wrapper import table_feeds
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        opts = {"aggregators": ALL_AGGRS, "scalers": ALL_SCALERS, "deg": DEG, "edge_dim": 2}
+        model = PNA(F, 8, 2, C, towers=2, jk="cat", norm="batch", **opts).eval()
+    rng = np.random.default_rng(0)
+    g = request(rng, 14, 40)
+    g["edge_index"] = np.concatenate(
+        [np.array([[1, 1, 2, 3, 4], [0, 0, 0, 0, 0]]), g["edge_index"]], 1
+    )
+    g["edge_attr"] = rng.standard_normal((g["edge_index"].shape[1], 2)).astype(np.float32)
+    prepared = prepare(model, [sample_from_arrays(g)], "dynamic")
+    assert prepared.aggregation == "tables" and prepared.tables is not None
+    assert "edge_attr" in prepared.model_names and "raw.edge0" in prepared.model_names
+    feeds = table_feeds(g, prepared.tables)
+    with torch.no_grad():
+        got = prepared.export_module(*(torch.from_numpy(feeds[k]) for k in prepared.model_names))
+        want = model(
+            *(torch.from_numpy(g[k]) for k in ("x", "edge_index")),
+            edge_attr=torch.from_numpy(g["edge_attr"]),
+        )
+    assert float(want.abs().max()) > 0.05
+    assert float((got[0] - want).abs().max()) <= TOL
