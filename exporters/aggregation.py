@@ -173,6 +173,13 @@ class StaticLowering:
         refused = self.tables_refused()
         small = n <= dense_threshold
         if refused:
+            if small and (no_dense := self.dense_refused()):
+                # e.g. the user's own MessagePassing layer: only its own scatter code runs it.
+                return Choice(
+                    "scatter",
+                    f"no neighbour-table lowering ({refused.splitlines()[0]}); "
+                    f"no dense lowering either ({no_dense.splitlines()[0]})",
+                )
             fallback = "dense" if small else "scatter"
             limit = "<=" if small else ">"
             return Choice(

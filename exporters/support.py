@@ -19,6 +19,7 @@ import torch_geometric.nn as pyg_nn
 from torch_geometric.nn import aggr as pyg_aggr
 from torch_geometric.nn import norm as pyg_norm
 from torch_geometric.nn.aggr.fused import FusedAggregation
+from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.models import JumpingKnowledge
 from torch_geometric.nn.models.basic_gnn import BasicGNN
 from torch_geometric.utils._trim_to_layer import TrimToLayer
@@ -143,6 +144,12 @@ def _refusal(path: str, module: torch.nn.Module) -> str | None:
             f"order-dependent: it has no scatter-free lowering); supported: sum, mean, max, "
             f"min and MultiAggregation of those (std/var and degree scalers inside PNAConv)"
         )
+    if isinstance(module, pyg_aggr.MultiAggregation) and module.mode == "attn":
+        return (
+            f"layer {where}: MultiAggregation mode 'attn' is not supported (multi-head "
+            f"attention across the aggregations has no lowering); use mode 'cat', 'proj', "
+            f"'sum', 'mean', 'max' or 'min'"
+        )
     return None
 
 
@@ -165,6 +172,11 @@ def check_supported(model: torch.nn.Module) -> list[str]:
         if isinstance(module, GRAPH_LAYERS):
             found.append(cls.__name__)
             continue  # its inner MLPs and aggregation are checked too (by the walk)
+        if isinstance(module, MessagePassing) and not _is_library_class(cls):
+            # The user's own layer (its own message): a graph layer, traced as written;
+            # its form and aggregation are decided by whether a lowering takes it.
+            found.append(cls.__name__)
+            continue
         if isinstance(module, NODE_LAYERS):
             inside_supported.add(path)
             continue

@@ -51,6 +51,23 @@ from .base import (
 )
 from .litert_tables import compile_bucketed
 
+
+def layer_refusal(job: TargetJob, scatters: list[str]) -> str | None:
+    """Why LiteRT is refused when a layer kept scatter because nothing lowers it, or None.
+
+    The user's own ``MessagePassing`` layer (or an option without a lowering) keeps
+    PyG's scatter in every form: the usual advice (neighbour tables, the static or
+    dense form) cannot help, so the refusal names the layer and why instead.
+    """
+    why = job.graph.aggregation_reason
+    if job.graph.aggregation != "scatter" or "Cannot lower layer" not in why:
+        return None
+    return (
+        f"onnx2tf cannot convert {', '.join(scatters)}: the model keeps scatter "
+        f"aggregation because a layer has no scatter-free lowering: {why}"
+    )
+
+
 #: onnx2tf output file suffix per precision.
 _SUFFIX = {
     Precision.FP32: "float32",
@@ -110,7 +127,8 @@ class CompileLiteRT:
         scatters = lg.reducing_scatters(model)
         if scatters and job.graph.num_nodes is None:
             raise TargetNotSupported(
-                f"onnx2tf cannot convert {', '.join(scatters)} (dynamic-form aggregation): "
+                layer_refusal(job, scatters)
+                or f"onnx2tf cannot convert {', '.join(scatters)} (dynamic-form aggregation): "
                 "export with --aggregation tables (neighbour tables as inputs, one file per "
                 "bucket), or --form static to fold the topology into the model"
             )
@@ -126,7 +144,8 @@ class CompileLiteRT:
         if left:
             n = job.graph.num_nodes
             raise TargetNotSupported(
-                f"onnx2tf cannot convert {', '.join(left)} (scatter aggregation of a large "
+                layer_refusal(job, left)
+                or f"onnx2tf cannot convert {', '.join(left)} (scatter aggregation of a large "
                 f"static graph): export with --form static; raise --dense-threshold above {n} "
                 "so the adjacency is folded densely"
             )
