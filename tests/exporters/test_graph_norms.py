@@ -1,0 +1,359 @@
+"""Graph-level norms (GraphNorm, InstanceNorm, LayerNorm graph/node, BatchNorm) in every form.
+
+PyG normalises each graph of ``batch`` over its own nodes with a scatter; the exporter
+lowers these norms (:mod:`edge_sdk.exporters.lowering.graph_norms`) to reductions over
+the ``[B, N, F]`` view (static form) or over the readout table plus each node's graph
+id, ``pool.graph`` (dynamic form over tables), so no ``ScatterElements`` reaches an
+engine. First the lowerings against eager PyG (every norm, every form, padding), then
+three shared exports through :class:`~edge_sdk.Runtime`: a model holding every norm
+(dynamic: ONNX Runtime, OpenVINO and LiteRT; static: ONNX Runtime), and
+``GIN(norm='graph_norm')``, whose norms sit inside ``GINConv``'s MLP and are called
+without ``batch`` (PyG then takes one set of statistics over the whole request), which
+the runtime must therefore never merge with other requests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import GCNConv, global_add_pool
+from torch_geometric.nn import norm as pyg_norm
+from torch_geometric.nn.models import GCN, GIN
+
+from edge_sdk import Runtime
+from edge_sdk.errors import UnsupportedModelError
+from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
+from edge_sdk.exporters.aggregation import StaticLowering
+from edge_sdk.exporters.lowering.graph_norms import has_lowered_norms
+from edge_sdk.exporters.prepare import prepare
+from edge_sdk.exporters.support import check_supported
+from edge_sdk.exporters.table_wrapper import lower_dynamic, table_feeds
+from edge_sdk.exporters.wrappers import StaticWrapper
+from edge_sdk.io_contract import Bucket
+from edge_sdk.neighbour_tables import GRAPH_IDS, request_tables
+from edge_sdk.serving.batcher import BatcherConfig, DynamicBatcher
+
+pytestmark = [
+    pytest.mark.requires_backend("onnxruntime"),
+    pytest.mark.timeout(600),
+]
+
+ATOL = 1e-4
+F, N = 4, 10  # features; nodes of the static form's graph
+NORMS = {
+    "graph_norm": ("graph_norm", {}),
+    "instance_norm": ("instance_norm", {}),
+    "instance_norm_affine": ("instance_norm", {"affine": True}),
+    "instance_norm_running": ("instance_norm", {"track_running_stats": True}),
+    "layer_norm": ("layer_norm", {}),
+    "layer_norm_node": ("layer_norm", {"mode": "node"}),
+    "batch_norm": ("batch_norm", {}),
+}
+#: Lowered (lowering.graph_norms); the others are per node in eval mode and export as they are.
+GRAPH_LEVEL = {n for n in NORMS if n not in ("layer_norm_node", "batch_norm")}
+
+
+def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` in eval mode with every parameter and running statistic away from its default."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            for _, p in module.named_parameters(recurse=False):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            for name, b in module.named_buffers(recurse=False):
+                if name in ("running_mean", "running_var"):
+                    b.copy_(torch.rand(b.shape, generator=gen) + (0.5 if "var" in name else -0.5))
+    return model.eval()
+
+
+def gcn(norm: str) -> nn.Module:
+    kind, kwargs = NORMS[norm]
+    return seeded(GCN(F, 8, 2, 3, norm=kind, norm_kwargs=kwargs))
+
+
+def graph(seed: int, n: int, e: int, graphs: int = 1) -> dict[str, np.ndarray]:
+    """``n`` nodes over ``graphs`` graphs (consecutive, uneven), edges within each graph."""
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.choice(np.arange(1, n), graphs - 1, replace=False))
+    batch = np.repeat(np.arange(graphs), np.diff([0, *cuts, n])).astype(np.int64)
+    src = rng.integers(0, n, e)
+    starts, sizes = np.r_[0, cuts][batch[src]], np.bincount(batch, minlength=graphs)[batch[src]]
+    dst = starts + rng.integers(0, 1 << 30, e) % sizes  # same graph as the source
+    x = rng.uniform(-2, 3, (n, F)).astype(np.float32)
+    return {"x": x, "edge_index": np.stack([src, dst]).astype(np.int64), "batch": batch}
+
+
+def eager(model: nn.Module, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    return tuple(o.numpy() for o in (out if isinstance(out, tuple) else (out,)))
+
+
+# -- the lowerings against eager PyG ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("aggregation", ["dense", "tables"])
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_static_norms_are_per_stacked_graph(norm: str, aggregation: str) -> None:
+    model = gcn(norm)
+    rng = np.random.default_rng(3)
+    ei = torch.from_numpy(rng.integers(0, N, (2, 30)))
+    names = ["x", "edge_index", "batch"]
+    x = torch.from_numpy(rng.uniform(-2, 3, (3, N, F)).astype(np.float32))
+    lowered, _ = StaticLowering(model, ei, N, names, [True]).build(aggregation)
+    assert has_lowered_norms(lowered) is (norm in GRAPH_LEVEL)
+    with torch.no_grad():
+        want = StaticWrapper(model, ei, N, names, [True])(x)[0]
+        got = lowered(x)[0]
+        # Per graph: graph 1 alone gives what it gives among the three.
+        alone = lowered(x[1:2])[0]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=ATOL)
+    np.testing.assert_allclose(alone[0].numpy(), want[1].numpy(), atol=ATOL)
+
+
+def dynamic_lowering(model: nn.Module, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
+    low = lower_dynamic(model, names, feeds, list(eager(model, feeds)), max_degree=16)
+    assert low.module is not None and low.layout is not None, low.reason
+    return low
+
+
+def run_tables(low: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    inputs = table_feeds(feeds, low.layout)
+    with torch.no_grad():
+        return low.module(*(torch.from_numpy(inputs[k]) for k in low.module.input_names))[0].numpy()
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_dynamic_table_norms_are_per_graph_of_the_union(norm: str) -> None:
+    model = gcn(norm)
+    names = ["x", "edge_index", "batch"]
+    low = dynamic_lowering(model, names, graph(1, 24, 60, graphs=3))
+    graph_level = norm in GRAPH_LEVEL
+    assert low.layout.graph_ids is graph_level
+    assert (GRAPH_IDS in low.module.input_names) is graph_level
+    for seed, (n, e, g) in enumerate([(30, 80, 4), (7, 12, 1), (40, 100, 5)]):
+        feeds = graph(10 + seed, n, e, g)
+        np.testing.assert_allclose(run_tables(low, feeds), eager(model, feeds)[0], atol=ATOL)
+        # Without a batch vector the request is one graph (PyG's semantics).
+        single = {k: feeds[k] for k in ("x", "edge_index")}
+        np.testing.assert_allclose(run_tables(low, single), eager(model, single)[0], atol=ATOL)
+
+
+@pytest.mark.parametrize("norm", ["graph_norm", "instance_norm", "layer_norm"])
+def test_padding_nodes_do_not_enter_the_statistics(norm: str) -> None:
+    """A bucket's padding nodes (garbage features, no graph) change no real row."""
+    model = gcn(norm)
+    low = dynamic_lowering(model, ["x", "edge_index", "batch"], graph(1, 24, 60, graphs=3))
+    for batched in (True, False):
+        feeds = graph(5, 20, 50, graphs=3)
+        want = eager(model, feeds if batched else {k: feeds[k] for k in ("x", "edge_index")})[0]
+        n, pad = 20, 12
+        x = np.concatenate([feeds["x"], np.full((pad, F), 50.0, np.float32)])
+        # As the runtime pads (edge_sdk.packing.table_feeds): real nodes graph 0 when no batch.
+        batch = feeds["batch"] if batched else np.zeros(n, np.int64)
+        tables = request_tables(feeds["edge_index"], n + pad, low.layout, batch=batch, num_graphs=4)
+        assert tables[GRAPH_IDS].shape == (n + pad,)
+        inputs = {"x": x} | tables
+        with torch.no_grad():
+            got = low.module(*(torch.from_numpy(inputs[k]) for k in low.module.input_names))[0]
+        np.testing.assert_allclose(got.numpy()[:n], want, atol=ATOL)
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+def test_static_form_refuses_a_norm_called_without_batch() -> None:
+    """GIN's norms sit in GINConv's MLP, called without ``batch``: across B stacked graphs."""
+    model = seeded(GIN(F, 8, 2, 2, norm="graph_norm"))
+    x = np.random.default_rng(0).uniform(-1, 1, (2, N, F)).astype(np.float32)
+    sample = sample_from_arrays({"x": x, "edge_index": np.array([[0, 1], [1, 2]])})
+    with pytest.raises(
+        UnsupportedModelError, match=r"'convs\.0\.nn\.norms\.0' \(GraphNorm\).*batch"
+    ):
+        prepare(model, [sample], form="static", aggregation="dense")
+
+
+@pytest.mark.parametrize("norm", ["pairnorm", "diffgroupnorm"])
+def test_norms_without_a_lowering_are_refused_by_name(norm: str) -> None:
+    model = GCN(
+        F, 8, 2, 3, norm=norm, norm_kwargs={"groups": 2} if norm == "diffgroupnorm" else None
+    )
+    with pytest.raises(
+        UnsupportedModelError, match=r"layer norms\.0 is .*(PairNorm|DiffGroupNorm)"
+    ):
+        check_supported(model)
+
+
+# -- exported, through the Runtime ------------------------------------------------------------
+
+
+class AllNorms(nn.Module):
+    """Every norm in a row, a node-level output and a ``global_add_pool`` readout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = GCNConv(F, 8)
+        self.norms = nn.ModuleList(
+            [
+                pyg_norm.GraphNorm(8),
+                pyg_norm.InstanceNorm(8, affine=True),
+                pyg_norm.LayerNorm(8),
+                pyg_norm.LayerNorm(8, mode="node"),
+                pyg_norm.BatchNorm(8),
+            ]
+        )
+        self.conv2 = GCNConv(8, 3)
+
+    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.conv1(x, edge_index).relu()
+        for i, norm in enumerate(self.norms):
+            h = norm(h, batch) if i < 3 else norm(h)
+        h = self.conv2(h, edge_index)
+        return h, global_add_pool(h, batch)
+
+
+def profile(root: Path, engines: list[str]) -> str:
+    lines = ["name: norms", "description: graph norms", "arch: x86_64", "device_class: x86-cpu"]
+    lines += ["threads: 1", "targets:"]
+    for use in engines:
+        lines += [f"  - use: {use}", "    precisions: [fp32]"]
+        lines += ["    layout: native"] if use.startswith("litert") else []
+    path = root / "norms.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dynamic_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    root = tmp_path_factory.mktemp("norms-dynamic")
+    model = seeded(AllNorms())
+    samples = [graph(20 + i, n, 3 * n, g) for i, (n, g) in enumerate([(14, 2), (22, 3), (30, 4)])]
+    cfg = ExportConfig(
+        name="all-norms",
+        form="dynamic",
+        aggregation="tables",
+        buckets=[Bucket(max_nodes=32, max_edges=128, max_graphs=4)],
+        max_degree=16,
+        profiles=[profile(root, ["ort-cpu", "openvino-cpu", "litert-xnnpack"])],
+    )
+    res = export_model(model, [sample_from_arrays(s) for s in samples], root / "b", cfg)
+    return model, res.bundle_dir
+
+
+UNSEEN = [(25, 70, 3), (9, 20, 1), (31, 100, 4)]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "onnxruntime",
+        pytest.param("openvino", marks=pytest.mark.requires_backend("openvino")),
+        pytest.param("litert", marks=pytest.mark.requires_backend("ai_edge_litert")),
+    ],
+)
+def test_dynamic_form_matches_pyg_on_every_engine(
+    dynamic_bundle: tuple[nn.Module, Path], backend: str
+) -> None:
+    model, bundle = dynamic_bundle
+    with Runtime.load(bundle, backend=backend, precision="fp32") as rt:
+        spec = rt.manifest.graph
+        assert spec.tables is not None and spec.tables.graph_ids and not spec.whole_request_stats
+        assert GRAPH_IDS in [i.name for i in rt.manifest.inputs]
+        for a in rt.manifest.artifacts:
+            assert not [op for op in a.ops if "Scatter" in op], a.name
+        reqs = [graph(40 + i, n, e, g) for i, (n, e, g) in enumerate(UNSEEN)]
+        merged = rt.infer_batch(reqs)  # one disjoint union (per bucket)
+        for req, together in zip(reqs, merged, strict=True):
+            node, pooled = eager(model, req)
+            alone = rt.infer(req)
+            for got in (alone, together):
+                np.testing.assert_allclose(got["out0"], node, atol=ATOL)
+                np.testing.assert_allclose(got["out1"], pooled, atol=ATOL)
+
+
+def test_static_form_matches_pyg(tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("norms-static")
+    model = seeded(AllNorms())
+    rng = np.random.default_rng(4)
+    ei = rng.integers(0, N, (2, 30)).astype(np.int64)
+    x = rng.uniform(-2, 3, (4, N, F)).astype(np.float32)
+    cfg = ExportConfig(name="all-norms-static", form="static", aggregation="tables")
+    res = export_model(model, [sample_from_arrays({"x": x, "edge_index": ei})], root / "b", cfg)
+    with Runtime.load(res.bundle_dir, backend="onnxruntime", precision="fp32") as rt:
+        assert not [op for a in rt.manifest.artifacts for op in a.ops if "Scatter" in op]
+        for b in (1, 3):
+            xs = rng.uniform(-2, 3, (b, N, F)).astype(np.float32)
+            union = np.concatenate([ei + i * N for i in range(b)], axis=1)
+            node, pooled = eager(
+                model,
+                {"x": xs.reshape(-1, F), "edge_index": union, "batch": np.repeat(np.arange(b), N)},
+            )
+            got = rt.infer(xs)
+            np.testing.assert_allclose(got["out0"], node.reshape(b, N, -1), atol=ATOL)
+            np.testing.assert_allclose(got["out1"], pooled, atol=ATOL)
+
+
+class GINPool(nn.Module):
+    """``GIN(norm='graph_norm')`` + ``global_add_pool``: its norms see no batch vector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gin = GIN(F, 8, 2, 4, norm="graph_norm")
+
+    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> Tensor:
+        return global_add_pool(self.gin(x, edge_index, batch=batch), batch)
+
+
+@pytest.fixture(scope="module")
+def gin_runtime(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("norms-gin")
+    model = seeded(GINPool())
+    samples = [graph(60 + i, n, 3 * n, g) for i, (n, g) in enumerate([(14, 2), (22, 3)])]
+    cfg = ExportConfig(name="gin-graph-norm", form="dynamic", aggregation="tables", max_degree=16)
+    res = export_model(model, [sample_from_arrays(s) for s in samples], root / "b", cfg)
+    with Runtime.load(res.bundle_dir, backend="onnxruntime", precision="fp32") as rt:
+        yield model, rt
+
+
+def test_norms_without_batch_are_recorded_and_never_merged(
+    gin_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, rt = gin_runtime
+    assert rt.manifest.graph.whole_request_stats and rt.manifest.graph.tables.graph_ids
+    reqs = [graph(70 + i, n, e, g) for i, (n, e, g) in enumerate(UNSEEN)]
+    want = [eager(model, r)[0] for r in reqs]
+    calls: list[int] = []
+    infer = rt.backend.infer
+
+    def spy(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(feeds["x"].shape[0])
+        return infer(feeds)
+
+    monkeypatch.setattr(rt.backend, "infer", spy)
+    for got, w in zip(rt.infer_batch(reqs), want, strict=True):
+        np.testing.assert_allclose(got["out"], w, atol=ATOL)
+    assert calls == [r["x"].shape[0] for r in reqs]  # one call per request: none merged
+    with DynamicBatcher(rt, BatcherConfig(max_batch=8, max_delay_ms=50)) as batcher:
+        futures = [batcher.submit(r) for r in reqs * 3]
+        for f, w in zip(futures, want * 3, strict=True):
+            np.testing.assert_allclose(f.result(30)["out"], w, atol=ATOL)
+    # Merged as one union, the statistics would span the requests: the answers change.
+    union = {
+        "x": np.concatenate([r["x"] for r in reqs]),
+        "edge_index": np.concatenate(
+            [r["edge_index"] + sum(q["x"].shape[0] for q in reqs[:i]) for i, r in enumerate(reqs)],
+            axis=1,
+        ),
+        "batch": np.concatenate(
+            [
+                r["batch"] + sum(int(q["batch"].max()) + 1 for q in reqs[:i])
+                for i, r in enumerate(reqs)
+            ]
+        ),
+    }
+    assert np.abs(eager(model, union)[0][: want[0].shape[0]] - want[0]).max() > 1e-2
