@@ -78,9 +78,9 @@ class _Walk:
 
     def __init__(self) -> None:
         self.dims: dict[int, HiddenDim] = {}  # by id(producer call), in call order
-        self.skipped: dict[int, tuple[Call, str]] = {}
+        self.skipped: dict[int, tuple[Call, str]] = {}  # by id(producer call) or id(module)
         self.ties: list[list[Call]] = []
-        self.carriers: list[tuple[Tensor, Call]] = []  # tensors holding a producer's channels
+        self.carriers: list[tuple[Tensor, Call]] = []  # live tensors with a producer's channels
 
     def opaque(self, call: Call) -> None:
         """A layer structured pruning cannot cut, with no hidden channels before it."""
@@ -94,8 +94,9 @@ class _Walk:
         for producer, _ in source.parts:
             self.skipped.setdefault(id(producer), (producer, why))
 
-    def carries(self, t: Tensor | None, producer: Call) -> None:
-        if t is not None:
+    def carries(self, call: Call, producer: Call) -> None:
+        t = call.output() if call.output is not None else None
+        if t is not None:  # else freed during the run: no fan-in took it
             self.carriers.append((t, producer))
 
     def carrier(self, t: Tensor) -> Call | None:
@@ -158,7 +159,7 @@ def hidden_dims(calls: list[Call]) -> tuple[list[HiddenDim], list[dict[str, str]
             if source is not None:
                 walk.consume(source, call)
             source = _Source([(call, 0)], call.out_width, call.path)
-            walk.carries(call.output, call)
+            walk.carries(call, call)
         elif source is None:
             if call.role == "opaque":
                 walk.opaque(call)
@@ -167,7 +168,7 @@ def hidden_dims(calls: list[Call]) -> tuple[list[HiddenDim], list[dict[str, str]
             if call.in_width == source.width:  # else it works on another tensor
                 source.between.append(Use(call))
                 if len(source.parts) == 1 and source.blocked is None and not call.nested:
-                    walk.carries(call.output, source.parts[0][0])
+                    walk.carries(call, source.parts[0][0])
         elif call.role == "blocker":
             name = type(call.module).__name__
             source.blocked = source.blocked or f"{call.path} ({name}) sits in between"

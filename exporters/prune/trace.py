@@ -10,6 +10,7 @@ layer's channels reach a jumping-knowledge fan-in.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,8 +49,9 @@ class Call:
         role: See :func:`role`.
         in_width: Width of its (first) input.
         out_width: Width of its output.
-        inputs: Input tensors: the first one, or all of a fan-in's list.
-        output: Its (first) output tensor.
+        inputs: A fan-in's input tensors (kept alive; other calls keep none).
+        output: Its (first) output tensor, weakly: the tensors that are still
+            alive after the run are those a fan-in's inputs hold.
         nested: Its children are hooked too (GIN): its output is theirs.
     """
 
@@ -59,7 +61,7 @@ class Call:
     in_width: int | None = None
     out_width: int | None = None
     inputs: list[Tensor] = field(default_factory=list)
-    output: Tensor | None = None
+    output: weakref.ref[Tensor] | None = None
     nested: bool = False
 
 
@@ -129,11 +131,11 @@ def _width(t: Tensor | None) -> int | None:
 
 def _pre(path: str, r: Role, calls: list[Call], nested: bool) -> Any:
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        first = _first_tensor(args, kwargs)
-        inputs = [first] if first is not None else []
+        inputs = []
         if r == "fanin" and args and isinstance(args[0], list | tuple):
             inputs = [t for t in args[0] if isinstance(t, Tensor)]
-        calls.append(Call(path, module, r, _width(first), inputs=inputs, nested=nested))
+        width = _width(_first_tensor(args, kwargs))
+        calls.append(Call(path, module, r, width, inputs=inputs, nested=nested))
 
     return hook
 
@@ -142,8 +144,9 @@ def _post(calls: list[Call], module: nn.Module) -> Any:
     def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         for call in reversed(calls):  # the latest unfinished call of this module
             if call.module is module and call.out_width is None:
-                call.output = _first_tensor((out,), {})
-                call.out_width = _width(call.output)
+                tensor = _first_tensor((out,), {})
+                call.output = weakref.ref(tensor) if tensor is not None else None
+                call.out_width = _width(tensor)
                 return
 
     return hook

@@ -17,9 +17,10 @@ import onnx
 import pytest
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import GATConv, GCNConv, SAGEConv
+from torch_geometric.nn import GATConv, GCNConv, JumpingKnowledge, SAGEConv
 from torch_geometric.nn.models import GAT, GCN, GIN, GraphSAGE
 
+from edge_sdk.errors import ExportError, UnsupportedModelError
 from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
 from edge_sdk.exporters.prune import PruneSpec, prune
 
@@ -52,6 +53,10 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Flow]] = {
     ),
     "GAT-heads-8": (lambda: GAT(F, H, L, C, heads=8), _chain()),
     "GraphSAGE-batch-norm": (lambda: GraphSAGE(F, H, L, C, norm="batch_norm"), _chain()),
+    "GraphSAGE-graph-norm-jk-cat": (
+        lambda: GraphSAGE(F, H, L, C, norm="graph_norm", jk="cat"),
+        _cat(),
+    ),
 }
 
 
@@ -192,6 +197,29 @@ def test_batch_norm_between_conv_and_act_is_sliced(pruned: dict) -> None:
         assert bn.num_features == H // 2 and bn.running_mean.shape == (H // 2,)
         kept = [int((model.norms[i].module.bias == v).nonzero()) for v in bn.bias]
         assert torch.equal(bn.running_var, model.norms[i].module.running_var[kept])
+
+
+def test_jk_lstm_is_refused_by_name(graph: dict[str, Tensor]) -> None:
+    with pytest.raises(UnsupportedModelError, match=r"layer jk \(JumpingKnowledge\)"):
+        prune(GCN(F, 8, L, C, jk="lstm").eval(), HALF, graph)
+
+
+class FunctionalJk(nn.Module):
+    """``.relu()`` is invisible to hooks: the pruner cannot tell whose output jk takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = GCNConv(F, 8), GCNConv(8, 8)
+        self.jk, self.lin = JumpingKnowledge("cat"), nn.Linear(16, C)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        h1 = self.c1(x, edge_index).relu()
+        return self.lin(self.jk([h1, self.c2(h1, edge_index).relu()]))
+
+
+def test_untraceable_jk_input_is_left_whole(graph: dict[str, Tensor]) -> None:
+    with pytest.raises(ExportError, match=r"c1: the sliced model fails"):
+        prune(FunctionalJk().eval(), HALF, graph)
 
 
 def test_pruned_jk_cat_model_exports_with_parity(
