@@ -5,11 +5,11 @@
 awkward graphs of ``test_table_lowering.py`` (duplicate edges, self loops, isolated
 nodes, a hub spilling over rows, no edges), over neighbour tables (static,
 dynamic, a padded bucket) and dense ``[N, N]`` folding. A ``GraphSAGE(aggr=['mean',
-'max'])`` is exported in the dynamic form and run through the ``Runtime`` on ONNX
-Runtime and LiteRT. Learnable and order-dependent aggregations are refused by name
-(the support walk, the lowerings, the CLI), and a user's own ``MessagePassing``
-keeps PyG's scatter where an engine runs it and is refused, naming the layer, where
-none can.
+'max'])`` in the dynamic form (the support matrix's session bundle, ``table_bundles``)
+runs through the ``Runtime`` on ONNX Runtime and LiteRT. Learnable and
+order-dependent aggregations are refused by name (the support walk, the lowerings,
+the CLI), and a user's own ``MessagePassing`` keeps PyG's scatter where an engine
+runs it and is refused, naming the layer, where none can (LiteRT).
 """
 
 from __future__ import annotations
@@ -306,3 +306,17 @@ def test_custom_message_passing_keeps_scatter_with_the_reason() -> None:
         for asked in ("tables", "dense") if sample is static else ("tables",):
             with pytest.raises(UnsupportedModelError, match=rf"'{asked}'.*'c2' \(MaxDiff\)"):
                 prepare(Custom().eval(), [sample], "auto", aggregation=asked)
+
+
+def test_litert_refusal_names_the_layer_that_keeps_scatter() -> None:
+    """Not the usual advice (tables, the static or dense form): none of them lowers it."""
+    from types import SimpleNamespace
+
+    from edge_sdk.exporters.targets.to_litert import layer_refusal
+
+    reason = "scatter: Cannot lower layer 'c2' (MaxDiff) to neighbour tables: no lowering"
+    job = SimpleNamespace(graph=SimpleNamespace(aggregation="scatter", aggregation_reason=reason))
+    msg = layer_refusal(job, ["ScatterElements(reduction=max)"])  # type: ignore[arg-type]
+    assert msg is not None and "ScatterElements(reduction=max)" in msg and reason in msg
+    asked = SimpleNamespace(aggregation="scatter", aggregation_reason="asked for (--aggregation)")
+    assert layer_refusal(SimpleNamespace(graph=asked), []) is None  # type: ignore[arg-type]
