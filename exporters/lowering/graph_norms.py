@@ -88,13 +88,17 @@ class TableStats(GraphStats):
     def __init__(self, graph_ids: Tensor, batch: Tensor | None) -> None:
         super().__init__(batch)
         self.graph_ids = graph_ids
+        self.sizes: Tensor | None = None  # [G, 1] nodes per graph: computed once per forward
 
     def mean(self, v: Tensor, per_graph: bool) -> Tensor:
         table = current_table(POOL, v)
+        if self.sizes is None:
+            self.sizes = table.degree()
+        total = table.reduce(v, "sum")
         if per_graph:
-            return table.reduce(v, "mean").index_select(0, self.graph_ids.long())
-        total = table.reduce(v, "sum").sum(dim=0, keepdim=True)
-        return total / table.degree().sum(dim=0, keepdim=True).clamp(min=1.0)
+            return (total / self.sizes.clamp(min=1.0)).index_select(0, self.graph_ids.long())
+        whole = self.sizes.sum(dim=0, keepdim=True).clamp(min=1.0)
+        return total.sum(dim=0, keepdim=True) / whole
 
 
 _CURRENT: ContextVar[GraphStats | None] = ContextVar("edge_sdk_graph_stats", default=None)
