@@ -38,11 +38,21 @@ from .tables import current_table
 
 
 def is_graph_norm(module: nn.Module) -> bool:
-    """Whether ``module`` is a PyG norm with per-graph statistics (:func:`lower_norms`)."""
+    """Whether ``module`` is a PyG norm that takes ``batch`` and :func:`lower_norms` lowers.
+
+    ``InstanceNorm(track_running_stats=True)`` is one too: in eval mode it is per node,
+    but PyG still counts the graphs of ``batch`` (a data-dependent shape).
+    """
     kind = type(module)
     if kind is pyg_norm.LayerNorm:
         return getattr(module, "mode", None) == "graph"
     return kind in (pyg_norm.GraphNorm, pyg_norm.InstanceNorm)
+
+
+def uses_graph_stats(module: nn.Module) -> bool:
+    """Whether ``module`` (eval mode) normalises with statistics over a graph's nodes."""
+    running = isinstance(module, pyg_norm.InstanceNorm) and module.track_running_stats
+    return is_graph_norm(module) and not running
 
 
 class GraphStats(abc.ABC):
@@ -130,8 +140,13 @@ class LoweredNorm(nn.Module):
     def forward(
         self, x: Tensor, batch: Tensor | None = None, batch_size: int | None = None
     ) -> Tensor:
+        norm = self.norm
+        if isinstance(norm, pyg_norm.InstanceNorm) and norm.track_running_stats:
+            # Eval mode: the running statistics, per node.
+            mean, var = cast(Tensor, norm.running_mean), cast(Tensor, norm.running_var)
+            return affine(norm, (x - mean) / (var + norm.eps).sqrt())
         stats = _CURRENT.get()
-        name = f"layer '{self.path}' ({type(self.norm).__name__})"
+        name = f"layer '{self.path}' ({type(norm).__name__})"
         if stats is None:
             raise ExportError(f"{name}: a lowered graph norm ran outside the export wrapper")
         if batch is not None and batch is not stats.batch:
@@ -140,28 +155,28 @@ class LoweredNorm(nn.Module):
                 "`batch` input can be passed to a graph-level norm)"
             )
         per_graph = batch is not None
-        norm = self.norm
         if isinstance(norm, pyg_norm.GraphNorm):
             out = x - stats.mean(x, per_graph) * norm.mean_scale
             var = stats.mean(out * out, per_graph)
             return norm.weight * out / (var + norm.eps).sqrt() + norm.bias
         if isinstance(norm, pyg_norm.InstanceNorm):
-            if norm.track_running_stats:  # eval mode: the running statistics, per node
-                mean, var = cast(Tensor, norm.running_mean), cast(Tensor, norm.running_var)
-                out = (x - mean) / (var + norm.eps).sqrt()
-            else:
-                out = x - stats.mean(x, per_graph)
-                out = out / (stats.mean(out * out, per_graph) + norm.eps).sqrt()
+            out = x - stats.mean(x, per_graph)
+            out = out / (stats.mean(out * out, per_graph) + norm.eps).sqrt()
         else:  # LayerNorm(mode='graph'): over the graph's nodes and features
             out = x - stats.mean(x, per_graph).mean(dim=-1, keepdim=True)
             var = stats.mean(out * out, per_graph).mean(dim=-1, keepdim=True)
             # PyG adds eps inside the root with a batch vector, outside without one.
             eps = cast(float, norm.eps)
             out = out / (var + eps).sqrt() if per_graph else out / (var.sqrt() + eps)
-        weight, bias = norm.weight, norm.bias
-        if isinstance(weight, Tensor) and isinstance(bias, Tensor):
-            out = out * weight + bias
-        return out
+        return affine(norm, out)
+
+
+def affine(norm: nn.Module, out: Tensor) -> Tensor:
+    """``out * weight + bias`` where ``norm`` has them (``affine=True``)."""
+    weight, bias = norm.weight, norm.bias
+    if isinstance(weight, Tensor) and isinstance(bias, Tensor):
+        return out * weight + bias
+    return out
 
 
 def lower_norms(model: nn.Module) -> list[str]:
@@ -181,8 +196,8 @@ def lower_norms(model: nn.Module) -> list[str]:
 
 
 def has_lowered_norms(model: nn.Module) -> bool:
-    """Whether ``model`` holds a :class:`LoweredNorm` (it needs :class:`GraphStats`)."""
-    return any(isinstance(m, LoweredNorm) for m in model.modules())
+    """Whether ``model`` holds a :class:`LoweredNorm` that needs :class:`GraphStats`."""
+    return any(isinstance(m, LoweredNorm) and uses_graph_stats(m.norm) for m in model.modules())
 
 
 @contextmanager
@@ -205,7 +220,7 @@ def norms_without_batch(model: nn.Module) -> Iterator[list[str]]:
     handles = [
         m.register_forward_pre_hook(watch(p), with_kwargs=True)
         for p, m in model.named_modules()
-        if is_graph_norm(m)
+        if uses_graph_stats(m)
     ]
     try:
         yield seen

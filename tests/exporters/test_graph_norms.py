@@ -64,8 +64,10 @@ NORMS = {
     "layer_norm_node": ("layer_norm", {"mode": "node"}),
     "batch_norm": ("batch_norm", {}),
 }
-#: Lowered (lowering.graph_norms); the others are per node in eval mode and export as they are.
-GRAPH_LEVEL = {n for n in NORMS if n not in ("layer_norm_node", "batch_norm")}
+#: Statistics per graph (lowering.graph_norms); the others are per node in eval mode.
+PER_GRAPH = {
+    n for n in NORMS if n not in ("layer_norm_node", "batch_norm", "instance_norm_running")
+}
 
 
 def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -121,7 +123,7 @@ def test_static_norms_are_per_stacked_graph(norm: str, aggregation: str) -> None
     names = ["x", "edge_index", "batch"]
     x = torch.from_numpy(rng.uniform(-2, 3, (3, N, F)).astype(np.float32))
     lowered, _ = StaticLowering(model, ei, N, names, [True]).build(aggregation)
-    assert has_lowered_norms(lowered) is (norm in GRAPH_LEVEL)
+    assert has_lowered_norms(lowered) is (norm in PER_GRAPH)
     with torch.no_grad():
         want = StaticWrapper(model, ei, N, names, [True])(x)[0]
         got = lowered(x)[0]
@@ -148,7 +150,7 @@ def test_dynamic_table_norms_are_per_graph_of_the_union(norm: str) -> None:
     model = gcn(norm)
     names = ["x", "edge_index", "batch"]
     low = dynamic_lowering(model, names, graph(1, 24, 60, graphs=3))
-    graph_level = norm in GRAPH_LEVEL
+    graph_level = norm in PER_GRAPH
     assert low.layout.graph_ids is graph_level
     assert (GRAPH_IDS in low.module.input_names) is graph_level
     for seed, (n, e, g) in enumerate([(30, 80, 4), (7, 12, 1), (40, 100, 5)]):
