@@ -83,9 +83,19 @@ def load_samples(path: str | Path) -> Sample:
 
 
 def sample_from_arrays(arrays: dict[str, Any], name: str = "sample") -> Sample:
-    """Build a :class:`Sample` from named arrays (the ``.npz`` keys)."""
+    """Build a :class:`Sample` from named arrays (the ``.npz`` keys).
+
+    Raises:
+        ExportError: A static-form sample (``x [B, N, F]``) with ``edge_attr``.
+    """
     a = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
     static = a["x"].ndim == 3
+    if static and "edge_attr" in a:
+        raise ExportError(
+            f"{name}: static form has no edge input: x [B, N, F] folds one topology, and "
+            "the sample's edge_attr cannot be folded; export with --form dynamic (x [N, F]), "
+            "where edge_attr [E, D] is a request input"
+        )
     if static:
         inputs = {"x": a["x"].astype(np.float32)}
         topology: dict[str, np.ndarray] = {k: a[k] for k in ("edge_index", "edge_weight") if k in a}

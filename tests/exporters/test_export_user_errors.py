@@ -135,6 +135,23 @@ def test_edge_index_out_of_range() -> None:
     assert info.value.field == "edge_index" and f"[0, {NODES})" in str(info.value)
 
 
+def test_static_sample_with_edge_attr_is_refused_not_dropped() -> None:
+    """x [B, N, F] folds one topology: its edge features cannot be folded, and were
+    silently dropped before (a GAT with an optional edge_attr then ignored them)."""
+    from edge_sdk.errors import ExportError
+    from edge_sdk.exporters import sample_from_arrays
+
+    graph = _graph()
+    static = {
+        "x": np.stack([graph["x"]] * 2),
+        "edge_index": graph["edge_index"],
+        "edge_attr": np.ones((graph["edge_index"].shape[1], 2), np.float32),
+    }
+    with pytest.raises(ExportError, match="static form has no edge input") as info:
+        sample_from_arrays(static, name="plant.npz")
+    assert "plant.npz" in str(info.value) and "--form dynamic" in str(info.value)
+
+
 def test_mask_must_match_labels() -> None:
     graph = {**_graph(), "y": np.zeros(NODES, np.int64), "mask": np.ones(NODES - 1, bool)}
     with pytest.raises(InvalidInputError) as info:
