@@ -38,7 +38,7 @@ from edge_sdk.exporters.support import check_supported
 from edge_sdk.exporters.table_wrapper import lower_dynamic, table_feeds
 from edge_sdk.exporters.wrappers import StaticWrapper
 from edge_sdk.io_contract import Bucket
-from edge_sdk.neighbour_tables import GRAPH_IDS, request_tables
+from edge_sdk.neighbour_tables import GRAPH_IDS, TableLayout, request_tables
 from edge_sdk.serving.batcher import BatcherConfig, DynamicBatcher
 
 needs = pytest.mark.requires_backend
@@ -179,6 +179,21 @@ def test_padding_nodes_do_not_enter_the_statistics(norm: str) -> None:
         with torch.no_grad():
             got = low.module(*(torch.from_numpy(inputs[k]) for k in low.module.input_names))[0]
         np.testing.assert_allclose(got.numpy()[:n], want, atol=ATOL)
+
+
+def test_graph_ids_in_the_table_contract() -> None:
+    """``pool.graph`` is an input only where the layout says so; old layouts load without."""
+    old = TableLayout.model_validate({"widths": [1, 2], "pool_widths": [1, 2], "pool_splits": 2})
+    assert not old.graph_ids and GRAPH_IDS not in old.input_names()
+    layout = TableLayout.for_model(["loops"], max_degree=4, graph_ids=True)
+    assert layout.pool_widths and layout.input_names()[-1] == GRAPH_IDS
+    sized = layout.with_buckets([BUCKET])
+    assert sized.fixed_shapes(BUCKET, 0, F)[GRAPH_IDS] == [BUCKET.max_nodes]
+    ei = np.array([[0, 1, 3], [1, 2, 4]])
+    tables = request_tables(ei, 6, sized, batch=np.array([0, 0, 1, 1, 1]), num_graphs=4, bucket=0)
+    np.testing.assert_array_equal(tables[GRAPH_IDS], [0, 0, 1, 1, 1, 0])  # padding: graph 0
+    with pytest.raises(ValueError, match="graph_ids needs the readout table"):
+        TableLayout(widths=[1], graph_ids=True)
 
 
 # -- refusals ---------------------------------------------------------------------------------
