@@ -19,11 +19,16 @@ Outputs = list[dict[str, np.ndarray]]
 
 @dataclass
 class Scores:
-    """Task metric and output error of one model on all cases."""
+    """Task metric and output error of one model on all cases.
+
+    ``nonfinite`` counts output values (all rows, not only the decision rows)
+    that are NaN or infinite where the reference is finite: any fails the gate.
+    """
 
     decision_metric: float | None
     report_metric: float | None
     rel_error: dict[str, float]
+    nonfinite: int = 0
 
     @property
     def worst_rel_error(self) -> float:
@@ -61,8 +66,10 @@ def score(
     norm = dict.fromkeys(output_names, 0.0)
     hits = {"decision": 0.0, "report": 0.0}
     rows = {"decision": 0, "report": 0}
+    nonfinite = 0
     for got, ref, case in zip(outputs, refs, cases, strict=True):
         for name in output_names:
+            nonfinite += int(np.sum(~np.isfinite(got[name]) & np.isfinite(ref[name])))
             q, r = _rows(got[name], case.decision_mask), _rows(ref[name], case.decision_mask)
             err[name] += float(np.sum((q.astype(np.float64) - r) ** 2))
             norm[name] += float(np.sum(r.astype(np.float64) ** 2))
@@ -78,6 +85,7 @@ def score(
         hits["decision"] / rows["decision"] if rows["decision"] else None,
         hits["report"] / rows["report"] if rows["report"] else None,
         rel,
+        nonfinite,
     )
 
 
@@ -98,7 +106,12 @@ def baseline(cases: Sequence[EvalCase], output_names: Sequence[str]) -> float | 
 
 
 def passes(scores: Scores, base: float | None, config: QuantConfig) -> bool:
-    """The gate: accuracy within ``max_accuracy_drop`` with labels, else ``max_rel_error``."""
+    """The gate: accuracy within ``max_accuracy_drop`` with labels, else ``max_rel_error``.
+
+    Either way every output value must be finite where the reference is.
+    """
+    if scores.nonfinite:
+        return False
     if base is not None and scores.decision_metric is not None:
         return scores.decision_metric >= base - config.max_accuracy_drop - 1e-12
     return scores.worst_rel_error <= config.max_rel_error

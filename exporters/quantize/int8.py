@@ -20,6 +20,8 @@ from .qdq import QdqModel
 from .reader import graph_size
 from .sensitivity import Sensitivity, rank
 
+UNSEEN = "never calibrated: a tensor it reads or writes was empty in every calibration graph"
+
 
 @dataclass
 class _Attempt:
@@ -34,6 +36,7 @@ class _Attempt:
             "float_nodes": self.float_nodes,
             "decision_metric": self.scores.decision_metric,
             "rel_error": self.scores.rel_error,
+            "nonfinite": self.scores.nonfinite,
             "passed": self.passed,
         }
 
@@ -78,7 +81,7 @@ class Quantize:
                 raise AccuracyError(_explain(fp32_path, tried, base, cfg, len(model.candidates)))
             Path(out_path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(chosen.path, out_path)
-        reasons = {s.node: s.describe() for s in ranking}
+        reasons = {s.node: s.describe() for s in ranking} | dict.fromkeys(model.unseen, UNSEEN)
         in_int8 = set(chosen.quantized)
         report.quantized_ops = chosen.quantized
         report.stayed_float = [
@@ -149,7 +152,7 @@ def _best(tried: list[_Attempt]) -> _Attempt:
 
 
 def _reason(name: str, op: str, chosen: _Attempt, reasons: dict[str, str]) -> str:
-    if name in chosen.float_nodes:
+    if name in chosen.float_nodes or reasons.get(name) == UNSEEN:
         return reasons.get(name, "sensitivity")
     if op in ("MatMul", "Gemm", "Conv"):
         return "not quantised by ONNX Runtime (no float input it can quantise)"
@@ -172,7 +175,8 @@ def _explain(
         metric = a.scores.decision_metric
         acc = f"accuracy {100 * metric:.2f}%, " if metric is not None else ""
         errs = ", ".join(f"{k} {v:.4g}" for k, v in a.scores.rel_error.items())
-        lines.append(f"  attempt {i}: {what}: {acc}rel error {errs}")
+        bad = f", {a.scores.nonfinite} NaN/inf output value(s)" if a.scores.nonfinite else ""
+        lines.append(f"  attempt {i}: {what}: {acc}rel error {errs}{bad}")
     return (
         f"INT8 quantisation of {fp32_path} ({cfg.method}) does not meet the gate {gate} "
         f"in {len(tried)} attempt(s):\n" + "\n".join(lines) + "\nFix: raise the bound, "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -75,6 +76,8 @@ class QdqModel:
             node.name = node.name or f"{node.op_type}_{i}"  # nodes_to_exclude needs names
         self.nodes = [(n.name, n.op_type) for n in model.graph.node]
         self.candidates = [name for name, op in self.nodes if op in QUANTISABLE_OPS]
+        #: Candidates kept float because a tensor they read or write was never calibrated.
+        self.unseen: list[str] = []
         self.input_names = [i.name for i in model.graph.input]
         self.output_names = [o.name for o in model.graph.output]
         _pre_process(model, self.path)
@@ -84,6 +87,9 @@ class QdqModel:
     ) -> list[str]:
         """Write a QDQ model to ``out``; return the names of the nodes now in INT8.
 
+        Candidates that touch a tensor no calibration graph filled stay float too
+        (see :func:`uncalibrated`; listed in :attr:`unseen`).
+
         Args:
             out: Where the quantised model goes.
             exclude: Candidate nodes kept float.
@@ -92,6 +98,16 @@ class QdqModel:
         Raises:
             ExportError: ONNX Runtime failed, or wrote a model the checker rejects.
         """
+        for _ in range(4):  # excluding a node can leave its neighbour's tensor unquantised
+            model = self._write(out, [*exclude, *self.unseen], only)
+            unseen = [n for n in uncalibrated(model, self.candidates) if n not in self.unseen]
+            if not unseen:
+                break
+            self.unseen += unseen
+        onnx.save(model, str(out))
+        return quantised_nodes(model, self.candidates)
+
+    def _write(self, out: Path, exclude: Sequence[str], only: Sequence[str]) -> onnx.ModelProto:
         fresh = not self._cache.is_file()
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print
@@ -116,8 +132,33 @@ class QdqModel:
             onnx.checker.check_model(model, full_check=False)
         except Exception as exc:  # ORT raises plain ValueError/RuntimeError/AssertionError
             raise ExportError(f"ONNX Runtime could not quantise the model to INT8: {exc}") from exc
-        onnx.save(model, str(out))
-        return quantised_nodes(model, self.candidates)
+        return model
+
+
+def uncalibrated(model: onnx.ModelProto, candidates: Sequence[str]) -> list[str]:
+    """Candidates of a QDQ ``model`` that read or write a tensor without a usable scale.
+
+    A tensor that stayed empty in every calibration graph (a neighbour-table
+    width none of them needed: high-degree nodes) has no range; ORT writes an
+    infinite scale and its Quantize/Dequantize pair turns every value into NaN.
+    """
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    bad: set[str] = set()
+    for n in graph.node:
+        scale = init.get(n.input[1]) if n.op_type == "DequantizeLinear" else None
+        if scale is None:
+            continue
+        s = numpy_helper.to_array(scale)
+        if np.all(np.isfinite(s)) and np.all(s > 0):
+            continue
+        bad.add(n.output[0])
+        q = producer.get(n.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            bad.add(q.input[0])
+    wanted = set(candidates)
+    return [n.name for n in graph.node if n.name in wanted and bad & {*n.input, *n.output}]
 
 
 def float_outputs(model: onnx.ModelProto) -> list[str]:
