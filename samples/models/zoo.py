@@ -468,7 +468,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{FP32_ATOL:g}; INT8 accuracy drop <= {GATE_PP:g} pp (the export's gate).",
         "",
         "| model | artifact | engine | precision | max abs err | rel. err | accuracy | eager acc "
-        "| Δ pp | argmax agrees | ok |",
+        "| Δ pp vs eager | argmax = eager | ok |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["models"]:
