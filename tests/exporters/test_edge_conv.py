@@ -188,12 +188,16 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     return export_edgecnn(tmp_path_factory.mktemp("edgecnn"))
 
 
-def test_edgecnn_takes_tables_without_scatter(exported: Exported) -> None:
+def test_edgecnn_takes_tables_without_scatter_or_4d(exported: Exported) -> None:
     spec = exported.manifest.graph
     assert spec.aggregation == "tables" and spec.tables is not None
     assert "edge_index" not in [i.name for i in exported.manifest.inputs]
     for a in exported.manifest.artifacts:
         assert not [op for op in a.ops if "Scatter" in op], a.name
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(exported.bundle / "model.onnx"))).graph
+    ranks = [len(v.type.tensor_type.shape.dim) for v in [*graph.value_info, *graph.output]]
+    assert max(ranks) <= 3  # the messages run on [R * K, 2F], not [R, K, 2F] batches
 
 
 @pytest.mark.requires_backend("onnxruntime")
