@@ -23,6 +23,7 @@ from .gcn import StaticGCNConv
 from .gin import StaticGINConv
 from .graph_conv import StaticGraphConv
 from .graph_norms import lower_norms
+from .jumping import lower_jumping_knowledge
 from .sage import StaticSAGEConv
 
 __all__ = [
@@ -109,6 +110,7 @@ def densify(
         parent_path, _, name = path.rpartition(".")
         setattr(lowered.get_submodule(parent_path), name, dense)
     lower_norms(lowered)
+    lower_jumping_knowledge(lowered)
     share_constants(lowered)
     return lowered
 

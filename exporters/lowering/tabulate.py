@@ -25,6 +25,7 @@ from edge_sdk.neighbour_tables import (
 )
 
 from .graph_norms import lower_norms
+from .jumping import lower_jumping_knowledge
 from .table_attention import ATTENTION_CONVS
 from .table_convs import MESSAGE_CONVS, TableConv
 from .table_edge_conv import EDGE_CONVS
@@ -77,6 +78,7 @@ def tabulate(model: nn.Module) -> tuple[nn.Module, list[str]]:
         parent, _, name = path.rpartition(".")
         setattr(lowered.get_submodule(parent), name, table_conv)
     lower_norms(lowered)
+    lower_jumping_knowledge(lowered)
     return lowered, [v for v in VARIANTS if v in used]
 
 
