@@ -62,9 +62,11 @@ MODEL_CLASSES = {
     "PNA": "PNA(F, H, 2, C, mean/min/max/std x identity/amplification/attenuation)",
     "EdgeCNN": "EdgeCNN(F, H, 2, C)",
     "SAGE-multi": "GraphSAGE(F, H, 2, C, aggr=['mean', 'max'])",
-    "GCN-norm": "GCN(F, H, 2, C, norm='graph_norm', jk='max')",
+    "GCN-norm": "GCN(F, H, 2, C, norm='graph_norm', jk='max') over batch",
     "custom": "a user's MessagePassing (max of x_j - x_i)",
 }
+#: Models that take ``batch``: requests hold several graphs (a readout, a graph norm).
+BATCHED = ("GIN", "GCN-norm")
 #: Models whose dynamic bundles get the second, 2,048-node bucket (test_dynamic_tables.py).
 LARGE_GRAPH_MODELS = ("GCN", "GraphSAGE", "GIN", "GAT", "GATv2")
 
@@ -144,7 +146,7 @@ def dynamic_graph(
     if e > 6:
         ei[:, :3] = ei[:, 3:6]
     g = {"x": rng.uniform(-1, 1, (n, F)).astype(np.float32), "edge_index": ei}
-    if model == "GIN":
+    if model in BATCHED:
         g["batch"] = np.sort(rng.integers(0, graphs, n)).astype(np.int64)
         g["batch"][:graphs] = np.arange(graphs)  # every graph id present
         g["batch"].sort()
@@ -209,7 +211,7 @@ def pyg_reference(model: Any, name: str, form: str, g: dict[str, np.ndarray]) ->
     b, n, _ = x.shape
     union = np.concatenate([g["edge_index"] + i * n for i in range(b)], axis=1)
     feeds = {"x": torch.from_numpy(x.reshape(b * n, -1)), "edge_index": torch.from_numpy(union)}
-    if name == "GIN":
+    if name in BATCHED:  # per-graph readout or norm statistics: B graphs of N nodes
         feeds["batch"] = torch.from_numpy(np.repeat(np.arange(b), n))
     with torch.no_grad():
         out = model(**feeds).numpy()

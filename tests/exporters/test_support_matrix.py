@@ -142,17 +142,8 @@ def _expected() -> dict[tuple[str, str, str, str], Expected]:
     return cells
 
 
-_OV_GAT_INT8 = Fails(
-    "no INT8 artifact: OpenVINO CPU cannot compile the INT8 IR (low-precision "
-    "ReshapeTransformation: a per-channel dequantisation scale [1, 3] reshaped to [1, 4, 1] "
-    "after a table gather), so the export keeps FP32 only"
-)
-
-
 #: Cells that fail today, with the error observed (see :class:`Fails`).
-KNOWN_FAILURES: dict[tuple[str, str, str, str], Fails] = {
-    ("GAT", "dynamic", "openvino", "int8"): _OV_GAT_INT8,
-}
+KNOWN_FAILURES: dict[tuple[str, str, str, str], Fails] = {}
 
 #: (model, form, engine, precision) -> the outcome the matrix asserts. ``tensorrt``
 #: cells are the static parser check (no engine here).
@@ -213,12 +204,11 @@ def _refusal_message(cell: tuple[str, str, str, str], built: Built) -> str | Non
     if built.error is not None:
         return str(built.error)
     _model, _form, engine, precision = cell
-    backend = ENGINES[engine][0] if engine in ENGINES else None
     if any(
         str(a.target) == engine and str(a.precision) == precision for a in built.manifest.artifacts
     ):
         return None
-    reasons = [c.reason for c in built.manifest.targets if c.backend == backend]
+    reasons = [c.reason for c in built.manifest.targets if c.backend == engine]
     return "; ".join(reasons) or f"no {engine} {precision} artifact"
 
 
@@ -379,7 +369,7 @@ def test_tensorrt_static_check(
     scatter = getattr(report, "scatter_ops", None)
     if scatter is None:  # the check predates the count: count from its op list
         scatter = sum(op.startswith("Scatter") for op in report.ops)
-    errors = [f"{i.node} {i.what}: {i.why}" for i in report.issues if i.severity == "error"]
+    errors = [f"{i.node} {i.op}: {i.reason}" for i in report.issues if i.severity == "error"]
     ok = scatter == 0 and report.ok
     detail = f"scatter ops {scatter}, parser errors {errors or 'none'}"
     if isinstance(want, Refused):  # an exported model TensorRT can only take with plugins
