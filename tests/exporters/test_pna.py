@@ -5,20 +5,20 @@ awkward graphs (duplicate edges, self loops, an isolated node, no edges, a hub w
 in-degree spills over three rows) with the tables as constants of two stacked graphs,
 as inputs, and padded to a bucket, for several option sets (every aggregator and
 scaler, towers with and without ``divide_input``, deeper pre/post MLPs, ``edge_dim``,
-``train_norm``). Then a tiny ``PNA`` model is exported in the dynamic form through
-:class:`edge_sdk.Runtime` on ONNX Runtime, OpenVINO and LiteRT (FP32 and INT8), and in
-the static form, where ``--aggregation auto`` takes tables (there is no dense PNA).
+``train_norm``). The tiny ``PNA`` model runs through :class:`edge_sdk.Runtime` on ONNX
+Runtime, OpenVINO and LiteRT (FP32 and INT8) in both forms as rows of the support matrix
+(``test_support_matrix.py``, whose bundles are shared); here they are checked to read
+tables with no scatter, and the static form's ``auto`` to take tables (no dense PNA).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from table_bundles import ENGINES, Bundles
 from test_table_lowering import (
     D_EDGE,
     F_IN,
@@ -121,15 +121,8 @@ def test_unsupported_pna_is_refused_by_name(conv: nn.Module, what: str) -> None:
 # --- the PNA model class, exported and run through the Runtime --------------------------
 
 F, C = 5, 3
-ENGINES = ("onnxruntime", "openvino", "litert")
-TARGETS = {"onnxruntime": "ort-cpu", "openvino": "openvino-cpu", "litert": "litert-xnnpack"}
-BUCKET = {"max_nodes": 32, "max_edges": 96, "max_graphs": 1}
-MAX_DEGREE = 8  # classes of width 1..8: a smaller graph to export and convert than 16
-FP32_ATOL = 1e-4
-#: INT8 on graphs the export never saw (test_support_matrix.py's bound: the gate holds
-#: on the export's own cases; a broken conversion is off by ~1).
-INT8_UNSEEN_BOUND = 0.25
-STATIC_N, STATIC_B = 12, 8
+MAX_DEGREE = 8
+STATIC_N = 12
 
 
 def pna_model() -> nn.Module:
@@ -163,18 +156,6 @@ def capped(ei: np.ndarray) -> np.ndarray:
     return ei[:, rank < MAX_DEGREE]
 
 
-def unseen() -> list[dict[str, np.ndarray]]:
-    """Graphs the export never saw: duplicates and a full node, an isolated node, no edges."""
-    rng = np.random.default_rng(101)
-    dup = request(rng, 20, 50)
-    hub = np.array([[1, 1, 1, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0, 0, 0]])  # one edge 4 times
-    dup["edge_index"] = capped(np.concatenate([hub, dup["edge_index"]], axis=1))
-    isolated = request(rng, 15, 30)
-    isolated["edge_index"][isolated["edge_index"] == 4] = 5  # node 4: no edge at all
-    isolated["edge_index"] = capped(isolated["edge_index"])
-    return [dup, isolated, request(rng, 7, 0), request(rng, 32, 96)]
-
-
 def static_sample(seed: int, b: int) -> dict[str, np.ndarray]:
     """``b`` graphs on the fixed topology (duplicate edges, a self loop, node 9 isolated)."""
     ei = np.random.default_rng(7).integers(0, STATIC_N, (2, 36)).astype(np.int64)
@@ -185,133 +166,37 @@ def static_sample(seed: int, b: int) -> dict[str, np.ndarray]:
     return {"x": x, "edge_index": ei}
 
 
-def reference(model: nn.Module, g: dict[str, np.ndarray]) -> np.ndarray:
-    """Eager PyG: one graph, or the disjoint union of the B stacked graphs of ``x [B, N, F]``."""
-    x, ei = g["x"], g["edge_index"]
-    if x.ndim == 3:
-        b, n, _ = x.shape
-        ei = np.concatenate([ei + i * n for i in range(b)], axis=1)
-        x = x.reshape(b * n, -1)
-    with torch.no_grad():
-        out = model(torch.from_numpy(x), torch.from_numpy(ei)).numpy()
-    return out.reshape(*g["x"].shape[:-1], -1)
-
-
-def profiles(root: Path, engines: tuple[str, ...]) -> list[str]:
-    """Two profiles over ``engines``: one ships FP32, the other INT8 (both get built)."""
-    paths = []
-    for first, second in (("fp32", "int8"), ("int8", "fp32")):
-        lines = [f"name: pna-{first}", "description: PNA, " + first, "arch: x86_64"]
-        lines += ["device_class: x86-cpu", "threads: 1", "targets:"]
-        for engine in engines:
-            lines += [f"  - use: {TARGETS[engine]}", f"    precisions: [{first}, {second}]"]
-            if engine == "litert":
-                lines.append("    layout: native")
-        path = root / f"pna-{first}.yaml"
-        path.write_text("\n".join(lines) + "\n")
-        paths.append(str(path))
-    return paths
-
-
-@dataclass
-class Exported:
-    bundle: Path
-    manifest: Any
-    model: nn.Module
-
-
-def export(root: Path, form: str, engines: tuple[str, ...], aggregation: str) -> Exported:
-    from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
-    from edge_sdk.io_contract import Bucket
-
-    model = pna_model()
-    if form == "dynamic":
-        rng = np.random.default_rng(11)
-        sizes = [(14, 40), (22, 60), (10, 24), (30, 90), (8, 30), (25, 50), (18, 36), (28, 70)]
-        graphs = [request(rng, n, e) for n, e in sizes] + [request(rng, 6, 0)]
-        opts: dict[str, Any] = {"buckets": [Bucket(**BUCKET)], "max_degree": MAX_DEGREE}
-    else:
-        graphs, opts = [static_sample(11, STATIC_B)], {}
-    cfg = ExportConfig(
-        name=f"pna-{form}",
-        form=form,
-        aggregation=aggregation,
-        int8=True,
-        calibration=16,
-        profiles=profiles(root, engines),
-        **opts,
-    )
-    samples = [sample_from_arrays(g, name=f"s{i}") for i, g in enumerate(graphs)]
-    res = export_model(model, samples, root / "bundle", cfg)
-    return Exported(res.bundle_dir, res.manifest, model)
-
-
-@pytest.fixture(scope="module")
-def dynamic_bundle(tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    pytest.importorskip("onnx2tf", reason="LiteRT conversion needs onnx2tf")
-    return export(tmp_path_factory.mktemp("pna-dynamic"), "dynamic", ENGINES, "tables")
-
-
-@pytest.fixture(scope="module")
-def static_bundle(tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    # auto: PNA has no dense [N, N] lowering, so the small graph takes tables untimed.
-    return export(tmp_path_factory.mktemp("pna-static"), "static", ("onnxruntime",), "auto")
-
-
-def check_cell(built: Exported, engine: str, precision: str, graphs: list[dict]) -> str:
-    """Run ``graphs`` and the export's own cases through the Runtime; assert the bound."""
-    from edge_sdk import Runtime
-    from edge_sdk.bundle import Bundle
-    from edge_sdk.parity import ParityCase, load_verification, relative_error
-
-    static = built.manifest.graph.form == "static"
-    with Runtime.load(built.bundle, backend=engine, precision=precision) as rt:
-        got = [rt.infer(g["x"] if static else g)["out"] for g in graphs]
-        cases = load_verification(Bundle.open(built.bundle))
-        gated = [rt.infer(c.feeds["x"] if static else c.feeds) for c in cases]
-    want = [reference(built.model, g) for g in graphs]
-    assert [a.shape for a in got] == [b.shape for b in want]
-    err = max(float(np.abs(a - b).max(initial=0.0)) for a, b in zip(got, want, strict=True))
-    assert max(float(np.abs(b).max()) for b in want) > 0.05  # not trivially zero
-    if precision == "fp32":
-        assert err <= FP32_ATOL, f"{engine} fp32: max abs error {err:.3g}"
-        return f"max abs err {err:.2e}"
-    rel = relative_error(
-        [{"out": a} for a in got], [ParityCase({}, {"out": b}) for b in want], ["out"]
-    )
-    gate = built.manifest.verification.max_rel_error
-    gate_rel = relative_error(gated, cases, ["out"])
-    assert gate_rel <= gate, f"{engine} int8: rel error {gate_rel:.3g} on the export's cases"
-    assert rel <= INT8_UNSEEN_BOUND, f"{engine} int8: rel error {rel:.3g} on unseen graphs"
-    return f"gate rel {gate_rel:.3g} (<= {gate}), unseen rel {rel:.3g}, max abs {err:.2e}"
-
-
 @pytest.mark.requires_backend("onnxruntime")
 @pytest.mark.requires_backend("openvino")
 @pytest.mark.requires_backend("ai_edge_litert")
-@pytest.mark.timeout(900)  # the first test exports the bundle (LiteRT: onnx2tf)
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-@pytest.mark.parametrize("engine", ENGINES)
-def test_pna_dynamic_form_on_every_engine(
-    dynamic_bundle: Exported, engine: str, precision: str
-) -> None:
-    m = dynamic_bundle.manifest
+@pytest.mark.timeout(900)  # the first to ask exports the bundle (shared with the matrix)
+@pytest.mark.parametrize("form", ["dynamic", "static"])
+def test_pna_bundles_take_tables_without_scatter(table_bundles: Bundles, form: str) -> None:
+    """The support matrix's PNA bundles (``table_bundles.py``: the same four aggregators
+    and three scalers; each engine x precision is a matrix cell) read neighbour tables,
+    and no artifact holds a scatter."""
+    built = table_bundles.get("PNA", form)
+    assert built.error is None, built.error
+    m = built.manifest
     assert m.graph.aggregation == "tables"
-    assert [i.name for i in m.inputs][:2] == ["x", "raw.index0"]  # tables, not edge_index
+    if form == "dynamic":
+        assert [i.name for i in m.inputs][:2] == ["x", "raw.index0"]  # tables, not edge_index
+    assert {(str(a.target), str(a.precision)) for a in m.artifacts} >= {
+        (engine, precision) for engine in ENGINES for precision in ("fp32", "int8")
+    }
     for a in m.artifacts:
         assert not [op for op in a.ops if "Scatter" in op], a.name
-    print(engine, precision, check_cell(dynamic_bundle, engine, precision, unseen()))
 
 
-@pytest.mark.requires_backend("onnxruntime")
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_pna_static_form_takes_tables(static_bundle: Exported, precision: str) -> None:
-    spec = static_bundle.manifest.graph
-    assert spec.aggregation == "tables", spec.aggregation_reason
-    assert "no dense lowering" in spec.aggregation_reason and "PNAConv" in spec.aggregation_reason
-    graphs = [static_sample(202, 3), static_sample(303, 1)]
-    print("static", precision, check_cell(static_bundle, "onnxruntime", precision, graphs))
+def test_pna_static_auto_takes_tables_untimed() -> None:
+    """PNA has no dense [N, N] lowering: the static form's auto takes tables and says why."""
+    from edge_sdk.exporters import sample_from_arrays
+    from edge_sdk.exporters.prepare import prepare
+
+    prepared = prepare(pna_model(), [sample_from_arrays(static_sample(1, 2))], "static")
+    assert prepared.aggregation == "tables", prepared.aggregation_reason
+    assert "no dense lowering" in prepared.aggregation_reason
+    assert "PNAConv" in prepared.aggregation_reason
 
 
 def test_pna_dense_static_lowering_is_refused_by_name() -> None:
