@@ -10,10 +10,14 @@ jumping-knowledge concatenation): the entries outside it are kept as they are.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -108,16 +112,21 @@ class Side:
                 t.index_fill_(cut.dim, where.to(t.device), 0.0)
 
 
+def unique_by(items: list[T], key: Callable[[T], Hashable]) -> list[T]:
+    """``items`` without later repeats of the same ``key``, in order."""
+    seen: set[Hashable] = set()
+    out = []
+    for item in items:
+        k = key(item)
+        if k not in seen:
+            seen.add(k)
+            out.append(item)
+    return out
+
+
 def _unique(cuts: list[Cut]) -> list[Cut]:
     # GATv2 with shared weights lists the same tensor twice: cut it once.
-    seen: set[tuple[int, str]] = set()
-    out = []
-    for cut in cuts:
-        key = (id(cut.owner), cut.name)
-        if key not in seen:
-            seen.add(key)
-            out.append(cut)
-    return out
+    return unique_by(cuts, lambda cut: (id(cut.owner), cut.name))
 
 
 def _shrink_width(module: nn.Module, attr: str, by: int) -> None:

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from edge_sdk.errors import UnsupportedModelError
 
+from .cuts import unique_by
 from .layers import WEIGHT_LAYERS, norm_side
 from .trace import Call
 
@@ -241,11 +242,4 @@ def _problem(dim: HiddenDim, walk: _Walk, counts: Counter[int]) -> str | None:
 
 
 def _unique(uses: list[Use]) -> list[Use]:
-    seen: set[tuple[int, int]] = set()
-    out = []
-    for use in uses:
-        key = (id(use.call), use.offset)
-        if key not in seen:
-            seen.add(key)
-            out.append(use)
-    return out
+    return unique_by(uses, lambda use: (id(use.call), use.offset))

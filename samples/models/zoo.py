@@ -33,15 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +51,9 @@ from torch import nn
 import edge_sdk
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))  # the results' machine stamp
+from _common import machine_meta  # noqa: E402
+
 MODELS_PY = HERE / "zoo_models.py"
 FP32_PROFILE = HERE / "fp32-engines.yaml"
 PROFILES = ("intel-core-cpu", "raspberry-pi-5")
@@ -423,32 +423,11 @@ def run_model(
 # -- report ---------------------------------------------------------------------------------
 
 
-def _version(dist: str) -> str:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "absent"
-
-
-def machine_meta() -> dict[str, Any]:
-    """Date, machine, CPU count, Python and the versions that made the numbers."""
-    dists = (
-        "edge-graph-sdk", "torch", "torch_geometric", "onnxruntime", "openvino", "nncf",
-        "onnx2tf", "tensorflow-cpu", "ai-edge-litert",
-    )  # fmt: skip
-    from edge_sdk.profiles import cpu_flags
-
-    isa = [
-        f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in cpu_flags()
-    ]
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
-        + (f" ({', '.join(isa)})" if isa else ""),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "versions": {d: _version(d) for d in dists},
-    }
+#: What made the numbers: stamped on the report with the machine (benchmarks/_common.py).
+DISTRIBUTIONS = (
+    "edge-graph-sdk", "torch", "torch_geometric", "onnxruntime", "openvino", "nncf",
+    "onnx2tf", "tensorflow-cpu", "ai-edge-litert",
+)  # fmt: skip
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -540,7 +519,7 @@ def run(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "meta": machine_meta(),
+        "meta": machine_meta(*DISTRIBUTIONS),
         "seed": seed,
         "profiles": list(profiles),
         "fp32_engines": fp32_engines,
