@@ -52,8 +52,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy edge_sdk runtimes exporters
 
+# Two workers: a third of the suite waits on brokers, sockets and subprocesses, and overlaps
+# with the CPU-bound exports; tests are grouped per file (tests/conftest.py).
 unit: $(STAMP) mosquitto
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test: lint typecheck unit
 

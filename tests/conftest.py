@@ -38,6 +38,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.skip(f"needs the {engine!r} inference engine, which is not importable")
 
 
+# -- parallel runs (make test: pytest -n 2 --dist loadgroup) ---------------------------------
+
+#: The session's shared table bundles (tests/exporters/table_bundles.py): the tests that use
+#: them form one group, so one worker exports each bundle once, and it goes first (longest).
+SHARED_BUNDLES_GROUP = "table_bundles"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group tests for pytest-xdist's ``loadgroup``: by file (module fixtures export once),
+    except the users of ``table_bundles``, one group across files, scheduled first."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            shared = "table_bundles" in getattr(item, "fixturenames", ())
+            group = SHARED_BUNDLES_GROUP if shared else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None or config.getoption("dist", "no") != "no":
+        items.sort(key=lambda i: "table_bundles" not in getattr(i, "fixturenames", ()))
+
+
 # -- hangs ---------------------------------------------------------------------------------
 
 # A C watchdog that ends a test hung with the GIL held (see hang_watchdog.py). The
