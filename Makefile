@@ -55,7 +55,7 @@ typecheck: $(STAMP)
 # Two workers: a third of the suite waits on brokers, sockets and subprocesses, and overlaps
 # with the CPU-bound exports; tests are grouped per file (tests/conftest.py).
 unit: $(STAMP) mosquitto
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
 test: lint typecheck unit
 
