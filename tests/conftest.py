@@ -48,6 +48,8 @@ SHARED_BUNDLES_GROUP = "table_bundles"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Group tests for pytest-xdist's ``loadgroup``: by file (module fixtures export once),
     except the users of ``table_bundles``, one group across files, scheduled first."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return  # a plain pytest without the dev extras: no groups (nor their marker)
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             shared = "table_bundles" in getattr(item, "fixturenames", ())
