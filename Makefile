@@ -52,8 +52,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy edge_sdk runtimes exporters
 
-# Two workers: a third of the suite waits on brokers, sockets and subprocesses, and overlaps
-# with the CPU-bound exports; tests are grouped per file (tests/conftest.py).
+# Two workers: the broker, socket and subprocess tests mostly wait, and overlap with the
+# CPU-bound exports; tests are grouped per file (tests/conftest.py). 25 slowest printed.
 unit: $(STAMP) mosquitto
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
