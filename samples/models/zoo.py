@@ -52,7 +52,10 @@ import edge_sdk
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))  # the results' machine stamp
+sys.path.insert(0, str(HERE))
 from _common import machine_meta  # noqa: E402
+from zoo_report import markdown  # noqa: E402
+from zoo_tasks import graph_batch, node_graph  # noqa: E402
 
 MODELS_PY = HERE / "zoo_models.py"
 FP32_PROFILE = HERE / "fp32-engines.yaml"
@@ -111,66 +114,6 @@ MUST_SHOW = [m.name for m in MODELS.values() if m.must_show]
 
 
 # -- synthetic tasks ------------------------------------------------------------------------
-
-
-def node_graph(
-    rng: np.random.Generator, n: int, centroids: np.ndarray, edge_dim: int = 0
-) -> dict[str, np.ndarray]:
-    """A homophilous graph: 4 undirected edges per node, 80 % to a node of the same class.
-
-    Features are noise plus a weak class signal, so a node alone is often
-    misread and its neighbours decide (a model that ignores edges does worse).
-    ``edge_dim`` > 0 adds ``edge_attr``: noise, its first column shifted up on
-    edges between nodes of the same class.
-    """
-    y = rng.integers(0, len(centroids), n)
-    x = rng.normal(0.0, 1.0, (n, centroids.shape[1])) + 0.5 * centroids[y]
-    src = rng.integers(0, n, 4 * n)
-    dst = rng.integers(0, n, 4 * n)
-    by_class = [np.flatnonzero(y == c) for c in range(len(centroids))]
-    for i in np.flatnonzero(rng.random(4 * n) < 0.8):
-        same = by_class[y[src[i]]]
-        dst[i] = same[rng.integers(0, len(same))]
-    ei = np.concatenate([np.stack([src, dst]), np.stack([dst, src])], axis=1)
-    g = {"x": x.astype(np.float32), "edge_index": ei.astype(np.int64), "y": y.astype(np.int64)}
-    if edge_dim:
-        attr = rng.normal(0.0, 1.0, (ei.shape[1], edge_dim))
-        attr[:, 0] += 1.5 * (y[ei[0]] == y[ei[1]])
-        g["edge_attr"] = attr.astype(np.float32)
-    return g
-
-
-def graph_batch(
-    rng: np.random.Generator, graphs: int, centroids: np.ndarray
-) -> dict[str, np.ndarray]:
-    """``graphs`` small graphs (8 to 24 nodes) as one disjoint union with ``batch``.
-
-    A graph's class shows in a third of its nodes (a class signal on their
-    features) and in its density (class ``c`` has ``c + 1`` extra edges per
-    node beside a ring), so pooling over the whole graph decides.
-    """
-    xs, eis, batch, ys, offset = [], [], [], [], 0
-    for g in range(graphs):
-        c = int(rng.integers(0, len(centroids)))
-        n = int(rng.integers(8, 25))
-        x = rng.normal(0.0, 1.0, (n, centroids.shape[1]))
-        marked = rng.random(n) < 1 / 3
-        x[marked] += 0.8 * centroids[c]
-        ring = np.stack([np.arange(n), (np.arange(n) + 1) % n])
-        extra = rng.integers(0, n, (2, (c + 1) * n // 2))
-        ei = np.concatenate([ring, extra], axis=1)
-        ei = np.concatenate([ei, ei[::-1]], axis=1) + offset
-        xs.append(x)
-        eis.append(ei)
-        batch.append(np.full(n, g))
-        ys.append(c)
-        offset += n
-    return {
-        "x": np.concatenate(xs).astype(np.float32),
-        "edge_index": np.concatenate(eis, axis=1).astype(np.int64),
-        "batch": np.concatenate(batch).astype(np.int64),
-        "y": np.asarray(ys, dtype=np.int64),
-    }
 
 
 def make_graphs(task: str, sizes: Sequence[int], seed: int) -> list[dict[str, np.ndarray]]:
@@ -430,61 +373,6 @@ DISTRIBUTIONS = (
 )  # fmt: skip
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The report as a Markdown page (the table of samples/models.md)."""
-    meta = report["meta"]
-    lines = [
-        "# PyG model classes: export and run on every engine",
-        "",
-        f"{meta['date']} · {meta['machine']} · {meta['cpus']} CPUs · Python {meta['python']} · "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-        "",
-        f"`python samples/models/zoo.py` (seed {report['seed']}): dynamic form, `--int8`, "
-        f"profiles {', '.join(report['profiles'])}"
-        + (" + `fp32-engines.yaml` (keeps FP32 OpenVINO/LiteRT)" if report["fp32_engines"] else "")
-        + ". Errors and accuracy on unseen graphs (other sizes than the export's samples) "
-        "through `edge_sdk.Runtime`, against eager PyG. Bounds: FP32 max |err| <= "
-        f"{FP32_ATOL:g}; INT8 accuracy drop <= {GATE_PP:g} pp (the export's gate).",
-        "",
-        "| model | artifact | engine | precision | max abs err | rel. err | accuracy | eager acc "
-        "| Δ pp vs eager | argmax = eager | ok |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in report["models"]:
-        for a in r["artifacts"]:
-            if "error" in a:
-                lines.append(
-                    f"| {r['model']} | {a['backend']} {a['precision']}: {a['error']} |"
-                    + " |" * 9
-                    + " ✗ |"
-                )
-                continue
-            delta = round(100 * (a["accuracy"] - r["torch_accuracy"]), 2) + 0.0  # no -0.00
-            lines.append(
-                f"| {r['model']} | {a['artifact']} | {a['backend']} | {a['precision']} | "
-                f"{a['max_abs_err']:.1e} | {a['rel_err']:.1e} | {100 * a['accuracy']:.2f} % | "
-                f"{100 * r['torch_accuracy']:.2f} % | {delta:+.2f} | "
-                f"{100 * a['agreement']:.2f} % | {'✓' if a['passed'] else '✗'} |"
-            )
-        if not r["artifacts"]:
-            lines.append(
-                f"| {r['model']} | export failed (exit {r['export_rc']}) | | | | | | | ✗ |"
-            )
-    lines += ["", "What each profile runs (`Runtime.load(bundle, profile=...)`), export time:", ""]
-    lines += ["| model | config | " + " | ".join(report["profiles"]) + " | export s |"]
-    lines += ["|---|---|" + "---|" * len(report["profiles"]) + "---:|"]
-    for r in report["models"]:
-        cells = [
-            f"{r['profiles'][p]['runtime_runs']['artifact']}" if p in r["profiles"] else "–"
-            for p in report["profiles"]
-        ]
-        lines.append(
-            f"| {r['model']} | `{r['config']}` | " + " | ".join(cells) + f" | {r['export_s']} |"
-        )
-    lines += ["", f"All bounds met: **{'yes' if report['passed'] else 'NO'}**.", ""]
-    return "\n".join(lines)
-
-
 def run(
     out: str | os.PathLike[str],
     only: Sequence[str] | None = None,
@@ -533,7 +421,7 @@ def run(
         )
         report["passed"] = all(r["passed"] for r in report["models"])
         (out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-        (out_dir / "report.md").write_text(markdown(report))
+        (out_dir / "report.md").write_text(markdown(report, FP32_ATOL, GATE_PP))
     say(f"report: {out_dir / 'report.md'}; all bounds met: {report['passed']}")
     return report
 
