@@ -126,6 +126,8 @@ def make_node(
 ) -> Iterator[Callable[..., Any]]:
     """Return ``make(broker, bundle, node_id="n1", broker_opts=None, **config) -> EdgeNode``.
 
+    The node is in group ``plant`` unless ``group`` is given.
+
     With a broker it waits until the node is connected. Nodes stop at teardown.
     Unless ``trusted_keys`` is given, the node trusts the fleet key and an
     unsigned bundle directory is replaced by its fleet-signed copy.
@@ -146,9 +148,9 @@ def make_node(
             bundle = fleet_signed(bundle)
         cfg.setdefault("trusted_keys", [fleet_keys["pub"]])
         cfg.setdefault("telemetry_interval_s", 0)
+        cfg.setdefault("group", "plant")
         config = NodeConfig(
             node_id=node_id,
-            group="plant",
             bundle=bundle,
             broker=BrokerConfig(
                 **{"url": broker.url, "keepalive_s": 5, "reconnect_min_s": 1, **(broker_opts or {})}

@@ -29,7 +29,16 @@ from ..errors import ConfigError, EdgeSDKError, UpdateError
 from ..manifest import MANIFEST_NAME
 from ..mqtt.config import BrokerConfig
 from ..mqtt.link import MqttLink
-from ..mqtt.topics import GROUP_WIDE, ROOT, JsonScheme, Outbound, check_name, encode_chunk, loads
+from ..mqtt.topics import (
+    GROUP_WIDE,
+    ROOT,
+    Inbound,
+    JsonScheme,
+    Outbound,
+    check_name,
+    encode_chunk,
+    loads,
+)
 from ..mqtt.transfer import DEFAULT_CHUNK_SIZE, Offer, read_chunk
 from ..signing import SIGNATURE_NAME, sign_bundle
 
@@ -150,13 +159,17 @@ class Deployer:
                 (base + Outbound.STATUS.value, 1),
             ],
         )
-        self._scheme = JsonScheme(group, self.node or GROUP_WIDE)
         self._lock = threading.Lock()
         self.chunks_sent = 0
 
     @property
     def offer_topic(self) -> str:
-        return f"{ROOT}/{self.group}/{self.node or GROUP_WIDE}/ota/offer"
+        """``edge/{group}/{node}/ota/offer``, or the group-wide ``edge/{group}/_all/ota/offer``.
+
+        ``_all`` is an address, not a node id (node ids may not start with ``_``),
+        so it is put into the topic as it is, never through the node-id check.
+        """
+        return f"{ROOT}/{self.group}/{self.node or GROUP_WIDE}/{Inbound.OTA_OFFER.value}"
 
     def _on_message(self, topic: str, payload: bytes, properties: Any) -> None:
         parsed = JsonScheme.parse(topic)
@@ -267,7 +280,7 @@ class Deployer:
         if not isinstance(chunks, list):
             return
         p = self.progress.setdefault(node, NodeProgress(node, step="downloading"))
-        topic = f"{ROOT}/{self.group}/{node}/ota/chunk"
+        topic = f"{ROOT}/{self.group}/{node}/{Inbound.OTA_CHUNK.value}"
         for index in chunks[:64]:
             try:
                 data = self._chunk_data(index)
