@@ -17,15 +17,9 @@ the connection, so paho acknowledges on receipt and :meth:`MqttLink.ack` does
 nothing.
 
 ``protocol: auto`` connects with MQTT 5 and falls back to 3.1.1, for good, when
-the broker refuses MQTT 5 in its CONNACK (3.1.1 return code 1, or MQTT 5's
-0x84), or when it accepted the TCP connection but sent no CONNACK within
-``_CONNACK_TIMEOUT_S``. The second case is real: a 3.1.1-only broker such as
-amqtt parses an MQTT 5 CONNECT that carries properties (ours always carries
-Session Expiry Interval) as a 3.1.1 one, reads the property bytes as a string
-length and waits for bytes that never come. A live MQTT 5 broker answers a
-CONNECT in milliseconds, so the timeout does not downgrade a slow v5 broker in
-practice; if it ever did, 3.1.1 still works with it (minus MQTT 5 features).
-Once an MQTT 5 CONNACK has arrived, the link never falls back.
+the broker refuses MQTT 5, never answers it, or closes the connection on it;
+:mod:`edge_sdk.mqtt.handshake` decides (and keeps ``connect_error`` and
+``refused_subscriptions``: why the broker said no, with its reason code).
 
 The topic scheme (:mod:`edge_sdk.mqtt.scheme`) is a strategy the link calls: the
 will before each CONNECT, how each stored row leaves (or waits), the births
@@ -36,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .._optional import require
 from .config import BrokerConfig
 from .delivery import Delivery, LinkStats
+from .handshake import Handshake
 from .paho_setup import accept_bom_in_properties, configure, properties
 from .pump import Pump
 from .rows import DefaultPump, PumpSettings, Row, RowStore
@@ -56,12 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["Delivery", "LinkStats", "MqttLink", "Will"]
 
 log = logging.getLogger(__name__)
-
-#: MQTT 5 CONNACK "Unsupported Protocol Version"; MQTT 3.1.1 uses return code 1.
-_UNSUPPORTED_PROTOCOL = (0x84, 1)
-#: ``auto``: seconds without a CONNACK after the TCP (and TLS) connection is up
-#: before deciding the broker does not understand our MQTT 5 CONNECT.
-_CONNACK_TIMEOUT_S = 5.0
 
 
 class MqttLink:
@@ -121,9 +111,7 @@ class MqttLink:
         self._clean_stop = False
         self._stopping = threading.Event()
         self._connected = threading.Event()
-        self._protocol = broker.protocol
-        self._v5_confirmed = False  # an MQTT 5 CONNACK arrived: auto never falls back then
-        self._awaiting_connack: object | None = None  # token of the CONNECT waiting for CONNACK
+        self._handshake = Handshake(broker.protocol, self._fall_back, self._stopping)
         self._client_lock = threading.Lock()  # the fallback swaps the client; stop() must see it
         self._sub_mid: int | None = None
         self._session_present = False
@@ -258,6 +246,20 @@ class MqttLink:
             self._client.subscribe(topic, qos)  # its SUBACK is not waited for
 
     @property
+    def connect_error(self) -> str | None:
+        """The last connect failure in words with the broker's code; None once connected."""
+        return self._handshake.connect_error
+
+    @property
+    def refused_subscriptions(self) -> dict[str, str]:
+        """Topic filter -> why the broker refused it (its SUBACK reason code)."""
+        return dict(self._handshake.refused_subscriptions)
+
+    @property
+    def _protocol(self) -> str:
+        return self._handshake.protocol
+
+    @property
     def is_v5(self) -> bool:
         return self._protocol != "3.1.1"
 
@@ -293,8 +295,8 @@ class MqttLink:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
-        if self._protocol == "auto":
-            client.on_socket_open = self._on_socket_open
+        client.on_socket_open = self._on_socket_open
+        client.on_connect_fail = self._on_connect_fail
         client.on_pre_connect = self._on_pre_connect
         client.max_inflight_messages_set(self._inflight_window)
         client.max_queued_messages_set(0)
@@ -320,43 +322,20 @@ class MqttLink:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
 
     def _on_socket_open(self, client: Client, userdata: Any, sock: Any) -> None:
-        """``auto`` only: time the CONNACK of the CONNECT about to be sent on ``sock``."""
-        if self._protocol != "auto" or self._v5_confirmed:
-            return
-        token = object()
-        self._awaiting_connack = token
-        timer = threading.Timer(_CONNACK_TIMEOUT_S, self._connack_overdue, args=(token,))
-        timer.daemon = True
-        timer.start()
+        if client is self._client:
+            self._handshake.socket_open(client.host, client.port)
 
-    def _connack_overdue(self, token: object) -> None:
-        if token is not self._awaiting_connack or self._stopping.is_set():
-            return  # answered, or a newer attempt owns the timer
-        log.warning(
-            "broker sent no CONNACK to an MQTT 5 CONNECT within %g s; falling back to MQTT 3.1.1",
-            _CONNACK_TIMEOUT_S,
-        )
-        self._fall_back()
+    def _on_connect_fail(self, client: Client, userdata: Any) -> None:
+        if client is self._client:  # paho calls this inside its ``except OSError``
+            self._handshake.connect_failed(client.host, client.port, sys.exc_info()[1])
 
     def _on_connect(
         self, client: Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if client is not self._client:
             return  # a late CONNACK to the client that the fallback replaced
-        self._awaiting_connack = None
-        if reason.is_failure:
-            if (
-                self._protocol == "auto"
-                and not self._v5_confirmed
-                and reason.value in _UNSUPPORTED_PROTOCOL
-            ):
-                log.warning("broker refused MQTT 5; falling back to MQTT 3.1.1")
-                threading.Thread(target=self._fall_back, daemon=True).start()
-                return
-            log.warning("broker refused the connection: %s", reason)
-            return
-        if self._protocol == "auto":
-            self._v5_confirmed = True
+        if not self._handshake.connack(reason):
+            return  # refused: the handshake logged why, and falls back where it should
         self._connection += 1
         self._session_present = bool(getattr(flags, "session_present", False))
         if self._subscriptions:
@@ -371,9 +350,7 @@ class MqttLink:
     ) -> None:
         if mid != self._sub_mid:
             return
-        for (topic, _), reason in zip(self._subscriptions, reasons, strict=False):
-            if getattr(reason, "is_failure", False):
-                log.error("broker refused the subscription to %s: %s", topic, reason)
+        self._handshake.subacks(self._subscriptions, reasons)
         self._ready()
 
     def _ready(self) -> None:
@@ -400,8 +377,7 @@ class MqttLink:
                 # The hung CONNECT's socket: closing it lets the broker drop the half-read packet.
                 with contextlib.suppress(OSError):
                     sock.close()
-            self._protocol = "3.1.1"
-            self._awaiting_connack = None
+            self._handshake.fell_back()
             shared = [t for t, _ in self._subscriptions if t.startswith("$share/")]
             if shared:
                 log.warning(
@@ -417,8 +393,7 @@ class MqttLink:
     ) -> None:
         if client is not self._client:
             return  # the MQTT 5 client that the fallback replaced
-        # Closed before any CONNACK: not the "no answer" of a 3.1.1-only broker.
-        self._awaiting_connack = None
+        self._handshake.closed()  # before any CONNACK: maybe a broker that cannot parse MQTT 5
         with self._cond:
             was = self._connected.is_set()
             self._connected.clear()
