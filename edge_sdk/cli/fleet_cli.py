@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ._common import console, err_console, fail_on_errors, make_app
+from ._json_lines import json_line
 
 EXIT_DEPLOY_INCOMPLETE = 5
 
@@ -217,7 +218,13 @@ def watch(
     username: UserOpt = None,
     ca: CaOpt = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON message per line instead of a table.")
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON message per line instead of a table. Sparkplug metrics are JSON "
+            "values; bytes (BYTES metrics, and arrays of a node whose birth this watch has "
+            "not seen) are base64 text; NaN and infinities are null.",
+        ),
     ] = False,
 ) -> None:
     """Live table of the fleet's results, alerts and telemetry (duplicates removed)."""
@@ -226,7 +233,7 @@ def watch(
 
         def emit(kind: str, body: dict[str, Any]) -> None:
             if as_json:
-                print(json.dumps(body, separators=(",", ":")), flush=True)
+                print(json_line(body), flush=True)
 
         deadline = time.monotonic() + duration if duration else None
         with FleetWatcher(_broker(broker, username, ca), group, share, on_message=emit) as w:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import queue
 import shlex
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
+import numpy as np
 from cli_run import edge_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
+WINDOW = 20  # the sensor bundles' window (samples)
 
 
 def _documented(doc: Path, prefix: str) -> list[list[str]]:
@@ -55,3 +62,107 @@ def test_the_readme_group_wide_deploy_runs_as_written_and_every_node_swaps(
         "n2": ("swapped", "1.1.0"),
     }
     assert {n.model.runtime.manifest.model.version for n in nodes} == {"1.1.0"}
+
+
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """The lines ``proc`` prints, as they come (a reader thread)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def test_watch_json_prints_every_sparkplug_ddata_as_json(broker, make_node, sensor_bundles):
+    """Every line of ``watch --json`` is strict JSON, Sparkplug DDATA included.
+
+    The watch starts after the node's births (the usual case): it has not seen
+    the datatypes, so the output array arrives as base64 of its packed doubles.
+    After a Rebirth (``command rebirth --sparkplug``) it is a JSON array.
+    """
+    from edge_sdk.node.config import OutboxConfig
+
+    node = make_node(
+        broker, sensor_bundles["v1"], scheme="sparkplug", outbox=OutboxConfig(replay_s=0)
+    )
+    exe = Path(sys.executable).with_name("edge-fleet")
+    args = ["watch", "--json", "--broker", broker.url, "--group", "plant", "--duration", "90"]
+    watch = subprocess.Popen(
+        [str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lines = _lines(watch)
+        first = json.loads(lines.get(timeout=30))  # the retained JSON status: subscribed
+        assert (first["type"], first["state"]) == ("status", "online")
+
+        fed = [0]  # rows so far: the node's time stamps must keep increasing
+
+        def ddata(count: int) -> list[dict]:
+            """Feed rows for ``count`` more results; every line until then must parse."""
+            n = count + (WINDOW - 1 if not fed[0] else 0)
+            rows = np.random.default_rng(count).standard_normal((n, 52))
+            for t, row in enumerate(rows, fed[0]):
+                node.submit_sensors({"t": t, "values": row.tolist()})
+            fed[0] += n
+            out: list[dict] = []
+            while len(out) < count:
+                msg = json.loads(lines.get(timeout=30), parse_constant=_refuse)
+                if msg["type"] == "DDATA" and "Result/Id" in msg["metrics"]:
+                    out.append(msg["metrics"])
+            return out
+
+        before = ddata(5)
+        assert [m["Result/Id"] for m in before] == [1, 2, 3, 4, 5]
+        for m in before:
+            outputs = np.frombuffer(base64.b64decode(m["Result/Outputs/out"]), "<f8")
+            assert outputs.shape == (22,) and int(outputs.argmax()) == m["Result/Class"]
+            assert m["Result/Label"] == f"fault_{m['Result/Class']}"
+
+        rebirth = ["command", "rebirth", "--group", "plant", "--node", "n1", "--sparkplug"]
+        edge_fleet(*rebirth, "--broker", broker.url)
+        after = ddata(3)
+        assert [m["Result/Id"] for m in after] == [6, 7, 8]
+        for m in after:
+            outputs = m["Result/Outputs/out"]
+            assert len(outputs) == 22 and all(isinstance(v, float) for v in outputs)
+            assert int(np.argmax(outputs)) == m["Result/Class"]
+    finally:
+        watch.kill()
+        _, err = watch.communicate(timeout=10)
+    assert "Traceback" not in err and "not JSON serializable" not in err, err
+
+
+def _refuse(name: str) -> None:
+    raise AssertionError(f"{name} is not JSON")
+
+
+def test_json_lines_are_strict_json_whatever_a_message_holds():
+    import datetime as dt
+
+    from edge_sdk.cli._json_lines import json_line
+
+    when = dt.datetime(2026, 12, 7, 1, 2, 3, tzinfo=dt.UTC)
+    msg = {
+        "nan": float("nan"),
+        "inf": [float("inf"), -float("inf")],
+        "bytes": b"\x00\xff",
+        "when": when,
+        "np": np.float32(1.5),
+        "arr": np.arange(2),
+        "tuple": (1, "a"),
+    }
+    line = json_line(msg)
+    assert "\n" not in line
+    assert json.loads(line, parse_constant=_refuse) == {
+        "nan": None,
+        "inf": [None, None],
+        "bytes": "AP8=",
+        "when": "2026-12-07T01:02:03+00:00",
+        "np": 1.5,
+        "arr": [0, 1],
+        "tuple": [1, "a"],
+    }
