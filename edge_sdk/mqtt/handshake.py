@@ -40,6 +40,7 @@ the decision (WARNING).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -208,11 +209,25 @@ class Handshake:
         )
         self._start_fallback()
 
-    def fell_back(self) -> None:
+    def fell_back(self, subscriptions: list[tuple[str, int]]) -> None:
         """The link now speaks 3.1.1 for good (called by the link's fallback)."""
         self.protocol = "3.1.1"
         self._attempt = None
         self._closes = 0
+        shared = [t for t, _ in subscriptions if t.startswith("$share/")]
+        if shared:
+            log.warning(
+                "MQTT 3.1.1 has no shared subscriptions: %s are ordinary topics on this broker",
+                ", ".join(shared),
+            )
+
+    def on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        """paho's ``on_socket_open``: see :meth:`socket_open`."""
+        self.socket_open(client.host, client.port)
+
+    def on_connect_fail(self, client: Any, userdata: Any) -> None:
+        """paho's ``on_connect_fail``, which paho calls inside its ``except OSError``."""
+        self.connect_failed(client.host, client.port, sys.exc_info()[1])
 
     def subacks(self, subscriptions: list[tuple[str, int]], reasons: Any) -> None:
         """A SUBACK for ``subscriptions``: remember (and log once) each refused filter."""
@@ -248,3 +263,8 @@ class Handshake:
 
     def _start_fallback(self) -> None:
         threading.Thread(target=self._fall_back, daemon=True, name="mqtt-fallback").start()
+
+    def refuse(self, reason: str) -> None:
+        """The link gives up on this broker: a feature its user needs is missing."""
+        log.error("cannot use the broker at %s: %s", self._where, reason)
+        self.connect_error = reason

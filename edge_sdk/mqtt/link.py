@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._optional import require
+from .capabilities import BrokerCapabilities, BrokerProbe
 from .config import BrokerConfig
 from .delivery import Delivery, LinkStats
 from .handshake import Handshake
@@ -72,6 +72,8 @@ class MqttLink:
         outbox_config: Flow-control and replay settings of the pump.
         scheme: The topic scheme the link calls (will, rows, births, goodbye);
             default :class:`~edge_sdk.mqtt.scheme.PlainScheme`.
+        probe: Learn the broker's capabilities on the first connect, before
+            the link is ready (:mod:`edge_sdk.mqtt.capabilities`).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class MqttLink:
         outbox_config: PumpSettings | None = None,
         on_delivery: Callable[[str, bytes, Any, Delivery], None] | None = None,
         scheme: Scheme | None = None,
+        probe: BrokerProbe | None = None,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -114,6 +117,8 @@ class MqttLink:
         self._handshake = Handshake(broker.protocol, self._fall_back, self._stopping)
         self._client_lock = threading.Lock()  # the fallback swaps the client; stop() must see it
         self._sub_mid: int | None = None
+        self.probe = probe
+        self._connack_props: Any = None
         self._session_present = False
         self._client: Client = self._make_client()
 
@@ -256,6 +261,11 @@ class MqttLink:
         return dict(self._handshake.refused_subscriptions)
 
     @property
+    def capabilities(self) -> BrokerCapabilities | None:
+        """What the broker does (with ``probe``, once the first probe finished)."""
+        return self.probe.capabilities if self.probe is not None else None
+
+    @property
     def _protocol(self) -> str:
         return self._handshake.protocol
 
@@ -295,8 +305,8 @@ class MqttLink:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
-        client.on_socket_open = self._on_socket_open
-        client.on_connect_fail = self._on_connect_fail
+        client.on_socket_open = self._handshake.on_socket_open
+        client.on_connect_fail = self._handshake.on_connect_fail
         client.on_pre_connect = self._on_pre_connect
         client.max_inflight_messages_set(self._inflight_window)
         client.max_queued_messages_set(0)
@@ -321,14 +331,6 @@ class MqttLink:
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
 
-    def _on_socket_open(self, client: Client, userdata: Any, sock: Any) -> None:
-        if client is self._client:
-            self._handshake.socket_open(client.host, client.port)
-
-    def _on_connect_fail(self, client: Client, userdata: Any) -> None:
-        if client is self._client:  # paho calls this inside its ``except OSError``
-            self._handshake.connect_failed(client.host, client.port, sys.exc_info()[1])
-
     def _on_connect(
         self, client: Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
@@ -337,20 +339,42 @@ class MqttLink:
         if not self._handshake.connack(reason):
             return  # refused: the handshake logged why, and falls back where it should
         self._connection += 1
+        self._connack_props = properties
         self._session_present = bool(getattr(flags, "session_present", False))
         if self._subscriptions:
             # Ready only once the broker confirmed the subscriptions (_on_subscribe):
             # a message sent to the node right after "connected" must not be lost.
             _, self._sub_mid = client.subscribe(list(self._subscriptions))
         else:
-            self._ready()
+            self._subscribed(client)
 
     def _on_subscribe(
         self, client: Client, userdata: Any, mid: int, reasons: Any, properties: Any
     ) -> None:
         if mid != self._sub_mid:
+            if self.probe is not None:
+                self.probe.suback(mid, reasons)
             return
         self._handshake.subacks(self._subscriptions, reasons)
+        self._subscribed(client)
+
+    def _subscribed(self, client: Client) -> None:
+        """Ready now, or (``probe``) once the broker's capabilities are known and accepted."""
+        if self.probe is None:
+            self._ready()
+            return
+        conn, version = self._connection, self._handshake.version
+        self.probe.start(client, version, self._connack_props, lambda no: self._probed(conn, no))
+
+    def _probed(self, conn: int, refusal: str | None) -> None:
+        client = self._client
+        if conn != self._connection or not client.is_connected() or self._stopping.is_set():
+            return  # that connection is gone; the next one checks the capabilities again
+        if refusal is not None:
+            self._handshake.refuse(refusal)
+            self._clean_stop = True  # no reconnect: this broker lacks what the caller needs
+            client.disconnect()
+            return
         self._ready()
 
     def _ready(self) -> None:
@@ -377,13 +401,7 @@ class MqttLink:
                 # The hung CONNECT's socket: closing it lets the broker drop the half-read packet.
                 with contextlib.suppress(OSError):
                     sock.close()
-            self._handshake.fell_back()
-            shared = [t for t, _ in self._subscriptions if t.startswith("$share/")]
-            if shared:
-                log.warning(
-                    "MQTT 3.1.1 has no shared subscriptions: %s are ordinary topics on this broker",
-                    ", ".join(shared),
-                )
+            self._handshake.fell_back(self._subscriptions)
             self._client = self._make_client()
             self._connect_async()
             self._client.loop_start()
@@ -407,6 +425,8 @@ class MqttLink:
         self._scheme.lost()
 
     def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
+        if self.probe is not None and self.probe.message(msg.topic, bytes(msg.payload)):
+            return
         self.stats.received += 1
         props = getattr(msg, "properties", None)
         if self._on_delivery_cb is not None:
