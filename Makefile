@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= out/tep
 CORA_OUT ?= out/cora
 
-.PHONY: demo demo-cora test lint typecheck unit clean help mosquitto proto docs
+.PHONY: demo demo-cora test lint typecheck unit clean help mosquitto brokers proto docs
 
 help:
 	@echo "make demo       - TEP plant: train the adaptive-graph GNN, export an INT8 bundle,"
@@ -36,6 +36,23 @@ mosquitto:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
 	fi
 
+# The compatibility suite (tests/fleet/compat/) also runs ejabberd and RabbitMQ: install
+# what is missing of the three brokers' Debian packages (one apt-get update). The fixtures
+# run each broker as a child process on free ports with its own config, data and epmd; a
+# service the packages start (epmd on 4369, rabbitmq-server, ejabberd) is neither used
+# nor disturbed.
+brokers:
+	@missing=""; \
+	{ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } || missing=" mosquitto mosquitto-clients"; \
+	ls /usr/lib/*/ejabberd-*/ebin/ejabberd.app >/dev/null 2>&1 || missing="$$missing ejabberd"; \
+	[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (MQTT brokers for the compatibility suite)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 # mosquitto is installed when missing; without it (no apt, no sudo) the demo
 # says so and skips the MQTT part.
 demo: $(STAMP)
@@ -54,7 +71,7 @@ typecheck: $(STAMP)
 
 # Two workers: the broker, socket and subprocess tests mostly wait, and overlap with the
 # CPU-bound exports; tests are grouped per file (tests/conftest.py). 25 slowest printed.
-unit: $(STAMP) mosquitto
+unit: $(STAMP) brokers
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
 test: lint typecheck unit

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from edge_sdk.fleet.brokers import LocalBroker
+from edge_sdk.fleet.brokers import BrokerProcess, EjabberdBroker, LocalBroker, RabbitBroker
 
 if TYPE_CHECKING:
     from mqtt_helpers import Recorder
@@ -168,3 +168,85 @@ def make_node(
     yield make
     for node in made:
         node.stop()
+
+
+# -- the other brokers: ejabberd and RabbitMQ (compatibility suite) --------------------------
+
+
+def _require_broker(find: Callable[[], str | None], hint: str) -> str:
+    """Like ``mosquitto_path``: fail with the install command, skip on EDGE_SDK_SKIP_MQTT=1."""
+    import os
+
+    if os.environ.get("EDGE_SDK_SKIP_MQTT") == "1":
+        pytest.skip("EDGE_SDK_SKIP_MQTT=1: real-broker MQTT tests skipped on request")
+    found = find()
+    if found is None:
+        pytest.fail(f"{hint} (or set EDGE_SDK_SKIP_MQTT=1 to skip MQTT tests)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def ejabberd_path(mosquitto_path: str) -> str:
+    """ejabberd's Erlang library directory; fails with the install command when missing."""
+    from edge_sdk.fleet.brokers import installed
+
+    return _require_broker(installed.find_ejabberd, installed.EJABBERD_HINT)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_path(mosquitto_path: str) -> str:
+    """RabbitMQ's ``rabbitmq-server``; fails with the install command when missing."""
+    from edge_sdk.fleet.brokers import installed
+
+    return _require_broker(installed.find_rabbitmq, installed.RABBITMQ_HINT)
+
+
+@pytest.fixture(scope="module")
+def ejabberd_broker(
+    ejabberd_path: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EjabberdBroker]:
+    """One ejabberd (mod_mqtt, MQTT 5) per test module; its URL carries the credentials."""
+    b = EjabberdBroker(tmp_path_factory.mktemp("ejabberd")).start()
+    try:
+        yield b
+    finally:
+        b.stop(timeout_s=10)
+
+
+@pytest.fixture(scope="module")
+def rabbit_broker(
+    rabbitmq_path: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RabbitBroker]:
+    """One RabbitMQ (rabbitmq_mqtt, MQTT 3.1.1 only) per test module."""
+    b = RabbitBroker(tmp_path_factory.mktemp("rabbitmq")).start()
+    try:
+        yield b
+    finally:
+        b.stop(timeout_s=10)
+
+
+COMPAT_BROKERS = ("mosquitto", "ejabberd", "rabbitmq")
+
+
+@pytest.fixture(scope="module", params=COMPAT_BROKERS)
+def compat_broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BrokerProcess]:
+    """Each broker of the compatibility matrix in turn, one process per module and kind.
+
+    The kind (``mosquitto``, ``ejabberd``, ``rabbitmq``) is the test id's
+    parameter; tests that tell brokers apart use ``isinstance``.
+    """
+    kind = request.param
+    request.getfixturevalue({"mosquitto": "mosquitto_path"}.get(kind, f"{kind}_path"))
+    workdir = tmp_path_factory.mktemp(kind)
+    b: BrokerProcess = {
+        "mosquitto": LocalBroker,
+        "ejabberd": EjabberdBroker,
+        "rabbitmq": RabbitBroker,
+    }[kind](workdir)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop(timeout_s=10)

@@ -4,7 +4,10 @@
   limits default to unlimited);
 * :class:`EmbeddedBroker`: amqtt in a child process where mosquitto is not
   installed (:mod:`.embedded`, with its limits);
-* both on :class:`~.process.BrokerProcess`, the shared child-process base;
+* :class:`EjabberdBroker` (:mod:`.ejabberd`, MQTT 5) and :class:`RabbitBroker`
+  (:mod:`.rabbitmq`, MQTT 3.1.1): the compatibility suite's other brokers, on
+  :class:`~.erlang.ErlangBroker` (process group, private epmd, login probe);
+* all on :class:`~.process.BrokerProcess`, the shared child-process base;
 * :func:`start_local_broker` picks the first one installed (:mod:`.installed`).
 """
 
@@ -15,20 +18,34 @@ from collections.abc import Callable
 
 from ...errors import BackendUnavailableError
 from . import installed
+from .ejabberd import EjabberdBroker
 from .embedded import EmbeddedBroker
-from .installed import INSTALL_HINT, embedded_broker_available, find_mosquitto
+from .erlang import ErlangBroker
+from .installed import (
+    INSTALL_HINT,
+    embedded_broker_available,
+    find_ejabberd,
+    find_mosquitto,
+    find_rabbitmq,
+)
 from .mosquitto import DROPPED_MARKER, BrokerLimits, LocalBroker
 from .process import BrokerProcess, free_port
+from .rabbitmq import RabbitBroker
 
 __all__ = [
     "DROPPED_MARKER",
     "INSTALL_HINT",
     "BrokerLimits",
     "BrokerProcess",
+    "EjabberdBroker",
     "EmbeddedBroker",
+    "ErlangBroker",
     "LocalBroker",
+    "RabbitBroker",
     "embedded_broker_available",
+    "find_ejabberd",
     "find_mosquitto",
+    "find_rabbitmq",
     "free_port",
     "start_local_broker",
 ]
