@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ._common import console, err_console, fail_on_errors, make_app
 from ._json_lines import json_line
+from ._mqtt_options import BROKER_HELP, broker_options
 
 EXIT_DEPLOY_INCOMPLETE = 5
 
@@ -29,27 +30,6 @@ app = make_app(
         "--broker mqtt://broker:1883"
     ),
 )
-
-
-BrokerOpt = Annotated[
-    str,
-    typer.Option(
-        "--broker", envvar="EDGE_SDK_BROKER", help="mqtt://host:port or mqtts://host:port."
-    ),
-]
-UserOpt = Annotated[str | None, typer.Option(help="MQTT user (password: EDGE_SDK_MQTT_PASSWORD).")]
-CaOpt = Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")]
-
-
-def _broker(url: str, username: str | None, ca: Path | None) -> Any:
-    from edge_sdk.mqtt.config import BrokerConfig
-
-    from ..errors import ConfigError
-
-    try:
-        return BrokerConfig(url=url, username=username, ca=ca)
-    except ValueError as exc:  # pydantic wraps the ConfigError of the URL check
-        raise ConfigError(str(exc).splitlines()[-1].strip()) from None
 
 
 @app.command(epilog="Example:\n\n  edge-fleet keys --out keys/ --name fleet")
@@ -85,14 +65,17 @@ def sign(
         "  edge-fleet deploy out/tep.bundle --group plant-a --key keys/fleet.key\n\n"
         "  edge-fleet deploy tep-signed.tar.gz --group plant-a --node line3 --force\n\n"
         "Nodes check the signature against their trusted keys, refuse versions that are not "
-        "newer (unless --force), run the bundle's canary, and report each step."
+        "newer (unless --force), run the bundle's canary, and report each step.\n\n" + BROKER_HELP
     )
 )
+@broker_options
 def deploy(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory or signed .tar.gz.")],
     group: Annotated[str, typer.Option(help="Target group.")],
-    broker: BrokerOpt = "mqtt://127.0.0.1:1883",
-    node: Annotated[str | None, typer.Option(help="Only this node.")] = None,
+    broker: Any,
+    node: Annotated[
+        str | None, typer.Option(help="Only this node (default: every node of the group).")
+    ] = None,
     key: Annotated[
         Path | None, typer.Option(help="Sign the bundle directory with this key first.")
     ] = None,
@@ -101,8 +84,6 @@ def deploy(
         list[str] | None, typer.Option(help="Wait for these nodes (repeatable).")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the nodes.")] = 300.0,
-    username: UserOpt = None,
-    ca: CaOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Offer a signed bundle to a group (or one node), serve its chunks, report outcomes."""
@@ -116,7 +97,7 @@ def deploy(
                 err_console.print(f"{p.node}: {p.step}{extra}{reason}", highlight=False)
 
         outcome = run_deploy(
-            _broker(broker, username, ca),
+            broker,
             group,
             bundle,
             key=key,
@@ -178,20 +159,23 @@ def _node_table(views: list[Any]) -> Table:
     return table
 
 
-@app.command(epilog="Example:\n\n  edge-fleet status --group plant-a --json")
+@app.command(
+    epilog="Examples:\n\n  edge-fleet status --group plant-a --json\n\n"
+    "  edge-fleet status --broker mqtts://broker:8883 --ca ca.pem --username fleet "
+    "--protocol 3.1.1\n\n" + BROKER_HELP
+)
+@broker_options
 def status(
-    broker: BrokerOpt = "mqtt://127.0.0.1:1883",
+    broker: Any,
     group: Annotated[str, typer.Option(help="Group, or + for all.")] = "+",
     wait: Annotated[float, typer.Option(help="Seconds to collect retained statuses.")] = 1.0,
-    username: UserOpt = None,
-    ca: CaOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Which node runs which model version and backend (from their retained status)."""
     with fail_on_errors():
         from edge_sdk.fleet.watch import FleetWatcher
 
-        with FleetWatcher(_broker(broker, username, ca), group, streams=()) as watcher:
+        with FleetWatcher(broker, group, streams=()) as watcher:
             time.sleep(wait)
             views = watcher.snapshot()
         if as_json:
@@ -205,18 +189,18 @@ def status(
         "Examples:\n\n"
         "  edge-fleet watch --group plant-a\n\n"
         "  edge-fleet watch --json --duration 60 > results.jsonl\n\n"
-        "  edge-fleet watch --share consumers --json    # MQTT 5 shared subscription"
+        "  edge-fleet watch --share consumers --json    # MQTT 5 shared subscription\n\n"
+        "  edge-fleet watch --broker mqtt://rabbit:1883 --protocol 3.1.1 --json\n\n" + BROKER_HELP
     )
 )
+@broker_options
 def watch(
-    broker: BrokerOpt = "mqtt://127.0.0.1:1883",
+    broker: Any,
     group: Annotated[str, typer.Option(help="Group, or + for all.")] = "+",
     share: Annotated[
         str | None, typer.Option(help="MQTT 5 shared subscription name (scale out consumers).")
     ] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
-    username: UserOpt = None,
-    ca: CaOpt = None,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -236,7 +220,7 @@ def watch(
                 print(json_line(body), flush=True)
 
         deadline = time.monotonic() + duration if duration else None
-        with FleetWatcher(_broker(broker, username, ca), group, share, on_message=emit) as w:
+        with FleetWatcher(broker, group, share, on_message=emit) as w:
             try:
                 if as_json:
                     while deadline is None or time.monotonic() < deadline:
@@ -255,17 +239,17 @@ def watch(
         "Examples:\n\n"
         "  edge-fleet command rollback --group plant-a --node line3\n\n"
         "  edge-fleet command telemetry_interval --value 5 --group plant-a\n\n"
-        "  edge-fleet command rebirth --group plant-a --node line3 --sparkplug   # NCMD"
+        "  edge-fleet command rebirth --group plant-a --node line3 --sparkplug   # NCMD\n\n"
+        + BROKER_HELP
     )
 )
+@broker_options
 def command(
     cmd: Annotated[str, typer.Argument(help="telemetry_interval, telemetry, rollback, rebirth.")],
     group: Annotated[str, typer.Option(help="Target group.")],
     node: Annotated[str | None, typer.Option(help="One node (default: the whole group).")] = None,
     value: Annotated[float | None, typer.Option(help="Argument of the command.")] = None,
-    broker: BrokerOpt = "mqtt://127.0.0.1:1883",
-    username: UserOpt = None,
-    ca: CaOpt = None,
+    broker: Any = None,
     sparkplug: Annotated[
         bool,
         typer.Option(
@@ -279,6 +263,7 @@ def command(
         import uuid
 
         from edge_sdk.errors import ConfigError
+        from edge_sdk.fleet.connect import connect
         from edge_sdk.mqtt.link import MqttLink
         from edge_sdk.mqtt.topics import GROUP_WIDE, Inbound, JsonScheme, dumps
 
@@ -293,11 +278,8 @@ def command(
                 raise ConfigError("Sparkplug commands go to one node: give --node")
             topic = sparkplug_topic(group, MessageType.NCMD, node)
             payload = sparkplug_command(cmd, value)
-        link = MqttLink(_broker(broker, username, ca), f"edge-fleet-cmd-{uuid.uuid4().hex[:8]}")
-        link.start()
+        link = connect(MqttLink(broker, f"edge-fleet-cmd-{uuid.uuid4().hex[:8]}"), 10.0)
         try:
-            if not link.wait_connected(10):
-                raise ConfigError(f"cannot reach the broker at {broker}")
             if not sparkplug:
                 body: dict[str, Any] = {"cmd": cmd}
                 if value is not None:

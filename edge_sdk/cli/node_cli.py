@@ -68,7 +68,10 @@ def run(
     username: Annotated[str | None, typer.Option(help="MQTT user name.")] = None,
     ca: Annotated[Path | None, typer.Option(help="CA certificate (mqtts).")] = None,
     cert: Annotated[Path | None, typer.Option(help="Client certificate (mutual TLS).")] = None,
-    key: Annotated[Path | None, typer.Option(help="Client private key (mutual TLS).")] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", "--tls-key", help="Client private key (mutual TLS)."),
+    ] = None,
     protocol: Annotated[str | None, typer.Option(help="5, 3.1.1 or auto.")] = None,
     scheme: Annotated[
         str | None,

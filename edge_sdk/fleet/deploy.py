@@ -41,6 +41,7 @@ from ..mqtt.topics import (
 )
 from ..mqtt.transfer import DEFAULT_CHUNK_SIZE, Offer, read_chunk
 from ..signing import SIGNATURE_NAME, sign_bundle
+from .connect import connect
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +196,10 @@ class Deployer:
             on_progress: Called on each status change.
 
         Raises:
-            ConfigError: The broker cannot be reached.
+            ConfigError: The broker cannot be reached or refused the client
+                (naming its reason, :func:`edge_sdk.fleet.connect.connect`).
         """
-        self.link.start()
-        if not self.link.wait_connected(timeout=min(30.0, timeout_s)):
-            self.link.stop()
-            raise ConfigError(f"cannot reach the broker at {self.link.broker.url}")
+        connect(self.link, min(30.0, timeout_s))
         online: set[str] = set()
         offer = self.prepared.offer
         try:

@@ -14,10 +14,26 @@ NDEATH, whose bdSeq is not the current birth's, is ignored), DDATA results and
 alerts and NDATA telemetry fill the same table. Their messages reach
 ``on_message`` as ``sparkplug/{NBIRTH|DDATA|...}`` with the decoded metrics.
 With ``share``, only DATA messages are shared: every consumer needs the births.
+
+At start the watcher probes the broker (:mod:`edge_sdk.mqtt.capabilities`)
+and adapts or refuses:
+
+* a broker that sends retained messages only to exact-topic subscriptions
+  (RabbitMQ 3.10) never delivers the retained ``status`` on
+  ``edge/{group}/+/status``: the watcher then learns nodes from what they
+  publish live (status, results, alerts, errors, telemetry, OTA status) and
+  subscribes to each node's exact status topic, whose retained status the
+  broker does deliver;
+* ``share`` on a broker without shared subscriptions, ``sparkplug=True`` or a
+  group containing ``.`` on a broker that rewrites ``.`` in topics: refused
+  (:class:`~edge_sdk.errors.ConfigError` naming the limitation and the fix);
+  with ``sparkplug=None`` (the default) the watcher just does not follow
+  Sparkplug there, and says so in its log.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -26,12 +42,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import EdgeSDKError
+from ..errors import ConfigError, EdgeSDKError
+from ..mqtt.capabilities import BrokerCapabilities, BrokerProbe
 from ..mqtt.config import BrokerConfig
 from ..mqtt.link import MqttLink
 from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG
 from ..mqtt.sparkplug.host import HostView
 from ..mqtt.topics import ROOT, JsonScheme, Outbound, loads
+from .connect import connect
 
 #: Topics a watcher follows, besides the retained status.
 STREAMS = (
@@ -41,6 +59,8 @@ STREAMS = (
     Outbound.TELEMETRY,
     Outbound.OTA_STATUS,
 )
+
+log = logging.getLogger(__name__)
 
 
 class Deduplicator:
@@ -98,7 +118,9 @@ class FleetWatcher:
         streams: Which outgoing node topics to follow.
         client_id: MQTT client id; a stable id with a persistent session makes
             the broker queue messages for this watcher while it is away.
-        sparkplug: Also follow Sparkplug B nodes of the group.
+        sparkplug: Also follow Sparkplug B nodes of the group: None where the
+            broker keeps the ``spBv1.0`` namespace intact, True always (a broker
+            that rewrites it is refused), False never.
     """
 
     def __init__(
@@ -109,7 +131,7 @@ class FleetWatcher:
         on_message: Callable[[str, dict[str, Any]], None] | None = None,
         streams: tuple[Outbound, ...] = STREAMS,
         client_id: str | None = None,
-        sparkplug: bool = True,
+        sparkplug: bool | None = None,
     ) -> None:
         self.nodes: dict[tuple[str, str], NodeView] = {}
         self.sparkplug = HostView()
@@ -117,6 +139,9 @@ class FleetWatcher:
         self.counts: dict[str, int] = {}
         self._on_message = on_message
         self._lock = threading.Lock()
+        self._group, self._share, self._sparkplug = group, share, sparkplug
+        self._followed = {kind.value for kind in streams} | {Outbound.STATUS.value}
+        self._exact_status: set[tuple[str, str]] | None = None  # set: learning nodes
         prefix = f"$share/{share}/" if share else ""
         subs = [(f"{prefix}{ROOT}/{group}/+/{kind.value}", 1) for kind in streams]
         subs.append((f"{ROOT}/{group}/+/{Outbound.STATUS.value}", 1))
@@ -127,24 +152,76 @@ class FleetWatcher:
             ]
         elif sparkplug:
             subs.append((f"{SPARKPLUG}/{group}/#", 0))
+        self.probe = BrokerProbe(sparkplug=sparkplug is not False, check=self._refusal)
         self.link = MqttLink(
             broker,
             client_id=client_id or f"edge-fleet-watch-{uuid.uuid4().hex[:8]}",
             on_message=self._receive,
             subscriptions=subs,
+            probe=self.probe,
         )
 
+    @property
+    def capabilities(self) -> BrokerCapabilities | None:
+        """What the broker does (known once :meth:`start` returned)."""
+        return self.probe.capabilities
+
     def start(self, timeout_s: float = 10.0) -> FleetWatcher:
-        """Connect and subscribe.
+        """Connect, subscribe, probe the broker and adapt to it (module notes).
 
         Raises:
-            EdgeSDKError: The broker is not reachable within ``timeout_s``.
+            ConfigError: The broker is not reachable within ``timeout_s``, refused
+                the client, or refused a subscription (e.g. ``share`` on a broker
+                without shared subscriptions), naming the broker's reason; or the
+                broker lacks what this watcher needs (named, with the fix).
         """
-        self.link.start()
-        if not self.link.wait_connected(timeout_s):
-            self.link.stop(flush_s=0)
-            raise EdgeSDKError(f"cannot reach the broker at {self.link.broker.url}")
+        try:
+            connect(self.link, timeout_s)
+        except ConfigError:
+            if self.probe.refused is None:
+                raise
+            url = self.link.broker.url
+            raise ConfigError(
+                f"cannot watch through the broker at {url}: {self.probe.refused}"
+            ) from None
+        caps = self.probe.capabilities
+        if caps is not None:
+            self._adapt(caps)
         return self
+
+    def _refusal(self, caps: BrokerCapabilities) -> str | None:
+        """Why this watcher cannot work on a broker that does what ``caps`` say."""
+        why = [caps.shared_refusal() if self._share else None]
+        why.append(caps.sparkplug_refusal() if self._sparkplug else None)
+        if self._group != "+":
+            why.append(caps.name_refusal("group", self._group))
+        return "; ".join(w for w in why if w) or None
+
+    def _adapt(self, caps: BrokerCapabilities) -> None:
+        if self._sparkplug is None and (why := caps.sparkplug_refusal()):
+            log.warning("not following Sparkplug B nodes: %s", why)
+        if caps.retain_on_wildcards is not False:
+            return
+        log.info(
+            "this broker sends retained messages only to exact topics: learning nodes from "
+            "what they publish and reading each node's retained status on its own topic"
+        )
+        with self._lock:
+            self._exact_status = set()
+            known = list(self.nodes)
+        for kind in STREAMS:
+            if kind.value not in self._followed:  # heard only to learn the nodes
+                self.link.subscribe(f"{ROOT}/{self._group}/+/{kind.value}", 1)
+        for group, node in known:
+            self._learn(group, node)
+
+    def _learn(self, group: str, node: str) -> None:
+        """Subscribe to a node's exact status topic, once (no retained on wildcards)."""
+        with self._lock:
+            if self._exact_status is None or (group, node) in self._exact_status:
+                return
+            self._exact_status.add((group, node))
+        self.link.subscribe(f"{ROOT}/{group}/{node}/{Outbound.STATUS.value}", 1)
 
     def stop(self) -> None:
         self.link.stop(flush_s=0)
@@ -168,6 +245,10 @@ class FleetWatcher:
         if parsed is None or not payload:
             return
         group, node, kind = parsed
+        if self._exact_status is not None:
+            self._learn(group, node)
+        if kind not in self._followed:
+            return
         try:
             body = loads(payload, max_bytes=4 << 20)
         except EdgeSDKError:

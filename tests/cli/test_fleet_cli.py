@@ -5,18 +5,24 @@ from __future__ import annotations
 import base64
 import json
 import queue
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 from cli_run import edge_fleet
+from typer.testing import CliRunner
+
+from edge_sdk.cli.fleet_cli import app as fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOW = 20  # the sensor bundles' window (samples)
+runner = CliRunner()
 
 
 def _documented(doc: Path, prefix: str) -> list[list[str]]:
@@ -166,3 +172,66 @@ def test_json_lines_are_strict_json_whatever_a_message_holds():
         "arr": [0, 1],
         "tuple": [1, "a"],
     }
+
+
+def test_status_watch_and_command_speak_mqtt_3_1_1_when_told(broker, make_node, sensor_bundles):
+    """``--protocol 3.1.1`` on each connecting command: the broker's log shows the version."""
+    node = make_node(broker, sensor_bundles["v1"], telemetry_interval_s=0)
+    opts = ["--broker", broker.url, "--protocol", "3.1.1"]
+    status = runner.invoke(fleet, ["status", *opts, "--json", "--wait", "0.5"])
+    assert status.exit_code == 0, status.output
+    assert [(v["node"], v["state"]) for v in json.loads(status.output)] == [("n1", "online")]
+
+    lines: list[str] = []
+
+    def watch() -> None:
+        res = runner.invoke(fleet, ["watch", *opts, "--json", "--duration", "3"])
+        lines.extend(res.output.splitlines())
+
+    t = threading.Thread(target=watch)
+    t.start()
+    deadline = time.monotonic() + 10
+    while len(_clients(broker, "edge-fleet-watch-")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sent = runner.invoke(fleet, ["command", "telemetry", "--group", "plant", "--node", "n1", *opts])
+    assert sent.exit_code == 0, sent.output
+    t.join()
+    kinds = [json.loads(line)["type"] for line in lines]
+    assert kinds.count("telemetry") == 1 and "status" in kinds
+    assert node.link.connected
+    # status, watch and command each connected once, with MQTT 3.1.1; the node with MQTT 5
+    assert sorted(_clients(broker, "edge-fleet-").values()) == ["p2", "p2", "p2"]
+    assert list(_clients(broker, "edge-node-").values()) == ["p5"]
+
+
+def _clients(broker, prefix: str) -> dict[str, str]:
+    """Client id -> mosquitto's protocol tag ("p2": MQTT 3.1.1, "p5": MQTT 5) from its log."""
+    log = broker.log_path.read_text(errors="replace")
+    found = re.findall(r"New client connected from \S+ as (\S+) \((p\d)", log)
+    return {client: level for client, level in found if client.startswith(prefix)}
+
+
+def test_tls_options_reach_a_tls_listener_and_a_bad_ca_says_why(
+    mosquitto_path, make_node, sensor_bundles, tmp_path
+):
+    """``--ca`` verifies the broker; without it the error names the failed verification."""
+    from mqtt_helpers import tls_material
+
+    from edge_sdk.fleet.brokers import LocalBroker, free_port
+
+    tls = tls_material(tmp_path)
+    port = free_port()
+    extra = f"listener {port} 127.0.0.1\n" + "".join(
+        f"{name}file {tls[key]}\n" for name, key in (("ca", "ca"), ("cert", "cert"), ("key", "key"))
+    )
+    with LocalBroker(tmp_path / "broker", extra_config=extra).start() as b:
+        make_node(b, sensor_bundles["v1"])  # on the plain listener
+        url = f"mqtts://127.0.0.1:{port}"
+        ok = runner.invoke(fleet, ["status", "--broker", url, "--ca", str(tls["ca"]), "--json"])
+        assert ok.exit_code == 0, ok.output
+        assert [(v["node"], v["state"]) for v in json.loads(ok.stdout)] == [("n1", "online")]
+
+        no_ca = edge_fleet("status", "--broker", url, check=3)
+        assert "certificate verify failed" in no_ca.stderr and "--ca" in no_ca.stderr
+        plain = edge_fleet("status", "--broker", b.url, "--ca", str(tls["ca"]), check=3)
+        assert "need a TLS broker URL" in plain.stderr

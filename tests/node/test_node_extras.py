@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import time
 from pathlib import Path
 
 import numpy as np
+from mqtt_helpers import tls_material
 
 from edge_sdk import Runtime
 from edge_sdk.fleet.brokers import LocalBroker, free_port
@@ -86,61 +85,10 @@ def test_shared_subscription_splits_results_between_consumers(broker, make_node,
     assert got["a"] and got["b"]  # and both took a share
 
 
-def _tls_material(root: Path) -> dict[str, Path]:
-    """A CA and a server certificate for 127.0.0.1, made with cryptography."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("edge test CA"))
-        .issuer_name(name("edge test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("127.0.0.1"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    files = {"ca": root / "ca.pem", "cert": root / "server.pem", "key": root / "server.key"}
-    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files["key"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return files
-
-
 def test_node_over_tls_verifies_the_broker_certificate(
     mosquitto_path, make_node, mqtt_client_factory, sensor_bundles, tmp_path
 ):
-    tls = _tls_material(tmp_path)
+    tls = tls_material(tmp_path)
     tls_port = free_port()
     extra = (
         f"listener {tls_port} 127.0.0.1\n"
