@@ -6,10 +6,10 @@ Shared by the node (``broker:`` in its config file) and the fleet tools.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .._env import env_str
 from ..errors import ConfigError
@@ -21,7 +21,15 @@ class BrokerConfig(BaseModel):
     """Where and how to connect.
 
     Attributes:
-        url: ``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (TLS).
+        url: ``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (TLS). Several
+            members of a broker cluster may be given as one comma-separated
+            string or a list (``mqtt://a:1883,mqtt://b:1883``): the first is
+            ``url``, the others go to ``failover_urls``.
+        failover_urls: Further members of the same broker cluster, tried in
+            order after ``url`` whenever the connection to the current member is
+            lost or cannot be made, round and round with the reconnect back-off
+            (see :mod:`edge_sdk.mqtt.failover`). Same scheme as ``url``: the
+            credentials and TLS settings apply to every member.
         username: MQTT user name.
         password: MQTT password (prefer ``EDGE_SDK_MQTT_PASSWORD``).
         ca: CA certificate file for ``mqtts://`` (system CAs when omitted).
@@ -40,6 +48,7 @@ class BrokerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str
+    failover_urls: tuple[str, ...] = ()
     username: str | None = None
     password: str | None = None
     ca: Path | None = None
@@ -51,11 +60,53 @@ class BrokerConfig(BaseModel):
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url_list(cls, data: Any) -> Any:
+        """``url`` as a list or a comma-separated string: the first, then the failover URLs."""
+        if not isinstance(data, dict):
+            return data
+        url = data.get("url")
+        if isinstance(url, str) and "," in url:
+            urls = [u.strip() for u in url.split(",") if u.strip()]
+        elif isinstance(url, list | tuple):
+            urls = list(url)
+        else:
+            return data
+        if not urls:
+            raise ConfigError("broker url: the list of broker URLs is empty")
+        extra = list(data.get("failover_urls") or ())
+        return {**data, "url": urls[0], "failover_urls": [*urls[1:], *extra]}
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         parse_broker_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _members_alike(self) -> BrokerConfig:
+        scheme = parse_broker_url(self.url)[0]
+        for other in self.failover_urls:
+            if parse_broker_url(other)[0] != scheme:
+                raise ConfigError(
+                    f"broker failover URL {other!r}: every member must use the scheme of "
+                    f"{self.url!r} ({scheme}://), since one set of credentials and TLS "
+                    "settings applies to all of them"
+                )
+        if len(set(self.members)) != len(self.members):
+            raise ConfigError(f"broker URLs name one host:port twice: {', '.join(self.urls)}")
+        return self
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every member's URL: ``url`` first, then ``failover_urls``."""
+        return (self.url, *self.failover_urls)
+
+    @property
+    def members(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every member, in :attr:`urls` order."""
+        return [parse_broker_url(u)[1:3] for u in self.urls]
 
     @property
     def host(self) -> str:

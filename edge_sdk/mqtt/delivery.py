@@ -39,3 +39,5 @@ class LinkStats:
     received: int = 0
     acks_sent: int = 0
     acks_stale: int = 0
+    member: str = ""  # the broker URL (cluster member) the link uses now
+    failovers: int = 0  # moves to another member (edge_sdk.mqtt.failover)

@@ -39,6 +39,7 @@ from .._optional import require
 from .capabilities import BrokerCapabilities, BrokerProbe
 from .config import BrokerConfig
 from .delivery import Delivery, LinkStats
+from .failover import Members
 from .handshake import Handshake
 from .paho_setup import accept_bom_in_properties, configure, properties
 from .pump import Pump
@@ -115,6 +116,7 @@ class MqttLink:
         self._stopping = threading.Event()
         self._connected = threading.Event()
         self._handshake = Handshake(broker.protocol, self._fall_back, self._stopping)
+        self._members = Members(broker, self.stats, self._connect_async, self._stopping)
         self._client_lock = threading.Lock()  # the fallback swaps the client; stop() must see it
         self._sub_mid: int | None = None
         self.probe = probe
@@ -306,7 +308,7 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_socket_open = self._handshake.on_socket_open
-        client.on_connect_fail = self._handshake.on_connect_fail
+        client.on_connect_fail = self._members.wrap_connect_fail(self._handshake.on_connect_fail)
         client.on_pre_connect = self._on_pre_connect
         client.max_inflight_messages_set(self._inflight_window)
         client.max_queued_messages_set(0)
@@ -324,7 +326,7 @@ class MqttLink:
             )
             kwargs["clean_start"] = self._clean_session
             kwargs["properties"] = properties("CONNECT", **expiry)
-        self._client.connect_async(self.broker.host, self.broker.port, **kwargs)
+        self._client.connect_async(*self._members.current, **kwargs)
 
     def _on_pre_connect(self, client: Client, userdata: Any) -> None:
         will = self._scheme.will()  # Sparkplug: a new bdSeq, durable before the CONNECT leaves
@@ -423,6 +425,7 @@ class MqttLink:
         if was and not self._clean_stop:
             log.warning("lost the broker (%s); results wait in the outbox", reason)
         self._scheme.lost()
+        self._members.lost(reason)  # a cluster: paho reconnects to the next member
 
     def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
         if self.probe is not None and self.probe.message(msg.topic, bytes(msg.payload)):

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PURGE_EVERY_S = 5.0
+_NO_CONN = 4  # paho's MQTT_ERR_NO_CONN
 
 
 class Pump:
@@ -163,6 +164,11 @@ class Pump:
             # paho's lock). A row after a held one of the same root waits too: each root
             # keeps its order.
             info = None if root in self._held else self._send(row)
+            if info is not None and info.rc == _NO_CONN:
+                # The connection dropped between our check and the publish: paho keeps the
+                # message and sends it on the next connection (to whichever broker member).
+                # Left as it is, ``is_published()`` would raise for ever.
+                info.rc = 0  # type: ignore[assignment]  # MQTT_ERR_SUCCESS
             with self.cond:
                 self._cursor = max(self._cursor, row.seq)
                 if info is None:

@@ -1,0 +1,88 @@
+"""A node configured with several broker URLs fails over when its member dies.
+
+Two plain mosquitto brokers first (fast: the URL rotation itself), then a real
+two-member ejabberd cluster (the issue's "Must show": 1,000 results streamed
+while the member the node uses is SIGKILLed and restarted; 0 lost, the node on
+the other member within 10 s, a watcher on the surviving member saw them all).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mqtt_helpers import Received
+
+from edge_sdk.fleet.brokers import LocalBroker
+
+N_SENSORS, WINDOW = 52, 20
+
+
+def _rows(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, N_SENSORS)).astype(np.float32)
+
+
+def _results(messages: list[Received]) -> list[dict[str, Any]]:
+    return [json.loads(m.payload) for m in messages if m.topic.endswith("/results")]
+
+
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _on_member(node: Any, url: str) -> Callable[[], bool]:
+    return lambda: node.link.connected and node.link.stats.member == url
+
+
+@pytest.fixture
+def second_broker(mosquitto_path: str, tmp_path: Path) -> Iterator[LocalBroker]:
+    b = LocalBroker(tmp_path / "broker-b").start()
+    try:
+        yield b
+    finally:
+        b.stop(timeout_s=5)
+
+
+def test_node_moves_to_the_next_url_when_its_broker_dies_and_keeps_cycling(
+    broker, second_broker, make_node, mqtt_client_factory, sensor_bundles
+):
+    """Two unrelated mosquittos as 'members': A dies, the node goes to B; B dies, back to A."""
+    a, b = broker, second_broker
+    on_b = mqtt_client_factory(b, "cloud-b", clean_start=False, session_expiry_s=600)
+    on_b.subscribe("edge/plant/n1/results")
+    node = make_node(a, sensor_bundles["v1"], broker_opts={"failover_urls": [b.url]})
+    assert node.link.stats.member == a.url
+    rows = _rows(WINDOW + 29)
+    for t in range(WINDOW + 9):  # 10 results through A
+        node.submit_sensors({"t": t, "values": rows[t].tolist()})
+    assert _wait(lambda: node.outbox.stats().pending == 0, 15)
+
+    a.kill()
+    t_kill = time.monotonic()
+    assert _wait(_on_member(node, b.url), 15), node.link.connect_error
+    assert time.monotonic() - t_kill < 10
+    assert node.link.stats.failovers >= 1
+    for t in range(WINDOW + 9, WINDOW + 19):  # 10 more, now through B
+        node.submit_sensors({"t": t, "values": rows[t].tolist()})
+    on_b.wait_for(lambda m: {r["window"]["seq"] for r in _results(m)} >= set(range(10, 20)), 20)
+
+    a.restart()  # the node stays on B (it does not go back by itself) ...
+    b.kill()  # ... until B dies: round the list, back to A
+    assert _wait(_on_member(node, a.url), 15), node.link.connect_error
+    on_a = mqtt_client_factory(a, "cloud-a")
+    on_a.subscribe("edge/plant/n1/results")
+    for t in range(WINDOW + 19, WINDOW + 29):
+        node.submit_sensors({"t": t, "values": rows[t].tolist()})
+    on_a.wait_for(lambda m: {r["window"]["seq"] for r in _results(m)} >= set(range(20, 30)), 20)
+    assert _wait(lambda: node.outbox.stats().pending == 0, 15)
+    assert node.stats.inferences == 30
