@@ -63,7 +63,8 @@ def connect(link: MqttLink, timeout_s: float) -> MqttLink:
 
     Returns at once with an error when the broker refuses the client in a way
     no retry changes (bad credentials, not authorised, banned, a server
-    certificate that does not verify).
+    certificate that does not verify), or the link's capability probe refused
+    the broker (:attr:`BrokerProbe.refused`).
 
     Raises:
         ConfigError: Not connected within ``timeout_s`` or refused (the link is
@@ -72,9 +73,11 @@ def connect(link: MqttLink, timeout_s: float) -> MqttLink:
     """
     link.start()
     deadline = time.monotonic() + timeout_s
+    probe = link.probe
     while not link.wait_connected(0.05):
         error = link.connect_error or ""
-        if time.monotonic() >= deadline or any(code in error for code in _FINAL):
+        given_up = probe is not None and probe.refused is not None  # no reconnect follows
+        if given_up or time.monotonic() >= deadline or any(code in error for code in _FINAL):
             link.stop(flush_s=0)
             raise unreachable(link, timeout_s)
     refused = link.refused_subscriptions

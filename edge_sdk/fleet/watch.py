@@ -145,12 +145,13 @@ class FleetWatcher:
         prefix = f"$share/{share}/" if share else ""
         subs = [(f"{prefix}{ROOT}/{group}/+/{kind.value}", 1) for kind in streams]
         subs.append((f"{ROOT}/{group}/+/{Outbound.STATUS.value}", 1))
-        if sparkplug and share:
+        follow_sparkplug = sparkplug is not False  # None: unless the probe finds it rewritten
+        if follow_sparkplug and share:
             subs += [(f"{prefix}{SPARKPLUG}/{group}/{k}/#", 0) for k in ("NDATA", "DDATA")]
             subs += [
                 (f"{SPARKPLUG}/{group}/{k}/#", 0) for k in ("NBIRTH", "NDEATH", "DBIRTH", "DDEATH")
             ]
-        elif sparkplug:
+        elif follow_sparkplug:
             subs.append((f"{SPARKPLUG}/{group}/#", 0))
         self.probe = BrokerProbe(sparkplug=sparkplug is not False, check=self._refusal)
         self.link = MqttLink(

@@ -235,3 +235,52 @@ def test_tls_options_reach_a_tls_listener_and_a_bad_ca_says_why(
         assert "certificate verify failed" in no_ca.stderr and "--ca" in no_ca.stderr
         plain = edge_fleet("status", "--broker", b.url, "--ca", str(tls["ca"]), check=3)
         assert "need a TLS broker URL" in plain.stderr
+
+
+def test_a_refused_login_exits_3_with_the_brokers_reason_on_every_command(
+    mosquitto_path, sensor_bundles, fleet_keys, tmp_path
+):
+    """mosquitto with ``allow_anonymous false`` and a password file: the reason, not a timeout."""
+    from edge_sdk.fleet.brokers import LocalBroker
+
+    bundle = shutil.copytree(sensor_bundles["v2"], tmp_path / "v2.bundle")
+    with LocalBroker(tmp_path / "broker", users={"fleet": "s3cret"}).start() as b:
+        commands = {
+            "status": ["status"],
+            "watch": ["watch", "--json", "--duration", "1"],
+            "command": ["command", "telemetry", "--group", "plant"],
+            "deploy": ["deploy", str(bundle), "--group", "plant", "--key", str(fleet_keys["key"])],
+        }
+        for name, args in commands.items():
+            anonymous = edge_fleet(*args, "--broker", b.url, check=None, timeout=30)
+            assert anonymous.returncode == 3, (name, anonymous.stderr)
+            [error] = [line for line in anonymous.stderr.splitlines() if line.startswith("error:")]
+            assert f"cannot reach the broker at {b.url}: not authorised (CONNACK 0x87)" in error
+            assert "check --username and EDGE_SDK_MQTT_PASSWORD" in error
+
+        login = ["--broker", b.url, "--username", "fleet"]
+        wrong = edge_fleet("status", *login, env={"EDGE_SDK_MQTT_PASSWORD": "nope"}, check=3)
+        assert "not authorised (CONNACK 0x87)" in wrong.stderr  # mosquitto 2.0: 0x87, not 0x86
+        v311 = edge_fleet(
+            "status", *login, "--protocol", "3.1.1", env={"EDGE_SDK_MQTT_PASSWORD": "x"}, check=3
+        )
+        assert "not authorised (CONNACK 0x87)" in v311.stderr
+        right = edge_fleet(
+            "status", *login, "--json", "--wait", "0.2", env={"EDGE_SDK_MQTT_PASSWORD": "s3cret"}
+        )
+        assert json.loads(right.stdout) == []
+
+
+def test_watch_share_on_a_broker_without_shared_subscriptions_names_the_refusal(
+    ejabberd_broker,
+):
+    """ejabberd 23.01 refuses ``$share/...`` filters (SUBACK 0x9E): said, not swallowed."""
+    b = ejabberd_broker
+    login = ["--broker", b.url, "--username", b.username]
+    env = {"EDGE_SDK_MQTT_PASSWORD": b.password}
+    out = edge_fleet("watch", *login, "--share", "consumers", "--json", env=env, check=3)
+    [error] = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert f"the broker at {b.url}" in error and "shared subscriptions" in error
+    assert "without --share" in error or "leave out --share" in error
+    plain = edge_fleet("watch", *login, "--json", "--duration", "0.5", env=env)
+    assert plain.stdout == ""  # no node, nothing to print, and no error

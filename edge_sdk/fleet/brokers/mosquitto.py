@@ -32,14 +32,18 @@ broker queues to absorb bursts.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from ...errors import ConfigError
 from . import installed
+from .erlang import login_probe
 from .process import BrokerProcess, free_port, kill_quietly, probe
 
 DROPPED_MARKER = "Outgoing messages are being dropped"
@@ -92,6 +96,10 @@ class LocalBroker(BrokerProcess):
         extra_config: Extra lines appended verbatim to the config (keep
             ``connection_messages`` on: ``start()`` finds its probe in the log).
         host: Address to listen on.
+        users: User name -> password: the broker then refuses anonymous
+            clients (``allow_anonymous false``) and others ("not authorised"),
+            with a ``password_file`` made by ``mosquitto_passwd``; ``start()``
+            logs in as the first user.
 
     Example:
         >>> with LocalBroker(tmp_path).start() as broker:  # doctest: +SKIP
@@ -113,6 +121,7 @@ class LocalBroker(BrokerProcess):
         limits: BrokerLimits | None = None,
         extra_config: str = "",
         host: str = "127.0.0.1",
+        users: Mapping[str, str] | None = None,
     ) -> None:
         if autosave_interval_s < 0:
             raise ConfigError(f"autosave_interval_s must be >= 0, got {autosave_interval_s}")
@@ -121,6 +130,7 @@ class LocalBroker(BrokerProcess):
         self.autosave_interval_s = autosave_interval_s
         self.limits = limits if limits is not None else BrokerLimits()
         self.extra_config = extra_config
+        self.users = dict(users or {})
 
     # -- config ------------------------------------------------------------------------
 
@@ -128,7 +138,11 @@ class LocalBroker(BrokerProcess):
         lines = [
             "# written by edge_sdk.fleet.brokers.LocalBroker",
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            *(
+                ["allow_anonymous false", f"password_file {self.password_path.resolve()}"]
+                if self.users
+                else ["allow_anonymous true"]
+            ),
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir.resolve()}/",
             f"autosave_interval {self.autosave_interval_s}",
@@ -153,6 +167,31 @@ class LocalBroker(BrokerProcess):
             lines.append(self.extra_config.rstrip("\n"))
         return "\n".join(lines) + "\n"
 
+    @property
+    def password_path(self) -> Path:
+        return self.workdir / "passwd"
+
+    def _write_password_file(self) -> None:
+        """``mosquitto_passwd -b`` for each user (mosquitto's own hashing)."""
+        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        self.password_path.unlink(missing_ok=True)
+        self.password_path.touch(mode=0o600)
+        for user, password in self.users.items():
+            done = subprocess.run(
+                [tool, "-b", str(self.password_path), user, password],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise ConfigError(f"mosquitto_passwd failed for {user!r}: {done.stderr.strip()}")
+
+    def _probe(self, probe_id: str) -> bool:
+        if not self.users:
+            return probe(self.host, self.port, probe_id)
+        user, password = next(iter(self.users.items()))
+        return login_probe(self.host, self.port, probe_id, user, password) == 0
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self, timeout_s: float = 10.0) -> LocalBroker:
@@ -173,6 +212,8 @@ class LocalBroker(BrokerProcess):
         if binary is None:
             raise ConfigError(installed.INSTALL_HINT)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.users:
+            self._write_password_file()
         deadline = time.monotonic() + timeout_s
         while True:
             self.config_path.write_text(self._config_text())
@@ -214,7 +255,7 @@ class LocalBroker(BrokerProcess):
             if proc.poll() is not None:
                 return "exited"
             probe_id = f"edge-sdk-probe-{uuid.uuid4().hex[:12]}"
-            if probe(self.host, self.port, probe_id):
+            if self._probe(probe_id):
                 seen_until = time.monotonic() + 0.5
                 while time.monotonic() < seen_until:
                     if f" as {probe_id} " in self._read_log(log_offset):
