@@ -205,7 +205,7 @@ def rabbitmq_path(mosquitto_path: str) -> str:
 def ejabberd_broker(
     ejabberd_path: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EjabberdBroker]:
-    """One ejabberd (mod_mqtt, MQTT 5) per test module; its URL carries the credentials."""
+    """One ejabberd (mod_mqtt, MQTT 5) per test module; clients log in with ``client_options()``."""
     b = EjabberdBroker(tmp_path_factory.mktemp("ejabberd")).start()
     try:
         yield b

@@ -12,8 +12,9 @@ Mnesia (sessions' subscriptions, retained messages) lives in
 ejabberd refuses an MQTT login without a user name (CONNACK "not
 authorised"): the config accepts any user name and password (``auth_method:
 anonymous`` with ``anonymous_protocol: login_anon``); :attr:`username` and
-:attr:`password` are what this class tells clients to send, and :attr:`url`
-carries them. A plant's ejabberd uses its real accounts instead.
+:attr:`password` are what this class tells clients to send
+(:meth:`~.erlang.ErlangBroker.client_options`). A plant's ejabberd uses its
+real accounts instead.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class EjabberdBroker(ErlangBroker):
 
     Example:
         >>> with EjabberdBroker(tmp_path).start() as broker:  # doctest: +SKIP
-        ...     node = EdgeNode(NodeConfig(..., broker=BrokerConfig(url=broker.url)))
+        ...     cfg = BrokerConfig(url=broker.url, **broker.client_options())
     """
 
     NAME = "ejabberd"

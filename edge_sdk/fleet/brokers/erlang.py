@@ -167,7 +167,7 @@ class ErlangBroker(BrokerProcess):
     Subclasses write their files and return the command (``_prepare``), say
     which log line proves their MQTT listener is up (``_listener_marker``) and
     name the broker (``NAME``). ``username``/``password`` are what a client
-    must send (None: anonymous); :attr:`url` carries them.
+    must send (None: anonymous): :meth:`client_options`.
     """
 
     NAME = "broker"
@@ -192,11 +192,11 @@ class ErlangBroker(BrokerProcess):
         self.epmd_port: int | None = None
         self.last_start_s: float | None = None
 
-    @property
-    def url(self) -> str:
-        """``mqtt://[USER:PASSWORD@]HOST:PORT``."""
-        creds = f"{self.username}:{self.password}@" if self.username is not None else ""
-        return f"mqtt://{creds}{self.host}:{self.port}"
+    def client_options(self) -> dict[str, str]:
+        """``username``/``password`` for a :class:`~edge_sdk.mqtt.config.BrokerConfig` (or {})."""
+        if self.username is None:
+            return {}
+        return {"username": self.username, "password": self.password or ""}
 
     @abstractmethod
     def _prepare(self) -> tuple[list[str], dict[str, str]]:

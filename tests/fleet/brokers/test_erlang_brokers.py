@@ -31,11 +31,11 @@ def test_start_login_kill_restart_stop_leaves_no_process(
         b.start()
         assert b.running() and b.last_start_s is not None
         if isinstance(b, EjabberdBroker):
-            assert b.url == f"mqtt://edge-sdk:edge-sdk@127.0.0.1:{b.port}"
+            assert b.client_options() == {"username": "edge-sdk", "password": "edge-sdk"}
             assert login_probe(b.host, b.port, "anon") == 5  # not authorised: no user name
             assert b.protocol == "5"
         else:
-            assert b.url == f"mqtt://127.0.0.1:{b.port}"
+            assert b.client_options() == {}
             assert login_probe(b.host, b.port, "anon") == 0  # guest, from loopback
             assert b.protocol == "3.1.1"
         assert login_probe(b.host, b.port, "p1", b.username, b.password) == 0
