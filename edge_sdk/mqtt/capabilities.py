@@ -222,8 +222,9 @@ class CapabilityProbe:
         self._live_at: float | None = None
         self._dots: bool | None = None
         self._sparkplug_kept: bool | None = None
-        self._sub_mid: int | None = None
+        self._subacks: dict[int, list[bool]] = {}  # mid -> granted, until the probe's arrives
         self._granted: list[bool] | None = None
+        self._shared_at: int | None = None  # index of the $share filter in the SUBSCRIBE
 
     def owns(self, topic: str) -> bool:
         """True for the probe's own messages (whatever the broker did to the topic)."""
@@ -240,14 +241,12 @@ class CapabilityProbe:
                 self._sparkplug_kept = topic.startswith(_SPARKPLUG_PROBE)
             self._cond.notify_all()
 
-    def suback(self, mid: int, reasons: Any) -> bool:
-        """A SUBACK arrived; True when it answers the probe's SUBSCRIBE."""
-        if mid != self._sub_mid:
-            return False
+    def suback(self, mid: int, reasons: Any) -> None:
+        """A SUBACK that is not the link's own (it may come before ``subscribe()`` returns)."""
         with self._cond:
-            self._granted = [not getattr(r, "is_failure", False) for r in reasons]
-            self._cond.notify_all()
-        return True
+            if self._granted is None:
+                self._subacks[mid] = [not getattr(r, "is_failure", False) for r in reasons]
+                self._cond.notify_all()
 
     def run(self, client: Client) -> BrokerCapabilities:
         """Probe through ``client`` (connected); returns within about ``timeout_s``."""
@@ -256,16 +255,22 @@ class CapabilityProbe:
         qos = 0 if base.max_qos == 0 else 1
         retained = f"{self.prefix}/w/r.x"
         send_retained = base.retain_available is not False
-        filters = [f"{self.prefix}/w/#", f"$share/{self.nonce}/{self.prefix}/s/#"]
+        filters = [f"{self.prefix}/w/#"]
+        if base.shared_subscriptions is not False:  # ejabberd disconnects on a $share SUBSCRIBE
+            self._shared_at = len(filters)
+            filters.append(f"$share/{self.nonce}/{self.prefix}/s/#")
         if self._sparkplug:
             filters.append(_SPARKPLUG_PROBE + self.nonce)
         try:
             if send_retained:
                 info = client.publish(retained, b"retained", qos=qos, retain=True)
                 info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+            rc, mid = client.subscribe([(f, 0) for f in filters])
+            if mid is None:
+                raise RuntimeError(f"probe SUBSCRIBE not sent ({rc})")
             with self._cond:
-                self._sub_mid = client.subscribe([(f, 0) for f in filters])[1]
-                self._cond.wait_for(lambda: self._granted is not None, self._left(deadline))
+                self._cond.wait_for(lambda: mid in self._subacks, self._left(deadline))
+                self._granted = self._subacks.get(mid)
             client.publish(f"{self.prefix}/w/l.x", b"live", qos=qos)
             client.publish(f"{self.prefix}/s/l", b"shared", qos=qos)
             if self._sparkplug:
@@ -290,12 +295,15 @@ class CapabilityProbe:
         """Everything answered, or the live message arrived and the grace passed."""
         if self._live_at is None:
             return False
-        granted = self._granted or []
-        shared_done = b"shared" in self._got or (len(granted) > 1 and not granted[1])
+        shared_done = b"shared" in self._got or self._shared_at is None or self._shared_refused()
         sparkplug_done = not self._sparkplug or b"sparkplug" in self._got
         if b"retained" in self._got and shared_done and sparkplug_done:
             return True
         return time.monotonic() - self._live_at >= RETAINED_GRACE_S
+
+    def _shared_refused(self) -> bool:
+        granted, at = self._granted or [], self._shared_at
+        return at is not None and len(granted) > at and not granted[at]
 
     def _result(self, sent_retained: bool) -> BrokerCapabilities:
         with self._cond:
@@ -303,7 +311,7 @@ class CapabilityProbe:
             granted = self._granted or []
             base = self.base
             shared = base.shared_subscriptions
-            if shared is None and len(granted) > 1 and not granted[1]:
+            if shared is None and self._shared_refused():
                 shared = False
             elif shared is None and live:
                 shared = b"shared" in self._got
@@ -340,13 +348,18 @@ class BrokerProbe:
     ) -> None:
         self.sparkplug = sparkplug
         self.capabilities: BrokerCapabilities | None = None
+        #: Why the caller refused the broker (its ``check``), once probed.
+        self.refused: str | None = None
         self._check = check
         self._timeout_s = timeout_s
         self._current: CapabilityProbe | None = None
         self._done = threading.Event()
 
     def wait(self, timeout: float) -> BrokerCapabilities | None:
-        """Block until the first probe finished or ``timeout`` passes; its result."""
+        """Block until the first probe finished or ``timeout`` passes; its result.
+
+        When it returns the capabilities, the link is ready or :attr:`refused` is set.
+        """
         self._done.wait(timeout)
         return self.capabilities
 
@@ -372,9 +385,10 @@ class BrokerProbe:
             if probe is not self._current:
                 return  # a newer connection's probe owns the result
             self.capabilities = caps
+            self.refused = self.refusal(caps)
             log.info("broker capabilities: %s", caps.describe())
+            done(self.refused)
             self._done.set()
-            done(self.refusal(caps))
 
         threading.Thread(target=work, daemon=True, name="mqtt-probe").start()
 

@@ -127,6 +127,7 @@ class Handshake:
         self._attempt: object | None = None  # token of the CONNECT waiting for its CONNACK
         self._where = ""
         self._closes = 0  # consecutive MQTT 5 CONNECTs closed before any CONNACK
+        self._sent: list[tuple[str, int]] = []  # the subscriptions of the last SUBSCRIBE
 
     @property
     def undecided(self) -> bool:
@@ -185,9 +186,11 @@ class Handshake:
         self._set_error(None)
         return True
 
-    def closed(self) -> None:
+    def closed(self, flags: Any = None, reason: Any = None) -> None:
         """The connection closed (paho's ``on_disconnect``); counts it when before any CONNACK."""
         if self._attempt is None:
+            if getattr(flags, "is_disconnect_packet_from_server", False) and reason.is_failure:
+                self._set_error(f"the broker disconnected: {describe_reason(reason, 'DISCONNECT')}")
             return  # connected before, or refused by CONNACK: not an unanswered CONNECT
         self._attempt = None
         self._set_error(f"the broker closed the connection during the MQTT {self.version} CONNECT")
@@ -229,16 +232,39 @@ class Handshake:
         """paho's ``on_connect_fail``, which paho calls inside its ``except OSError``."""
         self.connect_failed(client.host, client.port, sys.exc_info()[1])
 
-    def subacks(self, subscriptions: list[tuple[str, int]], reasons: Any) -> None:
-        """A SUBACK for ``subscriptions``: remember (and log once) each refused filter."""
-        for (topic, _), reason in zip(subscriptions, reasons, strict=False):
+    def subscribable(
+        self, subscriptions: list[tuple[str, int]], props: Any
+    ) -> list[tuple[str, int]]:
+        """What to SUBSCRIBE to after this CONNACK: no ``$share/...`` where it says none.
+
+        A broker whose CONNACK says Shared Subscription Available = 0 may
+        answer one with a DISCONNECT (ejabberd: 0x9E), so it is not sent; it
+        counts as refused.
+        """
+        self._sent = list(subscriptions)
+        if getattr(props, "SharedSubscriptionAvailable", 1):
+            return list(self._sent)
+        for topic, _ in subscriptions:
+            if topic.startswith("$share/"):
+                self._refused(
+                    topic,
+                    "shared subscriptions not supported (CONNACK: Shared Subscription Available 0)",
+                )
+        self._sent = [(t, q) for t, q in subscriptions if not t.startswith("$share/")]
+        return list(self._sent)
+
+    def subacks(self, reasons: Any) -> None:
+        """The SUBACK of the last SUBSCRIBE: remember (and log once) each refused filter."""
+        for (topic, _), reason in zip(self._sent, reasons, strict=False):
             if getattr(reason, "is_failure", False):
-                words = describe_reason(reason, "SUBACK")
-                if self.refused_subscriptions.get(topic) != words:
-                    log.error("broker refused the subscription to %s: %s", topic, words)
-                self.refused_subscriptions[topic] = words
+                self._refused(topic, describe_reason(reason, "SUBACK"))
             elif self.refused_subscriptions.pop(topic, None) is not None:
                 log.info("broker granted the subscription to %s", topic)
+
+    def _refused(self, topic: str, words: str) -> None:
+        if self.refused_subscriptions.get(topic) != words:
+            log.error("broker refused the subscription to %s: %s", topic, words)
+        self.refused_subscriptions[topic] = words
 
     def _set_error(self, error: str | None) -> None:
         if error == self.connect_error:

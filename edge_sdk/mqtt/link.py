@@ -343,10 +343,11 @@ class MqttLink:
         self._connection += 1
         self._connack_props = properties
         self._session_present = bool(getattr(flags, "session_present", False))
-        if self._subscriptions:
+        subs = self._handshake.subscribable(self._subscriptions, properties)
+        if subs:
             # Ready only once the broker confirmed the subscriptions (_on_subscribe):
             # a message sent to the node right after "connected" must not be lost.
-            _, self._sub_mid = client.subscribe(list(self._subscriptions))
+            _, self._sub_mid = client.subscribe(subs)
         else:
             self._subscribed(client)
 
@@ -357,7 +358,7 @@ class MqttLink:
             if self.probe is not None:
                 self.probe.suback(mid, reasons)
             return
-        self._handshake.subacks(self._subscriptions, reasons)
+        self._handshake.subacks(reasons)
         self._subscribed(client)
 
     def _subscribed(self, client: Client) -> None:
@@ -413,7 +414,7 @@ class MqttLink:
     ) -> None:
         if client is not self._client:
             return  # the MQTT 5 client that the fallback replaced
-        self._handshake.closed()  # before any CONNACK: maybe a broker that cannot parse MQTT 5
+        self._handshake.closed(flags, reason)  # before a CONNACK: a broker that cannot parse v5?
         with self._cond:
             was = self._connected.is_set()
             self._connected.clear()

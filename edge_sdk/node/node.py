@@ -24,6 +24,11 @@ topics: with ``scheme: sparkplug`` results, alerts and telemetry leave as
 Sparkplug B DDATA/NDATA (:mod:`edge_sdk.node.sparkplug`), NCMD metrics become
 the same commands as the JSON ``cmd`` topic, and model updates, errors and OTA
 status stay on the JSON topics at QoS 1.
+
+The link probes the broker on its first connect (:mod:`edge_sdk.mqtt.capabilities`).
+One that rewrites ``.`` in topics is refused for Sparkplug and for a ``.`` in the group
+or node id: by :meth:`EdgeNode.start` if it answers within :data:`BROKER_CHECK_S`, else
+on connect (the link stays off, says why; results wait in the outbox).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import numpy as np
 from ..errors import ConfigError, InvalidInputError
 from ..io_contract import GraphForm
 from ..manifest import Manifest
+from ..mqtt.capabilities import BrokerCapabilities, BrokerProbe
 from ..mqtt.config import BrokerConfig
 from ..mqtt.link import Delivery, MqttLink
 from ..mqtt.sparkplug import metrics as spm
@@ -61,6 +67,10 @@ from .windows import WindowAssembler, WindowSpec
 from .worker import Worker
 
 log = logging.getLogger(__name__)
+
+#: Seconds :meth:`EdgeNode.start` waits for the broker's verdict where the broker could
+#: mangle this node's topics (Sparkplug, or ``.`` in the group or node id).
+BROKER_CHECK_S = 5.0
 
 
 class EdgeNode:
@@ -134,6 +144,7 @@ class EdgeNode:
             outbox=self.outbox,
             outbox_config=oc,
             scheme=self.wire,
+            probe=BrokerProbe(sparkplug=cfg.scheme == "sparkplug", check=self._broker_refusal),
         )
         self.updates = UpdateAgent(self)
 
@@ -275,7 +286,26 @@ class EdgeNode:
             self.updates.start()
         if self.link is not None:
             self.link.start()
+            self._check_broker()
         return self
+
+    def _broker_refusal(self, caps: BrokerCapabilities) -> str | None:
+        """Why this node cannot run on a broker that does what ``caps`` say (None: it can)."""
+        cfg = self.config
+        if cfg.scheme == "sparkplug" and (why := caps.sparkplug_refusal()):
+            return f"Sparkplug B (scheme: sparkplug) refused: {why}"
+        return caps.name_refusal("group", cfg.group) or caps.name_refusal("node id", cfg.node_id)
+
+    def _check_broker(self) -> None:
+        """Refuse at start what the broker would mangle, if it answers within BROKER_CHECK_S."""
+        cfg, link = self.config, self.link
+        if link is None or link.probe is None:
+            return
+        if cfg.scheme == "sparkplug" or "." in cfg.group + cfg.node_id:
+            link.probe.wait(BROKER_CHECK_S)  # else nothing to refuse: start at once
+        if link.probe.refused is not None:
+            self.stop()
+            raise ConfigError(f"the broker at {link.broker.url}: {link.probe.refused}")
 
     def stop(self) -> None:
         """Stop cleanly: publish ``offline``, flush in-flight messages, close (idempotent)."""
