@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from cli_run import edge_fleet
 from typer.testing import CliRunner
 
@@ -49,7 +50,7 @@ def test_the_readme_group_wide_deploy_runs_as_written_and_every_node_swaps(
         for words in _documented(ROOT / "README.md", "edge-fleet deploy")
         if "--node" not in words
     ]
-    assert [w for w in _documented(ROOT / "docs/node.md", "edge-fleet deploy")] == [readme_line]
+    assert readme_line in _documented(ROOT / "docs/node.md", "edge-fleet deploy")
     bundle, group = Path(readme_line[2]), readme_line[readme_line.index("--group") + 1]
     key = Path(readme_line[readme_line.index("--key") + 1])
     shutil.copytree(sensor_bundles["v2"], tmp_path / bundle)  # unsigned: --key signs it
@@ -292,3 +293,23 @@ def test_watch_share_on_a_broker_without_shared_subscriptions_names_the_refusal(
     assert "without --share" in error or "leave out --share" in error
     plain = edge_fleet("watch", *login, "--json", "--duration", "0.5", env=env)
     assert plain.stdout == ""  # no node, nothing to print, and no error
+
+    # Below the watcher's probe: a link whose SUBACK refuses a filter fails naming it.
+    from edge_sdk.errors import ConfigError
+    from edge_sdk.fleet.connect import connect
+    from edge_sdk.mqtt.config import BrokerConfig
+    from edge_sdk.mqtt.link import MqttLink
+
+    shared = "$share/g/edge/+/+/results"
+    link = MqttLink(
+        BrokerConfig(url=b.url, **b.client_options()), "h1-share", subscriptions=[(shared, 1)]
+    )
+    with pytest.raises(ConfigError) as refused:
+        connect(link, 10)
+    # the reason: the SUBACK's 0x9E, or the CONNACK's "Shared Subscription Available 0"
+    assert (
+        f"the broker at {b.url} refused the subscription to {shared}: "
+        "shared subscriptions not supported ("
+    ) in str(refused.value)
+    hint = ": leave out --share, or enable shared subscriptions on the broker"
+    assert str(refused.value).endswith(hint)
