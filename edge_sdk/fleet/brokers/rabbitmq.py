@@ -35,6 +35,8 @@ class RabbitBroker(ErlangBroker):
         host: Address to listen on.
         node_name: Erlang node name (``name@localhost``); a unique one when None.
         amqp_port: AMQP 0-9-1 port; a free one is picked when None.
+        sparkplug: Write ``mqtt.sparkplug = true``: RabbitMQ then keeps the
+            dot of ``spBv1.0`` (other dots are still rewritten to ``/``).
 
     Example:
         >>> with RabbitBroker(tmp_path).start() as broker:  # doctest: +SKIP
@@ -56,9 +58,11 @@ class RabbitBroker(ErlangBroker):
         host: str = "127.0.0.1",
         node_name: str | None = None,
         amqp_port: int | None = None,
+        sparkplug: bool = False,
     ) -> None:
         super().__init__(workdir, port, host, node_name)
         self.amqp_port = amqp_port if amqp_port is not None else free_port(host)
+        self.sparkplug = sparkplug
 
     def _find(self) -> str | None:
         return installed.find_rabbitmq()
@@ -83,6 +87,7 @@ class RabbitBroker(ErlangBroker):
                     "log.console.level = info",
                     "log.file = false",
                 ]
+                + (["mqtt.sparkplug = true"] if self.sparkplug else [])
             )
             + "\n"
         )

@@ -397,14 +397,32 @@ def test_sparkplug_births_and_rebirth_or_refused_with_the_setting(
                 broker_opts=opts,
             )
         return
+    _sparkplug_births_and_rebirth(compat_broker, make_node, sensor_bundles)
+
+
+def test_sparkplug_on_rabbitmq_with_mqtt_sparkplug_true(
+    rabbitmq_path: str,
+    tmp_path: Path,
+    make_node: Callable[..., Any],
+    sensor_bundles: dict[str, Path],
+) -> None:
+    """The setting the refusal names: with ``mqtt.sparkplug = true`` RabbitMQ keeps ``spBv1.0``."""
+    with RabbitBroker(tmp_path / "rabbitmq-sparkplug", sparkplug=True).start() as broker:
+        _sparkplug_births_and_rebirth(broker, make_node, sensor_bundles)
+
+
+def _sparkplug_births_and_rebirth(
+    broker: BrokerProcess, make_node: Callable[..., Any], sensor_bundles: dict[str, Path]
+) -> None:
+    """A Sparkplug node's births reach a FleetWatcher, and an NCMD Rebirth makes new ones."""
     got = Results()
-    with FleetWatcher(_fleet(compat_broker), GROUP, on_message=got, sparkplug=True) as watcher:
+    with FleetWatcher(_fleet(broker), GROUP, on_message=got, sparkplug=True) as watcher:
         node = make_node(
-            compat_broker,
+            broker,
             sensor_bundles["v1"],
             node_id="sp1",
             scheme="sparkplug",
-            broker_opts=opts,
+            broker_opts=_cfg(broker),
             outbox=OutboxConfig(replay_s=0),
         )
         _until(lambda: got.kinds.get("sparkplug/DBIRTH", 0) >= 1, 15, "the births")
@@ -414,7 +432,7 @@ def test_sparkplug_births_and_rebirth_or_refused_with_the_setting(
         (view,) = [v for v in watcher.snapshot() if v.node == "sp1"]
         assert (view.state, view.version) == ("online", "1.0.0")
 
-        link = connect(MqttLink(_fleet(compat_broker), f"compat-ncmd-{uuid.uuid4().hex[:6]}"), 15)
+        link = connect(MqttLink(_fleet(broker), f"compat-ncmd-{uuid.uuid4().hex[:6]}"), 15)
         try:
             ncmd = sparkplug_topic(GROUP, MessageType.NCMD, "sp1")
             assert link.publish_wait(ncmd, sparkplug_command("rebirth"))
