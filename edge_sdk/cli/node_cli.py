@@ -40,6 +40,9 @@ app = make_app(
         "  edge-node run --config /etc/edge-node/node.yaml\n\n"
         "  edge-node run --bundle tep.bundle --broker mqtts://broker:8883 --ca ca.pem "
         "--username line3 --node-id line3 --group plant-a --trusted-key fleet.pub\n\n"
+        "  edge-node run --bundle tep.bundle --broker mqtt://mq1:1883 --broker mqtt://mq2:1883 "
+        "--username line3 --node-id line3 --group plant-a --trusted-key fleet.pub"
+        "   # a broker cluster\n\n"
         "  edge-node run --bundle tep.bundle --broker mqtt://broker:1883 --scheme sparkplug "
         "--node-id line3 --group plant-a --primary-host scada   # Sparkplug B 3.0\n\n"
         "The password comes from EDGE_SDK_MQTT_PASSWORD. Stop with Ctrl-C or SIGTERM: "
@@ -54,7 +57,13 @@ def run(
         Path | None, typer.Option(help="Bundle to serve on first start (dir or .tar.gz).")
     ] = None,
     broker: Annotated[
-        str | None, typer.Option(help="mqtt://host:port or mqtts://host:port; none = local only.")
+        list[str] | None,
+        typer.Option(
+            metavar="URL",
+            help="mqtt://host:port or mqtts://host:port; none = local only. Repeat it (or "
+            "separate URLs by commas) for the members of a broker cluster: the node fails "
+            "over to the next one when its member is lost.",
+        ),
     ] = None,
     node_id: Annotated[str | None, typer.Option(help="Node name in topics.")] = None,
     group: Annotated[str | None, typer.Option(help="Fleet group.")] = None,
@@ -123,12 +132,14 @@ def run(
     with fail_on_errors():
         from edge_sdk.node import EdgeNode, load_config
 
+        urls = [u.strip() for b in broker or [] for u in b.split(",") if u.strip()]
         overrides: dict[str, Any] = {
             "bundle": bundle,
             "node_id": node_id,
             "group": group,
             "state_dir": state_dir,
-            "broker.url": broker,
+            "broker.url": urls[0] if urls else None,
+            "broker.failover_urls": urls[1:] if urls else None,
             "broker.username": username,
             "broker.ca": ca,
             "broker.cert": cert,

@@ -157,3 +157,25 @@ def test_1000_results_survive_a_sigkilled_cluster_member(cluster, make_node, sen
         f"{watcher.dedup.duplicates} duplicates dropped by id; "
         f"{node.link.stats.replayed} rows replayed; cluster start {cluster.last_start_s:.1f} s"
     )
+
+
+def test_broker_urls_forms_and_refusals(tmp_path: Path) -> None:
+    """A cluster's URLs: failover_urls, url as a YAML list, or comma-separated (the CLI's form)."""
+    from edge_sdk.errors import ConfigError
+    from edge_sdk.node import load_config
+
+    a, b = "mqtt://10.0.0.1:1883", "mqtt://10.0.0.2:1884"
+    assert BrokerConfig(url=a, failover_urls=[b]).urls == (a, b)
+    assert BrokerConfig(url=f"{a}, {b}").members == [("10.0.0.1", 1883), ("10.0.0.2", 1884)]
+    assert BrokerConfig(url=[a, b]).failover_urls == (b,)
+    assert BrokerConfig(url=a).urls == (a,)  # one broker: as before
+    path = tmp_path / "node.yaml"
+    path.write_text(f"node_id: n1\nbroker:\n  url: [{a}, {b}]\n  username: line3\n")
+    cfg = load_config(path)
+    assert cfg.broker is not None and cfg.broker.urls == (a, b)
+    with pytest.raises(ConfigError, match="scheme"):
+        BrokerConfig(url=a, failover_urls=["mqtts://10.0.0.2:8883"])  # one TLS setting for all
+    with pytest.raises(ConfigError, match="twice"):
+        BrokerConfig(url=[a, a])
+    with pytest.raises(ConfigError, match="expected mqtt://"):
+        BrokerConfig(url=a, failover_urls=["10.0.0.2:1883"])
