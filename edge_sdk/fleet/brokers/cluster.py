@@ -18,12 +18,13 @@ docs/brokers.md "Clustered brokers and failover" has the numbers):
   die without the other noticing more than a lost peer. Retained messages are
   stored in a replicated Mnesia table too (``mqtt_pub``), but a running member
   delivers only those published through it or present when it started.
-* RabbitMQ 3.10 keeps retained messages in a node-local store (a subscriber
-  on another member gets none, or an old one), puts each MQTT subscription
-  queue on the member the client first connected to (a classic queue: while
-  that member is down the client's durable subscription cannot be declared on
-  another member), and its MQTT plugin needs a Raft quorum of members to
-  accept any connection (a 2-member cluster with one member down refuses all).
+* RabbitMQ 3.10 (from its documentation, not run as a cluster here) keeps
+  retained messages in a node-local store (a subscriber on another member
+  gets none, or an old one); its MQTT plugin tracks client ids with Raft and
+  accepts no connection without a majority of members (2-member clusters are
+  unsupported); and a durable MQTT subscription is a classic queue on the
+  member the client first connected to, unavailable while that member is down,
+  unless ``mqtt.durable_queue_type = quorum`` (3.10+, 3 members or more).
 
 The members are real child processes; :meth:`EjabberdCluster.stop` stops them
 and the private epmd (nothing is left running; a finalizer SIGKILLs them if
