@@ -117,7 +117,7 @@ def test_1000_results_survive_a_sigkilled_cluster_member(cluster, make_node, sen
         group="plant",
         on_message=on_message,
         client_id="watch-on-member-2",
-    ).start()
+    ).start(timeout_s=30)
     try:
         node = make_node(
             first,
