@@ -5,8 +5,9 @@ plugin sends retained messages only to exact-topic subscriptions (a fleet
 watcher subscribed to ``edge/g/+/status`` never sees a node's retained status)
 and rewrites ``.`` in topic names to ``/`` (Sparkplug's ``spBv1.0/...`` arrives
 as ``spBv1/0/...``); ejabberd refuses shared subscriptions. A link made with
-``probe=True`` learns this once, on its first connect, before it reports
-itself connected (so nothing is published on a broker that would mangle it):
+``probe=BrokerProbe(...)`` learns this once, on its first connect, before it
+reports itself connected (so nothing is published on a broker that would
+mangle it), and its ``check`` may refuse the broker with a reason:
 
 1. **CONNACK properties** (MQTT 5 only): Retain Available, Wildcard
    Subscription Available, Shared Subscription Available, Maximum QoS, Topic
@@ -14,33 +15,35 @@ itself connected (so nothing is published on a broker that would mangle it):
    "available" (the MQTT 5 defaults).
 2. **A self-addressed probe** on the link's own connection, under
    ``edge/_probe/<nonce>/`` (``_probe`` can never be a group: names start
-   with a letter or digit; no ``$``, which brokers reserve):
+   with a letter or digit; no ``$``, which brokers reserve). First, live
+   messages on a SUBSCRIBE of three filters:
 
-   * a retained message to ``.../w/r.x``, acknowledged before the link
-     subscribes to ``.../w/#``: delivered on that wildcard subscription?
-     (``retain_on_wildcards``);
-   * a live message to ``.../w/l.x`` on the same subscription: does its topic
-     arrive with the ``.`` kept? (``topic_dots_preserved``); ``#``, not ``+``,
-     because a broker that treats ``.`` as a separator would not match
-     ``l.x`` with ``+``;
-   * a live message to ``.../s/l`` through ``$share/<nonce>/.../s/#``:
-     refused in the SUBACK, or granted but never delivered (RabbitMQ takes
-     ``$share/...`` as a plain topic), is "no shared subscriptions";
-   * with ``sparkplug=True``, a live message to ``spBv1.0/edge-probe-<nonce>``
-     (two levels: no Sparkplug host reads it as a node's message): does the
-     Sparkplug namespace keep its dot? RabbitMQ keeps it with
-     ``mqtt.sparkplug = true`` even though it rewrites other dots.
+   * ``.../w/l.x`` through ``.../w/#``: does the topic arrive with its ``.``?
+     (``topic_dots_preserved``; ``#``, not ``+``: a broker that treats ``.``
+     as a separator would not match ``l.x`` with ``+``);
+   * ``.../s/l`` through ``$share/<nonce>/.../s/#``: refused in the SUBACK, or
+     granted but never delivered (RabbitMQ takes ``$share/...`` as a plain
+     topic), is "no shared subscriptions". Not sent where the CONNACK already
+     says none (ejabberd answers such a SUBSCRIBE with a DISCONNECT);
+   * with ``sparkplug=True``, ``spBv1.0/edge-probe-<nonce>`` (two levels: no
+     Sparkplug host reads it as a node's message): does the Sparkplug
+     namespace keep its dot? RabbitMQ keeps it with ``mqtt.sparkplug = true``
+     even though it rewrites other dots.
 
-   The retained probe is cleared (an empty retained message) and the probe
-   filters unsubscribed at the end. The live messages arrive after the
-   retained one would have (brokers send retained messages on subscribe), so
-   once the live one is in, the probe waits only :data:`RETAINED_GRACE_S` more.
+   Then, only if the live message came back (so these topics are allowed: a
+   retained publish that an ACL denies makes mosquitto 2.0 drop the client
+   at its next SUBSCRIBE), a retained message to ``.../r/r.x``, a SUBSCRIBE to
+   ``.../r/#`` and a live marker after it: the broker sends retained messages
+   on subscribe, so a marker that arrives first (plus
+   :data:`RETAINED_GRACE_S`) means no retained messages on wildcards
+   (``retain_on_wildcards``). The retained message is cleared (an empty
+   retained publish) and the filters unsubscribed at the end.
 
-The probe takes a few milliseconds on a local broker and at most
+Every probe message is QoS 0 (nothing for paho to resend on a later
+connection). The probe takes a few milliseconds on a local broker and at most
 ``timeout_s`` (2 s): what did not answer by then stays ``None`` ("unknown"),
-and nothing is refused on an unknown. Publishes use QoS 1 unless the CONNACK
-caps QoS at 0, and no retained message is sent where Retain Available is 0
-(such a broker would disconnect the client).
+and nothing is refused on an unknown. No retained message is sent where
+Retain Available is 0 (such a broker would disconnect the client).
 """
 
 from __future__ import annotations
@@ -200,7 +203,7 @@ class CapabilityProbe:
     """One self-addressed probe on a connected client (see the module notes).
 
     The link routes the probe's messages (:meth:`owns`, :meth:`message`) and
-    SUBACK (:meth:`suback`) to it from paho's network thread, and calls
+    SUBACKs (:meth:`suback`) to it from paho's network thread, and calls
     :meth:`run` on a thread of its own.
 
     Args:
@@ -219,11 +222,12 @@ class CapabilityProbe:
         self._timeout_s = timeout_s
         self._cond = threading.Condition()
         self._got: set[bytes] = set()
-        self._live_at: float | None = None
+        self._live_at: float | None = None  # when the live message arrived
+        self._marker_at: float | None = None  # when the retained phase's live marker arrived
         self._dots: bool | None = None
         self._sparkplug_kept: bool | None = None
-        self._subacks: dict[int, list[bool]] = {}  # mid -> granted, until the probe's arrives
-        self._granted: list[bool] | None = None
+        self._subacks: dict[int, list[bool]] = {}  # mid -> granted (SUBACKs may come early)
+        self._granted: list[bool] = []
         self._shared_at: int | None = None  # index of the $share filter in the SUBSCRIBE
 
     def owns(self, topic: str) -> bool:
@@ -239,76 +243,92 @@ class CapabilityProbe:
                 self._live_at = time.monotonic()
             elif payload == b"sparkplug":
                 self._sparkplug_kept = topic.startswith(_SPARKPLUG_PROBE)
+            elif payload == b"marker":
+                self._marker_at = time.monotonic()
             self._cond.notify_all()
 
     def suback(self, mid: int, reasons: Any) -> None:
         """A SUBACK that is not the link's own (it may come before ``subscribe()`` returns)."""
         with self._cond:
-            if self._granted is None:
+            if len(self._subacks) < 16:
                 self._subacks[mid] = [not getattr(r, "is_failure", False) for r in reasons]
                 self._cond.notify_all()
 
     def run(self, client: Client) -> BrokerCapabilities:
-        """Probe through ``client`` (connected); returns within about ``timeout_s``."""
+        """Probe through ``client`` (connected); returns within about ``timeout_s``.
+
+        Live messages first (QoS 0: nothing for paho to resend after a lost
+        connection); the retained message only once they arrived, so a broker
+        whose ACL denies these topics never gets a retained publish (mosquitto
+        2.0 drops a client that subscribes after a denied retained publish).
+        """
         deadline = time.monotonic() + self._timeout_s
-        base = self.base
-        qos = 0 if base.max_qos == 0 else 1
-        retained = f"{self.prefix}/w/r.x"
-        send_retained = base.retain_available is not False
         filters = [f"{self.prefix}/w/#"]
-        if base.shared_subscriptions is not False:  # ejabberd disconnects on a $share SUBSCRIBE
+        if self.base.shared_subscriptions is not False:  # ejabberd disconnects on $share
             self._shared_at = len(filters)
             filters.append(f"$share/{self.nonce}/{self.prefix}/s/#")
         if self._sparkplug:
             filters.append(_SPARKPLUG_PROBE + self.nonce)
+        retained = f"{self.prefix}/r/r.x"
+        sent_retained = False
         try:
-            if send_retained:
-                info = client.publish(retained, b"retained", qos=qos, retain=True)
-                info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
-            rc, mid = client.subscribe([(f, 0) for f in filters])
-            if mid is None:
-                raise RuntimeError(f"probe SUBSCRIBE not sent ({rc})")
-            with self._cond:
-                self._cond.wait_for(lambda: mid in self._subacks, self._left(deadline))
-                self._granted = self._subacks.get(mid)
-            client.publish(f"{self.prefix}/w/l.x", b"live", qos=qos)
-            client.publish(f"{self.prefix}/s/l", b"shared", qos=qos)
+            self._granted = self._subscribe(client, filters, deadline)
+            client.publish(f"{self.prefix}/w/l.x", b"live")
+            if self._shared_at is not None:
+                client.publish(f"{self.prefix}/s/l", b"shared")
             if self._sparkplug:
-                client.publish(_SPARKPLUG_PROBE + self.nonce, b"sparkplug", qos=qos)
-            with self._cond:
-                while not self._settled() and self._left(deadline) > 0:
-                    self._cond.wait(min(0.05, self._left(deadline)))  # the grace is a time
-            return self._result(send_retained)
+                client.publish(_SPARKPLUG_PROBE + self.nonce, b"sparkplug")
+            self._wait(self._live_done, deadline)
+            if b"live" in self._got and self.base.retain_available is not False:
+                client.publish(retained, b"retained", retain=True)
+                sent_retained = True
+                self._subscribe(client, [f"{self.prefix}/r/#"], deadline)
+                client.publish(f"{self.prefix}/r/marker", b"marker")
+                self._wait(self._retained_done, deadline)
         except (RuntimeError, ValueError) as exc:  # not connected any more
             log.debug("broker probe cut short: %s", exc)
-            return self._result(send_retained)
         finally:
-            if send_retained:
-                client.publish(retained, b"", qos=qos, retain=True)
-            client.unsubscribe(filters)
+            if sent_retained:
+                client.publish(retained, b"", retain=True)
+            client.unsubscribe([*filters, f"{self.prefix}/r/#"])
+        return self._result(sent_retained)
 
-    @staticmethod
-    def _left(deadline: float) -> float:
-        return max(0.0, deadline - time.monotonic())
+    def _subscribe(self, client: Client, filters: list[str], deadline: float) -> list[bool]:
+        rc, mid = client.subscribe([(f, 0) for f in filters])
+        if mid is None:
+            raise RuntimeError(f"probe SUBSCRIBE not sent ({rc})")
+        with self._cond:
+            self._cond.wait_for(lambda: mid in self._subacks, max(0.0, deadline - time.monotonic()))
+            return self._subacks.get(mid, [])
 
-    def _settled(self) -> bool:
-        """Everything answered, or the live message arrived and the grace passed."""
+    def _wait(self, done: Callable[[], bool], deadline: float) -> None:
+        with self._cond:
+            while not done() and time.monotonic() < deadline:
+                self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _live_done(self) -> bool:
+        shared = b"shared" in self._got or self._shared_at is None or self._shared_refused()
+        sparkplug = not self._sparkplug or b"sparkplug" in self._got
         if self._live_at is None:
             return False
-        shared_done = b"shared" in self._got or self._shared_at is None or self._shared_refused()
-        sparkplug_done = not self._sparkplug or b"sparkplug" in self._got
-        if b"retained" in self._got and shared_done and sparkplug_done:
+        # A $share granted but dead (RabbitMQ) never delivers: the live message sets the pace.
+        return (shared and sparkplug) or time.monotonic() - self._live_at >= RETAINED_GRACE_S
+
+    def _retained_done(self) -> bool:
+        """The retained message came, or the marker after it did and the grace passed."""
+        if b"retained" in self._got:
             return True
-        return time.monotonic() - self._live_at >= RETAINED_GRACE_S
+        return self._marker_at is not None and (
+            time.monotonic() - self._marker_at >= RETAINED_GRACE_S
+        )
 
     def _shared_refused(self) -> bool:
-        granted, at = self._granted or [], self._shared_at
-        return at is not None and len(granted) > at and not granted[at]
+        at = self._shared_at
+        return at is not None and len(self._granted) > at and not self._granted[at]
 
     def _result(self, sent_retained: bool) -> BrokerCapabilities:
         with self._cond:
-            live = self._live_at is not None
-            granted = self._granted or []
+            live = b"live" in self._got
             base = self.base
             shared = base.shared_subscriptions
             if shared is None and self._shared_refused():
@@ -316,12 +336,14 @@ class CapabilityProbe:
             elif shared is None and live:
                 shared = b"shared" in self._got
             retain_on_wildcards: bool | None = False if base.retain_available is False else None
-            if live and sent_retained:
+            if sent_retained and (b"retained" in self._got or self._marker_at is not None):
                 retain_on_wildcards = b"retained" in self._got
             return dataclasses.replace(
                 base,
                 probed=live,
-                wildcard_subscriptions=(granted[0] if granted else base.wildcard_subscriptions),
+                wildcard_subscriptions=(
+                    self._granted[0] if self._granted else base.wildcard_subscriptions
+                ),
                 retain_on_wildcards=retain_on_wildcards,
                 shared_subscriptions=shared,
                 topic_dots_preserved=self._dots,
@@ -373,24 +395,39 @@ class BrokerProbe:
         """Probe through ``client`` (just connected) on a thread; ``done(refusal)`` after.
 
         Once the capabilities are known, ``done`` runs at once (no new probe).
+        One probe per link: if the connection died during it (mosquitto 2.0
+        drops a client that publishes where its ACL denies), the next
+        connection does not try again; the CONNACK's word is all it learns.
         """
+        base = from_connack(protocol, props)
+        if self.capabilities is None and self._current is not None:
+            self._current = None  # the first probe's connection died: its result is void
+            log.warning(
+                "the connection dropped during the broker probe; not probing again "
+                "(an ACL must allow %s/# for it)",
+                PROBE_ROOT,
+            )
+            self._finish(base, done)
+            return
         if self.capabilities is not None:
             done(self.refusal(self.capabilities))
             return
-        probe = CapabilityProbe(from_connack(protocol, props), self.sparkplug, self._timeout_s)
+        probe = CapabilityProbe(base, self.sparkplug, self._timeout_s)
         self._current = probe
 
         def work() -> None:
             caps = probe.run(client)
-            if probe is not self._current:
-                return  # a newer connection's probe owns the result
-            self.capabilities = caps
-            self.refused = self.refusal(caps)
-            log.info("broker capabilities: %s", caps.describe())
-            done(self.refused)
-            self._done.set()
+            if probe is self._current:  # else a later connection decided without it
+                self._finish(caps, done)
 
         threading.Thread(target=work, daemon=True, name="mqtt-probe").start()
+
+    def _finish(self, caps: BrokerCapabilities, done: Callable[[str | None], None]) -> None:
+        self.capabilities = caps
+        self.refused = self.refusal(caps)
+        log.info("broker capabilities: %s", caps.describe())
+        done(self.refused)
+        self._done.set()
 
     def message(self, topic: str, payload: bytes) -> bool:
         """Route one incoming message; True when it was the probe's (paho's thread)."""
