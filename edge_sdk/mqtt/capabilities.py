@@ -400,6 +400,7 @@ class BrokerProbe:
         connection does not try again; the CONNACK's word is all it learns.
         """
         base = from_connack(protocol, props)
+        where = f"{client.host}:{client.port}"
         if self.capabilities is None and self._current is not None:
             self._current = None  # the first probe's connection died: its result is void
             log.warning(
@@ -407,7 +408,7 @@ class BrokerProbe:
                 "(an ACL must allow %s/# for it)",
                 PROBE_ROOT,
             )
-            self._finish(base, done)
+            self._finish(base, done, where)
             return
         if self.capabilities is not None:
             done(self.refusal(self.capabilities))
@@ -418,14 +419,16 @@ class BrokerProbe:
         def work() -> None:
             caps = probe.run(client)
             if probe is self._current:  # else a later connection decided without it
-                self._finish(caps, done)
+                self._finish(caps, done, where)
 
         threading.Thread(target=work, daemon=True, name="mqtt-probe").start()
 
-    def _finish(self, caps: BrokerCapabilities, done: Callable[[str | None], None]) -> None:
+    def _finish(
+        self, caps: BrokerCapabilities, done: Callable[[str | None], None], where: str
+    ) -> None:
         self.capabilities = caps
         self.refused = self.refusal(caps)
-        log.info("broker capabilities: %s", caps.describe())
+        log.info("broker at %s: %s", where, caps.describe())
         done(self.refused)
         self._done.set()
 

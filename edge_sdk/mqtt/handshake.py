@@ -189,7 +189,9 @@ class Handshake:
     def closed(self, flags: Any = None, reason: Any = None) -> None:
         """The connection closed (paho's ``on_disconnect``); counts it when before any CONNACK."""
         if self._attempt is None:
-            if getattr(flags, "is_disconnect_packet_from_server", False) and reason.is_failure:
+            if getattr(flags, "is_disconnect_packet_from_server", False) and getattr(
+                reason, "is_failure", False
+            ):
                 self._set_error(f"the broker disconnected: {describe_reason(reason, 'DISCONNECT')}")
             return  # connected before, or refused by CONNACK: not an unanswered CONNECT
         self._attempt = None
