@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,16 @@ def test_start_login_kill_restart_stop_leaves_no_process(
             assert b.client_options() == {}
             assert login_probe(b.host, b.port, "anon") == 0  # guest, from loopback
             assert b.protocol == "3.1.1"
+            # registered with its own epmd, not a system one on 4369
+            epmd = broker_mod.find_epmd()
+            assert epmd is not None and b.epmd_port not in (None, 4369)
+            names = subprocess.run(
+                [epmd, "-port", str(b.epmd_port), "-names"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+            assert f"name {b.node_name.split('@')[0]} at port {b.dist_port}" in names
         assert login_probe(b.host, b.port, "p1", b.username, b.password) == 0
         first = _tree(b)
         assert len(first) >= 2  # the VM and its helpers (and epmd for RabbitMQ)
