@@ -71,9 +71,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 SHARED_BUNDLES_GROUP = "table_bundles"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Group tests for pytest-xdist's ``loadgroup``: by file (module fixtures export once),
-    except the users of ``table_bundles``, one group across files, scheduled first."""
+    except the users of ``table_bundles``, one group across files, scheduled first.
+
+    xdist's worker turns each ``xdist_group`` marker into an ``@group`` suffix of the node
+    id, which is all its scheduler sees. It did not happen here: its hook ran before this
+    one (``tryfirst`` now), and it sets ``item._nodeid``, which pytest 9 no longer reads
+    (:func:`_suffix_group` sets the id pytest 9 reads). Every test was its own unit, and
+    both workers set up the same module and session fixtures: Cora trained and the TEP
+    sample run twice, each matrix bundle exported on both workers.
+    """
     if not config.pluginmanager.hasplugin("xdist"):
         return  # a plain pytest without the dev extras: no groups (nor their marker)
     for item in items:
@@ -83,6 +92,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(group))
     if os.environ.get("PYTEST_XDIST_WORKER") is not None or config.getoption("dist", "no") != "no":
         items.sort(key=lambda i: "table_bundles" not in getattr(i, "fixturenames", ()))
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None and config.getvalue("loadgroup"):
+        for item in items:
+            _suffix_group(item)
+
+
+def _suffix_group(item: pytest.Item) -> None:
+    """Append ``@group`` to ``item``'s node id as xdist's loadgroup expects, on pytest 9.
+
+    pytest 9 derives ``nodeid`` from a structured ``_id``; xdist 3.8 still writes the
+    ``_nodeid`` string of pytest 8 (there it does the job itself, and this does nothing).
+    """
+    if not hasattr(item, "_id") or "@" in item.nodeid.rpartition("]")[2]:
+        return
+    from _pytest.nodeid import NodeId  # pytest >= 9 only (pytest 8 has no _id)
+
+    names = sorted(
+        {
+            str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+            for m in item.iter_markers("xdist_group")
+        }
+    )
+    if names:
+        item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
 
 
 # -- hangs ---------------------------------------------------------------------------------
