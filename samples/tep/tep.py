@@ -358,7 +358,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     started = time.perf_counter()
     out: Path = args.out.resolve()  # child processes (broker, node) run elsewhere
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    threads = max(1, min(2, os.cpu_count() or 1))
+    if os.environ.get("OMP_NUM_THREADS"):  # an explicit share (e.g. a pytest-xdist worker's)
+        threads = min(threads, torch.get_num_threads())
+    torch.set_num_threads(threads)
 
     say("[bold]1. data[/]")
     root, is_synthetic = resolve_data(args.root, out, say)
