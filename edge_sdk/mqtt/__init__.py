@@ -2,7 +2,8 @@
 
 * :mod:`.link`: one paho-mqtt client (reconnects, MQTT 5 with 3.1.1 fallback,
   manual acknowledgements); :mod:`.pump` drains a durable store of rows
-  (:mod:`.rows`) through it;
+  (:mod:`.rows`) through it; :mod:`.handshake` decides the MQTT version and
+  words the broker's refusals; :mod:`.capabilities` probes what the broker does;
 * :mod:`.scheme`: what a link asks of its topic scheme (will, how a row
   leaves, births, goodbye); the node's JSON and Sparkplug schemes implement it;
 * :mod:`.topics`: the JSON scheme's topics and envelopes, topic checks, JSON limits;
