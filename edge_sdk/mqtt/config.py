@@ -36,7 +36,8 @@ class BrokerConfig(BaseModel):
         cert: Client certificate (mutual TLS).
         key: Client private key (mutual TLS).
         protocol: ``5``, ``3.1.1``, or ``auto`` (MQTT 5, falling back to 3.1.1
-            when the broker refuses it).
+            when the broker refuses it, never answers it, or closes the
+            connection on it twice in a row: :mod:`edge_sdk.mqtt.handshake`).
         keepalive_s: Keep-alive; the broker publishes the last will after
             about 1.5 x this without traffic.
         session_expiry_s: How long the broker keeps the node's session (its
