@@ -67,14 +67,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # -- parallel runs (make test: pytest -n 2 --dist loadgroup) ---------------------------------
 
 #: The session's shared table bundles (tests/exporters/table_bundles.py): the tests that use
-#: them form one group, so one worker exports each bundle once, and it goes first (longest).
+#: them form two groups, one per graph form (:func:`_bundles_group`), so one worker exports
+#: each bundle once; they go first (longest: 10 exports each, every engine and precision).
 SHARED_BUNDLES_GROUP = "table_bundles"
+
+
+def _bundles_group(item: pytest.Item) -> str:
+    """``table_bundles-static`` for a test whose parameters name the static form (the
+    matrix's cells, test_pna's), else ``table_bundles-dynamic``: two halves, two workers."""
+    callspec = getattr(item, "callspec", None)
+    form = "static" if callspec is not None and "static" in callspec.id.split("-") else "dynamic"
+    return f"{SHARED_BUNDLES_GROUP}-{form}"
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Group tests for pytest-xdist's ``loadgroup``: by file (module fixtures export once),
-    except the users of ``table_bundles``, one group across files, scheduled first.
+    except the users of ``table_bundles``, two groups across files, scheduled first.
 
     xdist's worker turns each ``xdist_group`` marker into an ``@group`` suffix of the node
     id, which is all its scheduler sees. It did not happen here: its hook ran before this
@@ -88,7 +97,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             shared = "table_bundles" in getattr(item, "fixturenames", ())
-            group = SHARED_BUNDLES_GROUP if shared else item.nodeid.split("::")[0]
+            group = _bundles_group(item) if shared else item.nodeid.split("::")[0]
             item.add_marker(pytest.mark.xdist_group(group))
     if os.environ.get("PYTEST_XDIST_WORKER") is not None or config.getoption("dist", "no") != "no":
         items.sort(key=lambda i: "table_bundles" not in getattr(i, "fixturenames", ()))
