@@ -23,7 +23,9 @@ and adapts or refuses:
   ``edge/{group}/+/status``: the watcher then learns nodes from what they
   publish live (status, results, alerts, errors, telemetry, OTA status) and
   subscribes to each node's exact status topic, whose retained status the
-  broker does deliver;
+  broker does deliver; with a named group it also asks the group's nodes for
+  their telemetry (the group-wide ``telemetry`` command), so that a node that
+  is quiet while the watcher looks is listed too;
 * ``share`` on a broker without shared subscriptions, ``sparkplug=True`` or a
   group containing ``.`` on a broker that rewrites ``.`` in topics: refused
   (:class:`~edge_sdk.errors.ConfigError` naming the limitation and the fix);
@@ -48,7 +50,7 @@ from ..mqtt.config import BrokerConfig
 from ..mqtt.link import MqttLink
 from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG
 from ..mqtt.sparkplug.host import HostView
-from ..mqtt.topics import ROOT, JsonScheme, Outbound, loads
+from ..mqtt.topics import GROUP_WIDE, ROOT, Inbound, JsonScheme, Outbound, dumps, loads
 from .connect import connect
 
 #: Topics a watcher follows, besides the retained status.
@@ -215,6 +217,27 @@ class FleetWatcher:
                 self.link.subscribe(f"{ROOT}/{self._group}/+/{kind.value}", 1)
         for group, node in known:
             self._learn(group, node)
+        self._ask_group()
+
+    def _ask_group(self) -> None:
+        """Ask the group's nodes to publish telemetry now, so that quiet nodes are learnt too.
+
+        Without it a node that publishes nothing while the watcher looks
+        (``edge-fleet status`` waits a second) stays unseen. The request is the
+        group-wide ``telemetry`` command, read-only on the node. The watcher's
+        subscriptions were sent before it on the same connection, so the
+        answers are not missed. With group ``+`` there is no topic to ask every
+        group at once: only nodes that publish are learnt, and the log says so.
+        """
+        if self._group == "+":
+            log.warning(
+                "this broker sends no retained status to wildcard subscriptions: only nodes "
+                "that publish while watching are listed; name the group (--group) to ask them"
+            )
+            return
+        topic = f"{ROOT}/{self._group}/{GROUP_WIDE}/{Inbound.CMD.value}"
+        if not self.link.publish_now(topic, dumps({"cmd": "telemetry"})):
+            log.warning("could not ask the nodes of %s for their telemetry", self._group)
 
     def _learn(self, group: str, node: str) -> None:
         """Subscribe to a node's exact status topic, once (no retained on wildcards)."""

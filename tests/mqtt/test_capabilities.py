@@ -181,6 +181,30 @@ def test_status_on_rabbitmq_shows_a_node_born_before_it(
     assert "results" not in watcher.counts  # heard only to learn the node
 
 
+def test_status_on_rabbitmq_lists_a_quiet_node_by_asking_the_group(
+    rabbit_broker: RabbitBroker, make_node: Callable[..., Any], sensor_bundles: dict[str, Path]
+) -> None:
+    """A node that publishes nothing while ``status`` looks is asked for telemetry, then listed."""
+    make_node(
+        rabbit_broker,
+        sensor_bundles["v1"],
+        node_id="caps-quiet",
+        group="quiet",
+        broker_opts={"protocol": "3.1.1", "reconnect_max_s": 1},
+    )
+    time.sleep(0.5)  # its birth-time status and telemetry are over before the watcher starts
+    with FleetWatcher(_rabbit(rabbit_broker), "quiet", streams=()) as watcher:
+        deadline = time.monotonic() + 10
+        views: list[Any] = []
+        while time.monotonic() < deadline:
+            views = watcher.snapshot()
+            if views and views[0].state == "online":
+                break
+            time.sleep(0.05)
+    assert [(v.node, v.state, v.version) for v in views] == [("caps-quiet", "online", "1.0.0")]
+    assert "telemetry" not in watcher.counts  # heard only to learn the node
+
+
 def test_sparkplug_and_dotted_names_are_refused_on_rabbitmq_with_the_reason(
     rabbit_broker: RabbitBroker, make_node: Callable[..., Any], sensor_bundles: dict[str, Path]
 ) -> None:
