@@ -80,10 +80,42 @@ def _bundles_group(item: pytest.Item) -> str:
     return f"{SHARED_BUNDLES_GROUP}-{form}"
 
 
+#: Files whose module fixtures take minutes (a sample's full run, exports for several
+#: engines): their groups start right after the shared bundles', in this order, so none is
+#: left to run alone at the end. Setup of each's first test, measured under -n 2 on the
+#: loaded 2-core machine: TEP real 673 s, TEP demo 90 s, LiteRT backend 99 s, padding
+#: parity 78 s (Cora: 3 trainings and 5 exports, graph norms: 3 exports, 200 s alone).
+LONG_FIRST = (
+    "tests/samples/test_tep_real.py",
+    "tests/samples/test_cora.py",
+    "tests/samples/test_tep_demo.py",
+    "tests/exporters/test_graph_norms.py",
+    "tests/exporters/test_to_litert.py",
+    "tests/runtimes/test_litert_backend.py",
+    "tests/runtimes/test_padding_parity.py",
+)
+
+
+def _schedule_rank(item: pytest.Item) -> int:
+    """0 for the shared bundles' users, then :data:`LONG_FIRST`'s files in order, then
+    the rest (in collection order: xdist's reordering by test count is off, see below)."""
+    if "table_bundles" in getattr(item, "fixturenames", ()):
+        return 0
+    path = item.nodeid.split("::")[0]
+    return 1 + (LONG_FIRST.index(path) if path in LONG_FIRST else len(LONG_FIRST))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``--dist loadgroup``, units start in collection order (:func:`_schedule_rank`),
+    not xdist's default of most tests first (which put the TEP sample's 4 tests last)."""
+    if config.getoption("dist", "no") == "loadgroup":
+        config.option.loadscopereorder = False
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Group tests for pytest-xdist's ``loadgroup``: by file (module fixtures export once),
-    except the users of ``table_bundles``, two groups across files, scheduled first.
+    except the users of ``table_bundles``, two groups across files; long groups first.
 
     xdist's worker turns each ``xdist_group`` marker into an ``@group`` suffix of the node
     id, which is all its scheduler sees. It did not happen here: its hook ran before this
@@ -100,7 +132,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             group = _bundles_group(item) if shared else item.nodeid.split("::")[0]
             item.add_marker(pytest.mark.xdist_group(group))
     if os.environ.get("PYTEST_XDIST_WORKER") is not None or config.getoption("dist", "no") != "no":
-        items.sort(key=lambda i: "table_bundles" not in getattr(i, "fixturenames", ()))
+        items.sort(key=_schedule_rank)
     if os.environ.get("PYTEST_XDIST_WORKER") is not None and config.getvalue("loadgroup"):
         for item in items:
             _suffix_group(item)
