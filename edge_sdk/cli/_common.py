@@ -52,12 +52,34 @@ def set_verbose(value: bool) -> None:
     _state["verbose"] = value
 
 
-def setup_logging() -> None:
-    """Log to stderr: INFO, or DEBUG with ``-v`` (daemons log what they do)."""
-    logging.basicConfig(
-        level=logging.DEBUG if _state["verbose"] else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(daemon: bool = True) -> None:
+    """Log to stderr (does nothing where logging is configured already).
+
+    Args:
+        daemon: INFO with timestamps, DEBUG with ``-v`` (daemons log what they
+            do). False, for short commands: only warnings (INFO with ``-v``),
+            as ``mqtt warning: ...`` lines, so that a broker's fallback or a refused
+            probe reads as one line beside the command's own output.
+    """
+    verbose = _state["verbose"]
+    if daemon:
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(_ShortFormatter())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+
+
+class _ShortFormatter(logging.Formatter):
+    """``mqtt warning: message``: the area first, so the command's own ``error:`` line stays one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = record.name.split(".")
+        area = parts[1] if len(parts) > 1 and parts[0] == "edge_sdk" else parts[0]
+        return f"{area} {record.levelname.lower()}: {record.getMessage()}"
 
 
 @contextmanager

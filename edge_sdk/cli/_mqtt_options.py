@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ._common import fail_on_errors
+from ._common import fail_on_errors, setup_logging
 
 __all__ = ["BROKER_HELP", "Protocol", "broker_config", "broker_options"]
 
@@ -149,6 +149,7 @@ def broker_options(command: F) -> F:
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name in _NAMES}
+        setup_logging(daemon=False)  # the link's warnings (fallback, refusals) as one line each
         with fail_on_errors():
             broker = broker_config(**values)
         return command(*args, broker=broker, **kwargs)
