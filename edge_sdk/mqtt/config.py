@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -64,7 +64,11 @@ class BrokerConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _url_list(cls, data: Any) -> Any:
-        """``url`` as a list or a comma-separated string: the first, then the failover URLs."""
+        """``url`` as a list or a comma-separated string: the first, then the failover URLs.
+
+        Credentials written into the URLs (``mqtt://user:pass@host``) move to
+        ``username``/``password``, so that no URL the SDK prints carries them.
+        """
         if not isinstance(data, dict):
             return data
         url = data.get("url")
@@ -72,12 +76,15 @@ class BrokerConfig(BaseModel):
             urls = [u.strip() for u in url.split(",") if u.strip()]
         elif isinstance(url, list | tuple):
             urls = list(url)
+        elif isinstance(url, str):
+            urls = [url]
         else:
             return data
         if not urls:
             raise ConfigError("broker url: the list of broker URLs is empty")
         extra = list(data.get("failover_urls") or ())
-        return {**data, "url": urls[0], "failover_urls": [*urls[1:], *extra]}
+        data = {**data, "url": urls[0], "failover_urls": [*urls[1:], *extra]}
+        return _credentials_from_urls(data)
 
     @field_validator("url")
     @classmethod
@@ -124,6 +131,40 @@ class BrokerConfig(BaseModel):
     def effective_password(self) -> str | None:
         """``EDGE_SDK_MQTT_PASSWORD`` when set, else the configured password."""
         return env_str("MQTT_PASSWORD", self.password)
+
+
+def _credentials_from_urls(data: dict[str, Any]) -> dict[str, Any]:
+    """Move ``user[:password]@`` out of every URL into ``username``/``password``.
+
+    Raises:
+        ConfigError: URLs with different credentials, or a URL user that is not
+            the configured ``username``.
+    """
+    found: set[tuple[str | None, str | None]] = set()
+    clean: list[Any] = []
+    for url in [data["url"], *data["failover_urls"]]:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or "@" not in parts.netloc:
+            clean.append(url)
+            continue
+        found.add(parse_broker_url(url)[3:5])
+        clean.append(urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])))
+    if not found:
+        return data
+    if len(found) > 1:
+        raise ConfigError("broker URLs carry different credentials: one user applies to all")
+    (user, password) = found.pop()
+    if data.get("username") not in (None, user):
+        raise ConfigError(
+            f"broker URL names user {user!r} but username is {data['username']!r}: give one"
+        )
+    return {
+        **data,
+        "url": clean[0],
+        "failover_urls": clean[1:],
+        "username": user,
+        "password": data.get("password") if data.get("password") is not None else password,
+    }
 
 
 def parse_broker_url(url: str) -> tuple[str, str, int, str | None, str | None]:

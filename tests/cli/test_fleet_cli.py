@@ -279,6 +279,16 @@ def test_a_refused_login_exits_3_with_the_brokers_reason_on_every_command(
         assert right.exit_code == 0, right.output
         assert json.loads(right.stdout) == []
 
+        # Credentials in the URL log in (they were ignored before) and never show in errors.
+        in_url = b.url.replace("mqtt://", "mqtt://fleet:s3cret@")
+        ok = runner.invoke(fleet, ["status", "--broker", in_url, "--json", "--wait", "0.2"])
+        assert ok.exit_code == 0, ok.output
+        bad = runner.invoke(
+            fleet, ["status", "--broker", b.url.replace("mqtt://", "mqtt://fleet:n0pe@")]
+        )
+        assert bad.exit_code == 3 and "n0pe" not in bad.output + bad.stderr
+        assert f"cannot reach the broker at {b.url}: not authorised (CONNACK 0x87)" in bad.stderr
+
 
 def test_watch_share_on_a_broker_without_shared_subscriptions_names_the_refusal(
     ejabberd_broker,
