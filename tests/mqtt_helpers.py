@@ -14,10 +14,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+#: Sensors of the TEP-size test bundles (``sensor_bundles``).
+N_SENSORS = 52
+
+
+def sensor_rows(count: int, seed: int = 0, sensors: int = N_SENSORS) -> np.ndarray:
+    """``count`` rows of standard-normal sensor values (float32), the same for a seed."""
+    return np.random.default_rng(seed).standard_normal((count, sensors)).astype(np.float32)
+
+
+def feed_in_background(node: Any, rows: np.ndarray, pause_s: float = 0.004) -> threading.Thread:
+    """Submit ``rows`` to ``node`` one by one (``t`` = row index) from a started thread.
+
+    The caller joins the thread; a stream that outlives a broker kill or restart.
+    """
+
+    def feed() -> None:
+        for t, row in enumerate(rows):
+            node.submit_sensors({"t": t, "values": row.tolist()})
+            time.sleep(pause_s)
+
+    feeder = threading.Thread(target=feed, name="feed-sensors", daemon=True)
+    feeder.start()
+    return feeder
 
 
 @dataclass(frozen=True)

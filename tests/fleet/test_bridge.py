@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pytest
+from mqtt_helpers import feed_in_background, sensor_rows
 from tcp_proxy import TcpProxy
 
 from edge_sdk.errors import ConfigError
@@ -142,10 +142,6 @@ def _cut(site: Site, factory: Callable[..., Recorder]) -> None:
     state.wait_for(lambda m: bool(m) and m[-1].payload == b"1", timeout=10)
     site.proxy.cut()
     state.wait_for(lambda m: m[-1].payload == b"0", timeout=10)
-
-
-def _rows(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((count, 52)).astype(np.float32)
 
 
 def _results(messages: list[Received]) -> list[tuple[dict[str, Any], bytes]]:
@@ -279,15 +275,8 @@ def test_every_result_crosses_the_bridge_across_an_uplink_outage(
     states.subscribe(STATE_TOPIC)
     _wait_bridged(site, mqtt_client_factory)
     node = make_node(site.edge, sensor_bundles["v1"])
-    rows = _rows(1000 + WINDOW - 1)
-
-    def feed() -> None:
-        for t, row in enumerate(rows):
-            node.submit_sensors({"t": t, "values": row.tolist()})
-            time.sleep(0.004)
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+    rows = sensor_rows(1000 + WINDOW - 1)
+    feeder = feed_in_background(node, rows)
     try:
         consumer.wait_for(lambda m: len(m) >= 300, timeout=30)
         site.proxy.cut()
@@ -357,7 +346,7 @@ def test_results_beyond_the_edge_queue_limit_are_lost_although_the_node_saw_them
     before = len(consumer.messages)
     _cut(site, mqtt_client_factory)
     acked_at_cut = node.link.stats.acked
-    for t, row in enumerate(_rows(300 + WINDOW - 1)):
+    for t, row in enumerate(sensor_rows(300 + WINDOW - 1)):
         node.submit_sensors({"t": t, "values": row.tolist()})
     _wait_until(
         lambda: node.stats.inferences == 300 and node.outbox.stats().pending == 0,
@@ -442,7 +431,7 @@ def test_shared_subscription_on_the_cloud_splits_results_bridged_from_the_edge(
     for w in watchers:
         w.start()
     try:
-        for t, row in enumerate(_rows(200 + WINDOW - 1)):
+        for t, row in enumerate(sensor_rows(200 + WINDOW - 1)):
             node.submit_sensors({"t": t, "values": row.tolist()})
         _wait_until(lambda: len(set(got["a"]) | set(got["b"])) >= 200, 30, "200 results")
     finally:
@@ -533,7 +522,7 @@ def test_an_edge_broker_crash_during_the_outage_is_covered_by_the_node_replay(
     _wait_bridged(site, mqtt_client_factory)
     node = make_node(site.edge, sensor_bundles["v1"], outbox=OutboxConfig(replay_s=replay_s))
     _cut(site, mqtt_client_factory)
-    for t, row in enumerate(_rows(200 + WINDOW - 1)):
+    for t, row in enumerate(sensor_rows(200 + WINDOW - 1)):
         node.submit_sensors({"t": t, "values": row.tolist()})
     _wait_until(
         lambda: node.stats.inferences == 200 and node.outbox.stats().pending == 0,
@@ -598,7 +587,7 @@ def test_a_sparkplug_node_on_the_edge_reaches_edge_fleet_on_the_cloud_across_a_c
                 b for k, b in list(seen) if k == "sparkplug/DDATA" and "Result/Id" in b["metrics"]
             ]
 
-        rows = _rows(300 + WINDOW - 1)
+        rows = sensor_rows(300 + WINDOW - 1)
         for t, row in enumerate(rows[: 100 + WINDOW - 1]):
             node.submit_sensors({"t": t, "values": row.tolist()})
         _wait_until(lambda: len(results()) >= 100, 30, "100 results on the cloud")

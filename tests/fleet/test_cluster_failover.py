@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from mqtt_helpers import Received
+from mqtt_helpers import Received, feed_in_background, sensor_rows
 
 from edge_sdk.fleet.brokers import LocalBroker
 from edge_sdk.fleet.brokers.cluster import EjabberdCluster
@@ -25,10 +24,6 @@ from edge_sdk.fleet.watch import FleetWatcher
 from edge_sdk.mqtt.config import BrokerConfig
 
 N_SENSORS, WINDOW = 52, 20
-
-
-def _rows(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((count, N_SENSORS)).astype(np.float32)
 
 
 def _results(messages: list[Received]) -> list[dict[str, Any]]:
@@ -66,7 +61,7 @@ def test_node_moves_to_the_next_url_when_its_broker_dies_and_keeps_cycling(
     on_b.subscribe("edge/plant/n1/results")
     node = make_node(a, sensor_bundles["v1"], broker_opts={"failover_urls": [b.url]})
     assert node.link.stats.member == a.url
-    rows = _rows(WINDOW + 29)
+    rows = sensor_rows(WINDOW + 29)
     for t in range(WINDOW + 9):  # 10 results through A
         node.submit_sensors({"t": t, "values": rows[t].tolist()})
     assert _wait(lambda: node.outbox.stats().pending == 0, 15)
@@ -125,15 +120,8 @@ def test_1000_results_survive_a_sigkilled_cluster_member(cluster, make_node, sen
             broker_opts={"failover_urls": [second.url], **cluster.client_options()},
         )
         assert node.link.stats.member == first.url
-        rows = _rows(1000 + WINDOW - 1)
-
-        def feed() -> None:
-            for t, row in enumerate(rows):
-                node.submit_sensors({"t": t, "values": row.tolist()})
-                time.sleep(0.004)
-
-        feeder = threading.Thread(target=feed)
-        feeder.start()
+        rows = sensor_rows(1000 + WINDOW - 1)
+        feeder = feed_in_background(node, rows)
         assert _wait(lambda: len(results) >= 150, 30), "results do not reach member 2's watcher"
         cluster.kill(0)  # SIGKILL the member the node is connected to, mid-stream
         t_kill = time.monotonic()

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from mqtt_helpers import Received
+from mqtt_helpers import Received, sensor_rows
 
 N_SENSORS, WINDOW = 52, 20
 
@@ -49,10 +48,6 @@ class _ResultEnds:
                 self.ends.add(json.loads(m.payload)["window"]["t_end"])
         self._parsed = len(messages)
         return self.ends
-
-
-def _rows(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((count, N_SENSORS)).astype(np.float32)
 
 
 def _start_node(bundle: Path, state: Path, broker_url: str, **extra: Any) -> subprocess.Popen:
@@ -88,7 +83,7 @@ def _wait_online(cloud: Any, since: int) -> None:
 def test_node_sigkill_while_behind_loses_no_row_and_no_window(
     broker, mqtt_client_factory, sensor_bundles, tmp_path: Path
 ):
-    rows = _rows(4000)
+    rows = sensor_rows(4000)
     expected_ends = set(range(WINDOW - 1, len(rows)))  # stride 1: one window per row from t=19
     cloud = mqtt_client_factory(broker, "cloud", clean_start=False, session_expiry_s=600)
     cloud.subscribe("edge/plant/n1/results")
@@ -154,7 +149,7 @@ def test_rows_lost_upstream_are_published_as_a_gap_and_no_window_spans_it_silent
     window = {"period_s": 1.0, "on_gap": on_gap}
     make_node(broker, sensor_bundles["v1"], trusted_keys=[], window=window)
     lost = set(range(30, 34))  # acknowledged to the plant, never delivered (a broker crash)
-    rows = _rows(60)
+    rows = sensor_rows(60)
     for t, row in enumerate(rows):
         if t not in lost:
             cloud.publish("edge/plant/n1/sensors", json.dumps({"t": t, "values": row.tolist()}))
@@ -186,7 +181,7 @@ def test_a_row_from_a_broken_clock_is_refused_and_the_stream_goes_on(
     cloud.subscribe("edge/plant/n1/results")
     cloud.subscribe("edge/plant/n1/errors")
     make_node(broker, sensor_bundles["v1"], trusted_keys=[])
-    rows = _rows(WINDOW + 2)
+    rows = sensor_rows(WINDOW + 2)
     cloud.publish("edge/plant/n1/sensors", json.dumps({"t": 1e300, "values": rows[0].tolist()}))
     ahead = time.time() + 3600  # an hour ahead: beyond the default 300 s
     cloud.publish("edge/plant/n1/sensors", json.dumps({"t": ahead, "values": rows[0].tolist()}))

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from mqtt_helpers import Received
+from mqtt_helpers import Received, feed_in_background, sensor_rows
 
 from edge_sdk import Runtime
 from edge_sdk.node.config import OutboxConfig
 
 N_SENSORS, WINDOW = 52, 20
-
-
-def _rows(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((count, N_SENSORS)).astype(np.float32)
 
 
 def _bodies(messages: list[Received], suffix: str) -> list[dict]:
@@ -34,7 +29,7 @@ def test_results_match_the_runtime_and_carry_ids(
     cloud = mqtt_client_factory(broker)
     cloud.subscribe("edge/plant/n1/results")
     make_node(broker, sensor_bundles["v1"])
-    rows = _rows(WINDOW + 4)
+    rows = sensor_rows(WINDOW + 4)
     for t, row in enumerate(rows):
         cloud.publish("edge/plant/n1/sensors", json.dumps({"t": t, "values": row.tolist()}))
     msgs = cloud.wait_for(5, timeout=20)
@@ -88,7 +83,7 @@ def test_malformed_payloads_get_errors_and_the_node_keeps_serving(
     for words, error in zip(expected_words, errors, strict=True):
         assert words in error, (words, error)
     # Still serving: a clean stream after all that produces results.
-    for t, row in enumerate(_rows(WINDOW)):
+    for t, row in enumerate(sensor_rows(WINDOW)):
         cloud.publish(topic, json.dumps({"t": 100 + t, "values": row.tolist()}))
     msgs = cloud.wait_for(lambda m: len(_bodies(m, "/results")) >= 1, timeout=20)
     assert _bodies(msgs, "/results")[0]["window"]["t_end"] == 100 + WINDOW - 1
@@ -101,7 +96,7 @@ def test_request_response_over_mqtt5(broker, make_node, mqtt_client_factory, sen
     cloud = mqtt_client_factory(broker)
     cloud.subscribe("cloud/replies/#")
     make_node(broker, sensor_bundles["v1"])
-    x = _rows(2 * N_SENSORS, seed=3).reshape(2, N_SENSORS, -1)[:, :, :WINDOW]
+    x = sensor_rows(2 * N_SENSORS, seed=3).reshape(2, N_SENSORS, -1)[:, :, :WINDOW]
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = "cloud/replies/7"
     props.CorrelationData = b"req-7"
@@ -133,7 +128,7 @@ def test_commands_telemetry_and_retained_birth(
     assert birth["model"]["version"] == "1.0.0" and birth["backend"] == "onnxruntime"
     cloud.subscribe("edge/plant/n1/telemetry")
     cloud.subscribe("edge/plant/n1/errors")
-    for t, row in enumerate(_rows(WINDOW + 2)):
+    for t, row in enumerate(sensor_rows(WINDOW + 2)):
         node.submit_sensors({"t": t, "values": row.tolist()})
     cloud.publish("edge/plant/_all/cmd", json.dumps({"cmd": "telemetry_interval", "value": 0.3}))
     cloud.publish("edge/plant/n1/cmd", json.dumps({"cmd": "self-destruct"}))
@@ -155,15 +150,8 @@ def test_every_result_arrives_across_a_broker_sigkill(
     cloud.subscribe("edge/plant/n1/results")
     time.sleep(1.5)  # let the broker's autosave persist the cloud's session
     node = make_node(broker, sensor_bundles["v1"], outbox=OutboxConfig(replay_s=30))
-    rows = _rows(1000 + WINDOW - 1)
-
-    def feed() -> None:
-        for t, row in enumerate(rows):
-            node.submit_sensors({"t": t, "values": row.tolist()})
-            time.sleep(0.004)
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+    rows = sensor_rows(1000 + WINDOW - 1)
+    feeder = feed_in_background(node, rows)
     cloud.wait_for(lambda m: len(m) >= 150, timeout=30)
     before_kill = len(_unique_windows(cloud.messages))
     broker.kill()
@@ -276,10 +264,10 @@ def test_node_speaks_mqtt_311_with_payload_reply_to(
     cloud = mqtt_client_factory(broker, protocol=MQTTProtocolVersion.MQTTv311)
     cloud.subscribe("edge/plant/n1/results")
     cloud.subscribe("cloud/replies")
-    x = _rows(N_SENSORS, seed=4)[:, :WINDOW][None]
+    x = sensor_rows(N_SENSORS, seed=4)[:, :WINDOW][None]
     request = {"inputs": {"x": x.tolist()}, "reply_to": "cloud/replies", "correlation": "c-9"}
     cloud.publish("edge/plant/n1/infer", json.dumps(request))
-    for t, row in enumerate(_rows(WINDOW)):
+    for t, row in enumerate(sensor_rows(WINDOW)):
         cloud.publish("edge/plant/n1/sensors", json.dumps({"t": t, "values": row.tolist()}))
     msgs = cloud.wait_for(2, timeout=20)
     reply = next(json.loads(m.payload) for m in msgs if m.topic == "cloud/replies")

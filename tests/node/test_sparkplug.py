@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mqtt_helpers import Received
+from mqtt_helpers import Received, sensor_rows
 
 from edge_sdk import Runtime
 from edge_sdk.fleet.brokers import LocalBroker
@@ -101,10 +101,6 @@ def sparkplug(messages: list[Received]) -> list[Msg]:
     return out
 
 
-def _rows(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((count, N_SENSORS)).astype(np.float32)
-
-
 def _feed(node: Any, rows: np.ndarray, start: int = 0) -> None:
     for t, row in enumerate(rows, start):
         node.submit_sensors({"t": t, "values": row.tolist()})
@@ -174,7 +170,7 @@ def test_births_will_and_data_on_the_wire(
     host = mqtt_client_factory(wire_broker)
     host.subscribe("spBv1.0/#", qos=1)
     node = sp_node(wire_broker, telemetry_interval_s=0)
-    rows = _rows(WINDOW + 9)
+    rows = sensor_rows(WINDOW + 9)
     _feed(node, rows)
     msgs = sparkplug(host.wait_for(lambda m: len(_results(sparkplug(m))) >= 10, timeout=20))
 
@@ -280,7 +276,7 @@ def test_rebirth_keeps_bdseq_and_ncmd_drives_the_node(broker, sp_node, mqtt_clie
     host.subscribe("spBv1.0/#", qos=1)
     host.subscribe(f"edge/{GROUP}/{NODE}/errors", qos=1)
     node = sp_node(broker)
-    _feed(node, _rows(WINDOW + 2))
+    _feed(node, sensor_rows(WINDOW + 2))
     host.wait_for(lambda m: len(_results(sparkplug(m))) >= 3)
     connects = node.link.stats.connects
 
@@ -309,7 +305,7 @@ def test_rebirth_keeps_bdseq_and_ncmd_drives_the_node(broker, sp_node, mqtt_clie
     bodies = [json.loads(r.payload) for r in errs if r.topic.endswith("/errors")]
     assert bodies[0]["field"] == "Bogus" and "writable" in bodies[0]["error"]
     assert "Sparkplug B payload" in bodies[1]["error"]
-    _feed(node, _rows(3, seed=5), start=WINDOW + 2)
+    _feed(node, sensor_rows(3, seed=5), start=WINDOW + 2)
     host.wait_for(lambda m: len(_results(sparkplug(m))) >= 6)
 
 
@@ -317,7 +313,7 @@ def test_seq_runs_0_to_255_and_wraps(broker, sp_node, mqtt_client_factory):
     host = mqtt_client_factory(broker)
     host.subscribe("spBv1.0/#", qos=1)
     node = sp_node(broker)
-    _feed(node, _rows(WINDOW - 1 + 300))
+    _feed(node, sensor_rows(WINDOW - 1 + 300))
     msgs = sparkplug(host.wait_for(lambda m: len(_results(sparkplug(m))) >= 300, timeout=30))
     seqs = [m.seq for m in msgs]
     assert seqs[0] == 0 and len(seqs) == 302  # NBIRTH, DBIRTH, 300 DDATA
@@ -340,7 +336,7 @@ def test_data_produced_offline_is_replayed_historical_and_in_order(
         host.client.publish(state, body, qos=1).wait_for_publish(5)
 
     host_state(True)
-    rows = _rows(WINDOW - 1 + 40)
+    rows = sensor_rows(WINDOW - 1 + 40)
     _feed(node, rows[: WINDOW - 1 + 10])
     host.wait_for(lambda m: len(_results(sparkplug(m))) >= 10)
 
@@ -389,7 +385,7 @@ def test_primary_host_state_gates_data_and_older_state_is_ignored(
             state, json.dumps({"online": online, "timestamp": ts}), qos=1, retain=True
         ).wait_for_publish(5)
 
-    rows = _rows(WINDOW - 1 + 12)
+    rows = sensor_rows(WINDOW - 1 + 12)
     _feed(node, rows[:WINDOW])  # one window while the host has not said it is online
     time.sleep(1.0)
     assert not any(m.topic.startswith(f"spBv1.0/{GROUP}/") for m in host.messages), (
@@ -425,7 +421,7 @@ def test_sensor_inputs_arrive_as_ddata_from_another_sparkplug_device(
         window={"sensors": names},
         sparkplug=SparkplugConfig(sensor_sources=["plc7/line3"]),
     )
-    rows = _rows(WINDOW + 1, seed=3)
+    rows = sensor_rows(WINDOW + 1, seed=3)
     rows[:, 0] = np.round(rows[:, 0] * 10)  # XMEAS1 is an Int32 (negative values included)
     t0 = 1_700_000_000_000
     # DBIRTH declares names, aliases and datatypes; DDATA then carries aliases and values only
@@ -471,7 +467,7 @@ def test_updates_travel_the_json_path_while_the_host_is_offline_then_rebirth_and
     host = mqtt_client_factory(broker)
     host.subscribe("spBv1.0/#", qos=1)
     node = sp_node(broker, sparkplug=SparkplugConfig(primary_host="scada"))
-    _feed(node, _rows(WINDOW))  # one result, held: the host has not come online
+    _feed(node, sensor_rows(WINDOW))  # one result, held: the host has not come online
     prepared = prepare_bundle(
         sensor_bundles["v2"], tmp_path / "packed", key=fleet_keys["key"], chunk_size=8192
     )
@@ -507,7 +503,7 @@ def test_edge_fleet_follows_sparkplug_nodes_and_sends_ncmd(broker, sp_node, mqtt
         BrokerConfig(url=broker.url), GROUP, on_message=lambda k, b: seen.append((k, b))
     ) as w:
         node = sp_node(broker)
-        _feed(node, _rows(WINDOW + 4))
+        _feed(node, sensor_rows(WINDOW + 4))
         deadline = time.monotonic() + 15
         while sum(k == "sparkplug/DDATA" for k, _ in seen) < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -570,7 +566,7 @@ def test_an_outbox_row_that_cannot_be_encoded_is_reported_and_does_not_stop_the_
     host.wait_for(lambda m: "DBIRTH" in _kinds(sparkplug(m)))
     bad = node.outbox.put(Outgoing(f"spBv1.0/{GROUP}/DDATA/{NODE}/model", b"{not json", qos=0))
     node.link.wake()
-    _feed(node, _rows(WINDOW))
+    _feed(node, sensor_rows(WINDOW))
     msgs = host.wait_for(
         lambda m: any(r.topic.endswith("/errors") for r in m) and len(_results(sparkplug(m))) >= 1
     )

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mqtt_helpers import feed_in_background, sensor_rows
 
 from edge_sdk.errors import EdgeSDKError
 from edge_sdk.fleet.brokers import BrokerProcess, EjabberdBroker, ErlangBroker, RabbitBroker
@@ -66,10 +67,6 @@ def _cfg(broker: BrokerProcess, **opts: Any) -> dict[str, Any]:
 
 def _fleet(broker: BrokerProcess, **opts: Any) -> BrokerConfig:
     return BrokerConfig(url=broker.url, **_cfg(broker, **opts))
-
-
-def _rows(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((count, N_SENSORS)).astype(np.float32)
 
 
 def _until(
@@ -125,7 +122,7 @@ def test_results_stream_to_the_fleet_watcher_none_lost(
         node = make_node(
             compat_broker, sensor_bundles["v1"], node_id="stream1", broker_opts=_cfg(compat_broker)
         )
-        for t, row in enumerate(_rows(200 + WINDOW - 1)):
+        for t, row in enumerate(sensor_rows(200 + WINDOW - 1)):
             node.submit_sensors({"t": t, "values": row.tolist()})
         _until(lambda: len(got.windows) >= 200, 60, "200 results", lambda: got.missing(200))
         _until(lambda: _pending_zero(node), 15, "the outbox to drain")
@@ -168,15 +165,8 @@ def test_broker_restart_mid_stream_loses_no_result(
             broker_opts=node_opts,
             outbox=OutboxConfig(replay_s=10),
         )
-        rows = _rows(300 + WINDOW - 1, seed=1)
-
-        def feed() -> None:
-            for t, row in enumerate(rows):
-                node.submit_sensors({"t": t, "values": row.tolist()})
-                time.sleep(0.005)
-
-        feeder = threading.Thread(target=feed)
-        feeder.start()
+        rows = sensor_rows(300 + WINDOW - 1, seed=1)
+        feeder = feed_in_background(node, rows, pause_s=0.005)
         _until(lambda: len(got.windows) >= 60, 30, "the first results")
         compat_broker.restart()
         feeder.join()
@@ -239,7 +229,7 @@ def test_shared_subscription_watch_works_or_is_refused_with_the_reason(
         node = make_node(
             compat_broker, sensor_bundles["v1"], node_id="share1", broker_opts=_cfg(compat_broker)
         )
-        for t, row in enumerate(_rows(40 + WINDOW - 1, seed=2)):
+        for t, row in enumerate(sensor_rows(40 + WINDOW - 1, seed=2)):
             node.submit_sensors({"t": t, "values": row.tolist()})
         _until(lambda: len(a.windows) + len(b.windows) >= 40, 30, "40 shared results")
     assert sorted(a.seqs() + b.seqs()) == list(range(40))
@@ -273,7 +263,7 @@ def test_a_group_name_with_a_dot_works_or_is_refused_with_the_reason(
             group=group,
             broker_opts=_cfg(compat_broker),
         )
-        for t, row in enumerate(_rows(WINDOW + 1, seed=6)):
+        for t, row in enumerate(sensor_rows(WINDOW + 1, seed=6)):
             node.submit_sensors({"t": t, "values": row.tolist()})
         _until(lambda: len(got.windows) >= 2, 20, "2 results of group plant.a")
     assert got.seqs() == [0, 1]
@@ -333,7 +323,7 @@ def test_request_response(
     )
     connect(link, 15)
     try:
-        x = _rows(N_SENSORS, seed=4)[:, :WINDOW][None]
+        x = sensor_rows(N_SENSORS, seed=4)[:, :WINDOW][None]
         body: dict[str, Any] = {"id": "r1", "inputs": {"x": x.tolist()}}
         props = None
         if compat_broker.protocol == "5":
@@ -469,7 +459,7 @@ def _sparkplug_births_and_rebirth(
             outbox=OutboxConfig(replay_s=0),
         )
         _until(lambda: got.kinds.get("sparkplug/DBIRTH", 0) >= 1, 15, "the births")
-        for t, row in enumerate(_rows(WINDOW + 2, seed=3)):
+        for t, row in enumerate(sensor_rows(WINDOW + 2, seed=3)):
             node.submit_sensors({"t": t, "values": row.tolist()})
         _until(lambda: got.kinds.get("sparkplug/DDATA", 0) >= 3, 15, "three DDATA results")
         (view,) = [v for v in watcher.snapshot() if v.node == "sp1"]
