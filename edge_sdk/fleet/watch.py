@@ -202,7 +202,7 @@ class FleetWatcher:
 
     def _adapt(self, caps: BrokerCapabilities) -> None:
         if self._sparkplug is None and (why := caps.sparkplug_refusal()):
-            log.warning("not following Sparkplug B nodes: %s", why)
+            log.info("not following Sparkplug B nodes: %s", why)  # not asked for: no warning
         if caps.retain_on_wildcards is not False:
             return
         log.info(

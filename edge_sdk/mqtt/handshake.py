@@ -195,7 +195,12 @@ class Handshake:
                 self._set_error(f"the broker disconnected: {describe_reason(reason, 'DISCONNECT')}")
             return  # connected before, or refused by CONNACK: not an unanswered CONNECT
         self._attempt = None
-        self._set_error(f"the broker closed the connection during the MQTT {self.version} CONNECT")
+        # While auto is still deciding this is expected of a 3.1.1-only broker: the
+        # fallback's own warning below says what happened.
+        self._set_error(
+            f"the broker closed the connection during the MQTT {self.version} CONNECT",
+            level=logging.INFO if self.undecided else logging.WARNING,
+        )
         if not self.undecided or self._stopping.is_set():
             return
         self._closes += 1
@@ -268,11 +273,11 @@ class Handshake:
             log.error("broker refused the subscription to %s: %s", topic, words)
         self.refused_subscriptions[topic] = words
 
-    def _set_error(self, error: str | None) -> None:
+    def _set_error(self, error: str | None, level: int = logging.WARNING) -> None:
         if error == self.connect_error:
             return
         if error is not None:
-            log.warning("cannot connect to the broker: %s", error)
+            log.log(level, "cannot connect to the broker: %s", error)
         elif self.connect_error is not None:
             log.info("connected to the broker at %s (MQTT %s)", self._where, self.version)
         self.connect_error = error

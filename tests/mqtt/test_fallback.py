@@ -124,6 +124,8 @@ def test_a_broker_that_closes_two_mqtt5_connects_in_a_row_gets_mqtt311(
         f"broker at {where} closed the connection before CONNACK to an MQTT 5 CONNECT "
         f"{CLOSES_BEFORE_FALLBACK} times in a row; falling back to MQTT 3.1.1"
     ]
+    # The closes that lead to the decision are expected of a 3.1.1 broker: INFO, not warnings.
+    assert [m for lvl, m in messages if lvl == "WARNING" and "MQTT 5" in m] == decisions
 
 
 def test_after_an_mqtt5_connack_closed_connections_never_make_it_fall_back(
