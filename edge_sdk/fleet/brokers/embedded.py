@@ -36,6 +36,8 @@ from .process import BrokerProcess, free_port, kill_quietly, probe
 
 _AMQTT_READY = "Listener 'default' bind to {bind}"
 _AMQTT_FAILED = "Broker startup failed"
+#: The child process's module (amqtt's Broker with loop signal handlers).
+_RUNNER = "edge_sdk.fleet.brokers.amqtt_main"
 
 
 class EmbeddedBroker(BrokerProcess):
@@ -63,7 +65,7 @@ class EmbeddedBroker(BrokerProcess):
     protocol = "3.1.1"
     CONFIG_NAME = "amqtt.yaml"
     LOG_NAME = "amqtt.log"
-    STOP_SIGNAL = signal.SIGINT  # amqtt's clean shutdown path (SIGTERM skips it)
+    STOP_SIGNAL = signal.SIGINT  # amqtt_main shuts down cleanly on SIGINT and SIGTERM
 
     @property
     def version(self) -> str:
@@ -114,16 +116,17 @@ class EmbeddedBroker(BrokerProcess):
             self.config_path.write_text(self._config_text())
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             # ``python -m`` of this interpreter: the amqtt that embedded_broker_available()
-            # found, whatever the console scripts on PATH are.
+            # found, whatever the console scripts on PATH are; our runner (amqtt_main)
+            # for a shutdown that always runs.
             proc = self._spawn(
-                [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(self.config_path)],
+                [sys.executable, "-m", _RUNNER, "-c", str(self.config_path)],
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             outcome = self._wait_ready(proc, deadline, log_offset)
             if outcome == "ready":
                 self._started_once = True
                 return self
-            # amqtt keeps its process alive after a failed start: end it ourselves.
+            # A failed start ends the process (amqtt_main); a hung one is ended here.
             kill_quietly(proc)
             if outcome == "timeout" and not in_use:
                 raise RuntimeError(
