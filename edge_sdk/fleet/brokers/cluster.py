@@ -45,7 +45,7 @@ from typing import Self
 from ...errors import ConfigError
 from . import installed
 from .ejabberd import EjabberdBroker
-from .erlang import login_probe
+from .erlang import login_probe, spawn_epmd
 from .process import free_port, kill_quietly
 
 __all__ = ["ClusterMember", "EjabberdCluster"]
@@ -212,14 +212,7 @@ class EjabberdCluster:
         assert epmd is not None  # start() checked
         if self._epmd is not None and self._epmd.poll() is None:
             return
-        with open(self.workdir / "epmd.log", "ab") as log:
-            self._epmd = subprocess.Popen(
-                [epmd, "-port", str(self.epmd_port), "-address", self.host],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        self._epmd = spawn_epmd(epmd, self.workdir, self.host, self.epmd_port)
         self._finalizer = weakref.finalize(self, kill_quietly, self._epmd)
 
     def _rpc(self, member: ClusterMember, expression: str, timeout_s: float = 60.0) -> str:

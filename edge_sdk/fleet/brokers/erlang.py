@@ -26,6 +26,7 @@ import time
 import uuid
 import weakref
 from abc import abstractmethod
+from pathlib import Path
 from typing import Self
 
 from ...errors import ConfigError
@@ -161,6 +162,22 @@ def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
         _kill_tree(proc)
 
 
+def spawn_epmd(epmd: str, workdir: Path, host: str, port: int) -> subprocess.Popen[bytes]:
+    """A private epmd in the foreground on ``host:port`` (its own session; log in ``workdir``).
+
+    epmd binds at once; the Erlang VMs retry their registration, so no wait is needed.
+    """
+    with open(workdir / "epmd.log", "ab") as log:
+        return subprocess.Popen(
+            [epmd, "-port", str(port), "-address", host],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=workdir,
+            start_new_session=True,
+        )
+
+
 class ErlangBroker(BrokerProcess):
     """Base of :class:`~.ejabberd.EjabberdBroker` and :class:`~.rabbitmq.RabbitBroker`.
 
@@ -266,16 +283,7 @@ class ErlangBroker(BrokerProcess):
             raise ConfigError(f"epmd (Erlang) is not installed; {self.INSTALL_HINT}")
         self.epmd_port = free_port(self.host)
         env["ERL_EPMD_PORT"] = str(self.epmd_port)
-        with open(self.workdir / "epmd.log", "ab") as log:
-            self._epmd = subprocess.Popen(
-                [epmd, "-port", str(self.epmd_port), "-address", self.host],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        # epmd binds at once; the VM retries its registration, so no wait is needed here.
+        self._epmd = spawn_epmd(epmd, self.workdir, self.host, self.epmd_port)
 
     def _spawn_group(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start ``argv`` as the leader of a new process group, output appended to the log."""
