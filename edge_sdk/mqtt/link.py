@@ -426,7 +426,8 @@ class MqttLink:
         if was and not self._clean_stop:
             log.warning("lost the broker (%s); results wait in the outbox", reason)
         self._scheme.lost()
-        self._members.lost(reason)  # a cluster: paho reconnects to the next member
+        if not self._clean_stop:  # an intentional disconnect reconnects nowhere
+            self._members.lost(reason)  # a cluster: paho reconnects to the next member
 
     def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
         if self.probe is not None and self.probe.message(msg.topic, bytes(msg.payload)):
