@@ -339,7 +339,12 @@ def test_dense_gat_converts_and_matches_pytorch(tmp_path: Path) -> None:
     job = make_job(TinyGAT().eval(), sample, tmp_path / "b", target, form="static", int8=True)
     cands = {c.artifact.precision: c.artifact for c in CompileLiteRT()(job)}
     assert set(cands) == {"fp32", "int8"}, "INT8 must convert and load (no int8 SELECT_V2)"
-    assert {"EXP", "BATCH_MATMUL"} <= set(cands["fp32"].ops)
+    # How onnx2tf lowers the per-head attention product (BATCH_MATMUL, or per-head
+    # FULLY_CONNECTED + CONCATENATION) follows its ONNX Runtime layout check, which is not
+    # the same on every CPU (a CI machine gave the second): only the softmax and the
+    # missing int8 SELECT_V2 are the converter's contract; the numbers are checked below.
+    assert "EXP" in cands["fp32"].ops
+    assert "SELECT_V2" not in cands["int8"].ops
     report = job.check(cands["fp32"])
     assert report.passed, report
     assert max(o.max_abs_err for o in report.outputs) <= 1e-4
