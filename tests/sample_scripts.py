@@ -1,7 +1,7 @@
 """Import the samples' scripts (samples are not packages) the way they import each other.
 
 Each script is registered in ``sys.modules`` under the private name the
-samples use among themselves (``_edge_sdk_sample_tep_<name>``,
+samples use among themselves (``_edge_sdk_sample_tep_<name>``, ``_edge_sdk_sample_fraud_<name>``,
 ``_edge_sdk_sample_cora``), so a test and a sample share one copy of a
 module: dataclasses and ``isinstance`` checks see the same classes.
 """
@@ -38,3 +38,8 @@ def tep_module(name: str) -> ModuleType:
 def cora_module() -> ModuleType:
     """``samples/cora/cora.py``."""
     return load_script(REPO / "samples" / "cora" / "cora.py", "_edge_sdk_sample_cora")
+
+
+def fraud_module(name: str) -> ModuleType:
+    """``samples/fraud/<name>.py``."""
+    return load_script(REPO / "samples" / "fraud" / f"{name}.py", f"_edge_sdk_sample_fraud_{name}")
