@@ -1,0 +1,255 @@
+"""The fraud GNNs: GraphSAGE and GATv2 over a transaction's 2-hop event graph.
+
+A request is one subgraph (``edge_sdk.eventgraph``): node 0 is the scored
+transaction, hop 1 its entities (accounts, device, IP, merchant), hop 2 their
+most recent earlier transactions; edges run event <-> entity both ways. Two
+message-passing layers are exactly enough for node 0 to hear hop 2: layer 1
+summarises each entity's recent history, layer 2 brings those summaries to the
+transaction. That is the point of the graph: a shared device is harmless or a
+ring depending on *whose* transactions sit behind it, which per-entity counts
+(the baseline's features) cannot tell.
+
+Both models map every node to ``logits [N, 2]`` (class 1 = fraud); a
+transaction's score is ``softmax(logits[0])[1]``. Only node 0 is trained; the
+other rows are there so one forward serves a disjoint union of many requests
+(the node's merged batches) with no readout over ``batch``.
+
+Layers are the ones the SDK's dynamic export lowers to neighbour tables (no
+scatter, INT8 and LiteRT): ``SAGEConv`` (``aggr`` mean/max/sum or a list),
+``GATv2Conv(edge_dim=A)`` with self loops filled by the ``'mean'`` of the
+incoming edge features, plain ``Linear``/``ReLU`` around them. Features are
+standardised inside the model by constant buffers (:meth:`FraudGNN.fit_scaler`,
+fitted on training subgraphs), so the exported graph takes the store's raw
+encoded features and INT8 calibration sees unit-scale activations.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import GATv2Conv, SAGEConv
+
+__all__ = [
+    "FraudGATv2",
+    "FraudGNN",
+    "FraudSAGE",
+    "Packed",
+    "build",
+    "center_logits",
+    "fraud_probability",
+    "score_gnn",
+]
+
+
+class FraudGNN(nn.Module):
+    """Shared parts: the in-model scaler, the input encoder and the head.
+
+    ``logits = head(cat(h0, h1, h2))`` (jumping knowledge by concatenation:
+    the transaction's own features stay one linear map from the output, the
+    graph layers add what its neighbourhood says).
+
+    Args:
+        in_channels: Node features ``F`` (``spec.num_node_features``).
+        hidden: Width of every hidden representation.
+        dropout: Dropout on hidden representations (training only).
+    """
+
+    def __init__(self, in_channels: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        if in_channels < 1 or hidden < 1:
+            raise ValueError(f"in_channels and hidden must be >= 1, got {in_channels}, {hidden}")
+        self.in_channels, self.hidden = in_channels, hidden
+        self.register_buffer("shift", torch.zeros(in_channels))
+        self.register_buffer("scale", torch.ones(in_channels))
+        self.encode = nn.Linear(in_channels, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+    @torch.no_grad()
+    def fit_scaler(self, x: np.ndarray | Tensor) -> None:
+        """Standardise features by the mean and std of ``x [n, F]`` (training nodes).
+
+        Constant features (std below 1e-6) keep scale 1.
+        """
+        xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        if xt.dim() != 2 or xt.shape[1] != self.in_channels:
+            raise ValueError(f"expected x [n, {self.in_channels}], got {tuple(xt.shape)}")
+        std = xt.std(dim=0, unbiased=False)
+        self.shift.copy_(xt.mean(dim=0))
+        self.scale.copy_(torch.where(std > 1e-6, 1.0 / std.clamp(min=1e-6), torch.ones_like(std)))
+
+    def _embed(self, x: Tensor) -> Tensor:
+        return self.act(self.encode((x - self.shift) * self.scale))
+
+    def _logits(self, h0: Tensor, h1: Tensor, h2: Tensor) -> Tensor:
+        return self.head(self.drop(torch.cat([h0, h1, h2], dim=-1)))
+
+
+class FraudSAGE(FraudGNN):
+    """``forward(x [N, F], edge_index [2, E]) -> logits [N, 2]``: two ``SAGEConv``.
+
+    Args:
+        in_channels: Node features.
+        hidden: Hidden width.
+        aggr: ``SAGEConv`` aggregation; a list concatenates several (mean and max:
+            the typical neighbour and the most extreme one).
+        dropout: Dropout (training only).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden: int = 48,
+        aggr: str | list[str] = "mean",
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__(in_channels, hidden, dropout)
+        agg = list(aggr) if isinstance(aggr, (list, tuple)) else aggr
+        self.conv1 = SAGEConv(hidden, hidden, aggr=agg)
+        self.conv2 = SAGEConv(hidden, hidden, aggr=agg)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        """Per-node logits; node 0 of each request is its transaction."""
+        h0 = self._embed(x)
+        h1 = self.act(self.conv1(self.drop(h0), edge_index))
+        h2 = self.act(self.conv2(self.drop(h1), edge_index))
+        return self._logits(h0, h1, h2)
+
+
+class FraudGATv2(FraudGNN):
+    """``forward(x [N, F], edge_index [2, E], edge_attr [E, A]) -> logits [N, 2]``.
+
+    Two ``GATv2Conv(edge_dim=A)``: the edge features (role one-hot, log age of
+    the neighbour event relative to the scored one) enter every attention score,
+    so the model can weigh a device's transactions of the last minutes above
+    last month's, and a payee edge above a merchant one.
+
+    Args:
+        in_channels: Node features ``F``.
+        edge_dim: Edge features ``A`` (``spec.num_edge_features``).
+        hidden: Hidden width (``heads`` x ``hidden // heads`` channels, concatenated).
+        heads: Attention heads.
+        dropout: Dropout (training only; attention dropout is not used).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        edge_dim: int,
+        hidden: int = 48,
+        heads: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__(in_channels, hidden, dropout)
+        if edge_dim < 1 or heads < 1 or hidden % heads:
+            raise ValueError(
+                f"need edge_dim >= 1 and hidden divisible by heads, got {edge_dim}, {hidden}, "
+                f"{heads}"
+            )
+        self.edge_dim, self.heads = edge_dim, heads
+        per_head = hidden // heads
+        self.conv1 = GATv2Conv(hidden, per_head, heads=heads, edge_dim=edge_dim, fill_value="mean")
+        self.conv2 = GATv2Conv(hidden, per_head, heads=heads, edge_dim=edge_dim, fill_value="mean")
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        """Per-node logits; node 0 of each request is its transaction."""
+        h0 = self._embed(x)
+        h1 = self.act(self.conv1(self.drop(h0), edge_index, edge_attr))
+        h2 = self.act(self.conv2(self.drop(h1), edge_index, edge_attr))
+        return self._logits(h0, h1, h2)
+
+
+def build(kind: str, num_node_features: int, num_edge_features: int, **kw: object) -> FraudGNN:
+    """``FraudSAGE`` (``kind='sage'``) or ``FraudGATv2`` (``'gatv2'``) sized for a spec."""
+    if kind == "sage":
+        return FraudSAGE(num_node_features, **kw)  # type: ignore[arg-type]
+    if kind == "gatv2":
+        return FraudGATv2(num_node_features, num_edge_features, **kw)  # type: ignore[arg-type]
+    raise ValueError(f"unknown model kind {kind!r}: expected 'sage' or 'gatv2'")
+
+
+def fraud_probability(logits: Tensor | np.ndarray) -> np.ndarray:
+    """``softmax(logits)[:, 1]`` in float64 (``sigmoid(l1 - l0)``: no saturation at 1.0 in fp32)."""
+    lg = np.asarray(logits.detach().numpy() if isinstance(logits, Tensor) else logits)
+    d = lg[..., 1].astype(np.float64) - lg[..., 0].astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-d))
+
+
+# -- batching: disjoint unions ---------------------------------------------------------------------
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + l)`` for each pair, vectorised."""
+    total = int(lengths.sum())
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(starts - before, lengths) + np.arange(total)
+
+
+class Packed:
+    """Many subgraphs in flat arrays, cut into disjoint-union batches without Python loops.
+
+    ``batch(ids)`` returns ``(x, edge_index, edge_attr, centers)``: the union of the
+    chosen graphs (node ids offset per graph, the way PyG's ``Batch`` does it) and the
+    index of each graph's node 0 in it.
+    """
+
+    def __init__(self, subgraphs: Sequence[Any]) -> None:
+        if not subgraphs:
+            raise ValueError("no subgraphs to pack")
+        self.n = np.array([g.x.shape[0] for g in subgraphs], np.int64)
+        self.e = np.array([g.edge_index.shape[1] for g in subgraphs], np.int64)
+        self.node_ptr = np.cumsum(self.n) - self.n
+        self.edge_ptr = np.cumsum(self.e) - self.e
+        self.x = np.concatenate([g.x for g in subgraphs]).astype(np.float32, copy=False)
+        self.edge_index = np.concatenate([g.edge_index for g in subgraphs], axis=1).astype(np.int64)
+        self.edge_attr = np.concatenate([g.edge_attr for g in subgraphs]).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.n)
+
+    def batch(self, ids: np.ndarray) -> tuple[torch.Tensor, ...]:
+        ids = np.asarray(ids, np.int64)
+        n, e = self.n[ids], self.e[ids]
+        offsets = np.cumsum(n) - n
+        x = self.x[_ranges(self.node_ptr[ids], n)]
+        edges = _ranges(self.edge_ptr[ids], e)
+        ei = self.edge_index[:, edges] + np.repeat(offsets, e)
+        ea = self.edge_attr[edges]
+        return tuple(torch.from_numpy(a) for a in (x, ei, ea, offsets))
+
+
+def _takes_edge_attr(model: nn.Module) -> bool:
+    return "edge_attr" in inspect.signature(model.forward).parameters
+
+
+def center_logits(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Logits of each graph's node 0 in a :meth:`Packed.batch` union (``[G, 2]``)."""
+    x, ei, ea, centers = batch
+    logits = model(x, ei, ea) if _takes_edge_attr(model) else model(x, ei)
+    return logits[centers]
+
+
+@torch.no_grad()
+def score_gnn(
+    model: nn.Module, subgraphs: Sequence[Any] | Packed, batch_size: int = 1024
+) -> np.ndarray:
+    """Fraud probability of node 0 of each subgraph (float64 ``[n]``), in batches.
+
+    ``softmax(logits[0])[1]``, computed as ``sigmoid(l1 - l0)`` in float64 so scores
+    near 1 keep their order (what the alert threshold is compared with).
+    """
+    packed = subgraphs if isinstance(subgraphs, Packed) else Packed(subgraphs)
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(packed), batch_size):
+        ids = np.arange(i, min(i + batch_size, len(packed)))
+        out.append(fraud_probability(center_logits(model, packed.batch(ids))))
+    model.train(was_training)
+    return np.concatenate(out)
