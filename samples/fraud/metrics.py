@@ -84,7 +84,8 @@ def budget_threshold(scores: np.ndarray, budget: float = 0.01) -> float:
     """The threshold that alerts (``score >= t``) on at most ``budget`` of ``scores``.
 
     The most alerts within the budget: ``t`` is the ``k``-th highest score,
-    ``k = max(1, floor(budget * n))``, raised past a tie that would exceed ``k``.
+    ``k = max(1, floor(budget * n))``, raised past a tie that would exceed ``k``
+    (above every score when the highest ones tie beyond the budget).
     Fitted on validation scores only, never test.
     """
     s = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
@@ -96,7 +97,7 @@ def budget_threshold(scores: np.ndarray, budget: float = 0.01) -> float:
     t = s[k - 1]
     if (s >= t).sum() > k:
         higher = s[s > t]
-        t = higher.min() if higher.size else t
+        t = higher.min() if higher.size else np.nextafter(t, np.inf)  # a top tie: no alert
     return float(t)
 
 
