@@ -276,14 +276,14 @@ def pipeline(
         for k, t in {**gnns, "hgb": hgb}.items()
     }
     spec = req.spec.model_copy(update={"threshold": float(chosen.threshold)})
-    bundle = export_and_evaluate(args, out, say, steps, results, arrays, chosen.model, req, spec)
+    bundle = export_and_evaluate(args, out, say, steps, results, arrays, chosen, req, spec)
     results["metrics"] = {
         m[len("score/") :]: evaluate(y, pattern, arrays[m], names)
         for m in arrays
         if m.startswith("score/")
     }
     fp32_pr = results["metrics"][results["gnn"]]["pr_auc"]
-    for m, e in results.get("engines", {}).items():
+    for m, e in results["engines"].items():
         e["pr_auc_minus_fp32"] = results["metrics"][m]["pr_auc"] - fp32_pr
     with steps("serve", "serve: edge-node over MQTT, a short stream of test transactions"):
         assert streaming is not None
@@ -297,38 +297,76 @@ def export_and_evaluate(
     steps: Steps,
     results: dict[str, Any],
     arrays: dict[str, np.ndarray],
-    model: Any,
+    trained: Any,
     req: Any,
     spec: Any,
 ) -> Path | None:
-    """Export the INT8 bundle; each engine's scores on test; LiteRT parity."""
+    """Export the INT8 bundle; each engine's own scores on test; LiteRT parity."""
     export = _sibling("export")
     results["engines"] = {}
     if export is None:
         results["skipped"].append("export: samples/fraud/export.py is missing (no bundle, no INT8)")
         return None
+    tell = lambda s: say(f"  {s}")  # noqa: E731
     with steps("export", f"export an INT8 bundle for {', '.join(args.profiles)}"):
         bundle = Path(
             export.export_bundle(
-                model,
+                trained.model,
                 req,
                 out / "fraud.bundle",
-                profiles=tuple(args.profiles),
                 spec=spec,
+                profiles=tuple(args.profiles),
                 int8=True,
+                say=tell,
             )
         )
-    with steps("engines", "each INT8 engine on the test period, from its own scores"):
+        chosen = export.profile_choices(edge_sdk_manifest(bundle))
+        results["profiles"] = chosen
+        for profile, targets in chosen.items():
+            say(f"  {profile}: " + ", ".join(f"{t['backend']} {t['precision']}" for t in targets))
+    with steps("engines", "each engine of the bundle on the test period, from its own scores"):
         test_graphs = req.select(req.test)
-        for engine, scores in export.evaluate_engines(bundle, test_graphs).items():
-            name = f"{results['gnn'].split()[0]} INT8 {engine}"
+        scored = export.evaluate_engines(bundle, test_graphs)
+        short = results["gnn"].split()[0]
+        for engine, scores in scored.items():
+            backend, precision = export_engine(export, engine)
+            name = f"{short} {precision.upper()} {_BACKENDS.get(backend, backend)}"
             arrays[f"score/{name}"] = np.asarray(scores, dtype=np.float64)
-            results["engines"][name] = {"backend": engine, "precision": "int8"}
-        try:
-            results["litert_parity"] = export.litert_parity(bundle, test_graphs[:200])
-        except Exception as exc:  # reported, not fatal: the other numbers still stand
-            results["skipped"].append(f"LiteRT parity: {type(exc).__name__}: {exc}")
+            profiles = [p for p, ts in chosen.items() if any(t["backend"] == backend for t in ts)]
+            results["engines"][name] = {
+                "backend": backend,
+                "precision": precision,
+                "profile": ", ".join(profiles) or "-",
+                "seconds": scored.seconds.get(engine),
+            }
+        for engine, why in scored.skipped.items():
+            results["skipped"].append(f"engine {engine}: {why}")
+        if "raspberry-pi-5" in args.profiles:
+            try:
+                results["litert_parity"] = export.litert_parity(
+                    bundle, test_graphs[:96], model=trained.model, threshold=trained.threshold
+                )
+            except Exception as exc:  # reported, not fatal: the other numbers still stand
+                results["skipped"].append(f"LiteRT parity: {type(exc).__name__}: {exc}")
     return bundle
+
+
+_BACKENDS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "litert": "LiteRT"}
+
+
+def export_engine(export: ModuleType, engine: str) -> tuple[str, str]:
+    """(backend, precision) of an engine name of ``export.evaluate_engines``."""
+    for name, backend, precision in export.ENGINES:
+        if name == engine:
+            return backend, precision
+    backend, _, precision = engine.rpartition("-")
+    return backend, precision
+
+
+def edge_sdk_manifest(bundle: Path) -> Any:
+    from edge_sdk import Bundle
+
+    return Bundle.open(bundle).manifest
 
 
 def _json(v: Any) -> Any:
