@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import ExportError
 from .io_contract import Bucket, GraphForm, parse_buckets
-from .manifest import Decision, Topology
+from .manifest import Decision, EventGraphSpec, Topology
 from .neighbour_tables import DEFAULT_MAX_DEGREE
 from .profiles import load_profile
 
@@ -94,6 +94,7 @@ class ModelOptions:
             length), written into the manifest; ``edge-node`` raises alerts by it.
         topology: Where the graph came from (e.g. a learned adjacency folded
             into a static-topology model), written into the manifest.
+        event_graph: How requests are built from events, written into the manifest.
     """
 
     name: str = field(default="model", metadata=cli_flag("Model name in the manifest."))
@@ -122,6 +123,7 @@ class ModelOptions:
     feature_scaling: tuple[Sequence[float], Sequence[float]] | None = None
     decision: Decision | None = None
     topology: Topology | None = None
+    event_graph: EventGraphSpec | None = None
 
     def __post_init__(self) -> None:
         if self.decision is not None and self.output_names is not None:

@@ -23,11 +23,13 @@ from pydantic import (
 
 from .engines import Target  # the engine registry names the targets
 from .errors import ManifestError
+from .eventgraph.spec import EventGraphSpec
 from .io_contract import GraphSpec, OutputLevel, TensorSpec
 
 SCHEMA_MAJOR = 1
 # 1.1: compression sizes and metrics; 1.2: per-target artifacts and choices;
-# 1.3: the model's alarm rule (decision) and where its topology came from (topology)
+# 1.3: the model's alarm rule (decision) and where its topology came from (topology);
+#      optional event_graph (how requests are built from events; ignored by older readers)
 SCHEMA_MINOR = 3
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 MANIFEST_NAME = "manifest.json"
@@ -285,6 +287,9 @@ class Manifest(_Model):
     )
     topology: Topology | None = Field(
         default=None, description="where the graph came from (given or learned, folded or not)"
+    )
+    event_graph: EventGraphSpec | None = Field(
+        default=None, description="how each request is built from an event stream (eventgraph)"
     )
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     artifacts: list[Artifact] = Field(min_length=1)

@@ -55,6 +55,7 @@ def write_bundle(ctx: ExportContext) -> Manifest:
         outputs=ctx.outputs,
         decision=cfg.model.decision,
         topology=cfg.model.topology,
+        event_graph=cfg.model.event_graph,
         preprocessing=Preprocessing(
             feature_scaling=FeatureScaling(mean=list(scaling[0]), std=list(scaling[1]))
             if scaling

@@ -1,0 +1,291 @@
+"""The in-memory event graph a node keeps: one request subgraph per incoming event.
+
+As-of rule: the subgraph (and the tabular row) of an event at time ``t`` sees
+only events ingested before it with a stored time ``< t``; building a request
+never changes the store, and ingesting later events never changes a subgraph
+already built (its arrays are copies). Memory is bounded: an entity remembers
+at most ``max_history`` events, none older than ``horizon_s``, and an entity
+idle for longer than ``horizon_s`` is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from itertools import islice
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .features import Encoder, Entity, ParsedEvent, entity_stats
+from .spec import EventGraphSpec
+from .subgraph import Subgraph
+
+_log1p = math.log1p
+
+
+class EventGraphStore:
+    """Ingests a time-ordered event stream and builds each event's k-hop subgraph.
+
+    Args:
+        spec: Which fields are entities, attributes and time (the bundle's
+            ``manifest.event_graph``).
+
+    Example:
+        >>> store = EventGraphStore(spec)
+        >>> sg = store.score_request(event)  # request() then ingest(): the stream path
+        >>> runtime.infer(**sg.inputs(["x", "edge_index"]))
+    """
+
+    def __init__(self, spec: EventGraphSpec) -> None:
+        self.spec = spec
+        self._enc = Encoder(spec)
+        self._entities: OrderedDict[str, Entity] = OrderedDict()  # least recently active first
+        self._latest = -math.inf
+        self._ingested = 0
+
+    # ----- the public path -----
+
+    def request(self, event: dict[str, Any]) -> Subgraph:
+        """The subgraph of ``event`` as of its time; the event is not ingested.
+
+        Raises:
+            InvalidInputError: A missing or malformed field (named), or a time
+                older than the latest ingested event beyond ``time_tolerance_s``.
+        """
+        ev = self._parse(event)
+        return self._build(ev, self._event_block(ev))[0]
+
+    def ingest(self, event: dict[str, Any]) -> None:
+        """Remember ``event`` (its row frozen with the context as of its time).
+
+        Raises:
+            InvalidInputError: As :meth:`request`.
+        """
+        ev = self._parse(event)
+        block = self._event_block(ev)
+        enc = self._enc
+        self._insert(ev, enc.pack_row(*enc.event_head, *block, *enc.stats_zeros))
+
+    def score_request(self, event: dict[str, Any]) -> Subgraph:
+        """:meth:`request` then :meth:`ingest`, sharing the work: the stream path."""
+        ev = self._parse(event)
+        sg, row = self._build(ev, self._event_block(ev))
+        self._insert(ev, row)
+        return sg
+
+    def tabular(self, event: dict[str, Any]) -> np.ndarray:
+        """The non-graph baseline's features of ``event`` (as :attr:`Subgraph.tabular`).
+
+        The event block then each role's entity statistics (zeros for an
+        absent role), float32 ``[spec.num_tabular_features]``, as of its time.
+        """
+        ev = self._parse(event)
+        row = self._event_block(ev)
+        for key in ev.keys:
+            row += self._stats(key, ev.t)
+        return np.array(row, dtype=np.float32)
+
+    # ----- introspection (tests, metrics) -----
+
+    @property
+    def latest_t(self) -> float | None:
+        """Stored time of the latest ingested event (None before the first)."""
+        return None if self._ingested == 0 else self._latest
+
+    @property
+    def num_ingested(self) -> int:
+        """Events ingested so far."""
+        return self._ingested
+
+    @property
+    def num_entities(self) -> int:
+        """Entities remembered now."""
+        return len(self._entities)
+
+    def history_length(self, entity: str) -> int:
+        """Events remembered for ``entity`` (a node key, ``"device:d5"``); 0 if unknown."""
+        ent = self._entities.get(entity)
+        return 0 if ent is None else len(ent.times)
+
+    def max_history_length(self) -> int:
+        """The longest entity history remembered now (bounded by ``max_history``)."""
+        return max((len(e.times) for e in self._entities.values()), default=0)
+
+    # ----- internals -----
+
+    def _parse(self, event: Any) -> ParsedEvent:
+        ev = self._enc.parse(event)
+        tol = self.spec.time_tolerance_s
+        if ev.t < self._latest - tol:
+            raise InvalidInputError(
+                self.spec.time_field,
+                f"{ev.t} is older than the latest ingested event ({self._latest}) by more than "
+                f"time_tolerance_s={tol}: events must arrive in time order",
+            )
+        return ev
+
+    def _stats(self, key: str | None, t: float) -> list[float]:
+        ent = None if key is None else self._entities.get(key)
+        return entity_stats(ent, t, self.spec.horizon_s)
+
+    def _event_block(self, ev: ParsedEvent) -> list[float]:
+        """The event's attributes plus its context as of its time (actor age, novelty)."""
+        t, horizon = ev.t, self.spec.horizon_s
+        actor = self._entities.get(ev.keys[0])  # type: ignore[arg-type]  # never None
+        block = list(ev.attrs)
+        if actor is None:
+            block += (0.0, 0.0, 0.0)
+            partners = None
+        else:
+            lo, hi = actor.window(t, horizon)
+            if hi > lo:
+                age = t - actor.first_seen
+                block += (1.0, _log1p(age) if age > 0.0 else 0.0, _log1p(t - actor.times[hi - 1]))
+            else:
+                block += (0.0, 0.0, 0.0)
+            partners = actor.partners
+        for i in range(1, len(ev.keys)):
+            key = ev.keys[i]
+            if key is None:
+                block += (0.0, 0.0)
+                continue
+            p = None if partners is None else partners.get((i, key))
+            new = p is None or p[1] >= t or p[2] < t - horizon
+            block += (1.0, 1.0 if new else 0.0)
+        return block
+
+    def _build(self, ev: ParsedEvent, block: list[float]) -> tuple[Subgraph, bytes]:
+        """The subgraph of ``ev`` (and its frozen row): event, entities, their recent events."""
+        enc, spec, t = self._enc, self.spec, ev.t
+        row = enc.pack_row(*enc.event_head, *block, *enc.stats_zeros)
+        rows, keys = [row], ["event:" + ev.id]
+        tab = block
+        zero_age = enc.pack_one(0.0)
+        lk_ev: list[int] = []
+        lk_ent: list[int] = []
+        lk_attr: list[bytes] = []
+        lk_id: list[str] = []
+        lk_role: list[str] = []
+        hop1: list[tuple[Entity, int]] = []
+        seen: set[str] = set()
+        for i, key in enumerate(ev.keys):
+            if key is None:
+                tab += enc.stats_zeros
+                continue
+            ent = self._entities.get(key)
+            stats = entity_stats(ent, t, spec.horizon_s)
+            tab += stats
+            if key in seen:  # one node (and link) per entity, whatever roles it plays
+                continue
+            seen.add(key)
+            n = len(rows)
+            rows.append(enc.pack_row(*enc.entity_head[enc.role_type[i]], *stats))
+            keys.append(key)
+            lk_ev.append(0)
+            lk_ent.append(n)
+            lk_attr.append(enc.role_onehot[i] + zero_age)
+            lk_id.append(ev.id)
+            lk_role.append(enc.roles[i])
+            if ent is not None and spec.hops >= 2:
+                hop1.append((ent, n))
+        events: dict[str, int] = {}
+        fanout, horizon, roles = spec.fanout, spec.horizon_s, enc.roles
+        for ent, n in hop1:
+            lo, hi = ent.window(t, horizon)
+            start = max(lo, hi - fanout)
+            for (eid, te, erow, _), r in zip(
+                islice(ent.events, start, hi), islice(ent.roles, start, hi), strict=True
+            ):
+                m = events.get(eid)
+                if m is None:
+                    m = events[eid] = len(rows)
+                    rows.append(erow)
+                    keys.append("event:" + eid)
+                lk_ev.append(m)
+                lk_ent.append(n)
+                lk_attr.append(enc.role_onehot[r] + enc.pack_one(_log1p(t - te) if t > te else 0.0))
+                lk_id.append(eid)
+                lk_role.append(roles[r])
+        x = np.frombuffer(bytearray(b"".join(rows)), dtype=np.float32).reshape(len(rows), -1)
+        attr = b"".join(lk_attr)
+        edge_attr = np.frombuffer(bytearray(attr + attr), dtype=np.float32)
+        sg = Subgraph(
+            x=x,
+            edge_index=np.array([lk_ev + lk_ent, lk_ent + lk_ev], dtype=np.int64),
+            edge_attr=edge_attr.reshape(2 * len(lk_ev), -1),
+            node_keys=keys,
+            edge_events=lk_id + lk_id,
+            edge_roles=lk_role + lk_role,
+            tabular=np.array(tab, dtype=np.float32),
+        )
+        return sg, row
+
+    def _insert(self, ev: ParsedEvent, row: bytes) -> None:
+        """Append ``ev`` to each of its entities' histories; forget what fell out of memory."""
+        spec = self.spec
+        t = ev.t if ev.t > self._latest else self._latest  # a late event is stored at the latest
+        self._latest = t
+        self._ingested += 1
+        record = (ev.id, t, row, ev.keys)
+        actor_key = ev.keys[0]
+        assert actor_key is not None  # parse refuses an event without its actor
+        entities = self._entities
+        seen: set[str] = set()
+        for i, key in enumerate(ev.keys):
+            if key is None or key in seen:
+                continue
+            seen.add(key)
+            ent = entities.get(key)
+            if ent is None:
+                ent = entities[key] = Entity(t)
+            else:
+                entities.move_to_end(key)
+                self._evict(ent, t)
+            ent.times.append(t)
+            ent.events.append(record)
+            ent.roles.append(i)
+            ent.actors.append(actor_key)
+            ent.cum.append(ent.running)
+            ent.running += ev.first_numeric
+            ent.last_t = t
+        partners = entities[actor_key].partners
+        for i in range(1, len(ev.keys)):
+            key = ev.keys[i]
+            if key is not None:
+                p = partners.get((i, key))
+                if p is None:
+                    partners[(i, key)] = [1.0, t, t]
+                else:
+                    p[0] += 1.0
+                    p[2] = t
+        cutoff = t - spec.horizon_s
+        while entities:
+            first = next(iter(entities.values()))
+            if first.last_t >= cutoff:
+                break
+            entities.popitem(last=False)
+
+    def _evict(self, ent: Entity, t: float) -> None:
+        """Drop ``ent``'s events older than the horizon, and beyond ``max_history - 1``."""
+        cutoff, cap = t - self.spec.horizon_s, self.spec.max_history - 1
+        times = ent.times
+        while times and (times[0] < cutoff or len(times) > cap):
+            times.popleft()
+            _, _, _, keys = ent.events.popleft()
+            ent.actors.popleft()
+            ent.cum.popleft()
+            if ent.roles.popleft() == 0:  # it was this entity's own (actor) event
+                for i in range(1, len(keys)):
+                    key = keys[i]
+                    if key is None:
+                        continue
+                    p = ent.partners.get((i, key))
+                    if p is not None:
+                        p[0] -= 1.0
+                        if p[0] <= 0.0:
+                            del ent.partners[(i, key)]
+
+
+__all__ = ["EventGraphStore"]
