@@ -16,6 +16,8 @@ from itertools import islice
 from numbers import Real
 from typing import Any
 
+import numpy as np
+
 from ..errors import InvalidInputError
 from .spec import ENTITY_STATS, EventGraphSpec
 
@@ -82,9 +84,7 @@ class Encoder:
         }
         self.role_type = list(spec.roles.values())
         r = len(self.roles)
-        self.role_onehot = [
-            struct.pack(f"<{r}f", *[1.0 if j == i else 0.0 for j in range(r)]) for i in range(r)
-        ]
+        self.role_table = np.eye(r, r + 1, dtype=np.float32)  # edge_attr rows by role
 
     def parse(self, event: Any) -> ParsedEvent:
         """Validate ``event`` (InvalidInputError naming the field) and encode its attributes."""
@@ -199,6 +199,9 @@ def entity_stats(ent: Entity | None, t: float, horizon_s: float) -> list[float]:
     i1 = bisect_left(times, t - 3600.0, lo, hi)
     i24 = bisect_left(times, t - 86400.0, lo, i1)
     actors = ent.actors
+    recent = set(islice(actors, i24, hi))
+    distinct_24h = len(recent)
+    recent.update(islice(actors, lo, i24))
     age = t - ent.first_seen
     return [
         1.0,
@@ -207,8 +210,8 @@ def entity_stats(ent: Entity | None, t: float, horizon_s: float) -> list[float]:
         _log1p(hi - i1),
         _log1p(hi - i24),
         _log1p(hi - lo),
-        _log1p(len(set(islice(actors, i24, hi)))),
-        _log1p(len(set(islice(actors, lo, hi)))),
+        _log1p(distinct_24h),
+        _log1p(len(recent)),
         _log1p(max(ent.sum_between(i24, hi), 0.0)),
     ]
 

@@ -9,8 +9,16 @@ derived from the spec alone, never from data. Every feature is listed by
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 #: Node type of the events themselves (the entity types come from ``roles``).
 EVENT_TYPE = "event"
@@ -75,6 +83,22 @@ class EventGraphSpec(BaseModel):
     time_tolerance_s: float = Field(default=1.0, ge=0)
     max_id_length: int = Field(default=128, ge=1, le=4096)
     threshold: float | None = None
+
+    # The manifest is written with sorted keys (a canonical form for signing), which
+    # would reorder a dict: roles and categorical fields travel as [name, value] pairs
+    # so that the actor stays first and the one-hot columns keep their order.
+    @field_serializer("roles", "categorical", when_used="json")
+    def _as_pairs(self, value: dict[str, Any]) -> list[list[Any]]:
+        return [[k, v] for k, v in value.items()]
+
+    @field_validator("roles", "categorical", mode="before")
+    @classmethod
+    def _from_pairs(cls, value: Any) -> Any:
+        if isinstance(value, list) and all(
+            isinstance(p, list | tuple) and len(p) == 2 for p in value
+        ):
+            return {k: v for k, v in value}
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> EventGraphSpec:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ from .spec import EventGraphSpec
 from .subgraph import Subgraph
 
 _log1p = math.log1p
+_eid = itemgetter(0)  # of a remembered event record (id, stored time, frozen row, entity keys)
+_time = itemgetter(1)
 
 
 class EventGraphStore:
@@ -162,12 +165,12 @@ class EventGraphStore:
         row = enc.pack_row(*enc.event_head, *block, *enc.stats_zeros)
         rows, keys = [row], ["event:" + ev.id]
         tab = block
-        zero_age = enc.pack_one(0.0)
+        # one entry per event-entity link: event node, entity node, role, event time, event id
         lk_ev: list[int] = []
         lk_ent: list[int] = []
-        lk_attr: list[bytes] = []
+        lk_role: list[int] = []
+        lk_t: list[float] = []
         lk_id: list[str] = []
-        lk_role: list[str] = []
         hop1: list[tuple[Entity, int]] = []
         seen: set[str] = set()
         for i, key in enumerate(ev.keys):
@@ -185,39 +188,44 @@ class EventGraphStore:
             keys.append(key)
             lk_ev.append(0)
             lk_ent.append(n)
-            lk_attr.append(enc.role_onehot[i] + zero_age)
-            lk_id.append(ev.id)
-            lk_role.append(enc.roles[i])
+            lk_role.append(i)
             if ent is not None and spec.hops >= 2:
                 hop1.append((ent, n))
+        lk_t += [t] * len(lk_ev)
+        lk_id += [ev.id] * len(lk_ev)
         events: dict[str, int] = {}
-        fanout, horizon, roles = spec.fanout, spec.horizon_s, enc.roles
+        fanout, horizon = spec.fanout, spec.horizon_s
         for ent, n in hop1:
             lo, hi = ent.window(t, horizon)
-            start = max(lo, hi - fanout)
-            for (eid, te, erow, _), r in zip(
-                islice(ent.events, start, hi), islice(ent.roles, start, hi), strict=True
-            ):
+            start = hi - fanout if hi - fanout > lo else lo
+            if start >= hi:
+                continue
+            recs = list(islice(ent.events, start, hi))
+            lk_role += islice(ent.roles, start, hi)
+            lk_ent += [n] * len(recs)
+            lk_t += map(_time, recs)
+            lk_id += map(_eid, recs)
+            for eid, _, erow, _ in recs:
                 m = events.get(eid)
                 if m is None:
                     m = events[eid] = len(rows)
                     rows.append(erow)
                     keys.append("event:" + eid)
                 lk_ev.append(m)
-                lk_ent.append(n)
-                lk_attr.append(enc.role_onehot[r] + enc.pack_one(_log1p(t - te) if t > te else 0.0))
-                lk_id.append(eid)
-                lk_role.append(roles[r])
         x = np.frombuffer(bytearray(b"".join(rows)), dtype=np.float32).reshape(len(rows), -1)
-        attr = b"".join(lk_attr)
-        edge_attr = np.frombuffer(bytearray(attr + attr), dtype=np.float32)
+        half = enc.role_table[lk_role]  # role one-hot, last column the event's age
+        age = t - np.array(lk_t)
+        np.maximum(age, 0.0, out=age)
+        half[:, -1] = np.log1p(age)
+        roles = enc.roles
+        names = [roles[r] for r in lk_role]
         sg = Subgraph(
             x=x,
             edge_index=np.array([lk_ev + lk_ent, lk_ent + lk_ev], dtype=np.int64),
-            edge_attr=edge_attr.reshape(2 * len(lk_ev), -1),
+            edge_attr=np.concatenate((half, half)),
             node_keys=keys,
             edge_events=lk_id + lk_id,
-            edge_roles=lk_role + lk_role,
+            edge_roles=names + names,
             tabular=np.array(tab, dtype=np.float32),
         )
         return sg, row
