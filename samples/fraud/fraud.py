@@ -406,8 +406,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "examples:\n"
             "  python samples/fraud/fraud.py                        # what make demo-fraud runs\n"
             "  python samples/fraud/fraud.py --out /tmp/fraud --seconds 5\n"
-            "  python samples/fraud/fraud.py --accounts 600 --days 6 --epochs 2 \\\n"
-            "      --seconds 2 --profiles intel-core-cpu           # a tiny run (the test's)\n\n"
+            "  python samples/fraud/fraud.py --accounts 400 --days 5 --epochs 1 \\\n"
+            "      --seconds 2 --rate 250 --profiles generic-x86    # a tiny run (the test's)\n\n"
             "Everything it prints and writes is SYNTHETIC: a generated stream, no real payment.\n"
             "exit codes: 0 done, 2 bad arguments, 1 a bug."
         ),
@@ -424,11 +424,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--seconds",
         type=float,
-        default=12.0,
-        help="seconds of stream per serving run, batched and unbatched (12)",
+        default=10.0,
+        help="seconds of stream offered per serving run, batched and unbatched (10)",
     )
     parser.add_argument(
-        "--rate", type=float, default=800.0, help="transactions per second offered (800)"
+        "--rate", type=float, default=400.0, help="transactions per second offered (400)"
     )
     parser.add_argument(
         "--profiles",

@@ -23,14 +23,16 @@ from sample_scripts import fraud_module
 
 pytestmark = [
     pytest.mark.requires_backend("onnxruntime"),
-    pytest.mark.requires_backend("openvino"),
     # the shared run (generate, train, export, serve) is set up in the first test
     pytest.mark.timeout(600),
 ]
 
+# 400 accounts x 5 days (seed 0): ~2,600 transactions, every pattern in the test period;
+# generic-x86 (ONNX Runtime FP32 + INT8) keeps the export short: the LiteRT and OpenVINO
+# artifacts are tests/samples/test_fraud_export.py's
 TINY = [
-    "--accounts", "600", "--days", "6", "--epochs", "2", "--seconds", "2", "--rate", "250",
-    "--profiles", "intel-core-cpu,raspberry-pi-5",
+    "--accounts", "400", "--days", "5", "--epochs", "1", "--seconds", "2", "--rate", "250",
+    "--profiles", "generic-x86",
 ]  # fmt: skip
 
 
@@ -67,7 +69,10 @@ def test_metrics_for_every_method_and_pattern_are_finite_probabilities(
     engines = set(saved["engines"])
     # both GNNs in PyTorch, the baseline, and one INT8 engine per CPU backend of the bundle
     assert {"GraphSAGE FP32 (PyTorch)", "GATv2 FP32 (PyTorch)", "HGB baseline"} <= set(metrics)
-    assert {e["backend"] for e in saved["engines"].values()} >= {"onnxruntime", "litert"}
+    assert {(e["backend"], e["precision"]) for e in saved["engines"].values()} >= {
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8"),
+    }
     assert engines <= set(metrics) and saved["gnn"] in metrics
     for m, v in metrics.items():
         for k in ("pr_auc", "roc_auc", "recall_at_1pct_fpr"):
@@ -99,9 +104,9 @@ def test_engine_pr_aucs_come_from_the_engines_own_scores(demo: dict[str, Any]) -
         assert engine["pr_auc_minus_fp32"] == pytest.approx(
             saved["metrics"][name]["pr_auc"] - saved["metrics"][saved["gnn"]]["pr_auc"]
         )
-        # an INT8 engine's scores are its own, not a copy of the FP32 ones
-        assert not np.array_equal(scores, fp32), name
         assert np.corrcoef(scores, fp32)[0, 1] > 0.9, name
+        if engine["precision"] == "int8":  # its own scores, not a copy of the FP32 ones
+            assert not np.array_equal(scores, fp32), name
 
 
 def test_node_decides_every_streamed_transaction_none_lost(demo: dict[str, Any]) -> None:
