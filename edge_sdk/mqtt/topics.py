@@ -6,6 +6,8 @@ In (subscribed at QoS 1):
 
 * ``sensors``: sensor rows, ``{"t": 12.5, "values": [..N..]}`` (or values by
   sensor name), or ``{"rows": [...]}`` for several;
+* ``events``: events (transactions) for a bundle with an event graph, one
+  ``{"id": ..., "t": ..., ...}`` or ``{"events": [...]}`` (:mod:`edge_sdk.node.events`);
 * ``infer``: request/response, ``{"inputs": {"x": [[...]]}}``; the reply goes
   to the MQTT 5 response topic with its correlation data (3.1.1: the
   ``reply_to`` / ``correlation`` fields);
@@ -83,6 +85,7 @@ class Inbound(StrEnum):
     """What an incoming message is."""
 
     SENSORS = "sensors"
+    EVENTS = "events"
     INFER = "infer"
     CMD = "cmd"
     OTA_OFFER = "ota/offer"
@@ -139,8 +142,12 @@ class JsonScheme:
         subs = []
         for node in (self.node, GROUP_WIDE):
             for kind in Inbound:
-                if node == GROUP_WIDE and kind in (Inbound.SENSORS, Inbound.OTA_CHUNK):
-                    continue  # sensors and chunks are always addressed to one node
+                if node == GROUP_WIDE and kind in (
+                    Inbound.SENSORS,
+                    Inbound.EVENTS,
+                    Inbound.OTA_CHUNK,
+                ):
+                    continue  # sensors, events and chunks are always addressed to one node
                 subs.append((self.topic(kind, node), 1))
         return subs
 

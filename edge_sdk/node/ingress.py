@@ -1,23 +1,25 @@
 """The node's ingress: MQTT messages (paho's network thread) and local input into one queue.
 
-Nothing here blocks on the model: sensors, ``infer`` requests and commands are
-queued for the worker, which acknowledges them (MQTT PUBACK) once its batch is
-committed; OTA messages go to the update agent and the wire scheme's own
+Nothing here blocks on the model: sensors, events, ``infer`` requests and
+commands are queued for the worker (local events through
+:meth:`Ingress.submit_events`), which acknowledges them (MQTT PUBACK) once its
+batch is committed; OTA messages go to the update agent and the wire scheme's own
 topics (Sparkplug STATE, NCMD, source DDATA) are translated by the scheme,
 both acknowledged at once (see docs/node.md).
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidInputError
 from ..mqtt.link import Delivery
-from ..mqtt.topics import Inbound
+from ..mqtt.topics import Inbound, dumps
 
 if TYPE_CHECKING:
     from ..mqtt.link import MqttLink
@@ -103,6 +105,39 @@ class Ingress:
             )
             node.ack(delivery)  # refused with an error, like any bad message
 
+    def submit_events(self, events: Any, accepted: bool) -> None:
+        """Queue local events (one, or a list) as one ``events`` message.
+
+        An event holding a value JSON cannot carry (NaN, infinity) costs itself:
+        it is answered on ``errors`` as ``events[i].<field>``, the others are queued.
+
+        Raises:
+            InvalidInputError: The model takes no events (not ``accepted``), or
+                ``events`` is neither an event nor a list of events.
+        """
+        if not accepted:
+            raise InvalidInputError(
+                "events", "this model does not score events (its bundle has no event graph)"
+            )
+        items = [events] if isinstance(events, Mapping) else events
+        if not isinstance(items, list):
+            raise InvalidInputError(
+                "events", f"expected an event or a list of events, got {type(events).__name__}"
+            )
+        kept: list[Any] = []
+        for i, ev in enumerate(items):
+            bad = _non_finite(ev) if isinstance(ev, Mapping) else None
+            if bad is None:
+                kept.append(ev)  # not an object: the worker answers it, naming events[i]
+            else:
+                self.node.report_error(
+                    f"events[{i}].{bad}",
+                    "must be a finite number, not NaN/infinity",
+                    Inbound.EVENTS,
+                )
+        if kept:
+            self.enqueue(Inbound.EVENTS, dumps({"events": kept}), None)
+
     def _own_topic(self, topic: str, payload: bytes) -> bool:
         """A message on the wire scheme's own topics (Sparkplug), handled here (True)."""
         node = self.node
@@ -118,3 +153,11 @@ class Ingress:
         if got.birth and node.link is not None:
             node.link.birth()
         return True
+
+
+def _non_finite(event: Mapping[str, Any]) -> str | None:
+    """The first field of ``event`` holding NaN or infinity (None: none does)."""
+    for key, value in event.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(key)
+    return None

@@ -99,7 +99,7 @@ class EdgeNode:
         self.state_dir = state
         self.slots = ModelSlots(state / "models")
         source = self._initial_bundle()
-        self.model = ActiveModel(self._load_runtime(source), source)
+        self.model = ActiveModel(self.load_runtime(source), source)
         try:
             manifest = self.model.runtime.manifest
             assembler = self.assembler_for(manifest)
@@ -189,7 +189,8 @@ class EdgeNode:
         # Trusted keys guard every model this node loads, the first one too.
         return self.slots.install(self.config.bundle, self.config.trusted_keys or None)
 
-    def _load_runtime(self, bundle_dir: Path) -> Runtime:
+    def load_runtime(self, bundle_dir: Path) -> Runtime:
+        """Load a bundle the way this node loads its models (profile, backend...)."""
         cfg = self.config
         return Runtime.load(
             bundle_dir,
@@ -199,10 +200,6 @@ class EdgeNode:
             precision=cfg.precision,
             trusted_keys=cfg.trusted_keys or None,
         )
-
-    def load_runtime(self, bundle_dir: Path) -> Runtime:
-        """Load a bundle the way this node loads its models (profile, backend...)."""
-        return self._load_runtime(bundle_dir)
 
     def _measure_canary(self) -> float | None:
         rt = self.model.runtime
@@ -227,7 +224,7 @@ class EdgeNode:
         assembler = self.assembler_for(runtime.manifest, keep=self.worker.assembler)
         alarm = self.alerts.alarm_for(runtime.manifest)
         self.model.swap(runtime, source)
-        self.worker.assembler = assembler
+        self.worker.use(runtime.manifest, assembler)
         self.alerts.bind(runtime.manifest, alarm)
         self.worker.probation = 0
         self.canary_ms = self._measure_canary()
@@ -354,6 +351,10 @@ class EdgeNode:
         except ValueError as exc:
             raise InvalidInputError("values", f"readings must be finite numbers ({exc})") from None
         self.ingress.enqueue(Inbound.SENSORS, raw, None)
+
+    def submit_events(self, events: Any) -> None:
+        """Feed events (one, or a list) as if from MQTT (docs/node.md, "Scoring events")."""
+        self.ingress.submit_events(events, self.worker.events is not None)
 
     def describe(self) -> dict[str, Any]:
         """Model, backend and state of this node."""

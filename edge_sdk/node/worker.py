@@ -23,6 +23,7 @@ from ..errors import ConfigError, EdgeSDKError, InvalidInputError
 from ..manifest import Manifest
 from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from ..mqtt.topics import Inbound, Outbound, check_topic, dumps, finite, loads
+from .events import EventScorer, Pending
 from .ingress import Message
 from .outbox import Outgoing, Priority
 from .telemetry import result_body
@@ -60,6 +61,8 @@ class Worker:
         self.node = node
         self.queue = messages
         self.assembler = assembler
+        #: The event graph of the model served (None: it takes no events).
+        self.events = EventScorer.for_manifest(node.model.runtime.manifest)
         #: Failed batches since the last update (None: not on probation).
         self.probation: int | None = None
         self._saved_windows: tuple[WindowAssembler | None, int] = (None, 0)
@@ -109,11 +112,14 @@ class Worker:
         """
         out: list[Outgoing] = []
         windows: list[tuple[Window, float]] = []
+        events: list[Pending] = []
         for msg in batch:
             self.node.stats.messages += 1
             try:
                 if msg.kind is Inbound.SENSORS:
                     windows.extend((w, msg.received) for w in self._sensors(msg, out))
+                elif msg.kind is Inbound.EVENTS:
+                    events.extend(self._events(msg, out))
                 elif msg.kind is Inbound.INFER:
                     self._infer_request(msg, out)
                 elif msg.kind is Inbound.CMD:
@@ -136,10 +142,24 @@ class Worker:
                     self._incomplete(item, out)
         for i in range(0, len(windows), self.node.config.max_batch):
             self._run_windows(windows[i : i + self.node.config.max_batch], out)
+        if events and self.events is not None:
+            self.events.run(self.node, events, out)
         telemetry = self.node.telemetry_due()
         if telemetry is not None:
             out.append(telemetry)
         self._commit(out, self._window_state())
+
+    def use(self, manifest: Manifest, assembler: WindowAssembler | None) -> None:
+        """Serve ``manifest`` from the next batch on (its windows and event graph)."""
+        self.assembler = assembler
+        self.events = EventScorer.for_manifest(manifest, keep=self.events)
+
+    def _events(self, msg: Message, out: list[Outgoing]) -> list[Pending]:
+        if self.events is None:
+            raise InvalidInputError(
+                "events", "this model does not score events (its bundle has no event graph)"
+            )
+        return self.events.parse(msg, self.node.config.max_payload_bytes, out, self.node)
 
     def _commit(self, out: list[Outgoing], state: dict[str, bytes] | None) -> None:
         """:meth:`_emit`, replacing a message that cannot be encoded by an error.

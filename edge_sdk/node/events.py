@@ -1,0 +1,311 @@
+"""Scoring events on the node: one subgraph per event, merged batches, decisions and *why*.
+
+A bundle whose manifest carries an event graph (``manifest.event_graph``, an
+:class:`~edge_sdk.eventgraph.EventGraphSpec`) scores events (transactions), not
+sensor windows. The node keeps an :class:`~edge_sdk.eventgraph.EventGraphStore`
+in memory; the worker builds each event's subgraph as of the event's time, in
+arrival order (``score_request``: the event sees every event that arrived before
+it, none after), then runs the batch's subgraphs through one
+:meth:`~edge_sdk.Runtime.infer_batch` per ``max_batch`` chunk (a disjoint union:
+one backend call instead of one per event). A merged call that fails is re-run
+event by event, as the window path does, so only an event that fails alone gets
+an error.
+
+A decision is ``{"id", "src", "t", "score", "alert", "latency_ms"}`` with
+``score = softmax(logits[0])[1]`` (node 0 is the scored event). The decisions
+of a worker batch leave as one ``results`` message, ``{"decisions": [...],
+"model": ...}``: one outbox row and one publish per batch, not per event (the
+per-message cost of the outbox and of MQTT is what bounds a node's rate, see
+benchmarks/fraud_node.py), and the event's own ``id`` never shadows the
+message's de-duplication ``id``. An event whose score reaches the threshold
+also gets an ``alerts`` message whose ``why`` lists the neighbour events that
+raised the score most, by occlusion: the score drop when that event's node and
+edges are removed from the subgraph (every occluded copy of a batch's alerts
+runs in one merged call).
+
+Decisions go through the outbox in arrival order, so they are made while the
+uplink is down and delivered after it is back, in order per account.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..eventgraph import EventGraphSpec, EventGraphStore, Subgraph
+from ..manifest import Manifest
+from ..mqtt.topics import Inbound, Outbound, loads
+from .outbox import Outgoing, Priority
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+    from .ingress import Message
+    from .worker_host import WorkerHost
+
+log = logging.getLogger(__name__)
+
+#: Neighbour events named in an alert's ``why``.
+TOP_K = 3
+#: Longest event id echoed back in an error (longer ones are cut).
+_MAX_ID_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One received event waiting to be scored.
+
+    Attributes:
+        event: The event as decoded.
+        received: When its message arrived (monotonic seconds).
+        where: Prefix of the error field (``events[3].`` in a list message).
+    """
+
+    event: dict[str, Any]
+    received: float
+    where: str = ""
+
+
+class EventScorer:
+    """The event graph of the model a node serves: its store, threshold and explanations.
+
+    Args:
+        spec: The bundle's event-graph spec.
+        top_k: Neighbour events named in an alert's ``why``.
+    """
+
+    def __init__(self, spec: EventGraphSpec, top_k: int = TOP_K) -> None:
+        self.spec = spec
+        self.store = EventGraphStore(spec)
+        self.top_k = top_k
+        #: The actor's field (the first role, e.g. the payer ``src``): decisions name it.
+        self.actor = spec.role_names[0]
+
+    @classmethod
+    def for_manifest(cls, m: Manifest, keep: EventScorer | None = None) -> EventScorer | None:
+        """The scorer a model needs (None: it takes no events).
+
+        A model with the same spec as ``keep`` keeps its store (the history it
+        has ingested); a new spec starts an empty one.
+        """
+        spec = getattr(m, "event_graph", None)
+        if spec is None:
+            return None
+        if keep is not None and keep.spec == spec:
+            return keep
+        return cls(spec)
+
+    def threshold(self, m: Manifest, default: float) -> float:
+        """The alert threshold: the spec's, else the model's decision rule's, else ``default``."""
+        if self.spec.threshold is not None:
+            return float(self.spec.threshold)
+        if m.decision is not None:
+            return float(m.decision.threshold)
+        return default
+
+    # -- input -------------------------------------------------------------------------
+    def parse(
+        self, msg: Message, max_bytes: int, out: list[Outgoing], host: WorkerHost
+    ) -> list[Pending]:
+        """The events of one ``events`` message (one event, or ``{"events": [...]}``).
+
+        A malformed event in a list costs itself: its error names
+        ``events[i].<field>`` and the others are kept.
+
+        Raises:
+            InvalidInputError: The payload itself is refused (``payload``), or
+                ``events`` is not a list.
+        """
+        body = loads(msg.payload, max_bytes)
+        if "events" not in body:
+            return [Pending(body, msg.received)]
+        events = body["events"]
+        if not isinstance(events, list):
+            raise InvalidInputError(
+                "events", f"expected a list of events, got {type(events).__name__}"
+            )
+        kept: list[Pending] = []
+        for i, ev in enumerate(events):
+            if isinstance(ev, dict):
+                kept.append(Pending(ev, msg.received, f"events[{i}]."))
+            else:
+                out.append(
+                    host.error_message(
+                        f"events[{i}]",
+                        f"expected an event object, got {type(ev).__name__}",
+                        Inbound.EVENTS,
+                    )
+                )
+        return kept
+
+    # -- scoring -----------------------------------------------------------------------
+    def run(self, host: WorkerHost, pending: Sequence[Pending], out: list[Outgoing]) -> None:
+        """Score ``pending`` in arrival order; commit-ready messages go to ``out``."""
+        requests: list[tuple[Pending, Subgraph]] = []
+        for p in pending:
+            try:
+                requests.append((p, self.store.score_request(p.event)))
+            except InvalidInputError as exc:
+                out.append(self._error(host, p, p.where + exc.field, str(exc)))
+            except Exception as exc:  # a bug this event triggers: its failure alone
+                log.exception("building the subgraph of an event failed")
+                out.append(self._error(host, p, p.where + "event", _failure(exc)))
+        size = max(1, host.config.max_batch)
+        decisions: list[dict[str, Any]] = []
+        meta: dict[str, Any] | None = None
+        for i in range(0, len(requests), size):
+            chunk = requests[i : i + size]
+            with host.model.use() as rt:
+                scores = self._scores(host, rt, chunk, out)
+                manifest = rt.manifest
+                threshold = self.threshold(manifest, host.config.alert.threshold)
+                flagged = [j for j, s in enumerate(scores) if s is not None and s >= threshold]
+                why = self._explain(
+                    rt, [chunk[j][1] for j in flagged], [scores[j] for j in flagged]
+                )
+            meta = {"name": manifest.model.name, "version": manifest.model.version}
+            reasons = dict(zip(flagged, why, strict=True))
+            now = time.monotonic()
+            for j, ((p, _), score) in enumerate(zip(chunk, scores, strict=True)):
+                if score is None:
+                    continue
+                d = self._decision(p, score, j in reasons, now)
+                host.stats.e2e_ms.append(d["latency_ms"])
+                decisions.append(d)
+                if j in reasons:
+                    host.stats.alerts += 1
+                    alert = {**d, "threshold": threshold, "why": reasons[j], "model": meta}
+                    out.append(host.message(Outbound.ALERTS, alert, Priority.CONTROL))
+        if decisions:
+            body = {"decisions": decisions, "model": meta}
+            out.append(host.message(Outbound.RESULTS, body, Priority.RESULT))
+            if host.on_result is not None:
+                host.on_result(body)
+
+    def _decision(self, p: Pending, score: float, alert: bool, now: float) -> dict[str, Any]:
+        ev, spec = p.event, self.spec
+        return {
+            "id": ev.get(spec.id_field),
+            self.actor: ev.get(self.actor),
+            "t": ev.get(spec.time_field),
+            "score": round(score, 6),
+            "alert": alert,
+            "latency_ms": round((now - p.received) * 1e3, 3),
+        }
+
+    def _error(self, host: WorkerHost, p: Pending, field_name: str, message: str) -> Outgoing:
+        extra: dict[str, Any] = {}
+        eid = p.event.get(self.spec.id_field)
+        if isinstance(eid, str | int) and not isinstance(eid, bool):
+            extra["event"] = str(eid)[:_MAX_ID_CHARS]
+        return host.error_message(field_name, message, Inbound.EVENTS, extra)
+
+    def _scores(
+        self,
+        host: WorkerHost,
+        rt: Runtime,
+        chunk: list[tuple[Pending, Subgraph]],
+        out: list[Outgoing],
+    ) -> list[float | None]:
+        """Scores of a chunk in one merged call; if it fails, each event alone (None: failed)."""
+        names = _input_names(rt.manifest)
+        t0 = time.perf_counter()
+        try:
+            outputs = rt.infer_batch([sg.inputs(names) for _, sg in chunk])
+            host.stats.batches += 1
+            scores: list[float | None] = [_score(o) for o in outputs]
+        except Exception as merged:
+            if len(chunk) > 1:
+                host.stats.retried_batches += 1
+            scores = []
+            for p, sg in chunk:
+                try:
+                    scores.append(_score(rt.infer(sg.inputs(names))))
+                except Exception as exc:
+                    why = exc if len(chunk) > 1 else merged
+                    out.append(self._error(host, p, "model", f"inference failed: {_failure(why)}"))
+                    scores.append(None)
+        ms = (time.perf_counter() - t0) * 1e3
+        host.stats.inferences += len(chunk)
+        host.stats.infer_ms.append(ms / len(chunk))
+        for (p, _), s in zip(chunk, scores, strict=True):
+            if s is not None and not math.isfinite(s):
+                out.append(
+                    self._error(host, p, "model", "the model's score is not finite (NaN/inf)")
+                )
+        return [s if s is not None and math.isfinite(s) else None for s in scores]
+
+    # -- explanations ------------------------------------------------------------------
+    def _explain(
+        self, rt: Runtime, graphs: Sequence[Subgraph], scores: Sequence[float | None]
+    ) -> list[list[dict[str, Any]]]:
+        """Each alert's top-k neighbour events by occlusion, all copies in one merged call.
+
+        An explanation that cannot be computed is empty: the alert still goes out.
+        """
+        if not graphs:
+            return []
+        names = _input_names(rt.manifest)
+        copies: list[dict[str, np.ndarray]] = []
+        owners: list[tuple[int, dict[str, Any]]] = []
+        for g, sg in enumerate(graphs):
+            for item, copy in occlusions(sg):
+                copies.append(copy.inputs(names))
+                owners.append((g, item))
+        if not copies:
+            return [[] for _ in graphs]
+        try:
+            occluded = [_score(o) for o in rt.infer_batch(copies)]
+        except Exception as exc:
+            log.error("occlusion of %d alert(s) failed: %s", len(graphs), _failure(exc))
+            return [[] for _ in graphs]
+        why: list[list[dict[str, Any]]] = [[] for _ in graphs]
+        for (g, item), s in zip(owners, occluded, strict=True):
+            base = scores[g]
+            if base is not None and math.isfinite(s):
+                why[g].append({**item, "drop": round(base - s, 6)})
+        return [sorted(w, key=lambda d: -d["drop"])[: self.top_k] for w in why]
+
+
+def occlusions(sg: Subgraph) -> list[tuple[dict[str, str], Subgraph]]:
+    """One copy of ``sg`` per neighbour event, with that event's node and edges removed.
+
+    Returns:
+        ``({"event", "role", "entity"}, copy)`` per earlier event in ``sg``:
+        ``entity`` is the first entity it links to (``"device:d5"``) and
+        ``role`` the role that entity played in it (``"device"``).
+    """
+    src = np.asarray(sg.edge_index[0])
+    dst = np.asarray(sg.edge_index[1])
+    found: list[tuple[dict[str, str], Subgraph]] = []
+    for eid in sg.neighbour_events():
+        k = sg.node_keys.index(f"event:{eid}")
+        edges = np.flatnonzero(src == k)
+        e = int(edges[0]) if len(edges) else -1
+        entity = sg.node_keys[int(dst[e])] if e >= 0 else ""
+        role = sg.edge_roles[e] if e >= 0 else ""
+        found.append(({"event": eid, "role": role, "entity": entity}, sg.without_event(eid)))
+    return found
+
+
+def _input_names(m: Manifest) -> tuple[str, ...]:
+    return ("x", "edge_index", "edge_attr") if m.graph.edge_dim else ("x", "edge_index")
+
+
+def _score(outputs: Mapping[str, np.ndarray]) -> float:
+    """``softmax(logits[0])[1]``: node 0 is the scored event, class 1 the positive one."""
+    logits = outputs["logits"] if "logits" in outputs else next(iter(outputs.values()))
+    row = np.asarray(logits[0], dtype=np.float64)
+    z = np.exp(row - row.max())
+    return float(z[1] / z.sum())
+
+
+def _failure(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:300] + "..."

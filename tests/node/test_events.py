@@ -1,0 +1,278 @@
+"""The node scores events (transactions) on their subgraphs: MQTT, local, HTTP, explanations.
+
+One tiny seeded GATv2 (``edge_attr``, ``logits`` [N, 2]) exported for ONNX
+Runtime with an event-graph spec, shared by the module; a small synthetic
+stream of payments over a few accounts, devices, IPs and merchants.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_sdk import Runtime
+from edge_sdk.eventgraph import EventGraphSpec, EventGraphStore
+
+pytestmark = [pytest.mark.requires_backend("onnxruntime"), pytest.mark.timeout(120)]
+
+CHANNELS = ["web", "app", "pos", "transfer"]
+#: Module-level names the outage test and the benchmark reuse.
+SPEC_FIELDS: dict[str, Any] = {
+    "roles": {
+        "src": "account",
+        "dst": "account",
+        "merchant": "merchant",
+        "device": "device",
+        "ip": "ip",
+    },
+    "numeric": ["amount"],
+    "categorical": {"channel": CHANNELS},
+    "fanout": 4,
+}
+
+
+def make_events(n: int, seed: int = 0, accounts: int = 12, start: int = 0) -> list[dict[str, Any]]:
+    """``n`` SYNTHETIC payments in time order; ids ``tx{start}...``; shared devices and IPs."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for i in range(start, start + n):
+        src = int(rng.integers(accounts))
+        transfer = rng.random() < 0.3
+        events.append(
+            {
+                "id": f"tx{i}",
+                "t": round(i * 0.25, 3),
+                "src": f"a{src}",
+                "dst": f"a{int(rng.integers(accounts))}" if transfer else None,
+                "merchant": None if transfer else f"m{int(rng.integers(5))}",
+                "device": f"d{(src + int(rng.integers(2))) % (accounts // 2)}",
+                "ip": f"i{int(rng.integers(4))}",
+                "amount": round(float(rng.lognormal(3, 1)), 2),
+                "channel": "transfer" if transfer else CHANNELS[int(rng.integers(3))],
+            }
+        )
+    return events
+
+
+def tiny_fraud_model(spec: EventGraphSpec) -> Any:
+    """A seeded 2-layer GATv2 over ``x, edge_index, edge_attr`` with ``logits`` [N, 2]."""
+    import torch
+    from torch_geometric.nn import GATv2Conv
+
+    class TinyFraud(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            f, a = spec.num_node_features, spec.num_edge_features
+            self.c1 = GATv2Conv(f, 8, heads=2, edge_dim=a)
+            self.c2 = GATv2Conv(16, 2, heads=1, edge_dim=a)
+
+        def forward(self, x: Any, edge_index: Any, edge_attr: Any) -> Any:
+            h = self.c1(x, edge_index, edge_attr).relu()
+            return self.c2(h, edge_index, edge_attr)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        return TinyFraud().eval()
+
+
+def export_tiny_fraud(out: Path, events: list[dict[str, Any]], alert_rate: float = 0.1) -> Path:
+    """Export the tiny model with its spec; the threshold alerts ``alert_rate`` of ``events``."""
+    import torch
+
+    from edge_sdk.exporters import ExportConfig, export_model, sample_from_arrays
+
+    spec = EventGraphSpec(**SPEC_FIELDS)
+    model = tiny_fraud_model(spec)
+    store = EventGraphStore(spec)
+    graphs = [store.score_request(e) for e in events]
+    offsets = np.cumsum([0] + [g.num_nodes for g in graphs])
+    union = [
+        np.concatenate([g.x for g in graphs]),
+        np.concatenate([g.edge_index + o for g, o in zip(graphs, offsets, strict=False)], 1),
+        np.concatenate([g.edge_attr for g in graphs]),
+    ]
+    with torch.no_grad():  # one call on the disjoint union; node 0 of each graph is its event
+        logits = model(*(torch.from_numpy(a) for a in union))[offsets[:-1]]
+    scores = torch.softmax(logits, 1)[:, 1].numpy()
+    threshold = float(np.quantile(scores, 1 - alert_rate))
+    spec = spec.model_copy(update={"threshold": threshold})
+    sample = sample_from_arrays(max(graphs, key=lambda g: g.num_nodes).inputs())
+    cfg = ExportConfig(
+        name="tiny-fraud",
+        form="dynamic",
+        aggregation="scatter",
+        output_names=["logits"],
+        event_graph=spec,
+    )
+    export_model(model, sample, out, cfg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fraud_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny_fraud(tmp_path_factory.mktemp("fraud") / "fraud.bundle", make_events(200))
+
+
+def _bodies(messages: list[Any], suffix: str) -> list[dict]:
+    return [json.loads(m.payload) for m in messages if m.topic.endswith(suffix)]
+
+
+def decisions(messages: list[Any]) -> list[dict]:
+    """Every decision of the ``results`` messages, in arrival order (duplicates kept)."""
+    return [d for b in _bodies(messages, "/results") for d in b.get("decisions", [])]
+
+
+def reference_scores(bundle: Path, events: list[dict[str, Any]]) -> dict[str, float]:
+    """Each event's score by ``Runtime.infer`` on its own subgraph, from a fresh store."""
+    rt = Runtime.load(bundle)
+    store = EventGraphStore(rt.manifest.event_graph)
+    out = {}
+    for e in events:
+        logits = rt.infer(store.score_request(e).inputs())["logits"][0].astype(np.float64)
+        z = np.exp(logits - logits.max())
+        out[e["id"]] = float(z[1] / z.sum())
+    return out
+
+
+def test_mqtt_scores_equal_runtime_and_alerts_explain(
+    broker, make_node, mqtt_client_factory, fraud_bundle
+):
+    events = make_events(200)
+    cloud = mqtt_client_factory(broker)
+    cloud.subscribe("edge/plant/n1/#")
+    node = make_node(broker, fraud_bundle, max_batch=16)
+    # 60 single-event messages, then the rest as lists: both wire forms.
+    for e in events[:60]:
+        cloud.client.publish("edge/plant/n1/events", json.dumps(e), qos=1)
+    for i in range(60, 200, 35):
+        cloud.publish("edge/plant/n1/events", json.dumps({"events": events[i : i + 35]}))
+    msgs = cloud.wait_for(lambda m: len(decisions(m)) >= 200, timeout=30)
+    got = decisions(msgs)
+    assert [d["id"] for d in got] == [e["id"] for e in events]  # arrival order, each once
+    ref = reference_scores(fraud_bundle, events)
+    np.testing.assert_allclose([d["score"] for d in got], [ref[d["id"]] for d in got], atol=2e-6)
+    assert [d["src"] for d in got] == [e["src"] for e in events]
+    threshold = node.worker.events.spec.threshold
+    flagged = {d["id"] for d in got if d["alert"]}
+    assert flagged == {k for k, s in ref.items() if s >= threshold} and flagged
+    alerts = {a["id"]: a for a in _bodies(cloud.wait_for(0), "/alerts")}
+    assert set(alerts) == flagged
+    # The top entry of `why` really lowers the score most: recompute every occlusion.
+    rt = Runtime.load(fraud_bundle)
+    store = EventGraphStore(rt.manifest.event_graph)
+    graphs = {e["id"]: store.score_request(e) for e in events}
+    checked = 0
+    for eid, alert in alerts.items():
+        sg = graphs[eid]
+        drops = {}
+        for nb in sg.neighbour_events():
+            lg = rt.infer(sg.without_event(nb).inputs())["logits"][0].astype(np.float64)
+            drops[nb] = ref[eid] - float(np.exp(lg[1]) / np.exp(lg).sum())
+        why = alert["why"]
+        assert len(why) == min(3, len(drops))
+        if not why:
+            continue
+        checked += 1
+        assert why[0]["event"] == max(drops, key=drops.get)
+        for w in why:
+            assert w["drop"] == pytest.approx(drops[w["event"]], abs=2e-6)
+            assert w["entity"].split(":")[0] in {"account", "merchant", "device", "ip"}
+            assert w["role"] in SPEC_FIELDS["roles"]
+        assert [w["drop"] for w in why] == sorted((w["drop"] for w in why), reverse=True)
+    assert checked >= 5
+
+
+def test_merged_batches_equal_one_by_one(tmp_path, make_node, fraud_bundle):
+    """The same stream through max_batch 32 (merged unions) and max_batch 1."""
+    events = make_events(150, seed=1)
+    scores = {}
+    for mb in (1, 32):
+        got: list[dict] = []
+        node = make_node(None, fraud_bundle, node_id=f"mb{mb}", max_batch=mb)
+        node.on_result = lambda body, got=got: got.extend(body["decisions"])
+        node.submit_events(events)
+        deadline = time.monotonic() + 20
+        while len(got) < len(events) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [d["id"] for d in got] == [e["id"] for e in events]
+        scores[mb] = np.array([d["score"] for d in got])
+        if mb == 32:
+            assert node.stats.batches < len(events) / 4  # merged, not one call per event
+    np.testing.assert_allclose(scores[32], scores[1], atol=1e-5)
+
+
+def test_bad_events_are_answered_and_the_rest_scored(
+    broker, make_node, mqtt_client_factory, fraud_bundle
+):
+    events = make_events(12, seed=2)
+    cloud = mqtt_client_factory(broker)
+    cloud.subscribe("edge/plant/n1/#")
+    node = make_node(broker, fraud_bundle)
+    missing = {k: v for k, v in events[3].items() if k != "src"}
+    late = {**events[5], "id": "late", "t": events[5]["t"] - 100}
+    batch = [*events[:3], missing, events[4], events[5], late, "not an event", *events[6:]]
+    cloud.publish("edge/plant/n1/events", json.dumps({"events": batch}))
+    cloud.publish("edge/plant/n1/events", b"{not json")
+    node.submit_events([{**events[6], "id": "nan", "amount": float("nan")}])
+    msgs = cloud.wait_for(lambda m: len(_bodies(m, "/errors")) >= 5, timeout=20)
+    got = [d["id"] for d in decisions(cloud.wait_for(lambda m: len(decisions(m)) >= 11, 20))]
+    assert got == [e["id"] for e in events if e is not events[3]]
+    errors = {(e["field"], e.get("event")) for e in _bodies(msgs, "/errors")}
+    assert errors == {
+        ("events[3].src", "tx3"),
+        ("events[6].t", "late"),
+        ("events[7]", None),
+        ("payload", None),
+        ("events[0].amount", None),
+    }
+    assert all(e["input"] == "events" for e in _bodies(msgs, "/errors"))
+
+
+def test_http_subgraph_request_scores_like_mqtt(make_node, fraud_bundle):
+    """KServe v2 over the node's HTTP adapter (edge-node run --http) on one event's subgraph."""
+    import urllib.request
+
+    from edge_sdk.cli.node_cli import _NodeModel
+    from edge_sdk.serving.http import InferenceServer
+
+    events = make_events(40, seed=4)
+    got: list[dict] = []
+    node = make_node(None, fraud_bundle, node_id="http")
+    node.on_result = lambda body: got.extend(body["decisions"])
+    node.submit_events(events)
+    deadline = time.monotonic() + 20
+    while len(got) < len(events) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    store = EventGraphStore(node.worker.events.spec)
+    sg = [store.score_request(e) for e in events][-1]
+    adapter = _NodeModel(node)
+    server = InferenceServer(adapter, host="127.0.0.1", port=0, predictor=adapter).start()
+    try:
+        inputs = [
+            {
+                "name": k,
+                "shape": list(v.shape),
+                "datatype": "FP32" if v.dtype.kind == "f" else "INT64",
+                "data": v.ravel().tolist(),
+            }
+            for k, v in sg.inputs().items()
+        ]
+        req = urllib.request.Request(
+            f"{server.url}/v2/models/tiny-fraud/infer",
+            data=json.dumps({"inputs": inputs}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = json.loads(resp.read())
+    finally:
+        server.stop()
+    out = next(o for o in body["outputs"] if o["name"] == "logits")
+    logits = np.array(out["data"], dtype=np.float64).reshape(out["shape"])[0]
+    score = float(np.exp(logits[1]) / np.exp(logits).sum())
+    assert got[-1]["id"] == events[-1]["id"]
+    assert score == pytest.approx(got[-1]["score"], abs=2e-6)
