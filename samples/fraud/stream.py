@@ -401,3 +401,11 @@ def serve_demo(
     # fraud first, so the report's few examples show the patterns' why
     alerts.sort(key=lambda a: (-a["label"], -float(a.get("score", 0.0))))
     results["alerts"] = alerts[:8]
+    for a in results["alerts"][:3]:
+        truth = f"fraud, {a['pattern']}" if a["label"] else "legit"
+        why = "; ".join(
+            f"{w.get('event')} via {w.get('role')} {w.get('entity')} "
+            f"(-{float(w.get('drop', 0)):.2f})"
+            for w in a.get("why", [])
+        )
+        say(f"  alert {a['id']} score {float(a.get('score', 0)):.3f} ({truth}): why {why or '-'}")
