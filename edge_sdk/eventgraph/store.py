@@ -11,8 +11,8 @@ idle for longer than ``horizon_s`` is dropped.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import OrderedDict
-from itertools import islice
 from operator import itemgetter
 from typing import Any
 
@@ -47,6 +47,7 @@ class EventGraphStore:
         self._entities: OrderedDict[str, Entity] = OrderedDict()  # least recently active first
         self._latest = -math.inf
         self._ingested = 0
+        self._next_uid = 0
 
     # ----- the public path -----
 
@@ -171,14 +172,15 @@ class EventGraphStore:
         lk_role: list[int] = []
         lk_t: list[float] = []
         lk_id: list[str] = []
-        hop1: list[tuple[Entity, int]] = []
+        hop1: list[tuple[Entity, int, tuple[int, int]]] = []
         seen: set[str] = set()
         for i, key in enumerate(ev.keys):
             if key is None:
                 tab += enc.stats_zeros
                 continue
             ent = self._entities.get(key)
-            stats = entity_stats(ent, t, spec.horizon_s)
+            bounds = None if ent is None else ent.window(t, spec.horizon_s)
+            stats = entity_stats(ent, t, spec.horizon_s, bounds)
             tab += stats
             if key in seen:  # one node (and link) per entity, whatever roles it plays
                 continue
@@ -189,19 +191,18 @@ class EventGraphStore:
             lk_ev.append(0)
             lk_ent.append(n)
             lk_role.append(i)
-            if ent is not None and spec.hops >= 2:
-                hop1.append((ent, n))
+            if bounds is not None and spec.hops >= 2:
+                hop1.append((ent, n, bounds))
         lk_t += [t] * len(lk_ev)
         lk_id += [ev.id] * len(lk_ev)
         events: dict[str, int] = {}
-        fanout, horizon = spec.fanout, spec.horizon_s
-        for ent, n in hop1:
-            lo, hi = ent.window(t, horizon)
+        fanout = spec.fanout
+        for ent, n, (lo, hi) in hop1:
             start = hi - fanout if hi - fanout > lo else lo
             if start >= hi:
                 continue
-            recs = list(islice(ent.events, start, hi))
-            lk_role += islice(ent.roles, start, hi)
+            recs = ent.events[start:hi]
+            lk_role += ent.roles[start:hi]
             lk_ent += [n] * len(recs)
             lk_t += map(_time, recs)
             lk_id += map(_eid, recs)
@@ -239,6 +240,7 @@ class EventGraphStore:
         record = (ev.id, t, row, ev.keys)
         actor_key = ev.keys[0]
         assert actor_key is not None  # parse refuses an event without its actor
+        actor_uid = -1  # set by the first role, the actor
         entities = self._entities
         seen: set[str] = set()
         for i, key in enumerate(ev.keys):
@@ -247,14 +249,17 @@ class EventGraphStore:
             seen.add(key)
             ent = entities.get(key)
             if ent is None:
-                ent = entities[key] = Entity(t)
+                ent = entities[key] = Entity(t, self._next_uid)
+                self._next_uid += 1
             else:
                 entities.move_to_end(key)
                 self._evict(ent, t)
+            if i == 0:
+                actor_uid = ent.uid
             ent.times.append(t)
             ent.events.append(record)
             ent.roles.append(i)
-            ent.actors.append(actor_key)
+            ent.actors.append(actor_uid)
             ent.cum.append(ent.running)
             ent.running += ev.first_numeric
             ent.last_t = t
@@ -277,23 +282,23 @@ class EventGraphStore:
 
     def _evict(self, ent: Entity, t: float) -> None:
         """Drop ``ent``'s events older than the horizon, and beyond ``max_history - 1``."""
-        cutoff, cap = t - self.spec.horizon_s, self.spec.max_history - 1
         times = ent.times
-        while times and (times[0] < cutoff or len(times) > cap):
-            times.popleft()
-            _, _, _, keys = ent.events.popleft()
-            ent.actors.popleft()
-            ent.cum.popleft()
-            if ent.roles.popleft() == 0:  # it was this entity's own (actor) event
-                for i in range(1, len(keys)):
-                    key = keys[i]
-                    if key is None:
-                        continue
-                    p = ent.partners.get((i, key))
-                    if p is not None:
-                        p[0] -= 1.0
-                        if p[0] <= 0.0:
-                            del ent.partners[(i, key)]
+        k = bisect_left(times, t - self.spec.horizon_s)
+        k = max(k, len(times) - (self.spec.max_history - 1))
+        if k <= 0:
+            return
+        for j in range(k):
+            if ent.roles[j] != 0:
+                continue
+            keys = ent.events[j][3]  # this entity's own (actor) event: its partners
+            for i in range(1, len(keys)):
+                key = keys[i]
+                p = None if key is None else ent.partners.get((i, key))
+                if p is not None:
+                    p[0] -= 1.0
+                    if p[0] <= 0.0:
+                        del ent.partners[(i, key)]  # type: ignore[arg-type]
+        ent.drop_oldest(k)
 
 
 __all__ = ["EventGraphStore"]
