@@ -191,7 +191,7 @@ class EventGraphStore:
             lk_ev.append(0)
             lk_ent.append(n)
             lk_role.append(i)
-            if bounds is not None and spec.hops >= 2:
+            if ent is not None and bounds is not None and spec.hops >= 2:
                 hop1.append((ent, n, bounds))
         lk_t += [t] * len(lk_ev)
         lk_id += [ev.id] * len(lk_ev)
