@@ -175,7 +175,7 @@ class Entity:
         self.cum = array("d")
         self.running = 0.0  # sum of the first numeric over every event ever appended
         # As an actor: (role, partner key) -> [count in history, first, last time together].
-        self.partners: dict[tuple[int, str], list[float]] = {}
+        self.partners: dict[tuple[int, str], tuple[int, float, float]] = {}
 
     def window(self, t: float, horizon_s: float) -> tuple[int, int]:
         """Indices [lo, hi) of the remembered events in [t - horizon, t)."""
