@@ -316,3 +316,21 @@ def test_inputs_by_name(streamed: tuple[EventGraphSpec, list[Subgraph]]) -> None
     with pytest.raises(InvalidInputError) as err:
         sg.inputs(["x", "y"])
     assert err.value.field == "y"
+
+
+def test_novelty_and_age_follow_what_is_remembered() -> None:
+    spec = make_spec(fanout=2, max_history=4, horizon_s=1000.0)
+    store = EventGraphStore(spec)
+    new_device = col(spec, "new_device_for_src")
+    store.ingest(ev(0, 0.0, src="a1", device="dOld"))
+    assert store.request(ev(1, 1.0, src="a1", device="dOld")).x[0, new_device] == 0.0
+    for i in range(1, 5):  # four events on another device push dOld out of a1's history
+        store.ingest(ev(i, float(i), src="a1", device="dNew"))
+    assert store.history_length("account:a1") == 4
+    assert store.request(ev(9, 9.0, src="a1", device="dOld")).x[0, new_device] == 1.0
+    # idle beyond the horizon: forgotten, then new again (seen 0, age 0)
+    store.ingest(ev(10, 2000.0, src="a2", device="d2"))
+    assert store.history_length("account:a1") == 0 and store.num_entities == 4  # a2 m1 d2 i1
+    x0 = store.request(ev(11, 2001.0, src="a1", device="dNew")).x[0]
+    assert x0[col(spec, "src_seen")] == 0.0 and x0[col(spec, "log1p_src_age_s")] == 0.0
+    assert x0[new_device] == 1.0
