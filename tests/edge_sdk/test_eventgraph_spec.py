@@ -186,3 +186,18 @@ def test_a_bad_spec_in_a_manifest_is_a_manifest_error() -> None:
     bad = {**_manifest_doc(), "event_graph": {"roles": {"src": "account"}, "fanout": 0}}
     with pytest.raises(ManifestError, match="fanout"):
         parse_manifest(json.dumps(bad))
+
+
+def test_role_and_categorical_order_survive_the_sorted_manifest_json() -> None:
+    # the manifest's JSON sorts object keys; the actor must stay first and the
+    # one-hot columns in the spec's order, or a node would build other features
+    spec = EventGraphSpec(
+        roles={"src": "account", "dst": "account", "ip": "ip", "device": "device"},
+        categorical={"z": ["b", "a"], "channel": ["web", "app"]},
+    )
+    doc = {**_manifest_doc(), "event_graph": spec.model_dump(mode="json")}
+    again = parse_manifest(parse_manifest(json.dumps(doc, sort_keys=True)).to_json()).event_graph
+    assert again is not None
+    assert list(again.roles) == ["src", "dst", "ip", "device"]
+    assert list(again.categorical) == ["z", "channel"] and again.categorical["z"] == ["b", "a"]
+    assert again.node_feature_names() == spec.node_feature_names()
