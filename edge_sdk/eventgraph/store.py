@@ -38,7 +38,7 @@ class EventGraphStore:
     Example:
         >>> store = EventGraphStore(spec)
         >>> sg = store.score_request(event)  # request() then ingest(): the stream path
-        >>> runtime.infer(**sg.inputs(["x", "edge_index"]))
+        >>> runtime.infer(sg.inputs(["x", "edge_index"]))
     """
 
     def __init__(self, spec: EventGraphSpec) -> None:
