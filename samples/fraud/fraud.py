@@ -242,6 +242,8 @@ def pipeline(
         say(f"  {len(req):,} subgraphs, {sizes.mean():.1f} nodes on average (max {sizes.max()})")
     with steps("train", "train GraphSAGE, GATv2 (PyG) and the HistGradientBoosting baseline"):
         kw = {"epochs": args.epochs} if args.epochs else {}
+        if args.neg_fraction is not None:
+            kw["neg_fraction"] = args.neg_fraction
         tell = lambda s: say(f"  {s}")  # noqa: E731
         gnns = {
             kind: train.train_gnn(kind, req, seed=args.seed, budget=args.budget, say=tell, **kw)
@@ -422,6 +424,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--epochs", type=int, default=None, help="GNN epochs (train default)")
     parser.add_argument(
+        "--neg-fraction",
+        type=float,
+        default=None,
+        help="share of legitimate training transactions drawn per GNN epoch (train default)",
+    )
+    parser.add_argument(
         "--seconds",
         type=float,
         default=10.0,
@@ -429,6 +437,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rate", type=float, default=400.0, help="transactions per second offered (400)"
+    )
+    parser.add_argument(
+        "--prime",
+        type=int,
+        default=1000,
+        help="transactions just before the test period sent to the node first, unmeasured (1000)",
     )
     parser.add_argument(
         "--profiles",
@@ -446,8 +460,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1, got {v}")
     if args.days is not None and args.days <= 0:
         parser.error(f"--days must be positive, got {args.days}")
-    if args.seconds < 0 or args.rate <= 0 or not 0 < args.budget < 1:
-        parser.error("--seconds ≥ 0, --rate > 0 and 0 < --budget < 1")
+    if args.neg_fraction is not None and not 0 < args.neg_fraction <= 1:
+        parser.error(f"--neg-fraction must be in (0, 1], got {args.neg_fraction}")
+    if args.seconds < 0 or args.rate <= 0 or args.prime < 0 or not 0 < args.budget < 1:
+        parser.error("--seconds ≥ 0, --rate > 0, --prime ≥ 0 and 0 < --budget < 1")
     return args
 
 
