@@ -22,13 +22,19 @@ report and the tests rely on:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+#: Pattern names by code (``generate.PATTERNS``; code 0 is legitimate).
+PATTERNS = ("none", "ring", "mule", "burst", "takeover")
+
 __all__ = [
+    "PATTERNS",
     "at_threshold",
     "budget_threshold",
+    "evaluate",
     "per_pattern",
     "pr_auc",
     "recall_at_fpr",
@@ -131,7 +137,7 @@ def per_pattern(
     y: np.ndarray,
     s: np.ndarray,
     pattern: np.ndarray,
-    names: Sequence[str] = ("none", "ring", "mule", "burst", "takeover"),
+    names: Sequence[str] = PATTERNS,
     fpr: float = 0.01,
 ) -> dict[str, dict[str, float]]:
     """:func:`summary` of each fraud pattern against all legitimate transactions.
@@ -160,4 +166,30 @@ def per_pattern(
             continue
         mask = rows | legit
         out[name] = summary(y[mask], s[mask], fpr)
+    return out
+
+
+def evaluate(
+    y: np.ndarray,
+    scores: np.ndarray,
+    pattern: np.ndarray,
+    mask: np.ndarray,
+    threshold: float | None = None,
+    fpr: float = 0.01,
+    names: Sequence[str] = PATTERNS,
+) -> dict[str, Any]:
+    """Metrics of ``scores`` on the rows of ``mask``: overall, per pattern, at the threshold.
+
+    Returns:
+        ``{"overall": summary, "patterns": {name: summary}, "at_threshold": {...}}``
+        (``at_threshold``, with the ``threshold`` itself, only when one is given).
+    """
+    mask = np.asarray(mask, bool)
+    y, s, p = np.asarray(y)[mask], np.asarray(scores)[mask], np.asarray(pattern)[mask]
+    out: dict[str, Any] = {
+        "overall": summary(y, s, fpr),
+        "patterns": per_pattern(y, s, p, names, fpr),
+    }
+    if threshold is not None:
+        out["at_threshold"] = at_threshold(y, s, threshold) | {"threshold": float(threshold)}
     return out

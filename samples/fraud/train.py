@@ -67,17 +67,23 @@ Say = Callable[[str], None]
 
 @dataclass
 class Requests:
-    """Every transaction of a stream as a scoring request, in time order.
+    """The stream's transactions as scoring requests, in time order.
+
+    Every array has one row per *kept* transaction: all of them unless
+    :func:`build_requests` sampled the legitimate training ones (``train_sample``);
+    ``index`` maps rows back to ``Transactions`` rows. Validation and test rows
+    are always all kept.
 
     Attributes:
-        subgraphs: One ``Subgraph`` per transaction (``x``, ``edge_index``, ``edge_attr``).
+        subgraphs: One ``Subgraph`` per row (``x``, ``edge_index``, ``edge_attr``).
         tabular: ``[n, T]`` float32 baseline rows (``store.tabular``), same as-of rule.
         y: ``[n]`` int64 labels (1 fraud).
         pattern: ``[n]`` int64 pattern codes (0 legit; names in ``generate.PATTERNS``).
         train, val, test: ``[n]`` boolean masks (time-ordered split).
-        events: The wire-form event dicts (the node receives exactly these).
+        events: The rows' wire-form event dicts (the node receives exactly these).
         spec: The ``EventGraphSpec`` the subgraphs were built with.
-        seconds: Wall time of the pass (subgraphs + tabular rows).
+        index: ``[n]`` int64 row of each request in the ``Transactions``.
+        seconds: Wall time of the pass (subgraphs + tabular rows + ingesting the rest).
     """
 
     subgraphs: list[Any]
@@ -89,6 +95,7 @@ class Requests:
     test: np.ndarray
     events: list[dict[str, Any]]
     spec: Any
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     seconds: float = 0.0
 
     def __len__(self) -> int:
@@ -99,36 +106,64 @@ class Requests:
         return [self.subgraphs[i] for i in np.flatnonzero(mask)]
 
 
-def build_requests(tx: Any, spec: Any, split: tuple[np.ndarray, ...] | None = None) -> Requests:
+def build_requests(
+    tx: Any,
+    spec: Any,
+    split: tuple[np.ndarray, ...] | None = None,
+    *,
+    train_sample: float = 1.0,
+    seed: int = 0,
+) -> Requests:
     """One pass over ``tx`` (``generate.Transactions``) in time order through a fresh store.
+
+    Every transaction is ingested (the store's state is the full stream's); a
+    request (subgraph + tabular row) is built as of its time for every
+    validation, test and fraud transaction, and for a ``train_sample`` share of
+    the legitimate training ones (the rest are only ingested: about 4x cheaper).
 
     Args:
         tx: The transactions (sorted by time, as the generator returns them).
         spec: ``EventGraphSpec`` (``samples/fraud/spec.py``).
         split: ``(train, val, test)`` masks; default ``generate.split(tx)``.
+        train_sample: Share of legitimate training transactions kept (the
+            demo's speed knob; class weights follow what is kept).
+        seed: Seeds that sample.
     """
     from edge_sdk.eventgraph import EventGraphStore
 
-    generate = _sibling("generate")
-    train, val, test = split if split is not None else generate.split(tx)
+    if not 0.0 < train_sample <= 1.0:
+        raise ValueError(f"train_sample must be in (0, 1], got {train_sample}")
+    train, val, test = split if split is not None else _sibling("generate").split(tx)
+    train, val, test = (np.asarray(m, bool) for m in (train, val, test))
+    y = np.asarray(tx.label, dtype=np.int64)
+    keep = ~train | (y == 1)
+    if train_sample < 1.0:
+        keep |= train & (np.random.default_rng(seed).random(len(y)) < train_sample)
+    else:
+        keep[:] = True
     store = EventGraphStore(spec)
     subgraphs, rows, events = [], [], []
     start = time.perf_counter()
-    for event in tx.events():
-        rows.append(store.tabular(event))
-        subgraphs.append(store.score_request(event))
-        events.append(event)
+    for event, kept in zip(tx.events(), keep, strict=True):
+        if kept:
+            rows.append(store.tabular(event))
+            subgraphs.append(store.score_request(event))
+            events.append(event)
+        else:
+            store.ingest(event)
     seconds = time.perf_counter() - start
+    index = np.flatnonzero(keep)
     return Requests(
         subgraphs=subgraphs,
-        tabular=np.asarray(rows, dtype=np.float32),
-        y=np.asarray(tx.label, dtype=np.int64),
-        pattern=np.asarray(tx.pattern, dtype=np.int64),
-        train=np.asarray(train, bool),
-        val=np.asarray(val, bool),
-        test=np.asarray(test, bool),
+        tabular=np.asarray(rows, dtype=np.float32).reshape(len(rows), spec.num_tabular_features),
+        y=y[index],
+        pattern=np.asarray(tx.pattern, dtype=np.int64)[index],
+        train=train[index],
+        val=val[index],
+        test=test[index],
         events=events,
         spec=spec,
+        index=index,
         seconds=seconds,
     )
 
@@ -334,38 +369,9 @@ def score_baseline(clf: Any, tabular: np.ndarray) -> np.ndarray:
     return np.asarray(clf.predict_proba(np.asarray(tabular, np.float32))[:, 1], np.float64)
 
 
-def evaluate(
-    y: np.ndarray,
-    scores: np.ndarray,
-    pattern: np.ndarray,
-    mask: np.ndarray,
-    threshold: float | None = None,
-    fpr: float = 0.01,
-) -> dict[str, Any]:
-    """Metrics of ``scores`` on the rows of ``mask``: overall, per pattern, at the threshold.
-
-    Returns:
-        ``{"overall": summary, "patterns": {name: summary}, "at_threshold": {...}}``
-        (``at_threshold`` only when a threshold is given); ``summary`` is
-        :func:`metrics.summary` (``pr_auc``, ``roc_auc``, ``recall_at_fpr``, counts).
-    """
-    mask = np.asarray(mask, bool)
-    y, s, p = np.asarray(y)[mask], np.asarray(scores)[mask], np.asarray(pattern)[mask]
-    names = getattr(_generate_or_none(), "PATTERNS", ("none", "ring", "mule", "burst", "takeover"))
-    out: dict[str, Any] = {
-        "overall": metrics.summary(y, s, fpr),
-        "patterns": metrics.per_pattern(y, s, p, names, fpr),
-    }
-    if threshold is not None:
-        out["at_threshold"] = metrics.at_threshold(y, s, threshold) | {"threshold": threshold}
-    return out
-
-
-def _generate_or_none() -> ModuleType | None:
-    try:
-        return _sibling("generate")
-    except (FileNotFoundError, ImportError):
-        return None
+#: ``evaluate(y, scores, pattern, mask, threshold=None, fpr=0.01) -> dict``: overall, per
+#: pattern and at the threshold, on the rows of ``mask`` (see :func:`metrics.evaluate`).
+evaluate = metrics.evaluate
 
 
 # -- the command line ----------------------------------------------------------------------------
@@ -378,6 +384,7 @@ def run(
     epochs: int = 8,
     hidden: int = 48,
     neg_fraction: float = 1.0,
+    train_sample: float = 1.0,
     generator: dict[str, Any] | None = None,
     say: Say = print,
 ) -> dict[str, Any]:
@@ -387,6 +394,7 @@ def run(
         seed: Seeds the generator and every model.
         kinds: GNNs to train.
         epochs, hidden, neg_fraction: :func:`train_gnn`'s knobs.
+        train_sample: :func:`build_requests`' share of legitimate training requests.
         generator: Keyword arguments of ``generate.generate`` (sizes; default its defaults).
         say: Progress lines.
 
@@ -399,7 +407,7 @@ def run(
     t0 = time.perf_counter()
     tx = generate.generate(seed, **(generator or {}))
     seconds["generate"] = time.perf_counter() - t0
-    requests = build_requests(tx, fraud_spec.fraud_spec())
+    requests = build_requests(tx, fraud_spec.fraud_spec(), train_sample=train_sample, seed=seed)
     seconds["requests"] = requests.seconds
     say(f"{len(requests)} requests ({int(requests.y.sum())} fraud) in {requests.seconds:.1f} s")
     trained = {
@@ -459,6 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--neg-fraction", type=float, default=1.0, help="legit share drawn per epoch (1.0)"
     )
+    parser.add_argument(
+        "--train-sample", type=float, default=1.0, help="legit training requests built (1.0)"
+    )
     parser.add_argument("--accounts", type=int, default=None, help="generator size (its default)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (OMP default)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -473,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs=args.epochs,
         hidden=args.hidden,
         neg_fraction=args.neg_fraction,
+        train_sample=args.train_sample,
         generator=gen,
     )
     print(table(result))
