@@ -54,6 +54,8 @@ SYNTHETIC_NOTE = (
 )
 #: Default fraud incidents per 4,000 accounts x 30 days (scaled with accounts x days).
 INCIDENTS = {"ring": 12, "mule": 11, "burst": 16, "takeover": 72}
+#: Legitimate twins per fraud incident: same code, same counts, honest neighbours.
+TWINS = 2
 _ENTITY_PREFIX = {"src": "a", "dst": "a", "merchant": "m", "device": "d", "ip": "i"}
 
 
@@ -149,16 +151,20 @@ def generate(
     _world.lookalikes(world, rows)
     scale = accounts * days / (4000 * 30)
     want = {**INCIDENTS, **(incidents or {})}
-    chains = _patterns.make_chains(world, _scaled(want["mule"], scale, 2))
+    p = _patterns
+    chains = p.make_chains(world, _scaled(want["mule"], scale, 2))
     drops = world.accounts(max(10, accounts // 100))
-    for t0 in _patterns.starts(world, _scaled(want["ring"], scale, 2), margin_days=1.5):
-        _patterns.ring(world, rows, t0, chains)
-    for t0 in _patterns.starts(world, _scaled(want["takeover"], scale, 3), margin_days=0.5):
-        _patterns.takeover(world, rows, t0, chains)
-    for t0 in _patterns.starts(world, _scaled(want["burst"], scale, 2), margin_days=0.5):
-        _patterns.burst(world, rows, t0, chains, drops)
+    for legit, times in ((False, 1), (True, TWINS)):
+        for t0 in p.starts(world, _scaled(want["ring"] * times, scale, 2), margin_days=1.5):
+            p.ring(world, rows, t0, chains, legit=legit)
+        for t0 in p.starts(world, _scaled(want["takeover"] * times, scale, 3), margin_days=0.5):
+            p.takeover(world, rows, t0, chains, legit=legit)
+        for t0 in p.starts(world, _scaled(want["burst"] * times, scale, 2), margin_days=0.5):
+            p.burst(world, rows, t0, chains, drops, legit=legit)
     for chain in chains:
-        _patterns.mule_chain(world, rows, chain)
+        p.mule_chain(world, rows, chain)
+    for relay in p.make_chains(world, _scaled(want["mule"] * TWINS, scale, 2)):
+        p.mule_chain(world, rows, relay, legit=True)
     return _assemble(world, rows.columns(), rng)
 
 

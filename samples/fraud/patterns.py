@@ -61,14 +61,30 @@ def starts(w: Any, k: int, margin_days: float = 2.0) -> np.ndarray:
 
 
 def _attacker(w: Any, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Devices and IPs of an attacker: mostly a reused pool, sometimes fresh or behind NAT."""
+    """Devices and IPs of an attacker: mostly a reused pool, sometimes fresh; IPs hide in crowds."""
     rng, x = w.rng, w.extra
-    dev = np.where(rng.random(k) < 0.7, rng.choice(x["attacker_devices"], k), w.devices(k))
+    dev = np.where(rng.random(k) < 0.6, rng.choice(x["attacker_devices"], k), w.devices(k))
     r = rng.random(k)
     ip = np.where(
-        r < 0.5,
+        r < 0.3,
         rng.choice(x["attacker_ips"], k),
-        np.where(r < 0.75, rng.choice(x["travel_ips"], k), rng.choice(x["carriers"], k)),
+        np.where(r < 0.65, rng.choice(x["travel_ips"], k), rng.choice(x["carriers"], k)),
+    )
+    return dev, ip
+
+
+def _borrowed(w: Any, acc: int, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """An honest account off its usual device: a new phone, a friend's phone, a kiosk."""
+    rng, x = w.rng, w.extra
+    friend = x["device"][x["contacts"][acc, rng.integers(0, 4, k)]]
+    kiosk = rng.integers(0, len(x["kiosk_devices"]), k)
+    r = rng.random(k)
+    dev = np.where(r < 0.4, w.devices(k), np.where(r < 0.7, friend, x["kiosk_devices"][kiosk]))
+    r = rng.random(k)
+    ip = np.where(
+        r < 0.3,
+        x["kiosk_ips"][kiosk],
+        np.where(r < 0.65, rng.choice(x["travel_ips"], k), rng.choice(x["carriers"], k)),
     )
     return dev, ip
 
@@ -87,62 +103,97 @@ def _nearest_chain(chains: list[Chain], t: float) -> Chain:
     return before[-1] if before else chains[0]
 
 
-def ring(w: Any, rows: Any, t0: float, chains: list[Chain]) -> None:
+def _codes(legit: bool, pattern: int, noise: str) -> dict[str, int]:
+    return {"pattern": 0, "noise": m.N[noise]} if legit else {"pattern": pattern, "noise": 0}
+
+
+def ring(w: Any, rows: Any, t0: float, chains: list[Chain], legit: bool = False) -> None:
+    """A device/IP sharing ring, or (``legit``) its twin: a savings club on a shared device.
+
+    Both: 5-12 members, half of them accounts opened for it, on 1-3 shared
+    devices, each making warm-up payments then 2-4 transfers to the
+    collectors. The ring's devices are the attacker's (other rings and
+    takeovers used them) and its first collector is a mule chain's head; the
+    club's are a kiosk or the treasurer's phone and its treasurer keeps the money.
+    """
     rng, x = w.rng, w.extra
+    codes = _codes(legit, m.RING, "savings_club")
     k = int(rng.integers(5, 13))
-    sold = rng.random(k) < 0.3
-    members = np.where(sold, rng.choice(x["busy"], k), w.accounts(k))
-    devs, _ = _attacker(w, int(rng.integers(1, 4)))
-    _, ips = _attacker(w, int(rng.integers(1, 4)))
-    chain = _nearest_chain(chains, t0)
-    collectors = np.concatenate([chain.mules[:1], w.accounts(int(rng.integers(0, 3)))])
+    members = np.where(rng.random(k) < 0.5, rng.choice(x["busy"], k), w.accounts(k))
+    nd = int(rng.integers(1, 4))
+    if legit:
+        treasurer = int(rng.choice(x["busy"]))
+        kiosk = rng.integers(0, len(x["kiosk_devices"]), nd)
+        own = rng.random(nd) < 0.4
+        devs = np.where(own, x["device"][treasurer], x["kiosk_devices"][kiosk])
+        ips = np.where(own, x["carrier_of"][treasurer], x["kiosk_ips"][kiosk])
+        head = treasurer
+        chain = None
+    else:
+        devs, ips = _attacker(w, nd)
+        chain = _nearest_chain(chains, t0)
+        head = int(chain.mules[0])
+    extra = (
+        rng.choice(x["busy"], int(rng.integers(0, 3)))
+        if legit
+        else w.accounts(int(rng.integers(0, 3)))
+    )
+    collectors = np.concatenate([[head], extra])
     length = rng.uniform(1, 5) * m.DAY
     for i, acc in enumerate(members):
-        dev, ip = devs[i % len(devs)], ips[rng.integers(0, len(ips))]
+        dev, ip = devs[i % nd], ips[rng.integers(0, nd)]
         warm = int(rng.integers(0, 3))
         if warm:
             merch = rng.choice(w.n_merchants, warm, p=x["popularity"])
             rows.add(
-                t0 + rng.uniform(0, 0.3, warm) * length,
+                w.daytime(t0 + rng.uniform(0, 0.3, warm) * length),
                 acc,
                 merchant=merch,
                 device=dev,
                 ip=ip,
                 amount=x["scale"][merch] * rng.lognormal(0, 0.4, warm),
-                channel=m.APP,
-                pattern=m.RING,
+                channel=rng.choice([m.APP, m.POS], warm),
+                **codes,
             )
         n = int(rng.integers(2, 5))
-        t = t0 + rng.uniform(0.2, 1.0, n) * length
+        t = w.daytime(t0 + rng.uniform(0.2, 1.0, n) * length)
         dst = rng.choice(collectors, n)
         amount = rng.lognormal(np.log(220), 0.7, n)
-        rows.add(
-            t, acc, dst=dst, device=dev, ip=ip, amount=amount, channel=m.TRANSFER, pattern=m.RING
-        )
-        for ti, di, ai in zip(t, dst, amount, strict=True):
-            if di == chain.mules[0]:
-                chain.incoming.append((float(ti), float(ai)))
-    for c in collectors[1:]:  # fresh collectors cash out at high-risk merchants
+        rows.add(t, acc, dst=dst, device=dev, ip=ip, amount=amount, channel=m.TRANSFER, **codes)
+        if chain is not None:
+            chain.incoming.extend(
+                (float(a), float(b)) for a, b, d in zip(t, amount, dst, strict=True) if d == head
+            )
+    for c in collectors[1:]:  # the other collectors spend it on goods
         merch = rng.choice(x["risky"], int(rng.integers(1, 4)))
         rows.add(
-            t0 + length + rng.uniform(1, 24, len(merch)) * m.HOUR,
+            w.daytime(t0 + length + rng.uniform(1, 24, len(merch)) * m.HOUR),
             c,
             merchant=merch,
             device=devs[0],
             ip=ips[0],
             amount=rng.lognormal(np.log(600), 0.5, len(merch)),
-            channel=m.WEB,
-            pattern=m.RING,
+            channel=rng.choice([m.WEB, m.POS], len(merch)),
+            **codes,
         )
 
 
-def takeover(w: Any, rows: Any, t0: float, chains: list[Chain]) -> None:
+def takeover(w: Any, rows: Any, t0: float, chains: list[Chain], legit: bool = False) -> None:
+    """An account takeover, or (``legit``) its twin: an owner shopping off their usual device.
+
+    Both: an old account on a device and IP it never used pays mostly
+    high-risk merchants (electronics, gift cards) larger sums within hours,
+    and sometimes transfers money. The attacker's device and IP carry other
+    victims' events and the money goes to a mule; the owner's new phone,
+    friend's phone or kiosk carries honest events and the money goes to a contact.
+    """
     rng, x = w.rng, w.extra
+    codes = _codes(legit, m.TAKEOVER, "new_device_shopping")
     victim = int(rng.choice(x["busy"]))
-    dev, ip = _attacker(w)
+    dev, ip = _borrowed(w, victim) if legit else _attacker(w)
     n = int(rng.integers(2, 7))
-    t = t0 + np.sort(rng.uniform(0, rng.uniform(0.5, 10), n)) * m.HOUR
-    usual = rng.random(n) < 0.25  # some purchases at the victim's own merchants
+    t = w.daytime(t0)[0] + np.sort(rng.uniform(0, rng.uniform(0.5, 10), n)) * m.HOUR
+    usual = rng.random(n) < 0.25
     merch = np.where(usual, x["favourites"][victim, 0], rng.choice(x["risky"], n))
     amount = x["scale"][merch] * rng.lognormal(0.6, 0.5, n)
     rows.add(
@@ -153,62 +204,85 @@ def takeover(w: Any, rows: Any, t0: float, chains: list[Chain]) -> None:
         ip=ip[0],
         amount=amount,
         channel=rng.choice([m.WEB, m.APP], n),
-        pattern=m.TAKEOVER,
+        **codes,
     )
     k = int(rng.integers(0, 3))
     if k:
-        chain = _nearest_chain(chains, t0)
+        chain = None if legit else _nearest_chain(chains, t0)
+        dst = x["contacts"][victim, 0] if chain is None else chain.mules[0]
         tt = t[-1] + rng.uniform(0.1, 2, k) * m.HOUR
         amt = rng.lognormal(np.log(700), 0.6, k)
         rows.add(
-            tt,
-            victim,
-            dst=chain.mules[0],
-            device=dev[0],
-            ip=ip[0],
-            amount=amt,
-            channel=m.TRANSFER,
-            pattern=m.TAKEOVER,
+            tt, victim, dst=dst, device=dev[0], ip=ip[0], amount=amt, channel=m.TRANSFER, **codes
         )
-        chain.incoming.extend(zip(tt.tolist(), amt.tolist(), strict=True))
+        if chain is not None:
+            chain.incoming.extend(zip(tt.tolist(), amt.tolist(), strict=True))
 
 
-def burst(w: Any, rows: Any, t0: float, chains: list[Chain], drops: np.ndarray) -> None:
+def burst(
+    w: Any, rows: Any, t0: float, chains: list[Chain], drops: np.ndarray, legit: bool = False
+) -> None:
+    """A burst of small transfers, or (``legit``) its twin: settling a group bill.
+
+    Both: one account sends 10-25 small transfers within minutes to 3-8
+    recipients (some of them new accounts), who pass most of it on within
+    hours. The fraud runs from a victim's account (half the time its own
+    device, remote-controlled; else the attacker's) to drop accounts reused
+    across bursts that pay a mule; the bill goes to friends who pay a contact.
+    """
     rng, x = w.rng, w.extra
-    src = int(rng.choice(x["busy"])) if rng.random() < 0.7 else int(w.accounts(1)[0])
-    dev, ip = _attacker(w)
+    codes = _codes(legit, m.BURST, "split_bill")
+    src = int(rng.choice(x["busy"]))
+    if legit or rng.random() < 0.5:
+        dev, ip = x["device"][[src]], x["carrier_of"][[src]]
+    else:
+        dev, ip = _attacker(w)
     n = int(rng.integers(10, 26))
-    t = t0 + np.sort(rng.uniform(0, rng.uniform(8, 60), n)) * m.MINUTE
-    used = rng.choice(drops, int(rng.integers(3, 9)), replace=False)
+    t = w.daytime(t0)[0] + np.sort(rng.uniform(0, rng.uniform(8, 60), n)) * m.MINUTE
+    r = int(rng.integers(3, 9))
+    if legit:
+        used = np.where(
+            rng.random(r) < 0.4, w.accounts(r), x["contacts"][rng.choice(x["busy"], r), 0]
+        )
+    else:
+        used = np.where(rng.random(r) < 0.5, w.accounts(r), rng.choice(drops, r))
+    used = np.unique(used[used != src])
     dst = rng.choice(used, n)
     amount = np.clip(rng.lognormal(np.log(9), 0.6, n), 1.0, 60.0)
-    rows.add(
-        t, src, dst=dst, device=dev[0], ip=ip[0], amount=amount, channel=m.TRANSFER, pattern=m.BURST
-    )
-    chain = _nearest_chain(chains, t0)
-    for d in np.unique(dst):  # each drop passes its takings to a mule within hours
-        got = float(amount[dst == d].sum())
+    rows.add(t, src, dst=dst, device=dev[0], ip=ip[0], amount=amount, channel=m.TRANSFER, **codes)
+    chain = None if legit else _nearest_chain(chains, t0)
+    for d in np.unique(dst):  # each recipient passes its share on within hours
+        got = float(amount[dst == d].sum()) * 0.95
         td = t[-1] + rng.uniform(0.5, 12) * m.HOUR
-        ddev = x["attacker_devices"][int(d) % len(x["attacker_devices"])]
+        to = x["contacts"][int(d) % w.n_base, 1] if chain is None else chain.mules[0]
+        ddev = w.devices(1)[0] if d >= w.n_base else x["device"][d]
         rows.add(
             td,
             d,
-            dst=chain.mules[0],
+            dst=to,
             device=ddev,
             ip=rng.choice(x["carriers"]),
-            amount=got * 0.95,
+            amount=got,
             channel=m.TRANSFER,
-            pattern=m.BURST,
+            **codes,
         )
-        chain.incoming.append((float(td), got * 0.95))
+        if chain is not None:
+            chain.incoming.append((float(td), got))
 
 
-def mule_chain(w: Any, rows: Any, chain: Chain) -> None:
-    """Scam victims pay the head; each hop forwards most of what came in, within hours."""
+def mule_chain(w: Any, rows: Any, chain: Chain, legit: bool = False) -> None:
+    """A mule chain, or (``legit``) its twin: money relayed through family or a small business.
+
+    Both: 2-5 ordinary accounts pay the head (scam victims; relatives), then
+    every hop forwards 85-97 % of what came in, within hours, to the next; the
+    last buys goods. A mule head also collects from rings, takeovers and
+    bursts (``chain.incoming``), a relay's only from honest accounts.
+    """
     rng, x = w.rng, w.extra
+    codes = _codes(legit, m.MULE, "relay")
     k = int(rng.integers(2, 6))
     victims = rng.choice(x["busy"], k)
-    tv = chain.start + rng.uniform(0, 3, k) * m.DAY
+    tv = w.daytime(chain.start + rng.uniform(0, 3, k) * m.DAY)
     av = rng.lognormal(np.log(450), 0.6, k)
     rows.add(
         tv,
@@ -218,7 +292,7 @@ def mule_chain(w: Any, rows: Any, chain: Chain) -> None:
         ip=x["home_ip"][victims],
         amount=av,
         channel=m.TRANSFER,
-        pattern=m.MULE,
+        **codes,
     )
     incoming = sorted(chain.incoming + list(zip(tv.tolist(), av.tolist(), strict=True)))
     i = 0
@@ -229,8 +303,11 @@ def mule_chain(w: Any, rows: Any, chain: Chain) -> None:
         for hop, mule in enumerate(chain.mules):
             t += rng.uniform(0.3, 6) * m.HOUR
             money *= rng.uniform(0.85, 0.97)
-            handler = rng.random() < 0.3
-            dev = rng.choice(x["attacker_devices"]) if handler else x["device"][mule]
+            dev = (
+                rng.choice(x["attacker_devices"])
+                if not legit and rng.random() < 0.3
+                else x["device"][mule]
+            )
             ip = x["carrier_of"][mule] if rng.random() < 0.6 else x["home_ip"][mule]
             parts = 1 + int(rng.random() < 0.25)
             tt = t + np.arange(parts) * rng.uniform(1, 20) * m.MINUTE
@@ -243,7 +320,7 @@ def mule_chain(w: Any, rows: Any, chain: Chain) -> None:
                     ip=ip,
                     amount=money / parts,
                     channel=m.TRANSFER,
-                    pattern=m.MULE,
+                    **codes,
                 )
             else:
                 merch = rng.choice(x["risky"], parts)
@@ -254,6 +331,6 @@ def mule_chain(w: Any, rows: Any, chain: Chain) -> None:
                     device=dev,
                     ip=ip,
                     amount=money / parts,
-                    channel=m.WEB,
-                    pattern=m.MULE,
+                    channel=rng.choice([m.WEB, m.POS], parts),
+                    **codes,
                 )

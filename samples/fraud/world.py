@@ -41,6 +41,10 @@ NOISE_CODES = (
     "new_phone",
     "travel",
     "new_account",
+    "savings_club",
+    "relay",
+    "split_bill",
+    "new_device_shopping",
 )
 N = {name: code for code, name in enumerate(NOISE_CODES)}
 COLUMNS = ("t", "src", "dst", "merchant", "device", "ip", "amount", "channel", "pattern", "noise")
@@ -97,6 +101,11 @@ class World:
 
     def pick(self, pool: np.ndarray, k: int | None = None) -> Any:
         return self.rng.choice(pool, size=k, replace=k is not None and k > len(pool))
+
+    def daytime(self, t: Any) -> np.ndarray:
+        """``t`` moved to a daytime hour of its own day (fraudsters keep office hours too)."""
+        t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+        return np.floor(t / DAY) * DAY + self.diurnal_hours(len(t)) * HOUR
 
     def diurnal_hours(self, n: int) -> np.ndarray:
         """People pay in the day and the evening: a mixture peaking at 12 h and 19 h."""
@@ -164,6 +173,8 @@ def build_world(rng: np.random.Generator, accounts: int, days: float) -> World:
         merchant_ip=w.ips(m),
         travel_ips=w.ips(max(4, accounts // 300)),  # hotels, VPN exits: shared with attackers
         attacker_devices=w.devices(max(4, accounts // 250)),
+        kiosk_devices=w.devices(max(3, accounts // 150)),
+        kiosk_ips=w.ips(max(3, accounts // 150)),
         attacker_ips=w.ips(max(3, accounts // 500)),
         flats=np.array(flats, dtype=object),
     )
@@ -193,7 +204,7 @@ def background(w: World, rows: Rows, rate: float) -> None:
         x["favourites"][acc, rng.integers(0, 5, total)],
         rng.choice(w.n_merchants, total, p=x["popularity"]),
     )
-    channel = rng.choice([POS, APP, WEB], total, p=[0.45, 0.35, 0.2])
+    channel = rng.choice([POS, APP, WEB], total, p=[0.3, 0.45, 0.25])
     channel[transfer] = TRANSFER
     merchant[transfer] = -1
     dst = np.where(transfer, x["contacts"][acc, rng.integers(0, 4, total)], -1)
@@ -254,8 +265,7 @@ def lookalikes(w: World, rows: Rows) -> None:
     days = w.span / DAY
     busy = x["busy"]
     # Kiosks and internet cafes: dozens of accounts on one device and IP.
-    for _ in range(max(2, w.n_base // 400)):
-        dev, ip = w.devices(1)[0], w.ips(1)[0]
+    for dev, ip in zip(x["kiosk_devices"], x["kiosk_ips"], strict=True):
         pool = rng.choice(w.n_base, int(rng.integers(15, 60)))
         host = rng.choice(w.n_merchants, p=x["popularity"])
         n = rng.poisson(rng.uniform(4, 12) * days)
