@@ -48,6 +48,7 @@ import numpy as np
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from threadpoolctl import threadpool_limits
 
 _HERE = Path(__file__).resolve().parent
 PROFILES = ("intel-core-cpu", "raspberry-pi-5", "jetson-orin-nano")
@@ -249,14 +250,18 @@ def pipeline(
             kind: train.train_gnn(kind, req, seed=args.seed, budget=args.budget, say=tell, **kw)
             for kind in FP32
         }
-        hgb = train.train_baseline(req, args.seed, budget=args.budget, say=tell)
+        # one OpenMP thread: on a busy 2-core machine (a test run, other jobs) scikit-learn's
+        # spinning OpenMP threads made the baseline 5-20x slower than one thread
+        with threadpool_limits(1):
+            hgb = train.train_baseline(req, args.seed, budget=args.budget, say=tell)
     te = req.test
     y, pattern = req.y[te], req.pattern[te]
     test_graphs = req.select(te)
     arrays.update(y=y.astype(np.int8), pattern=pattern.astype(np.int8))
     for kind, trained in gnns.items():
         arrays[f"score/{FP32[kind]}"] = train.score_gnn(trained.model, test_graphs)
-    arrays[f"score/{BASELINE}"] = train.score_baseline(hgb.model, req.tabular[te])
+    with threadpool_limits(1):
+        arrays[f"score/{BASELINE}"] = train.score_baseline(hgb.model, req.tabular[te])
     # the exported GNN: the better one on validation (never test)
     kind = max(gnns, key=lambda k: max(h["val_pr_auc"] for h in gnns[k].history))
     chosen = gnns[kind]

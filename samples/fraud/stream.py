@@ -417,7 +417,7 @@ def serve_demo(
         truth = f"fraud, {a['pattern']}" if a["label"] else "legit"
         why = "; ".join(
             f"{w.get('event')} via {w.get('role')} {w.get('entity')} "
-            f"(-{float(w.get('drop', 0)):.2f})"
+            f"(drop {float(w.get('drop', 0)):.3f})"
             for w in a.get("why", [])
         )
         say(f"  alert {a['id']} score {float(a.get('score', 0)):.3f} ({truth}): why {why or '-'}")
