@@ -39,8 +39,10 @@ __all__ = [
     "FraudGNN",
     "FraudSAGE",
     "Packed",
+    "QuantileBins",
     "build",
     "center_logits",
+    "class_weights",
     "fraud_probability",
     "score_gnn",
 ]
@@ -174,6 +176,14 @@ def build(kind: str, num_node_features: int, num_edge_features: int, **kw: objec
     raise ValueError(f"unknown model kind {kind!r}: expected 'sage' or 'gatv2'")
 
 
+def class_weights(y: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency weights for classes 0/1 (mean 1 over the two)."""
+    counts = np.bincount(np.asarray(y, np.int64), minlength=2).astype(np.float64)
+    if (counts == 0).any():
+        raise ValueError(f"training data needs both classes, got counts {counts.tolist()}")
+    return torch.tensor(counts.sum() / (2 * counts), dtype=torch.float32)
+
+
 def fraud_probability(logits: Tensor | np.ndarray) -> np.ndarray:
     """``softmax(logits)[:, 1]`` in float64 (``sigmoid(l1 - l0)``: no saturation at 1.0 in fp32)."""
     lg = np.asarray(logits.detach().numpy() if isinstance(logits, Tensor) else logits)
@@ -253,3 +263,54 @@ def score_gnn(
         out.append(fraud_probability(center_logits(model, packed.batch(ids))))
     model.train(was_training)
     return np.concatenate(out)
+
+
+# -- the baseline's input: quantile codes --------------------------------------------------------
+
+
+class QuantileBins:
+    """Replace each tabular column by its quantile-bin code (at most ``bins`` + 1 values).
+
+    ``HistGradientBoostingClassifier`` bins its input itself, but with sample or
+    class weights scikit-learn (1.9) computes *weighted* percentiles per column,
+    25x slower than the fit (17 s for 2,600 x 63 rows on this machine). Handing it
+    at most ``max_bins`` distinct values per column makes it take them as they
+    are: the same unweighted quantile bins it would use unweighted, and the
+    class-weighted boosting at its usual speed. A scikit-learn transformer, so
+    ``Pipeline([("bins", QuantileBins()), ("hgb", clf)])`` is the deployed model.
+
+    Args:
+        bins: Most bins per column (HGB's ``max_bins`` is 255).
+    """
+
+    def __init__(self, bins: int = 254) -> None:
+        self.bins = bins
+
+    def fit(self, x: np.ndarray, y: Any = None) -> QuantileBins:
+        """Bin edges: midpoints between the distinct quantiles of each training column."""
+        x = np.asarray(x, dtype=np.float64)
+        q = np.linspace(0.0, 1.0, self.bins + 1)
+        self.edges_ = []
+        for col in x.T:
+            v = np.unique(np.quantile(col, q) if np.unique(col).size > self.bins else col)
+            self.edges_.append((v[:-1] + v[1:]) / 2.0)
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """``[n, T]`` float32 codes (``searchsorted`` of each column in its edges)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.edges_):
+            raise ValueError(f"expected [n, {len(self.edges_)}] rows, got {x.shape}")
+        cols = [np.searchsorted(e, c, side="right") for e, c in zip(self.edges_, x.T, strict=True)]
+        return np.stack(cols, axis=1).astype(np.float32)
+
+    def fit_transform(self, x: np.ndarray, y: Any = None) -> np.ndarray:
+        return self.fit(x).transform(x)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"bins": self.bins}
+
+    def set_params(self, **params: Any) -> QuantileBins:
+        for k, v in params.items():
+            setattr(self, k, v)
+        return self

@@ -208,14 +208,6 @@ class Trained:
         return iter((self.model, self.threshold))
 
 
-def class_weights(y: np.ndarray) -> torch.Tensor:
-    """Inverse-frequency weights for classes 0/1 (mean 1 over the two)."""
-    counts = np.bincount(np.asarray(y, np.int64), minlength=2).astype(np.float64)
-    if (counts == 0).any():
-        raise ValueError(f"training data needs both classes, got counts {counts.tolist()}")
-    return torch.tensor(counts.sum() / (2 * counts), dtype=torch.float32)
-
-
 def _fit_threshold(
     y_val: np.ndarray, s_val: np.ndarray, budget: float
 ) -> tuple[float, dict[str, float]]:
@@ -278,7 +270,7 @@ def train_gnn(
         t0 = time.perf_counter()
         take = neg if neg_fraction >= 1 else rng.choice(neg, int(len(neg) * neg_fraction), False)
         order = rng.permutation(np.concatenate([pos, take]))
-        weight = class_weights(y_train[order])
+        weight = models.class_weights(y_train[order])
         model.train()
         total = 0.0
         for i in range(0, len(order), batch_size):
@@ -321,16 +313,21 @@ def train_baseline(
 ) -> Trained:
     """``HistGradientBoostingClassifier`` on the tabular rows; unpacks as ``clf, threshold``.
 
+    ``clf`` is a ``Pipeline`` of :class:`models.QuantileBins` (why: its docstring)
+    and the classifier; :func:`score_baseline` takes the raw tabular rows.
+
     Boosting grows ``step`` rounds at a time (``warm_start``); the number of
     rounds kept is the best validation PR-AUC, stopping after ``patience`` steps
     without improvement (the same train/val split as the GNNs, not scikit-learn's
     random internal validation split).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
 
     start = time.perf_counter()
-    xt, yt = requests.tabular[requests.train], requests.y[requests.train]
-    xv, yv = requests.tabular[requests.val], requests.y[requests.val]
+    bins = models.QuantileBins().fit(requests.tabular[requests.train])
+    xt, yt = bins.transform(requests.tabular[requests.train]), requests.y[requests.train]
+    xv, yv = bins.transform(requests.tabular[requests.val]), requests.y[requests.val]
     clf = HistGradientBoostingClassifier(
         learning_rate=0.1,
         max_iter=step,
@@ -348,9 +345,8 @@ def train_baseline(
         clf.set_params(max_iter=rounds)
         clf.fit(xt, yt)
         val_pr = metrics.pr_auc(yv, clf.predict_proba(xv)[:, 1])
-        history.append(
-            {"rounds": rounds, "val_pr_auc": val_pr, "seconds": time.perf_counter() - t0}
-        )
+        seconds = time.perf_counter() - t0
+        history.append({"rounds": rounds, "val_pr_auc": val_pr, "seconds": seconds})
         if say is not None:
             say(f"hgb {rounds} rounds: val PR-AUC {val_pr:.4f}")
         if val_pr > best:
@@ -358,10 +354,12 @@ def train_baseline(
         elif (rounds - best_rounds) // step >= patience:
             break
     assert best_clf is not None
-    threshold, at = _fit_threshold(yv, score_baseline(best_clf, xv), budget)
-    return Trained(
-        best_clf, threshold, budget, at, history, best_rounds, time.perf_counter() - start, "hgb"
+    model = Pipeline([("bins", bins), ("hgb", best_clf)])
+    threshold, at = _fit_threshold(
+        yv, score_baseline(model, requests.tabular[requests.val]), budget
     )
+    seconds = time.perf_counter() - start
+    return Trained(model, threshold, budget, at, history, best_rounds, seconds, "hgb")
 
 
 def score_baseline(clf: Any, tabular: np.ndarray) -> np.ndarray:
