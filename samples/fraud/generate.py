@@ -163,7 +163,7 @@ def generate(
             p.burst(world, rows, t0, chains, drops, legit=legit)
     for chain in chains:
         p.mule_chain(world, rows, chain)
-    for relay in p.make_chains(world, _scaled(want["mule"] * TWINS, scale, 2)):
+    for relay in p.make_chains(world, _scaled(want["mule"] * 3, scale, 2)):
         p.mule_chain(world, rows, relay, legit=True)
     return _assemble(world, rows.columns(), rng)
 

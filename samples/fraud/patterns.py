@@ -74,16 +74,15 @@ def _attacker(w: Any, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _borrowed(w: Any, acc: int, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """An honest account off its usual device: a new phone, a friend's phone, a kiosk."""
+    """An honest account off its usual device: its new phone, or a friend's phone and wifi."""
     rng, x = w.rng, w.extra
-    friend = x["device"][x["contacts"][acc, rng.integers(0, 4, k)]]
-    kiosk = rng.integers(0, len(x["kiosk_devices"]), k)
-    r = rng.random(k)
-    dev = np.where(r < 0.4, w.devices(k), np.where(r < 0.7, friend, x["kiosk_devices"][kiosk]))
+    friend = x["contacts"][acc, rng.integers(0, 4, k)]
+    fresh = rng.random(k) < 0.5
+    dev = np.where(fresh, w.devices(k), x["device"][friend])
     r = rng.random(k)
     ip = np.where(
-        r < 0.3,
-        x["kiosk_ips"][kiosk],
+        r < 0.35,
+        x["home_ip"][friend],
         np.where(r < 0.65, rng.choice(x["travel_ips"], k), rng.choice(x["carriers"], k)),
     )
     return dev, ip
@@ -123,10 +122,9 @@ def ring(w: Any, rows: Any, t0: float, chains: list[Chain], legit: bool = False)
     nd = int(rng.integers(1, 4))
     if legit:
         treasurer = int(rng.choice(x["busy"]))
-        kiosk = rng.integers(0, len(x["kiosk_devices"]), nd)
-        own = rng.random(nd) < 0.4
-        devs = np.where(own, x["device"][treasurer], x["kiosk_devices"][kiosk])
-        ips = np.where(own, x["carrier_of"][treasurer], x["kiosk_ips"][kiosk])
+        own = rng.random(nd) < 0.4  # the treasurer's phone, else a club laptop
+        devs = np.where(own, x["device"][treasurer], w.devices(nd))
+        ips = np.where(rng.random(nd) < 0.5, x["carrier_of"][treasurer], x["home_ip"][treasurer])
         head = treasurer
         chain = None
     else:
@@ -233,10 +231,11 @@ def burst(
     rng, x = w.rng, w.extra
     codes = _codes(legit, m.BURST, "split_bill")
     src = int(rng.choice(x["busy"]))
-    if legit or rng.random() < 0.5:
+    r = rng.random()
+    if r < 0.5:  # its own phone (fraud: remote-controlled)
         dev, ip = x["device"][[src]], x["carrier_of"][[src]]
     else:
-        dev, ip = _attacker(w)
+        dev, ip = _borrowed(w, src) if legit else _attacker(w)
     n = int(rng.integers(10, 26))
     t = w.daytime(t0)[0] + np.sort(rng.uniform(0, rng.uniform(8, 60), n)) * m.MINUTE
     r = int(rng.integers(3, 9))
@@ -280,7 +279,7 @@ def mule_chain(w: Any, rows: Any, chain: Chain, legit: bool = False) -> None:
     """
     rng, x = w.rng, w.extra
     codes = _codes(legit, m.MULE, "relay")
-    k = int(rng.integers(2, 6))
+    k = int(rng.integers(4, 13)) if legit else int(rng.integers(2, 6))
     victims = rng.choice(x["busy"], k)
     tv = w.daytime(chain.start + rng.uniform(0, 3, k) * m.DAY)
     av = rng.lognormal(np.log(450), 0.6, k)
@@ -303,11 +302,7 @@ def mule_chain(w: Any, rows: Any, chain: Chain, legit: bool = False) -> None:
         for hop, mule in enumerate(chain.mules):
             t += rng.uniform(0.3, 6) * m.HOUR
             money *= rng.uniform(0.85, 0.97)
-            dev = (
-                rng.choice(x["attacker_devices"])
-                if not legit and rng.random() < 0.3
-                else x["device"][mule]
-            )
+            dev = x["device"][mule]
             ip = x["carrier_of"][mule] if rng.random() < 0.6 else x["home_ip"][mule]
             parts = 1 + int(rng.random() < 0.25)
             tt = t + np.arange(parts) * rng.uniform(1, 20) * m.MINUTE
