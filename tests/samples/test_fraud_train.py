@@ -151,3 +151,95 @@ def test_scaler_standardises_training_features() -> None:
         model.fit_scaler(x[:, :3])
     with pytest.raises(ValueError, match="unknown model kind"):
         models.build("gcn", F, A)
+
+
+# -- training on a small SYNTHETIC stream (one shared run) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small() -> dict[str, Any]:
+    generate, train, spec = (fraud_module(n) for n in ("generate", "train", "spec"))
+    tx = generate.generate(1, accounts=600, days=10)
+    req = train.build_requests(tx, spec.fraud_spec(fanout=8), train_sample=0.5, seed=0)
+    kw = {"seed": 0, "hidden": 16, "budget": 0.02}
+    return {
+        "tx": tx,
+        "req": req,
+        "sage": train.train_gnn("sage", req, epochs=3, **kw),
+        "gatv2": train.train_gnn("gatv2", req, epochs=2, **kw),
+        "hgb": train.train_baseline(req, 0, max_rounds=50, budget=0.02),
+    }
+
+
+def test_requests_keep_every_evaluated_and_fraud_row_and_a_share_of_legit_training(
+    small: dict[str, Any],
+) -> None:
+    tx, req = small["tx"], small["req"]
+    generate = fraud_module("generate")
+    train, val, test = generate.split(tx)
+    kept = np.zeros(len(tx.t), bool)
+    kept[req.index] = True
+    assert kept[val | test].all() and kept[tx.label == 1].all()
+    legit_train = train & (tx.label == 0)
+    assert 0.4 < kept[legit_train].mean() < 0.6
+    assert len(req.subgraphs) == len(req.events) == len(req.tabular) == len(req.index)
+    np.testing.assert_array_equal(req.y, tx.label[req.index])
+    np.testing.assert_array_equal(req.test, test[req.index])
+    assert [e["id"] for e in req.events[:50]] == [f"tx{i}" for i in req.index[:50]]
+    spec = req.spec
+    assert req.tabular.shape[1] == spec.num_tabular_features
+    assert all(g.x.shape[1] == spec.num_node_features for g in req.subgraphs[:200])
+    with pytest.raises(ValueError, match="train_sample"):
+        fraud_module("train").build_requests(tx, spec, train_sample=0.0)
+
+
+@pytest.mark.parametrize("kind", ["sage", "gatv2"])
+def test_training_improves_validation_pr_auc_over_the_untrained_model(
+    small: dict[str, Any], kind: str
+) -> None:
+    train = fraud_module("train")
+    req, trained = small["req"], small[kind]
+    torch.manual_seed(0)  # train_gnn's initial weights for seed 0
+    untrained = models.build(
+        kind, req.spec.num_node_features, req.spec.num_edge_features, hidden=16
+    ).eval()
+    untrained.fit_scaler(models.Packed(req.select(req.train)).x)
+    y_val = req.y[req.val]
+    before = metrics.pr_auc(y_val, train.score_gnn(untrained, req.select(req.val)))
+    s_val = train.score_gnn(trained.model, req.select(req.val))
+    after = metrics.pr_auc(y_val, s_val)
+    assert after == pytest.approx(max(h["val_pr_auc"] for h in trained.history))
+    assert after > before + 0.1 and after > 3 * y_val.mean()
+    assert ((s_val >= 0) & (s_val <= 1)).all()
+    assert 1 <= trained.best <= len(trained.history)
+
+
+@pytest.mark.parametrize("kind", ["sage", "gatv2", "hgb"])
+def test_threshold_alerts_the_budget_of_validation_transactions(
+    small: dict[str, Any], kind: str
+) -> None:
+    train = fraud_module("train")
+    req, trained = small["req"], small[kind]
+    if kind == "hgb":
+        s_val = train.score_baseline(trained.model, req.tabular[req.val])
+    else:
+        s_val = train.score_gnn(trained.model, req.select(req.val))
+    n = int(req.val.sum())
+    alerted = int((s_val >= trained.threshold).sum())
+    assert trained.budget == 0.02
+    assert int(0.02 * n) - 3 <= alerted <= int(0.02 * n)  # a tie may only lower it
+    at = metrics.at_threshold(req.y[req.val], s_val, trained.threshold)
+    assert trained.val_at_threshold == pytest.approx(at)
+    model, threshold = trained  # unpacks as (model, threshold)
+    assert model is trained.model and threshold == trained.threshold
+
+
+def test_baseline_ranks_better_than_chance(small: dict[str, Any]) -> None:
+    train = fraud_module("train")
+    req, hgb = small["req"], small["hgb"]
+    s = train.score_baseline(hgb.model, req.tabular)
+    out = train.evaluate(req.y, s, req.pattern, req.val | req.test, hgb.threshold)
+    assert out["overall"]["roc_auc"] > 0.7
+    assert out["overall"]["pr_auc"] > 3 * out["overall"]["prevalence"]
+    assert out["at_threshold"]["threshold"] == hgb.threshold
+    assert set(out["patterns"]) <= {"ring", "mule", "burst", "takeover"} and out["patterns"]
