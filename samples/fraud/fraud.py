@@ -50,6 +50,8 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
+from edge_sdk import Bundle
+
 _HERE = Path(__file__).resolve().parent
 PROFILES = ("intel-core-cpu", "raspberry-pi-5", "jetson-orin-nano")
 BUDGET = 0.01  # share of transactions alerted: the threshold is fitted on validation for it
@@ -195,16 +197,6 @@ def _need(name: str) -> ModuleType:
     return module
 
 
-def _spec() -> Any:
-    """The fraud event-graph spec (``samples/fraud/spec.py``)."""
-    mod = _need("spec")
-    for name in ("SPEC", "spec", "fraud_spec", "default_spec", "make_spec"):
-        v = getattr(mod, name, None)
-        if v is not None:
-            return v() if callable(v) else v
-    raise AttributeError("samples/fraud/spec.py defines no SPEC / fraud_spec()")
-
-
 def pipeline(
     args: argparse.Namespace,
     out: Path,
@@ -238,9 +230,15 @@ def pipeline(
             + ", ".join(f"{k} {v['n']:,} ({v['fraud']} fraud)" for k, v in splits.items())
         )
     with steps("requests", "requests: every transaction's 2-hop subgraph as of its time"):
-        req = train.build_requests(tx, _spec(), masks)
+        req = train.build_requests(
+            tx, _need("spec").fraud_spec(), masks, train_sample=args.train_sample, seed=args.seed
+        )
         sizes = np.array([g.x.shape[0] for g in req.subgraphs])
-        say(f"  {len(req):,} subgraphs, {sizes.mean():.1f} nodes on average (max {sizes.max()})")
+        say(
+            f"  {len(req):,} subgraphs (every validation, test and fraud transaction, "
+            f"{args.train_sample:.0%} of the legitimate training ones), "
+            f"{sizes.mean():.1f} nodes on average (max {sizes.max()})"
+        )
     with steps("train", "train GraphSAGE, GATv2 (PyG) and the HistGradientBoosting baseline"):
         kw = {"epochs": args.epochs} if args.epochs else {}
         if args.neg_fraction is not None:
@@ -327,7 +325,7 @@ def export_and_evaluate(
                 say=tell,
             )
         )
-        chosen = export.profile_choices(edge_sdk_manifest(bundle))
+        chosen = export.profile_choices(Bundle.open(bundle).manifest)
         results["profiles"] = chosen
         for profile, targets in chosen.items():
             say(f"  {profile}: " + ", ".join(f"{t['backend']} {t['precision']}" for t in targets))
@@ -368,12 +366,6 @@ def export_engine(export: ModuleType, engine: str) -> tuple[str, str]:
             return backend, precision
     backend, _, precision = engine.rpartition("-")
     return backend, precision
-
-
-def edge_sdk_manifest(bundle: Path) -> Any:
-    from edge_sdk import Bundle
-
-    return Bundle.open(bundle).manifest
 
 
 def _json(v: Any) -> Any:
@@ -429,6 +421,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--epochs", type=int, default=None, help="GNN epochs (train default)")
     parser.add_argument(
+        "--train-sample",
+        type=float,
+        default=0.3,
+        help="share of legitimate training transactions turned into requests (0.3; the rest "
+        "are only ingested into the store)",
+    )
+    parser.add_argument(
         "--neg-fraction",
         type=float,
         default=None,
@@ -465,8 +464,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1, got {v}")
     if args.days is not None and args.days <= 0:
         parser.error(f"--days must be positive, got {args.days}")
-    if args.neg_fraction is not None and not 0 < args.neg_fraction <= 1:
-        parser.error(f"--neg-fraction must be in (0, 1], got {args.neg_fraction}")
+    for name in ("neg_fraction", "train_sample"):
+        v = getattr(args, name)
+        if v is not None and not 0 < v <= 1:
+            parser.error(f"--{name.replace('_', '-')} must be in (0, 1], got {v}")
     if args.seconds < 0 or args.rate <= 0 or args.prime < 0 or not 0 < args.budget < 1:
         parser.error("--seconds ≥ 0, --rate > 0, --prime ≥ 0 and 0 < --budget < 1")
     return args
