@@ -419,12 +419,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--days", type=float, default=None, help="days of transactions (generator default)"
     )
-    parser.add_argument("--epochs", type=int, default=None, help="GNN epochs (train default)")
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="most GNN epochs (3: the 5-minute budget)"
+    )
     parser.add_argument(
         "--train-sample",
         type=float,
-        default=0.3,
-        help="share of legitimate training transactions turned into requests (0.3; the rest "
+        default=0.25,
+        help="share of legitimate training transactions turned into requests (0.25; the rest "
         "are only ingested into the store)",
     )
     parser.add_argument(
