@@ -53,10 +53,13 @@ def fits(graph: DynamicGraph, bucket: Bucket, has_batch: bool, tables: bool = Fa
     """
     n, e = graph.num_nodes, graph.num_edges
     if tables:
+        # Without a batch input, a disjoint union of requests is one larger graph to the
+        # model (node-level outputs; graph-level ones are never merged, see
+        # Runtime.infer_validated): only nodes and edges bound it, not its graph count.
         return (
             n <= bucket.max_nodes
             and e <= bucket.max_edges
-            and graph.num_graphs <= (bucket.max_graphs if has_batch else 1)
+            and (not has_batch or graph.num_graphs <= bucket.max_graphs)
         )
     # Padding edges need a padding node to point at.
     need_nodes = n + (1 if e < bucket.max_edges else 0)

@@ -424,3 +424,25 @@ def test_group_for_buckets_splits_only_when_the_union_overflows() -> None:
     # 6+6+6 nodes and 3 graphs (+1 padding graph) fit 20/40/4; the 15-node graph does not join.
     assert groups == [[0, 1, 2], [3, 4]]
     assert group_for_buckets(graphs, [], has_batch=True) == [[0, 1, 2, 3, 4]]
+
+
+def test_group_for_buckets_merges_table_requests_without_batch() -> None:
+    """A node-level table model without ``batch``: the union is one larger graph to it, so
+    requests merge while nodes and edges fit (not one per call, #19's LiteRT batches)."""
+    from edge_sdk.packing import group_for_buckets
+
+    rng = np.random.default_rng(12)
+    graphs = [
+        DynamicGraph(x=rng.normal(size=(5, 2)).astype(np.float32), edge_index=np.zeros((2, 8), int))
+        for _ in range(5)
+    ]
+    buckets = [Bucket(max_nodes=6, max_edges=8), Bucket(max_nodes=16, max_edges=32, max_graphs=1)]
+    assert group_for_buckets(graphs, buckets, has_batch=False, tables=True) == [[0, 1, 2], [3, 4]]
+    # With a batch input the bucket's graph count still bounds a group.
+    assert group_for_buckets(graphs, buckets, has_batch=True, tables=True) == [
+        [0],
+        [1],
+        [2],
+        [3],
+        [4],
+    ]
