@@ -228,8 +228,10 @@ def train_gnn(
     weight_decay: float = 1e-5,
     patience: int = 3,
     neg_fraction: float = 1.0,
+    weight_power: float = 1.0,
     budget: float = BUDGET,
     say: Say | None = None,
+    **model_kw: Any,
 ) -> Trained:
     """Train a ``FraudSAGE`` (``kind='sage'``) or ``FraudGATv2`` (``'gatv2'``).
 
@@ -245,8 +247,12 @@ def train_gnn(
         neg_fraction: Share of legitimate training requests drawn afresh each
             epoch (all frauds are kept; the class weights follow the sample):
             the knob that trades accuracy for speed.
+        weight_power: Class weights are inverse frequency to this power (1:
+            balanced; 0.5: milder, fewer legitimate look-alikes pushed to the top;
+            0: unweighted).
         budget: Alert budget of the threshold (share of validation transactions).
         say: Progress callback, one line per epoch.
+        model_kw: More model arguments (e.g. ``aggr=["mean", "max"]`` for SAGE).
     """
     if not 0.0 < neg_fraction <= 1.0:
         raise ValueError(f"neg_fraction must be in (0, 1], got {neg_fraction}")
@@ -255,6 +261,7 @@ def train_gnn(
     rng = np.random.default_rng(seed)
     spec = requests.spec
     kw: dict[str, Any] = {"hidden": hidden} | ({"heads": heads} if kind == "gatv2" else {})
+    kw |= model_kw
     model = models.build(kind, spec.num_node_features, spec.num_edge_features, **kw)
     train_ids, val_ids = np.flatnonzero(requests.train), np.flatnonzero(requests.val)
     train = Packed([requests.subgraphs[i] for i in train_ids])
@@ -270,7 +277,7 @@ def train_gnn(
         t0 = time.perf_counter()
         take = neg if neg_fraction >= 1 else rng.choice(neg, int(len(neg) * neg_fraction), False)
         order = rng.permutation(np.concatenate([pos, take]))
-        weight = models.class_weights(y_train[order])
+        weight = models.class_weights(y_train[order]) ** weight_power
         model.train()
         total = 0.0
         for i in range(0, len(order), batch_size):
