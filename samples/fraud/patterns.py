@@ -63,26 +63,31 @@ def starts(w: Any, k: int, margin_days: float = 2.0) -> np.ndarray:
 def _attacker(w: Any, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Devices and IPs of an attacker: mostly a reused pool, sometimes fresh; IPs hide in crowds."""
     rng, x = w.rng, w.extra
-    dev = np.where(rng.random(k) < 0.6, rng.choice(x["attacker_devices"], k), w.devices(k))
+    dev = np.where(rng.random(k) < 0.7, rng.choice(x["attacker_devices"], k), w.devices(k))
     r = rng.random(k)
     ip = np.where(
-        r < 0.3,
+        r < 0.5,
         rng.choice(x["attacker_ips"], k),
-        np.where(r < 0.65, rng.choice(x["travel_ips"], k), rng.choice(x["carriers"], k)),
+        np.where(r < 0.75, rng.choice(x["travel_ips"], k), rng.choice(x["carriers"], k)),
     )
     return dev, ip
 
 
 def _borrowed(w: Any, acc: int, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """An honest account off its usual device: its new phone, or a friend's phone and wifi."""
+    """An honest account off its usual device: its new phone, or a family tablet and its wifi.
+
+    A family tablet has the attacker device's counts (2-4 accounts, weeks old)
+    but not its company: its other events are the family's routine purchases,
+    where an attacker device's are other victims' first-time logins.
+    """
     rng, x = w.rng, w.extra
-    friend = x["contacts"][acc, rng.integers(0, 4, k)]
-    fresh = rng.random(k) < 0.5
-    dev = np.where(fresh, w.devices(k), x["device"][friend])
+    fresh = rng.random(k) < 0.4
+    tablet = rng.choice(x["family_devices"], k)
+    dev = np.where(fresh, w.devices(k), tablet)
     r = rng.random(k)
     ip = np.where(
         r < 0.35,
-        x["home_ip"][friend],
+        x["home_ip"][x["device_owner"][tablet]],
         np.where(r < 0.65, rng.choice(x["travel_ips"], k), rng.choice(x["carriers"], k)),
     )
     return dev, ip
@@ -138,6 +143,7 @@ def ring(w: Any, rows: Any, t0: float, chains: list[Chain], legit: bool = False)
     )
     collectors = np.concatenate([[head], extra])
     length = rng.uniform(1, 5) * m.DAY
+    base = rng.lognormal(np.log(220), 0.7)
     for i, acc in enumerate(members):
         dev, ip = devs[i % nd], ips[rng.integers(0, nd)]
         warm = int(rng.integers(0, 3))
@@ -156,12 +162,26 @@ def ring(w: Any, rows: Any, t0: float, chains: list[Chain], legit: bool = False)
         n = int(rng.integers(2, 5))
         t = w.daytime(t0 + rng.uniform(0.2, 1.0, n) * length)
         dst = rng.choice(collectors, n)
-        amount = rng.lognormal(np.log(220), 0.7, n)
+        # A ring moves one scripted sum (near-identical amounts); a club's dues vary.
+        amount = base * rng.normal(1, 0.02, n) if not legit else rng.lognormal(np.log(220), 0.7, n)
         rows.add(t, acc, dst=dst, device=dev, ip=ip, amount=amount, channel=m.TRANSFER, **codes)
         if chain is not None:
             chain.incoming.extend(
                 (float(a), float(b)) for a, b, d in zip(t, amount, dst, strict=True) if d == head
             )
+    if legit:  # the club's long-standing members pay their dues too
+        old = rng.choice(x["busy"], int(rng.integers(8, 25)))
+        t = w.daytime(t0 + rng.uniform(0, 1.0, len(old)) * length)
+        rows.add(
+            t,
+            old,
+            dst=head,
+            device=x["device"][old],
+            ip=x["carrier_of"][old],
+            amount=rng.lognormal(np.log(220), 0.7, len(old)),
+            channel=m.TRANSFER,
+            **codes,
+        )
     for c in collectors[1:]:  # the other collectors spend it on goods
         merch = rng.choice(x["risky"], int(rng.integers(1, 4)))
         rows.add(
@@ -244,7 +264,7 @@ def burst(
             rng.random(r) < 0.4, w.accounts(r), x["contacts"][rng.choice(x["busy"], r), 0]
         )
     else:
-        used = np.where(rng.random(r) < 0.5, w.accounts(r), rng.choice(drops, r))
+        used = np.where(rng.random(r) < 0.2, w.accounts(r), rng.choice(drops, r))
     used = np.unique(used[used != src])
     dst = rng.choice(used, n)
     amount = np.clip(rng.lognormal(np.log(9), 0.6, n), 1.0, 60.0)

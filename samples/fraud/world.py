@@ -178,6 +178,10 @@ def build_world(rng: np.random.Generator, accounts: int, days: float) -> World:
         attacker_ips=w.ips(max(3, accounts // 500)),
         flats=np.array(flats, dtype=object),
     )
+    w.extra["family_devices"] = np.unique(device[family])
+    owner = np.zeros(w.next_device, np.int64)
+    owner[device] = a  # a device's (last listed) account, for its home IP
+    w.extra["device_owner"] = owner
     w.extra["busy"] = np.setdiff1d(a, np.concatenate(flats))  # employers, landlords, victims
     return w
 
