@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from .schemes import NodeScheme
     from .telemetry import NodeStats
 
+#: Local events queued per message by :meth:`Ingress.submit_events` (a long list
+#: in one message would exceed ``max_payload_bytes``).
+LOCAL_EVENTS_PER_MESSAGE = 256
+
 
 @dataclass(frozen=True)
 class Message:
@@ -135,8 +139,9 @@ class Ingress:
                     "must be a finite number, not NaN/infinity",
                     Inbound.EVENTS,
                 )
-        if kept:
-            self.enqueue(Inbound.EVENTS, dumps({"events": kept}), None)
+        for i in range(0, len(kept), LOCAL_EVENTS_PER_MESSAGE):  # within max_payload_bytes
+            chunk = kept[i : i + LOCAL_EVENTS_PER_MESSAGE]
+            self.enqueue(Inbound.EVENTS, dumps({"events": chunk}), None)
 
     def _own_topic(self, topic: str, payload: bytes) -> bool:
         """A message on the wire scheme's own topics (Sparkplug), handled here (True)."""
