@@ -16,6 +16,15 @@ Calibration and verification use real training subgraphs (and merged batches of
 them, so the batched bucket is calibrated on what it will see), never random
 graphs. The buckets and the in-degree limit are measured from the data.
 
+Cost (measured on the shared 2-core build box, load average 6-8, a GATv2 stand-in of
+the demo's size; ``<bundle>.export.json`` has each run's own numbers): ONNX 10 s,
+OpenVINO 14 s (IR, INT8 from the Q/DQ model, parity), LiteRT 168 s (onnx2tf once per
+bucket: 43 s for the single-subgraph bucket, 121 s for the 1,344-node batched one with
+both buckets' INT8 calibration), TensorRT 0 s (a plan, no build). LiteRT is the cost:
+each bucket is one conversion, so there are two, and a smaller ``batch`` shrinks the
+second (the runtime splits a larger merged batch into groups that fit, see
+``edge_sdk.packing.group_for_buckets``).
+
 Everything here is about the SYNTHETIC transaction stream of ``generate.py``.
 """
 
@@ -149,18 +158,40 @@ def size_buckets(
     return [single, big] if big.max_nodes > single.max_nodes else [single]
 
 
+def in_degree(edge_index: np.ndarray) -> int:
+    """Largest in-degree of a graph (0 without edges)."""
+    return int(np.bincount(edge_index[1]).max()) if edge_index.size else 0
+
+
+def with_duplicates(g: dict[str, np.ndarray]) -> np.ndarray:
+    """``edge_index`` of the export's duplicate-edge check graph built from ``g`` (its
+    first 16 edges repeated: ``exporters/targets/cases.py``), which must fit the limit too."""
+    ei = g["edge_index"]
+    return np.concatenate([ei, ei[:, : max(1, min(16, ei.shape[1]))]], axis=1)
+
+
 def degree_limit(subs: Sequence[Any], spec: Any = None) -> int:
-    """In-degree limit of the tables: the larger of the data's and the spec's bound
-    (an entity gets the scored event plus ``fanout`` earlier ones), plus the self loop
-    GATv2 adds, as a power of two (table classes are powers of two)."""
-    seen = 1
-    for s in subs:
-        ei = as_arrays(s, ("x", "edge_index"))["edge_index"]
-        if ei.size:
-            seen = max(seen, int(np.bincount(ei[1]).max()))
-    if spec is not None and getattr(spec, "fanout", None):
-        seen = max(seen, int(spec.fanout) + 1)
+    """In-degree limit of the tables: the spec's bound (``max_in_degree``: an entity hears
+    the scored event and ``fanout`` earlier ones) or the data's, plus the self loop GATv2
+    adds, as a power of two (table classes are powers of two)."""
+    seen = max(in_degree(as_arrays(s, ("x", "edge_index"))["edge_index"]) for s in subs)
+    bound = getattr(spec, "max_in_degree", None)
+    if bound is not None:
+        seen = max(seen, int(bound))
     return 1 << math.ceil(math.log2(seen + 1))
+
+
+def first_within(
+    graphs: list[dict[str, np.ndarray]], limit: int
+) -> tuple[list[dict[str, np.ndarray]], int]:
+    """``graphs`` with the one whose duplicate-edge check graph (the export derives it from
+    the first sample) has the smallest in-degree moved first, and ``limit`` doubled until
+    that graph fits it, self loop included."""
+    degrees = [in_degree(with_duplicates(g)) + 1 for g in graphs]
+    i = int(np.argmin(degrees))
+    while degrees[i] > limit:
+        limit *= 2
+    return [graphs[i], *graphs[:i], *graphs[i + 1 :]], limit
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -210,9 +241,9 @@ def export_bundle(
     subs, labels = training_subgraphs(requests_or_subgraphs)
     if not subs:
         raise ValueError("no training subgraphs to calibrate and verify with")
-    graphs = pick_samples(subs, labels, names, singles, merged, batch)
-    chosen = list(buckets) if buckets is not None else size_buckets(subs, batch)
     limit = degree_limit(subs, spec)
+    graphs, limit = first_within(pick_samples(subs, labels, names, singles, merged, batch), limit)
+    chosen = list(buckets) if buckets is not None else size_buckets(subs, batch)
     extra: dict[str, Any] = {}
     if spec is not None:
         if threshold is not None:
