@@ -52,6 +52,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     req = train.build_requests(tx, spec, train_sample=0.25, seed=0)
     trained = train.train_gnn("gatv2", req, seed=0, epochs=2, hidden=8, heads=2, patience=2)
     out = tmp_path_factory.mktemp("fraud-export") / "fraud.bundle"
+    # One LiteRT bucket (the batched one; singles are padded into it): each bucket is one
+    # onnx2tf conversion, the longest step here. The two measured buckets of the default
+    # are checked without an export (test_buckets_and_degree_limit_come_from_the_data).
+    train_subs = req.select(req.train)
+    bucket = export.size_buckets(train_subs, batch=BATCH)[-1]
     bundle = export.export_bundle(
         trained.model,
         req,
@@ -60,6 +65,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         profiles=PROFILES,
         threshold=trained.threshold,
         batch=BATCH,
+        buckets=[bucket],
         singles=16,
         merged=2,
     )
@@ -71,6 +77,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "model": trained.model,
         "threshold": trained.threshold,
         "req": req,
+        "bucket": bucket,
         "test": test,
         "y": req.y[req.test],
         "log": json.loads(export.sidecar(bundle).read_text()),
@@ -93,16 +100,29 @@ def test_manifest_has_the_three_profiles_and_what_each_runs(run: dict[str, Any])
     # The event-graph spec travels with the model, with the threshold fitted on validation.
     assert m.event_graph is not None and m.event_graph.fanout == 4
     assert m.event_graph.threshold == pytest.approx(run["threshold"])
-    # Buckets measured from the data: the largest subgraph, and a merged batch of 4.
-    single, batched = m.graph.buckets
-    nodes = [s.x.shape[0] for s in run["req"].select(run["req"].train)]
-    assert max(nodes) <= single.max_nodes < max(nodes) + 8
-    assert batched.max_graphs == BATCH and batched.max_nodes > single.max_nodes
+    assert m.graph.buckets == [run["bucket"]]
+    assert m.graph.tables.max_degree == run["log"]["max_degree"] >= 4 + 1 + 1  # fanout+1, loop
     log = run["log"]
     assert set(log["profiles"]) == set(PROFILES)
     assert set(log["engines_s"]) == {"openvino", "litert", "tensorrt"}
     assert all(v >= 0 for v in log["engines_s"].values()) and log["seconds"] > 0
     assert "SYNTHETIC" in log["note"]
+
+
+def test_buckets_and_degree_limit_come_from_the_data(run: dict[str, Any]) -> None:
+    export = run["export"]
+    subs = run["req"].select(run["req"].train)
+    single, batched = export.size_buckets(subs, batch=BATCH)
+    nodes = [s.x.shape[0] for s in subs]
+    edges = [s.edge_index.shape[1] for s in subs]
+    assert max(nodes) <= single.max_nodes < max(nodes) + 8
+    assert max(edges) <= single.max_edges < max(edges) + 8
+    assert batched.max_graphs == BATCH and single.max_nodes < batched.max_nodes
+    assert batched.max_nodes <= BATCH * single.max_nodes + 64
+    spec = run["req"].spec
+    assert export.degree_limit(subs, spec) == 8  # max(R, 1 + fanout) = 5, + self loop
+    merged = export.merge([export.as_arrays(s) for s in subs[:3]])
+    assert merged["x"].shape[0] == sum(nodes[:3]) and merged["edge_index"].max() < sum(nodes[:3])
 
 
 def test_pi5_runs_litert_int8_on_varying_sizes_close_to_pytorch(run: dict[str, Any]) -> None:
@@ -113,10 +133,10 @@ def test_pi5_runs_litert_int8_on_varying_sizes_close_to_pytorch(run: dict[str, A
     )
     assert par["backend"] == "litert" and par["precision"] == "int8"
     assert par["artifact"] == "litert-int8" and par["reference"] == "pytorch-fp32"
-    # Every request went to the LiteRT interpreter: one call per single subgraph (the
-    # single bucket), one per merged group (the batched bucket, #19's packing fix).
+    # Every request went to the LiteRT interpreter: one call per single subgraph, one per
+    # merged group of 3 or 4 (not one per subgraph: #19's packing fix), all in the bucket.
     assert par["backend_calls"] == len(subs) + len(subs) // 3 + len(subs) // BATCH
-    assert par["buckets_hit"] == [0, 1]
+    assert par["buckets_hit"] == [0]
     sizes = {n for g in par["groups"].values() for n in g["nodes"]}
     seen = set(run["log"]["samples"]["nodes"])
     assert len(sizes) >= 3 and sizes - seen, (sizes, seen)  # sizes the export never saw
