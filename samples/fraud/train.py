@@ -7,7 +7,7 @@ Protocol (nothing is fitted or chosen on the test period):
   ``tabular`` *as of its time* (the store then ingests it), exactly what the
   node does live, so no future information reaches any model;
 - **GNNs**: trained on node 0 of training-period subgraphs, batched as disjoint
-  unions, class-weighted cross-entropy (inverse frequency), Adam; the epoch
+  unions, class-weighted cross-entropy (inverse frequency ** 0.5), Adam; the epoch
   kept is the best validation PR-AUC (early stopping with ``patience``);
 - **baseline**: ``HistGradientBoostingClassifier`` on the store's tabular rows
   (the event's own features and each role entity's as-of statistics: the same
@@ -228,7 +228,7 @@ def train_gnn(
     weight_decay: float = 1e-5,
     patience: int = 3,
     neg_fraction: float = 1.0,
-    weight_power: float = 1.0,
+    weight_power: float = 0.5,
     budget: float = BUDGET,
     say: Say | None = None,
     **model_kw: Any,
@@ -248,8 +248,9 @@ def train_gnn(
             epoch (all frauds are kept; the class weights follow the sample):
             the knob that trades accuracy for speed.
         weight_power: Class weights are inverse frequency to this power (1:
-            balanced; 0.5: milder, fewer legitimate look-alikes pushed to the top;
-            0: unweighted).
+            balanced; 0.5, the default: milder, fewer legitimate look-alikes pushed
+            to the top: on seed 0 it reached GATv2's val PR-AUC of 6 balanced
+            epochs in 2; 0: unweighted).
         budget: Alert budget of the threshold (share of validation transactions).
         say: Progress callback, one line per epoch.
         model_kw: More model arguments (e.g. ``aggr=["mean", "max"]`` for SAGE).
