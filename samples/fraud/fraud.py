@@ -337,11 +337,15 @@ def export_and_evaluate(
             backend, precision = export_engine(export, engine)
             name = f"{short} {precision.upper()} {_BACKENDS.get(backend, backend)}"
             arrays[f"score/{name}"] = np.asarray(scores, dtype=np.float64)
-            profiles = [p for p, ts in chosen.items() if any(t["backend"] == backend for t in ts)]
+            profiles = [  # the profiles whose export chose exactly this artifact
+                p
+                for p, ts in chosen.items()
+                if any((t["backend"], t["precision"]) == (backend, precision) for t in ts)
+            ]
             results["engines"][name] = {
                 "backend": backend,
                 "precision": precision,
-                "profile": ", ".join(profiles) or "-",
+                "profile": ", ".join(profiles) or "(evaluated, no profile's choice)",
                 "seconds": scored.seconds.get(engine),
             }
         for engine, why in scored.skipped.items():
