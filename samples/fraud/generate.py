@@ -56,6 +56,8 @@ SYNTHETIC_NOTE = (
 INCIDENTS = {"ring": 12, "mule": 11, "burst": 16, "takeover": 72}
 #: Legitimate twins per fraud incident: same code, same counts, honest neighbours.
 TWINS = 2
+#: Relay chains (the mule twin) per mule chain: enough to fill a 1 % false-positive budget.
+RELAYS = 8
 _ENTITY_PREFIX = {"src": "a", "dst": "a", "merchant": "m", "device": "d", "ip": "i"}
 
 
@@ -163,7 +165,7 @@ def generate(
             p.burst(world, rows, t0, chains, drops, legit=legit)
     for chain in chains:
         p.mule_chain(world, rows, chain)
-    for relay in p.make_chains(world, _scaled(want["mule"] * 3, scale, 2)):
+    for relay in p.make_chains(world, _scaled(want["mule"] * RELAYS, scale, 2)):
         p.mule_chain(world, rows, relay, legit=True)
     return _assemble(world, rows.columns(), rng)
 
