@@ -170,21 +170,25 @@ def plot_latency(arrays: Arrays, runs: Sequence[str], path: Path, title: str) ->
     ax = fig.subplots()
     values = {r: np.asarray(arrays[f"latency/{r}"], dtype=np.float64) for r in runs}
     top = max((float(np.percentile(v, 99.5)) for v in values.values() if v.size), default=1.0)
-    bins = np.linspace(0.0, max(top, 1e-3), 60)
+    # log-spaced: a saturated run's seconds and a keeping-up run's milliseconds on one axis
+    low = min((float(np.percentile(v, 0.5)) for v in values.values() if v.size), default=0.1)
+    bins = np.geomspace(max(low, 0.01), max(top, low * 10, 0.1), 60)
     for i, (r, v) in enumerate(values.items()):
         if not v.size:
             continue
         p50, p99 = np.percentile(v, [50, 99])
         colour = _COLOURS[i % len(_COLOURS)]
         ax.hist(
-            np.clip(v, 0, bins[-1]),
+            np.clip(v, bins[0], bins[-1]),
             bins=bins,
             alpha=0.55,
             color=colour,
             label=f"{r}: p50 {p50:.2f} ms, p99 {p99:.2f} ms (n={v.size:,})",
         )
         ax.axvline(p99, color=colour, ls="--", lw=1.1)
-    ax.set(xlabel="end-to-end latency per transaction (ms; dashed: p99)", ylabel="transactions")
+    ax.set_xscale("log")
+    ax.set(xlabel="end-to-end latency per transaction (ms, log scale; dashed: p99)")
+    ax.set(ylabel="transactions")
     ax.grid(color="#eeeeee")
     ax.legend(fontsize=10)
     fig.suptitle(title, fontsize=14)
