@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 #: Neighbour events named in an alert's ``why``.
 TOP_K = 3
+#: Most occluded copies per merged explanation call: a threshold that alerts most
+#: events would otherwise cost one inference per neighbour of each (dozens per alert).
+MAX_OCCLUSIONS = 1024
 #: Longest event id echoed back in an error (longer ones are cut).
 _MAX_ID_CHARS = 200
 
@@ -247,7 +250,8 @@ class EventScorer:
     ) -> list[list[dict[str, Any]]]:
         """Each alert's top-k neighbour events by occlusion, all copies in one merged call.
 
-        An explanation that cannot be computed is empty: the alert still goes out.
+        An explanation that cannot be computed is empty, and so are those past
+        :data:`MAX_OCCLUSIONS` copies in one chunk: the alert still goes out.
         """
         if not graphs:
             return []
@@ -255,6 +259,8 @@ class EventScorer:
         copies: list[dict[str, np.ndarray]] = []
         owners: list[tuple[int, dict[str, Any]]] = []
         for g, sg in enumerate(graphs):
+            if len(copies) + len(sg.neighbour_events()) > MAX_OCCLUSIONS:
+                break  # the rest of this batch's alerts go out without why
             for item, copy in occlusions(sg):
                 copies.append(copy.inputs(names))
                 owners.append((g, item))

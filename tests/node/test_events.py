@@ -276,3 +276,26 @@ def test_http_subgraph_request_scores_like_mqtt(make_node, fraud_bundle):
     score = float(np.exp(logits[1]) / np.exp(logits).sum())
     assert got[-1]["id"] == events[-1]["id"]
     assert score == pytest.approx(got[-1]["score"], abs=2e-6)
+
+
+def test_alerts_past_the_occlusion_budget_go_out_without_why(make_node, fraud_bundle, monkeypatch):
+    import edge_sdk.node.events as node_events
+
+    monkeypatch.setattr(node_events, "MAX_OCCLUSIONS", 0)
+    events = make_events(200)
+    got: list[dict] = []
+    node = make_node(None, fraud_bundle, node_id="budget")
+    node.on_result = lambda body: got.extend(body["decisions"])
+    alerts: list[dict] = []
+    message = node.message  # the real one, also recording the alert bodies it is given
+    node.message = lambda kind, body, prio: (
+        alerts.append(body) if kind.value == "alerts" else None,
+        message(kind, body, prio),
+    )[1]
+    node.submit_events(events)
+    deadline = time.monotonic() + 20
+    while len(got) < len(events) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(got) == len(events) and any(d["alert"] for d in got)
+    assert node.stats.alerts == sum(d["alert"] for d in got)  # every alert still raised
+    assert len(alerts) == node.stats.alerts and all(a["why"] == [] for a in alerts)
