@@ -168,11 +168,8 @@ def build_requests(
     )
 
 
-# -- batching and scoring live with the models (the export and the node batch the same way) ------
-
-Packed = models.Packed
-score_gnn = models.score_gnn
-
+# batching and scoring live with the models (the export and the node batch the same way)
+Packed, score_gnn = models.Packed, models.score_gnn
 
 # -- training ------------------------------------------------------------------------------------
 
@@ -220,13 +217,13 @@ def train_gnn(
     requests: Requests,
     *,
     seed: int = 0,
-    epochs: int = 8,
+    epochs: int = 12,
     hidden: int = 48,
     heads: int = 4,
     batch_size: int = 256,
     lr: float = 3e-3,
     weight_decay: float = 1e-5,
-    patience: int = 3,
+    patience: int = 4,
     neg_fraction: float = 1.0,
     weight_power: float = 0.5,
     budget: float = BUDGET,
@@ -239,10 +236,10 @@ def train_gnn(
         kind: ``sage`` or ``gatv2``.
         requests: From :func:`build_requests`; its ``train``/``val`` masks are used.
         seed: Seeds the weights, the shuffling, the negative sampling and dropout.
-        epochs: Most passes over the training requests.
-        hidden: Hidden width; ``heads``: GATv2 attention heads.
-        batch_size: Subgraphs per step (one disjoint union).
-        lr, weight_decay: Adam's.
+        epochs: Most passes (seed 0, 25 % of legit training rows: GATv2's val PR-AUC
+            0.55 at 4 epochs, 0.68 at 6, 0.72 at 11, dips between: hence 12, patience 4).
+        hidden, heads: Hidden width; GATv2 attention heads.
+        batch_size, lr, weight_decay: Subgraphs per step (one disjoint union); Adam's.
         patience: Epochs without a better validation PR-AUC before stopping.
         neg_fraction: Share of legitimate training requests drawn afresh each
             epoch (all frauds are kept; the class weights follow the sample):
@@ -387,7 +384,7 @@ def run(
     seed: int = 0,
     *,
     kinds: Sequence[str] = ("sage", "gatv2"),
-    epochs: int = 8,
+    epochs: int = 12,
     hidden: int = 48,
     neg_fraction: float = 1.0,
     train_sample: float = 1.0,
@@ -447,9 +444,8 @@ def run(
 
 def table(result: dict[str, Any]) -> str:
     """The test-period comparison as plain text (says SYNTHETIC)."""
-    lines = [f"Fraud scorers on the test period ({SYNTHETIC})"]
     head = f"{'model':<7}{'slice':<10}{'PR-AUC':>8}{'ROC-AUC':>9}{'R@1%FPR':>9}{'fraud':>7}"
-    lines.append(head)
+    lines = [f"Fraud scorers on the test period ({SYNTHETIC})", head]
     for name, m in result["models"].items():
         rows = {"overall": m["test"]["overall"]} | m["test"]["patterns"]
         for sl, r in rows.items():
@@ -467,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=f"Train the fraud GNNs and the HGB baseline; print test metrics. {SYNTHETIC}"
     )
     parser.add_argument("--seed", type=int, default=0, help="generator and model seed (0)")
-    parser.add_argument("--epochs", type=int, default=8, help="most GNN epochs (8)")
+    parser.add_argument("--epochs", type=int, default=12, help="most GNN epochs (12)")
     parser.add_argument("--hidden", type=int, default=48, help="GNN hidden width (48)")
     parser.add_argument("--models", default="sage,gatv2", help="GNNs to train (sage,gatv2)")
     parser.add_argument(
