@@ -16,14 +16,9 @@ Calibration and verification use real training subgraphs (and merged batches of
 them, so the batched bucket is calibrated on what it will see), never random
 graphs. The buckets and the in-degree limit are measured from the data.
 
-Cost (measured on the shared 2-core build box, load average 6-8, a GATv2 stand-in of
-the demo's size; ``<bundle>.export.json`` has each run's own numbers): ONNX 10 s,
-OpenVINO 14 s (IR, INT8 from the Q/DQ model, parity), LiteRT 168 s (onnx2tf once per
-bucket: 43 s for the single-subgraph bucket, 121 s for the 1,344-node batched one with
-both buckets' INT8 calibration), TensorRT 0 s (a plan, no build). LiteRT is the cost:
-each bucket is one conversion, so there are two, and a smaller ``batch`` shrinks the
-second (the runtime splits a larger merged batch into groups that fit, see
-``edge_sdk.packing.group_for_buckets``).
+LiteRT is the export's cost: one onnx2tf conversion per bucket, so there are two; a
+smaller ``batch`` shrinks the second (the runtime splits a larger merged batch into
+groups that fit, ``edge_sdk.packing.group_for_buckets``).
 
 Measured on the demo's data (default stream, GATv2 hidden 48 x 4 heads, 3 epochs, load
 average ~5): export 137 s (ONNX 13, OpenVINO 20, LiteRT 96, TensorRT 0); test PR-AUC FP32
@@ -312,25 +307,16 @@ def engine_seconds(marks: Sequence[tuple[float, str]], total: float) -> dict[str
     """Seconds per engine, from the export's "compiling for <engine>" progress lines."""
     starts = [(t, m.split()[2]) for t, m in marks if m.startswith("compiling for ")]
     ends = [t for t, m in marks if m.startswith("writing bundle")] or [total]
-    out = {}
-    for i, (t, engine) in enumerate(starts):
-        nxt = starts[i + 1][0] if i + 1 < len(starts) else ends[0]
-        out[engine] = round(nxt - t, 1)
-    return out
+    stops = [t for t, _ in starts[1:]] + ends[:1]
+    return {e: round(stop - t, 1) for (t, e), stop in zip(starts, stops, strict=True)}
 
 
 def profile_choices(manifest: Any) -> dict[str, list[dict[str, str]]]:
     """Per profile: the backend and artifact the export chose for each of its targets."""
     out: dict[str, list[dict[str, str]]] = {}
     for c in manifest.targets:
-        out.setdefault(c.profile, []).append(
-            {
-                "backend": str(c.backend),
-                "artifact": c.artifact or "",
-                "precision": str(c.precision) if c.precision else "",
-                "reason": c.reason,
-            }
-        )
+        row = {"backend": str(c.backend), "artifact": c.artifact or "", "reason": c.reason}
+        out.setdefault(c.profile, []).append(row | {"precision": str(c.precision or "")})
     return out
 
 
@@ -339,10 +325,8 @@ def profile_choices(manifest: Any) -> dict[str, list[dict[str, str]]]:
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
     """Softmax of a [N, 2] logits array: the fraud probability per node."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e[:, 1] / e.sum(axis=-1)).astype(np.float64)
+    d = logits[:, 1].astype(np.float64) - logits[:, 0].astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-d))  # softmax(logits)[:, 1], no saturation in float32
 
 
 def torch_scores(model: Any, subgraphs: Sequence[Any], batch: int = BATCH) -> np.ndarray:
@@ -472,8 +456,8 @@ def litert_parity(
                 for j, res in enumerate(rt.infer_batch(part)):
                     got[i + j] = probabilities(res["logits"][:1])[0]
             groups[f"batch{k}"] = (idx, got, sizes)
-        backend_name = rt.backend.name
-        artifact, precision = rt.artifact.name, str(rt.artifact.precision)
+        backend_name, artifact = rt.backend.name, rt.artifact.name
+        precision = str(rt.artifact.precision)
     ref = reference_scores(bundle, subs, model)
     report: dict[str, Any] = {
         "profile": profile,
@@ -490,9 +474,7 @@ def litert_parity(
     }
     errs, agree = [], []
     for gname, (idx, got, sizes) in groups.items():
-        want = ref[idx]
-        err = np.abs(got - want)
-        same = (got >= threshold) == (want >= threshold)
+        err, same = np.abs(got - ref[idx]), (got >= threshold) == (ref[idx] >= threshold)
         errs.append(err)
         agree.append(same)
         report["groups"][gname] = {
@@ -502,10 +484,8 @@ def litert_parity(
             "agreement": float(same.mean()) if same.size else 1.0,
         }
     all_err, all_same = np.concatenate(errs), np.concatenate(agree)
-    report["max_abs_err"] = float(all_err.max())
-    report["mean_abs_err"] = float(all_err.mean())
-    report["agreement"] = float(all_same.mean())
-    return report
+    report |= {"max_abs_err": float(all_err.max()), "mean_abs_err": float(all_err.mean())}
+    return report | {"agreement": float(all_same.mean())}
 
 
 def reference_scores(
