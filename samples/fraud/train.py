@@ -310,8 +310,8 @@ def train_baseline(
     requests: Requests,
     seed: int = 0,
     *,
-    max_rounds: int = 300,
-    step: int = 25,
+    max_rounds: int = 800,
+    step: int = 50,
     patience: int = 2,
     budget: float = BUDGET,
     say: Say | None = None,
@@ -319,12 +319,11 @@ def train_baseline(
     """``HistGradientBoostingClassifier`` on the tabular rows; unpacks as ``clf, threshold``.
 
     ``clf`` is a ``Pipeline`` of :class:`models.QuantileBins` (why: its docstring)
-    and the classifier; :func:`score_baseline` takes the raw tabular rows.
-
-    Boosting grows ``step`` rounds at a time (``warm_start``); the number of
-    rounds kept is the best validation PR-AUC, stopping after ``patience`` steps
-    without improvement (the same train/val split as the GNNs, not scikit-learn's
-    random internal validation split).
+    and the classifier; :func:`score_baseline` takes the raw tabular rows. Boosting
+    grows ``step`` rounds at a time (``warm_start``); the rounds kept are the best
+    validation PR-AUC, stopping after ``patience`` steps without improvement (the
+    GNNs' train/val split, not scikit-learn's random internal one). Up to 800: on seed 0 val PR-AUC still rose
+    at 300 (0.699) and peaked at 750 (0.719).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
