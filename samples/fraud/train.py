@@ -322,8 +322,8 @@ def train_baseline(
     and the classifier; :func:`score_baseline` takes the raw tabular rows. Boosting
     grows ``step`` rounds at a time (``warm_start``); the rounds kept are the best
     validation PR-AUC, stopping after ``patience`` steps without improvement (the
-    GNNs' train/val split, not scikit-learn's random internal one). Up to 800: on seed 0 val PR-AUC still rose
-    at 300 (0.699) and peaked at 750 (0.719).
+    GNNs' train/val split, not scikit-learn's random internal one). Up to 800: on
+    seed 0 val PR-AUC still rose at 300 (0.699) and peaked at 750 (0.719).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
