@@ -89,6 +89,8 @@ LONG_FIRST = (
     "tests/samples/test_tep_real.py",
     "tests/samples/test_cora.py",
     "tests/samples/test_tep_demo.py",
+    "tests/samples/test_fraud_export.py",
+    "tests/samples/test_fraud_demo.py",
     "tests/exporters/test_graph_norms.py",
     "tests/exporters/test_to_litert.py",
     "tests/runtimes/test_litert_backend.py",

@@ -284,12 +284,8 @@ def export_bundle(
         "engines_s": engine_seconds(marks, total),
         "buckets": [b.model_dump() for b in chosen],
         "max_degree": limit,
-        "samples": {
-            "singles": len(graphs) - merged,
-            "merged": merged,
-            "batch": batch,
-            "nodes": sorted({int(g["x"].shape[0]) for g in graphs}),
-        },
+        "samples": {"singles": len(graphs) - merged, "merged": merged, "batch": batch}
+        | {"nodes": sorted({int(g["x"].shape[0]) for g in graphs})},
         "profiles": profile_choices(manifest),
         "progress": [[round(t, 1), m] for t, m in marks],
     }
@@ -299,13 +295,14 @@ def export_bundle(
 
 def sidecar(bundle: str | Path) -> Path:
     """``<bundle>.export.json``: what :func:`export_bundle` measured."""
-    b = Path(bundle)
-    return b.with_name(b.name + ".export.json")
+    return Path(f"{bundle}.export.json")
 
 
 def engine_seconds(marks: Sequence[tuple[float, str]], total: float) -> dict[str, float]:
     """Seconds per engine, from the export's "compiling for <engine>" progress lines."""
     starts = [(t, m.split()[2]) for t, m in marks if m.startswith("compiling for ")]
+    if not starts:  # no progress lines came (a quiet export): nothing to attribute
+        return {}
     ends = [t for t, m in marks if m.startswith("writing bundle")] or [total]
     stops = [t for t, _ in starts[1:]] + ends[:1]
     return {e: round(stop - t, 1) for (t, e), stop in zip(starts, stops, strict=True)}

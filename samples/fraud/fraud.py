@@ -424,7 +424,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--days", type=float, default=None, help="days of transactions (generator default)"
     )
     parser.add_argument(
-        "--epochs", type=int, default=3, help="most GNN epochs (3: the 5-minute budget)"
+        "--epochs", type=int, default=None, help="most GNN epochs (train_gnn's 12, patience 4)"
     )
     parser.add_argument(
         "--train-sample",
