@@ -76,7 +76,7 @@ class Requests:
 
     Attributes:
         subgraphs: One ``Subgraph`` per row (``x``, ``edge_index``, ``edge_attr``).
-        tabular: ``[n, T]`` float32 baseline rows (``store.tabular``), same as-of rule.
+        tabular: ``[n, T]`` float32 baseline rows (each subgraph's ``tabular``), same as-of rule.
         y: ``[n]`` int64 labels (1 fraud).
         pattern: ``[n]`` int64 pattern codes (0 legit; names in ``generate.PATTERNS``).
         train, val, test: ``[n]`` boolean masks (time-ordered split).
@@ -146,8 +146,9 @@ def build_requests(
     start = time.perf_counter()
     for event, kept in zip(tx.events(), keep, strict=True):
         if kept:
-            rows.append(store.tabular(event))
-            subgraphs.append(store.score_request(event))
+            sg = store.score_request(event)  # its tabular row is built with it, same as-of rule
+            rows.append(sg.tabular)
+            subgraphs.append(sg)
             events.append(event)
         else:
             store.ingest(event)
