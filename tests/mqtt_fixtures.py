@@ -162,7 +162,10 @@ def make_node(
         node = EdgeNode(config).start()
         made.append(node)
         if broker is not None:
-            assert node.link.wait_connected(15), "node did not connect to the test broker"
+            assert node.link.wait_connected(15), (
+                f"node did not connect to the test broker {broker!r}; its log tail:\n"
+                + broker.log_tail(40)
+            )
         return node
 
     yield make

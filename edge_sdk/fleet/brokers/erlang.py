@@ -147,13 +147,27 @@ def _kill_pids(pids: set[int], timeout_s: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+#: Processes whose group :func:`_kill_tree` has already killed and reaped.
+_FINISHED: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
+
+
 def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL ``proc``'s group and every descendant (collected first), then reap ``proc``."""
+    """SIGKILL ``proc``'s group and every descendant (collected first), then reap ``proc``.
+
+    Once only per process: after that its pid (the group id) is free, and on a
+    busy machine (pids wrap at ``pid_max``, 32768 by default, and every thread
+    takes one) a later call, e.g. the finalizer when the broker object is
+    collected minutes after ``stop()``, could SIGKILL an unrelated new session
+    whose leader got the same number: another test's broker.
+    """
+    if proc in _FINISHED:
+        return
     others = descendants(proc.pid) if proc.poll() is None else set()
     _kill_group(proc.pid)
     with contextlib.suppress(subprocess.TimeoutExpired, OSError):
         proc.wait(timeout=10)
     _kill_pids(others)
+    _FINISHED.add(proc)
 
 
 def _reap(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -88,3 +88,30 @@ def test_not_installed_names_the_install_command(
     monkeypatch.setattr(broker_mod, "find_rabbitmq", lambda: None)
     with pytest.raises(ConfigError, match=r"apt-get install .*make brokers"):
         cls(tmp_path).start()
+
+
+def test_a_group_is_killed_once_its_pid_may_be_reused_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a broker's group is killed and reaped, later kills (the finalizer) send nothing.
+
+    Its pid is then free: pids wrap at ``pid_max`` (every thread takes one), so
+    a late ``killpg`` could hit a new session that got the same number.
+    """
+    from edge_sdk.fleet.brokers import erlang
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    sent: list[tuple[int, int]] = []
+    real_killpg = erlang.os.killpg
+
+    def recording_killpg(pgid: int, sig: int) -> None:
+        sent.append((pgid, sig))
+        real_killpg(pgid, sig)
+
+    monkeypatch.setattr(erlang.os, "killpg", recording_killpg)
+    erlang._kill_tree(proc)
+    assert proc.returncode is not None and running_pids({proc.pid}) == set()
+    assert len(sent) == 1 and sent[0][0] == proc.pid
+    erlang._kill_tree(proc)  # a second kill() ...
+    erlang._reap([proc])  # ... and the finalizer
+    assert len(sent) == 1, "a reaped group was signalled again"
