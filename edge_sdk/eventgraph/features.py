@@ -76,6 +76,9 @@ class Encoder:
         # Constant parts of a row, as float lists to prepend/append.
         self.event_head = [1.0] + [0.0] * (self.num_types - 1)
         self.stats_zeros = [0.0] * self.stats_width
+        # node 0's per-role statistics (spec.center_stats): zeros on every other row
+        self.center_width = len(self.roles) * self.stats_width if spec.center_stats else 0
+        self.center_zeros = [0.0] * self.center_width
         self.event_zeros = [0.0] * self.event_width
         self.entity_head = {
             etype: [1.0 if t == etype else 0.0 for t in types] + self.event_zeros

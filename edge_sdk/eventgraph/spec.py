@@ -67,6 +67,13 @@ class EventGraphSpec(BaseModel):
         max_id_length: Longest event or entity id accepted.
         threshold: The alert threshold on the model's score (fitted by the
             application on validation data), or None.
+        center_stats: Node 0 (the scored event) also carries each role's entity
+            statistics as of its time (the tabular row's per-role block), so a
+            model sees the baseline's features plus the structure, not only the
+            statistics of each role's node mixed by message passing. Adds
+            ``len(roles) * len(ENTITY_STATS)`` columns to ``x``, zero on every
+            other node (a frozen row never has them: they would depend on
+            whether its event was scored or only ingested).
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -83,6 +90,7 @@ class EventGraphSpec(BaseModel):
     time_tolerance_s: float = Field(default=1.0, ge=0)
     max_id_length: int = Field(default=128, ge=1, le=4096)
     threshold: float | None = None
+    center_stats: bool = False
 
     # The manifest is written with sorted keys (a canonical form for signing), which
     # would reorder a dict: roles and categorical fields travel as [name, value] pairs
@@ -154,12 +162,18 @@ class EventGraphSpec(BaseModel):
         return names
 
     def node_feature_names(self) -> list[str]:
-        """Every column of ``x``: node-type one-hot, event block, entity statistics."""
-        return (
+        """Every column of ``x``: node-type one-hot, event block, entity statistics.
+
+        Then, with ``center_stats``, node 0's per-role statistics (``center_<role>_<stat>``).
+        """
+        names = (
             [f"type={t}" for t in self.node_types]
             + self.event_feature_names()
             + [f"entity_{s}" for s in ENTITY_STATS]
         )
+        if self.center_stats:
+            names += [f"center_{role}_{s}" for role in self.roles for s in ENTITY_STATS]
+        return names
 
     def edge_feature_names(self) -> list[str]:
         """Every column of ``edge_attr``: role one-hot, then the event's age."""
@@ -174,7 +188,8 @@ class EventGraphSpec(BaseModel):
     @property
     def num_node_features(self) -> int:
         """Width of ``x`` (the same for every node type)."""
-        return len(self.node_types) + len(self.event_feature_names()) + len(ENTITY_STATS)
+        width = len(self.node_types) + len(self.event_feature_names()) + len(ENTITY_STATS)
+        return width + (len(self.roles) * len(ENTITY_STATS) if self.center_stats else 0)
 
     @property
     def num_edge_features(self) -> int:

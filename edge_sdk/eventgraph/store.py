@@ -70,7 +70,7 @@ class EventGraphStore:
         ev = self._parse(event)
         block = self._event_block(ev)
         enc = self._enc
-        self._insert(ev, enc.pack_row(*enc.event_head, *block, *enc.stats_zeros))
+        self._insert(ev, enc.pack_row(*enc.event_head, *block, *enc.stats_zeros, *enc.center_zeros))
 
     def score_request(self, event: dict[str, Any]) -> Subgraph:
         """:meth:`request` then :meth:`ingest`, sharing the work: the stream path."""
@@ -163,9 +163,9 @@ class EventGraphStore:
     def _build(self, ev: ParsedEvent, block: list[float]) -> tuple[Subgraph, bytes]:
         """The subgraph of ``ev`` (and its frozen row): event, entities, their recent events."""
         enc, spec, t = self._enc, self.spec, ev.t
-        row = enc.pack_row(*enc.event_head, *block, *enc.stats_zeros)
+        row = enc.pack_row(*enc.event_head, *block, *enc.stats_zeros, *enc.center_zeros)
         rows, keys = [row], ["event:" + ev.id]
-        tab = block
+        tab = list(block)
         # one entry per event-entity link: event node, entity node, role, event time, event id
         lk_ev: list[int] = []
         lk_ent: list[int] = []
@@ -186,13 +186,17 @@ class EventGraphStore:
                 continue
             seen.add(key)
             n = len(rows)
-            rows.append(enc.pack_row(*enc.entity_head[enc.role_type[i]], *stats))
+            rows.append(enc.pack_row(*enc.entity_head[enc.role_type[i]], *stats, *enc.center_zeros))
             keys.append(key)
             lk_ev.append(0)
             lk_ent.append(n)
             lk_role.append(i)
             if ent is not None and bounds is not None and spec.hops >= 2:
                 hop1.append((ent, n, bounds))
+        if enc.center_width:  # node 0 also carries the tabular row's per-role statistics
+            rows[0] = enc.pack_row(
+                *enc.event_head, *block, *enc.stats_zeros, *tab[enc.event_width :]
+            )
         lk_t += [t] * len(lk_ev)
         lk_id += [ev.id] * len(lk_ev)
         events: dict[str, int] = {}

@@ -39,6 +39,9 @@ def test_layout_is_derived_from_the_spec() -> None:
     assert (SPEC.max_nodes, SPEC.max_edges, SPEC.max_in_degree) == (86, 170, 17)
     names = SPEC.node_feature_names()
     assert len(names) == len(set(names))
+    center = SPEC.model_validate(SPEC.model_dump() | {"center_stats": True})
+    assert center.num_node_features == SPEC.num_node_features + 5 * len(ENTITY_STATS)
+    assert center.num_tabular_features == SPEC.num_tabular_features  # the baseline's row is as is
 
 
 @pytest.mark.parametrize(

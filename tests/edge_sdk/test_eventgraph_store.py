@@ -272,6 +272,27 @@ def test_tabular_is_the_event_row_and_each_roles_statistics() -> None:
             assert np.array_equal(block, sg.x[sg.node_keys.index(key), nt + ne :])
 
 
+def test_center_stats_put_the_tabular_roles_on_node_0_only() -> None:
+    plain, center = make_spec(), make_spec(center_stats=True)
+    f, extra = plain.num_node_features, len(ROLES) * 9
+    assert center.num_node_features == len(center.node_feature_names()) == f + extra
+    assert center.node_feature_names()[:f] == plain.node_feature_names()
+    assert center.node_feature_names()[f] == "center_src_seen"
+    a, b = EventGraphStore(plain), EventGraphStore(center)
+    ne = len(plain.event_feature_names())
+    for i, e in enumerate(random_stream(300, seed=5)):
+        if i % 2:  # an ingest-only event's frozen row must equal a scored one's
+            a.ingest(e)
+            b.ingest(e)
+            continue
+        g, h = a.score_request(e), b.score_request(e)
+        assert np.array_equal(h.x[:, :f], g.x) and np.array_equal(h.edge_index, g.edge_index)
+        assert np.array_equal(h.x[0, f:], g.tabular[ne:])  # the baseline's per-role statistics
+        assert not h.x[1:, f:].any()  # hop 1 and earlier events: zeros
+        assert np.array_equal(h.tabular, g.tabular)
+    assert h.x[0, f:].any()
+
+
 def test_same_stream_same_subgraphs() -> None:
     stream = random_stream(500, seed=7)
     a, b = EventGraphStore(make_spec()), EventGraphStore(make_spec())
