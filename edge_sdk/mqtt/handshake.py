@@ -45,6 +45,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .paho_setup import no_delay
+
 __all__ = [
     "CLOSES_BEFORE_FALLBACK",
     "CONNACK_TIMEOUT_S",
@@ -232,7 +234,8 @@ class Handshake:
             )
 
     def on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        """paho's ``on_socket_open``: see :meth:`socket_open`."""
+        """paho's ``on_socket_open``: see :meth:`socket_open`; packets leave unbatched."""
+        no_delay(sock)
         self.socket_open(client.host, client.port)
 
     def on_connect_fail(self, client: Any, userdata: Any) -> None:

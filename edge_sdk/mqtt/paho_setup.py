@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,22 @@ def configure(client: Client, broker: BrokerConfig) -> None:
             keyfile=str(broker.key) if broker.key else None,
             cert_reqs=ssl.CERT_REQUIRED,
         )
+
+
+def no_delay(sock: Any) -> None:
+    """Send each MQTT packet at once (``TCP_NODELAY``); paho leaves Nagle's algorithm on.
+
+    With Nagle on, a small packet written while an earlier one is unacknowledged
+    waits for the peer's delayed ACK (40 ms on Linux): a node that sends its
+    PUBACKs and then a ``results`` PUBLISH paid ~40-50 ms per batch on loopback
+    (benchmarks/fraud_node.py). Sockets that are not TCP (a websocket wrapper)
+    are left as they are.
+    """
+    setsockopt = getattr(sock, "setsockopt", None)
+    if setsockopt is None:
+        return
+    with contextlib.suppress(OSError):  # not a TCP socket (a Unix socket): nothing to turn off
+        setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def accept_bom_in_properties() -> None:

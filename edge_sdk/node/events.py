@@ -20,8 +20,11 @@ benchmarks/fraud_node.py), and the event's own ``id`` never shadows the
 message's de-duplication ``id``. An event whose score reaches the threshold
 also gets an ``alerts`` message whose ``why`` lists the neighbour events that
 raised the score most, by occlusion: the score drop when that event's node and
-edges are removed from the subgraph (every occluded copy of a batch's alerts
-runs in one merged call).
+edges are removed from the subgraph (every occluded copy of up to ``max_batch``
+alerts runs in one merged call). Explanations cost dozens of inferences per
+alert, so they run after the batch's decisions are committed (:meth:`EventScorer.run`
+returns the alerts, :meth:`EventScorer.explain` adds their ``why``), in a second
+commit: an alert never delays the decisions of the events around it.
 
 Decisions go through the outbox in arrival order, so they are made while the
 uplink is down and delivered after it is back, in order per account.
@@ -73,6 +76,23 @@ class Pending:
     event: dict[str, Any]
     received: float
     where: str = ""
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An alert whose decision is made, waiting for its explanation.
+
+    Attributes:
+        body: The alert message without ``why``.
+        graph: The subgraph the event was scored on.
+        score: Its score.
+        manifest: The model that scored it (the explanation must be that model's).
+    """
+
+    body: dict[str, Any]
+    graph: Subgraph
+    score: float
+    manifest: Manifest
 
 
 class EventScorer:
@@ -148,8 +168,15 @@ class EventScorer:
         return kept
 
     # -- scoring -----------------------------------------------------------------------
-    def run(self, host: WorkerHost, pending: Sequence[Pending], out: list[Outgoing]) -> None:
-        """Score ``pending`` in arrival order; commit-ready messages go to ``out``."""
+    def run(self, host: WorkerHost, pending: Sequence[Pending], out: list[Outgoing]) -> list[Alert]:
+        """Score ``pending`` in arrival order; commit-ready messages go to ``out``.
+
+        Returns:
+            The alerts raised, still without their ``why``: the caller commits
+            ``out`` (the decisions) first and then :meth:`explain` s them, so an
+            explanation (dozens of occluded copies per alert) never delays the
+            decisions of the batch.
+        """
         requests: list[tuple[Pending, Subgraph]] = []
         for p in pending:
             try:
@@ -161,35 +188,54 @@ class EventScorer:
                 out.append(self._error(host, p, p.where + "event", _failure(exc)))
         size = max(1, host.config.max_batch)
         decisions: list[dict[str, Any]] = []
+        alerts: list[Alert] = []
         meta: dict[str, Any] | None = None
         for i in range(0, len(requests), size):
             chunk = requests[i : i + size]
             with host.model.use() as rt:
                 scores = self._scores(host, rt, chunk, out)
                 manifest = rt.manifest
-                threshold = self.threshold(manifest, host.config.alert.threshold)
-                flagged = [j for j, s in enumerate(scores) if s is not None and s >= threshold]
-                why = self._explain(
-                    rt, [chunk[j][1] for j in flagged], [scores[j] for j in flagged]
-                )
+            threshold = self.threshold(manifest, host.config.alert.threshold)
             meta = {"name": manifest.model.name, "version": manifest.model.version}
-            reasons = dict(zip(flagged, why, strict=True))
             now = time.monotonic()
-            for j, ((p, _), score) in enumerate(zip(chunk, scores, strict=True)):
+            for (p, sg), score in zip(chunk, scores, strict=True):
                 if score is None:
                     continue
-                d = self._decision(p, score, j in reasons, now)
+                d = self._decision(p, score, score >= threshold, now)
                 host.stats.e2e_ms.append(d["latency_ms"])
                 decisions.append(d)
-                if j in reasons:
+                if d["alert"]:
                     host.stats.alerts += 1
-                    alert = {**d, "threshold": threshold, "why": reasons[j], "model": meta}
-                    out.append(host.message(Outbound.ALERTS, alert, Priority.CONTROL))
+                    body = {**d, "threshold": threshold, "model": meta}
+                    alerts.append(Alert(body, sg, score, manifest))
         if decisions:
             body = {"decisions": decisions, "model": meta}
             out.append(host.message(Outbound.RESULTS, body, Priority.RESULT))
             if host.on_result is not None:
                 host.on_result(body)
+        return alerts
+
+    def explain(self, host: WorkerHost, alerts: Sequence[Alert], out: list[Outgoing]) -> None:
+        """The ``alerts`` messages of :meth:`run`'s alerts, each with its ``why``.
+
+        Occluded copies run in one merged call per ``max_batch`` alerts; a model
+        swapped in since the scores were made leaves ``why`` empty (it would
+        explain another model's score).
+        """
+        size = max(1, host.config.max_batch)
+        for i in range(0, len(alerts), size):
+            chunk = alerts[i : i + size]
+            with host.model.use() as rt:
+                same = [a for a in chunk if a.manifest is rt.manifest]
+                try:
+                    why = self._explain(rt, [a.graph for a in same], [a.score for a in same])
+                except Exception:  # a bug in building the copies: the alerts still go out
+                    log.exception("explaining %d alert(s) failed", len(same))
+                    why = [[] for _ in same]
+            reasons = {id(a): w for a, w in zip(same, why, strict=True)}
+            for a in chunk:
+                body = {**a.body, "why": reasons.get(id(a), [])}
+                out.append(host.message(Outbound.ALERTS, body, Priority.CONTROL))
 
     def _decision(self, p: Pending, score: float, alert: bool, now: float) -> dict[str, Any]:
         ev, spec = p.event, self.spec

@@ -101,7 +101,7 @@ class Worker:
                 self.node.ack(*(m.delivery for m in batch))
 
     def _process(self, batch: list[Message]) -> None:
-        """One batch: each message on its own, windows merged, one commit.
+        """One batch: each message on its own, windows merged, one commit (two with alerts).
 
         A message's outcome is a result, a reply, or an ``errors`` message: a
         failure in one message (bad input, or a bug it triggers) is caught around
@@ -142,12 +142,17 @@ class Worker:
                     self._incomplete(item, out)
         for i in range(0, len(windows), self.node.config.max_batch):
             self._run_windows(windows[i : i + self.node.config.max_batch], out)
-        if events and self.events is not None:
-            self.events.run(self.node, events, out)
+        alerts = self.events.run(self.node, events, out) if events and self.events else []
         telemetry = self.node.telemetry_due()
         if telemetry is not None:
             out.append(telemetry)
         self._commit(out, self._window_state())
+        if alerts and self.events is not None:
+            # Decisions are committed (on their way out); their alerts follow with the
+            # explanations, which cost dozens of inferences each. Acknowledged after both.
+            explained: list[Outgoing] = []
+            self.events.explain(self.node, alerts, explained)
+            self._commit(explained, None)
 
     def use(self, manifest: Manifest, assembler: WindowAssembler | None) -> None:
         """Serve ``manifest`` from the next batch on (its windows and event graph)."""
