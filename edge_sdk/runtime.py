@@ -393,6 +393,11 @@ class Runtime:
             "why": list(self._why),
         }
 
+    def note(self, reason: str) -> None:
+        """Add a reason for this choice of engine to ``describe()["why"]`` (a caller that
+        chose among loaded runtimes, such as the node timing engines at load)."""
+        self._why.append(reason)
+
     def close(self) -> None:
         """Release the backend."""
         self.backend.close()

@@ -51,6 +51,7 @@ from ..mqtt.link import Delivery, MqttLink
 from ..mqtt.sparkplug import metrics as spm
 from ..mqtt.topics import Inbound, JsonScheme, Outbound, dumps, finite, loads
 from ..runtime import Runtime
+from . import engine_race
 from .active_model import ActiveModel
 from .alarm import Alarm
 from .alerts import Alerts
@@ -190,16 +191,9 @@ class EdgeNode:
         return self.slots.install(self.config.bundle, self.config.trusted_keys or None)
 
     def load_runtime(self, bundle_dir: Path) -> Runtime:
-        """Load a bundle the way this node loads its models (profile, backend...)."""
-        cfg = self.config
-        return Runtime.load(
-            bundle_dir,
-            profile=cfg.profile,
-            backend=cfg.backend,
-            threads=cfg.threads,
-            precision=cfg.precision,
-            trusted_keys=cfg.trusted_keys or None,
-        )
+        """Load a bundle the way this node loads its models (profile, backend...); an
+        event-graph model on the engine that scores events fastest here (engine_race)."""
+        return engine_race.load_runtime(self.config, bundle_dir)
 
     def _measure_canary(self) -> float | None:
         rt = self.model.runtime
