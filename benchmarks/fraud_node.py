@@ -354,7 +354,7 @@ def run_mode(
     assert primed, "the node did not score the priming transactions"
     out: dict[str, Any] = {
         "max_batch": max_batch,
-        "node": {k: status.get(k) for k in ("backend", "precision", "device", "why")},
+        "node": {k: status.get(k) for k in ("backend", "precision")},
         "prime": {"transactions": args.prime, "seconds": round(time.monotonic() - t0, 1)},
     }
 

@@ -13,7 +13,8 @@ engine versions, so the node does not assume it: it times every engine the
 export chose for the profile on synthetic subgraphs of varying size (alone
 and merged, as the worker runs them) and keeps the fastest, the export's
 first choice unless another is clearly faster (:data:`MARGIN`). The timings
-and the choice are in the runtime's ``why`` (the node's status message).
+and the choice are logged and kept in ``Runtime.describe()["why"]``; the node's
+status message names the engine (``backend``, ``precision``).
 
 A ``backend`` or ``precision`` in the node config is obeyed as it is, untimed.
 """
