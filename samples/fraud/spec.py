@@ -17,8 +17,19 @@ ROLES = {"src": "account", "dst": "account", "merchant": "merchant", "device": "
 CHANNELS = ("web", "app", "pos", "transfer")
 
 
-def fraud_spec(fanout: int = 16, threshold: float | None = None) -> EventGraphSpec:
-    """The spec of the SYNTHETIC payment stream (2 hops, ``fanout`` recent events per entity)."""
+def fraud_spec(
+    fanout: int = 8, threshold: float | None = None, center_stats: bool = True
+) -> EventGraphSpec:
+    """The spec of the SYNTHETIC payment stream (2 hops, ``fanout`` recent events per entity).
+
+    ``center_stats``: the scored transaction's node also carries the baseline's
+    per-role statistics, so the GNN gets the baseline's features plus the
+    structure (the fair comparison). ``fanout`` 8, not 16: on seed 0 (25 % of
+    legitimate training requests) GATv2 reached a higher validation PR-AUC per
+    CPU second (0.645 after 9 epochs and 52 s vs 0.619 after 9 and 84 s): the
+    most recent events of each entity carry the pattern, and every request,
+    export and node inference is about half the size.
+    """
     return EventGraphSpec(
         roles=ROLES,
         numeric=["amount"],
@@ -28,4 +39,5 @@ def fraud_spec(fanout: int = 16, threshold: float | None = None) -> EventGraphSp
         horizon_s=7 * 86400.0,
         max_history=max(256, fanout),
         threshold=threshold,
+        center_stats=center_stats,
     )
