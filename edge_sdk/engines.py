@@ -77,6 +77,9 @@ class OpenVinoOptions(EngineOptions):
     Attributes:
         performance_hint: ``LATENCY`` or ``THROUGHPUT``.
         num_requests: Infer requests in the async queue.
+        int8_sources: INT8 routes built (``nncf``, ``qdq``; unset: both, measured).
+            For a model whose NNCF IR is known to fail the accuracy gate, ``[qdq]``
+            skips its calibration, check and timing.
     """
 
     RUNTIME_KEYS = ("performance_hint", "num_requests")
@@ -84,6 +87,7 @@ class OpenVinoOptions(EngineOptions):
 
     performance_hint: Literal["LATENCY", "THROUGHPUT"] | None = None
     num_requests: int | None = Field(default=None, gt=0)
+    int8_sources: tuple[Literal["nncf", "qdq"], ...] | None = Field(default=None, min_length=1)
 
 
 class LiteRtOptions(EngineOptions):
@@ -93,9 +97,18 @@ class LiteRtOptions(EngineOptions):
         layout: ``native``; ``nhwc`` (node-wise linear layers as 1x1
             convolutions over ``[B, 1, N, F]``); ``auto`` (build both, measure,
             keep the faster one that passes parity).
+        int8_flavours: INT8 files tried, in this order, until one passes the
+            accuracy gate (unset: every flavour the compiler knows, full integer
+            first). For a model known to fail full-integer INT8 (attention: a
+            probability of 1/degree rounds to 0 in 8 bits) listing only
+            ``dynamic_range_quant`` skips a calibration and a conversion per bucket.
     """
 
     layout: Literal["native", "nhwc", "auto"] = "native"
+    int8_flavours: (
+        tuple[Literal["integer_quant", "integer_quant_with_int16_act", "dynamic_range_quant"], ...]
+        | None
+    ) = Field(default=None, min_length=1)
 
 
 class TensorRtOptions(EngineOptions):
