@@ -149,11 +149,14 @@ def quantize_step(
     quant: QuantOptions,
     parity_options: ParityOptions,
     say: Callable[[str], None],
+    base: Metrics | None = None,
+    references: Sequence[dict[str, np.ndarray]] | None = None,
 ) -> Int8Result:
     """Quantise ``fp32_path`` to ``out/model.int8.onnx`` behind the accuracy gate.
 
     The reference is the *original* FP32 model, so a pruned+INT8 artifact is
-    judged on the total drop.
+    judged on the total drop. ``base`` and ``references`` (its metric and its
+    outputs per sample) are computed here unless the caller already has them.
 
     Raises:
         AccuracyError: No quantisation configuration meets the gate (and
@@ -161,15 +164,18 @@ def quantize_step(
     """
     from .quantize import CalibMethod, EvalCase, QuantConfig, quantize_int8
 
-    base = torch_metrics(original, samples, names)
+    if base is None:
+        base = torch_metrics(original, samples, names)
     # A model over neighbour tables takes the tables the runtime would build.
     calib = [
         prepared.model_feeds(f) for f in calibration_feeds(prepared, samples, quant.calibration)
     ]
     say(f"quantising to INT8 ({quant.calib_method}, {len(calib)} calibration graphs)")
-    references = [
-        dict(zip(names, original.run_reference(original.feeds(s)), strict=True)) for s in samples
-    ]
+    if references is None:
+        references = [
+            dict(zip(names, original.run_reference(original.feeds(s)), strict=True))
+            for s in samples
+        ]
     cases = [
         EvalCase(
             feeds=prepared.model_feeds(prepared.feeds(s)),

@@ -241,6 +241,9 @@ def verify_onnx(ctx: ExportContext) -> None:
 
 def quantize(ctx: ExportContext) -> None:
     """Add ``model.int8.onnx`` behind the accuracy gate."""
+    # Unpruned, the reference is the model verify_onnx already ran on every sample: its
+    # outputs and metric are reused (two more PyTorch passes over the samples otherwise).
+    same = ctx.prepared is ctx.original and len(ctx.cases) == len(ctx.samples)
     int8 = quantize_step(
         ctx.out,
         ctx.onnx_path,
@@ -253,6 +256,8 @@ def quantize(ctx: ExportContext) -> None:
         ctx.cfg.quant,
         ctx.cfg.parity,
         ctx.say,
+        base=ctx.base_metrics if same else None,
+        references=[c.expected for c in ctx.cases] if same else None,
     )
     ctx.artifacts.append(int8.artifact)
     ctx.reports.append(int8.parity)
