@@ -16,25 +16,20 @@ Calibration and verification use real training subgraphs (and merged batches of
 them, so the batched bucket is calibrated on what it will see), never random
 graphs. The buckets and the in-degree limit are measured from the data.
 
-LiteRT is the export's cost: one onnx2tf conversion per bucket, so there are two; a
-smaller ``batch`` shrinks the second (the runtime splits a larger merged batch into
-groups that fit, ``edge_sdk.packing.group_for_buckets``).
-
-Measured on the demo's data (default stream, GATv2 hidden 48 x 4 heads, 3 epochs, load
-average ~5): export 137 s (ONNX 13, OpenVINO 20, LiteRT 96, TensorRT 0); test PR-AUC FP32
-0.5439, ONNX Runtime INT8 0.5387, OpenVINO INT8 0.5385, LiteRT INT8 0.5425. LiteRT's
-full-integer file (``integer_quant``) failed the export's gate (logits off by 0.85), so
-the bundle's ``litert-int8`` is ``dynamic_range_quant`` (int8 weights, float
-activations: ``artifact.options["int8_flavour"]``).
+LiteRT is the export's cost: one onnx2tf conversion per bucket. An attention GNN's INT8
+routes that fail its gate are not built (``int8_routes.py``: LiteRT full integer, OpenVINO
+NNCF; the profiles with that option are written to ``<bundle>.profiles/``).
 
 Everything here is about the SYNTHETIC transaction stream of ``generate.py``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,6 +41,9 @@ SYNTHETIC_NOTE = "SYNTHETIC data: no real transactions"
 PROFILES = ("intel-core-cpu", "raspberry-pi-5", "jetson-orin-nano")
 #: Most subgraphs the node merges into one inference (the batched bucket's size).
 BATCH = 32
+#: Subgraphs per ``infer_batch`` call scoring the test period (one disjoint union on ONNX
+#: Runtime / OpenVINO: 25 % less CPU than at 32; LiteRT splits it into bucket-sized groups).
+SCORE_BATCH = 512
 #: Calibration/verification sample: single subgraphs and merged batches of them.
 SINGLES = 48
 MERGED = 6
@@ -59,6 +57,17 @@ ENGINES = (
 INPUTS = ("x", "edge_index", "edge_attr")
 
 Say = Callable[[str], None]
+
+
+def _int8_routes() -> Any:
+    """``samples/fraud/int8_routes.py`` (samples are no package: loaded by path)."""
+    key, path = "_edge_sdk_sample_fraud_int8_routes", Path(__file__).with_name("int8_routes.py")
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, path)
+        assert spec is not None and spec.loader is not None
+        sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[key])
+    return sys.modules[key]
 
 
 # -- subgraphs ------------------------------------------------------------------------------
@@ -151,11 +160,9 @@ def size_buckets(
     rng = np.random.default_rng(seed)
     k = min(batch, len(subs))
     picks = [rng.choice(len(subs), size=k, replace=False) for _ in range(draws)]
-    bn = max(int(nodes[p].sum()) for p in picks)
-    be = max(int(edges[p].sum()) for p in picks)
-    single = Bucket(
-        max_nodes=_round_up(int(nodes.max()), 8), max_edges=_round_up(int(edges.max()), 8)
-    )
+    bn, be = (max(int(a[p].sum()) for p in picks) for a in (nodes, edges))
+    sn, se = _round_up(int(nodes.max()), 8), _round_up(int(edges.max()), 8)
+    single = Bucket(max_nodes=sn, max_edges=se)
     big = Bucket(max_nodes=_round_up(bn, 64), max_edges=_round_up(be, 64), max_graphs=k)
     return [single, big] if big.max_nodes > single.max_nodes else [single]
 
@@ -212,23 +219,24 @@ def export_bundle(
     singles: int = SINGLES,
     merged: int = MERGED,
     batch: int = BATCH,
+    int8_routes: dict[str, dict[str, Any]] | str = "auto",
     say: Say | None = None,
 ) -> Path:
     """Export ``model`` (logits [N, 2]) as one INT8 bundle for ``profiles``.
 
     Args:
         model: The trained fraud GNN (eval mode is set here).
-        requests_or_subgraphs: H3's ``Requests`` (its training split is used) or a list
-            of subgraphs (store ``Subgraph`` objects or ``x``/``edge_index``/``edge_attr``
-            mappings), all of them training data.
+        requests_or_subgraphs: ``train.Requests`` (its training split is used) or a list
+            of training subgraphs (store ``Subgraph`` objects or mappings of arrays).
         out: Bundle directory (must not exist or be empty).
-        spec: The ``EventGraphSpec`` written into the manifest (the node builds requests
-            with it); ``threshold`` is set on it when given.
+        spec: The ``EventGraphSpec`` for the manifest (the node builds requests with it).
         profiles: Device profiles.
         int8: Build INT8 artifacts (each must pass the export's accuracy gate).
         buckets: Padding buckets for LiteRT/TensorRT (default: :func:`size_buckets`).
         threshold: The alert threshold fitted on validation (recorded in the spec).
         singles, merged, batch: The calibration/verification sample (:func:`pick_samples`).
+        int8_routes: Per engine, INT8 route options for the profiles' targets; ``"auto"``:
+            ``int8_routes.routes_for(model)`` ({} for a model without attention).
         say: Progress lines (with seconds since the start).
 
     Returns:
@@ -246,11 +254,11 @@ def export_bundle(
     limit = degree_limit(subs, spec)
     graphs, limit = first_within(pick_samples(subs, labels, names, singles, merged, batch), limit)
     chosen = list(buckets) if buckets is not None else size_buckets(subs, batch)
-    extra: dict[str, Any] = {}
-    if spec is not None:
-        if threshold is not None:
-            spec = spec.model_copy(update={"threshold": float(threshold)})
-        extra["event_graph"] = spec
+    routes = _int8_routes().routes_for(model) if int8_routes == "auto" else dict(int8_routes)
+    names_or_files = _int8_routes().with_target_options(profiles, routes, Path(f"{out}.profiles"))
+    if spec is not None and threshold is not None:
+        spec = spec.model_copy(update={"threshold": float(threshold)})
+    extra: dict[str, Any] = {} if spec is None else {"event_graph": spec}
     cfg = ExportConfig(
         name="fraud-gnn",
         task="fraud_scoring (SYNTHETIC)",
@@ -262,7 +270,7 @@ def export_bundle(
         buckets=chosen,
         int8=int8,
         calibration=len(graphs),
-        profiles=list(profiles),
+        profiles=names_or_files,
         **extra,
     )
     start = time.perf_counter()
@@ -284,6 +292,7 @@ def export_bundle(
         "engines_s": engine_seconds(marks, total),
         "buckets": [b.model_dump() for b in chosen],
         "max_degree": limit,
+        "int8_routes": routes or "all",
         "samples": {"singles": len(graphs) - merged, "merged": merged, "batch": batch}
         | {"nodes": sorted({int(g["x"].shape[0]) for g in graphs})},
         "profiles": profile_choices(manifest),
@@ -336,9 +345,8 @@ def torch_scores(model: Any, subgraphs: Sequence[Any], batch: int = BATCH) -> np
     with torch.no_grad():
         for i in range(0, len(subgraphs), batch):
             part = [as_arrays(s, names) for s in subgraphs[i : i + batch]]
-            m = merge(part)
             firsts = np.cumsum([0] + [p["x"].shape[0] for p in part])[:-1]
-            logits = model(**{k: torch.from_numpy(v) for k, v in m.items()}).numpy()
+            logits = model(**{k: torch.from_numpy(v) for k, v in merge(part).items()}).numpy()
             out.append(probabilities(logits[firsts]))
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -366,14 +374,11 @@ def runtime_scores(rt: Any, subgraphs: Sequence[Any], batch: int = BATCH) -> np.
 
 
 def evaluate_engines(
-    bundle: str | Path, subgraphs: Sequence[Any], batch: int = BATCH
+    bundle: str | Path, subgraphs: Sequence[Any], batch: int = SCORE_BATCH
 ) -> EngineScores:
     """Fraud probability per transaction through ``edge_sdk.Runtime``, each backend forced
-    in turn (:data:`ENGINES`), batched with ``infer_batch`` (disjoint unions of ``batch``).
-
-    An engine whose artifact the export did not build (refused by its gate) or whose
-    runtime is not installed is left out, with the reason in ``skipped``.
-    """
+    in turn (:data:`ENGINES`), ``batch`` requests per ``infer_batch`` call. An engine the
+    export did not build or whose runtime is missing is left out (why: ``skipped``)."""
     import edge_sdk
 
     scores = EngineScores()
@@ -469,29 +474,26 @@ def litert_parity(
         "buckets_hit": sorted({fixed.index(n) for n in calls if n in fixed}),
         "groups": {},
     }
-    errs, agree = [], []
     for gname, (idx, got, sizes) in groups.items():
         err, same = np.abs(got - ref[idx]), (got >= threshold) == (ref[idx] >= threshold)
-        errs.append(err)
-        agree.append(same)
         report["groups"][gname] = {
             "requests": len(idx),
             "nodes": sorted(set(int(s) for s in sizes)),
             "max_abs_err": float(err.max()) if err.size else 0.0,
             "agreement": float(same.mean()) if same.size else 1.0,
         }
-    all_err, all_same = np.concatenate(errs), np.concatenate(agree)
-    report |= {"max_abs_err": float(all_err.max()), "mean_abs_err": float(all_err.mean())}
-    return report | {"agreement": float(all_same.mean())}
+    idx = np.concatenate([g[0] for g in groups.values()]).astype(int)
+    got = np.concatenate([g[1] for g in groups.values()])
+    err, same = np.abs(got - ref[idx]), (got >= threshold) == (ref[idx] >= threshold)
+    report |= {"max_abs_err": float(err.max()), "mean_abs_err": float(err.mean())}
+    return report | {"agreement": float(same.mean())}
 
 
-def reference_scores(
-    bundle: str | Path, subs: Sequence[dict[str, np.ndarray]], model: Any
-) -> np.ndarray:
+def reference_scores(bundle: str | Path, subs: Sequence[Any], model: Any) -> np.ndarray:
     """FP32 fraud probabilities: PyTorch when ``model`` is given, else the FP32 ONNX."""
     if model is not None:
         return torch_scores(model, subs)
     import edge_sdk
 
     with edge_sdk.Runtime.load(bundle, backend="onnxruntime", precision="fp32") as rt:
-        return np.array([probabilities(rt.infer(s)["logits"][:1])[0] for s in subs])
+        return runtime_scores(rt, subs, 1)

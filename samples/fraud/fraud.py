@@ -327,6 +327,10 @@ def export_and_evaluate(
         )
         chosen = export.profile_choices(Bundle.open(bundle).manifest)
         results["profiles"] = chosen
+        log = json.loads(export.sidecar(bundle).read_text())  # the export's own timings
+        results["export"] = {
+            k: log.get(k) for k in ("seconds", "steps_s", "engines_s", "int8_routes")
+        }
         for profile, targets in chosen.items():
             say(f"  {profile}: " + ", ".join(f"{t['backend']} {t['precision']}" for t in targets))
     with steps("engines", "each engine of the bundle on the test period, from its own scores"):
@@ -408,7 +412,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog=(
             "examples:\n"
             "  python samples/fraud/fraud.py                        # what make demo-fraud runs\n"
-            "  python samples/fraud/fraud.py --out /tmp/fraud --seconds 5\n"
+            "  python samples/fraud/fraud.py --out /tmp/fraud --seconds 10\n"
             "  python samples/fraud/fraud.py --accounts 400 --days 5 --epochs 1 \\\n"
             "      --seconds 2 --rate 250 --profiles generic-x86    # a tiny run (the test's)\n\n"
             "Everything it prints and writes is SYNTHETIC: a generated stream, no real payment.\n"
@@ -442,8 +446,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--seconds",
         type=float,
-        default=10.0,
-        help="seconds of stream offered per serving run, batched and unbatched (10)",
+        default=5.0,
+        help="seconds of stream offered per serving run, batched and unbatched (5)",
     )
     parser.add_argument(
         "--rate", type=float, default=400.0, help="transactions per second offered (400)"

@@ -361,6 +361,7 @@ def sections(results: Mapping[str, Any], images: Mapping[str, str]) -> list[Sect
             "Run",
             "Step timings (s): "
             + ", ".join(f"{k} {v:.1f}" for k, v in results.get("seconds", {}).items())
+            + _export_text(results.get("export") or {})
             + ". Machine: "
             + ", ".join(f"{k} {v}" for k, v in results.get("machine", {}).items())
             + ".\n\n"
@@ -372,6 +373,14 @@ def sections(results: Mapping[str, Any], images: Mapping[str, str]) -> list[Sect
         ),
     ]
     return out
+
+
+def _export_text(ex: Mapping[str, Any]) -> str:
+    """The export's own split of its seconds, and the INT8 routes it did not build."""
+    steps = {**(ex.get("steps_s") or {}), **(ex.get("engines_s") or {})}
+    text = "; export: " + ", ".join(f"{k} {fmt(v, 1)}" for k, v in steps.items()) if steps else ""
+    routes = ex.get("int8_routes")
+    return text + (f"; INT8 routes limited to {routes}" if isinstance(routes, dict) else "")
 
 
 def _ratio_text(srv: Mapping[str, Any]) -> str:

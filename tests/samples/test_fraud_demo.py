@@ -135,6 +135,12 @@ def test_step_timings_and_threshold_are_recorded(demo: dict[str, Any]) -> None:
     for step in steps:
         assert seconds[step] > 0, step
     assert seconds["total"] >= sum(seconds[s] for s in steps)
+    # the export's own split of its step: ONNX, parity, INT8, targets (each engine's compile)
+    export = saved["export"]
+    assert {"onnx_s", "int8_s", "targets_s"} <= set(export["steps_s"]), export
+    # (export["seconds"] is rounded to 0.1 s)
+    assert 0 < sum(export["steps_s"].values()) <= export["seconds"] + 0.1
+    assert export["seconds"] <= seconds["export"] + 0.1
     th = saved["threshold"]
     assert th["budget"] == 0.01 and _unit(th["value"]) and "validation" in th["fitted_on"]
     assert _unit(th["test_alert_rate"]) and th["test_alert_rate"] < 0.1

@@ -103,6 +103,14 @@ def test_manifest_has_the_three_profiles_and_what_each_runs(run: dict[str, Any])
     assert m.graph.buckets == [run["bucket"]]
     assert m.graph.tables.max_degree == run["log"]["max_degree"] >= 4 + 1 + 1  # fanout+1, loop
     log = run["log"]
+    # An attention GNN: the INT8 routes that fail the gate for it are not built, and the
+    # manifest says so (the profile written beside the bundle keeps the shipped name).
+    assert log["int8_routes"] == run["export"]._int8_routes().ATTENTION_INT8
+    lite = first["raspberry-pi-5"].build["int8_flavour"]
+    assert lite["chosen"].startswith("dynamic_range_quant")
+    assert lite["tried"]["integer_quant"].startswith("skipped")
+    ov = first["intel-core-cpu"].build
+    assert ov["int8_source"] == "qdq" and ov["failed"]["nncf"].startswith("skipped")
     assert set(log["profiles"]) == set(PROFILES)
     assert set(log["engines_s"]) == {"openvino", "litert", "tensorrt"}
     assert all(v >= 0 for v in log["engines_s"].values()) and log["seconds"] > 0

@@ -102,6 +102,12 @@ def _results_and_arrays() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             }
         ],
         "seconds": {"generate": 1.0, "train": 10.0, "total": 30.0},
+        "export": {
+            "seconds": 9.0,
+            "steps_s": {"onnx_s": 2.25, "targets_s": 6.0},
+            "engines_s": {"litert": 4.5},
+            "int8_routes": {"litert": {"int8_flavours": ["dynamic_range_quant"]}},
+        },
         "skipped": ["nothing really; a test note"],
     }
     arrays = {"y": y, "pattern": pattern, **{f"score/{k}": v for k, v in scores.items()}}
@@ -141,6 +147,8 @@ def test_tables_show_the_dicts_numbers(written: tuple[Path, dict[str, Any]]) -> 
     assert "| batched | 500 | 500 | 0 |" in md and "| 9.87 |" in md
     assert "`tx3` via device `d5`" in md and "0.410" in md
     assert "0.0021" in md  # LiteRT parity shown as measured
+    # the export's own split of its seconds, and the INT8 routes it limited
+    assert "export: onnx_s 2.2, targets_s 6.0, litert 4.5" in md and "dynamic_range_quant" in md
 
 
 def test_a_ragged_table_is_refused() -> None:
