@@ -149,7 +149,9 @@ class MqttLink:
         """
         deadline = time.monotonic() + flush_s
         pump = self._pump
-        while pump is not None and self.connected and pump.inflight and time.monotonic() < deadline:
+        while (
+            pump is not None and self.connected and pump.awaiting() and time.monotonic() < deadline
+        ):
             time.sleep(0.01)
         self._stopping.set()
         if pump is not None:
@@ -281,8 +283,8 @@ class MqttLink:
 
     def wake(self) -> None:
         """Tell the pump that new rows are waiting."""
-        with self._cond:
-            self._cond.notify_all()
+        if self._pump is not None:  # only the pump waits on the condition
+            self._pump.wake()  # remembered when the pump is busy: it queries once more
 
     def rescan(self) -> None:
         """Tell the pump to look at every pending row again (held rows may go now)."""
@@ -476,8 +478,8 @@ class MqttLink:
         if reason is not None and getattr(reason, "is_failure", False):
             self.stats.rejected += 1
             log.error("broker refused publish %d: %s", mid, reason)
-        with self._cond:
-            self._cond.notify_all()
+        if self._pump is not None:
+            self._pump.puback()
 
     # -- the pump ------------------------------------------------------------------------------
     def _send_row(self, row: Row) -> MQTTMessageInfo | None:
