@@ -7,9 +7,7 @@ message-passing layers are exactly enough for node 0 to hear hop 2: layer 1
 summarises each entity's recent history, layer 2 brings those summaries to the
 transaction. That is the point of the graph: a shared device is harmless or a
 ring depending on *whose* transactions sit behind it, which per-entity counts
-(the baseline's features) cannot tell. Node 0 also carries those counts
-(``fraud_spec``'s ``center_stats``): the GNN gets the baseline's features plus
-the structure.
+(the baseline's features) cannot tell.
 
 Both models map every node to ``logits [N, 2]`` (class 1 = fraud); a
 transaction's score is ``softmax(logits[0])[1]``. Only node 0 is trained; the
