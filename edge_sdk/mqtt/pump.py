@@ -197,6 +197,7 @@ class Pump:
     def _run(self) -> None:
         last_purge = time.monotonic()
         ack_wait: float | None = None
+        last_query = 0.0
         while not self.stopping.is_set():
             with self.cond:
                 # A PUBACK only wakes the pump to count its row delivered; the store is
@@ -204,14 +205,18 @@ class Pump:
                 # (``wake``), a rescan, a pass that left rows behind, or the periodic
                 # tick. One pending query per stored message instead of three.
                 tick = 0.1 if ack_wait is None else min(0.1, ack_wait)
-                woken = self._kicked or self.cond.wait(timeout=tick)
-                query = self._kicked or self._rescan or self._more or (not woken and tick == 0.1)
+                if not self._kicked:
+                    self.cond.wait(timeout=tick)
+                query = self._kicked or self._rescan or self._more
                 self._kicked = False
+            if time.monotonic() - last_query >= 0.1:  # the tick: acks waiting or not
+                query = True
             ack_wait = self._flush_due()
             if time.monotonic() - last_purge > _PURGE_EVERY_S:
                 self.store.purge()
                 last_purge = time.monotonic()
             while query and self._connected() and not self.stopping.is_set():
+                last_query = time.monotonic()
                 query = self._pass()
                 ack_wait = self._flush_due()
         self.flush_acks()
