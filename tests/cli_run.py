@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 
@@ -55,3 +57,16 @@ def edge_fleet(
 ) -> subprocess.CompletedProcess[str]:
     """``edge-fleet ARGS`` in ``cwd`` with ``env`` added; asserts the exit status ``check``."""
     return run_script("edge-fleet", *args, check=check, cwd=cwd, env=env, timeout=timeout)
+
+
+def line_queue(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """The lines ``proc`` prints, as they come (a reader thread)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import queue
 import re
 import shlex
 import shutil
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_run import edge_fleet
+from cli_run import edge_fleet, line_queue
 from typer.testing import CliRunner
 
 from edge_sdk.cli.fleet_cli import app as fleet
@@ -71,19 +70,6 @@ def test_the_readme_group_wide_deploy_runs_as_written_and_every_node_swaps(
     assert {n.model.runtime.manifest.model.version for n in nodes} == {"1.1.0"}
 
 
-def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
-    """The lines ``proc`` prints, as they come (a reader thread)."""
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    return lines
-
-
 def test_watch_json_prints_every_sparkplug_ddata_as_json(broker, make_node, sensor_bundles):
     """Every line of ``watch --json`` is strict JSON, Sparkplug DDATA included.
 
@@ -102,7 +88,7 @@ def test_watch_json_prints_every_sparkplug_ddata_as_json(broker, make_node, sens
         [str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        lines = _lines(watch)
+        lines = line_queue(watch)
         first = json.loads(lines.get(timeout=30))  # the retained JSON status: subscribed
         assert (first["type"], first["state"]) == ("status", "online")
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+from cli_run import line_queue
 from typer.testing import CliRunner
 
 from edge_sdk.cli.fleet_cli import app as fleet
@@ -73,26 +76,46 @@ def test_refused_deploy_exits_5_with_the_reason(
 
 
 def test_watch_json_deduplicates_and_command_reaches_the_node(broker, make_node, sensor_bundles):
+    """``watch --json`` prints each outbox message once; ``command telemetry`` reaches the node.
+
+    The watch is a real ``edge-fleet`` process; the test waits for its first
+    line (the node's retained status: it has subscribed) before sending, not
+    for a fixed time, which a loaded machine can overrun.
+    """
     node = make_node(broker, sensor_bundles["v1"])
-    lines: list[str] = []
-
-    def watch() -> None:
-        res = runner.invoke(fleet, ["watch", "--broker", broker.url, "--json", "--duration", "4"])
-        lines.extend(res.output.splitlines())
-
-    t = threading.Thread(target=watch)
-    t.start()
-    time.sleep(1.0)
-    sent = runner.invoke(
-        fleet, ["command", "telemetry", "--group", "plant", "--node", "n1", "--broker", broker.url]
+    exe = Path(sys.executable).with_name("edge-fleet")
+    args = ["watch", "--broker", broker.url, "--json", "--duration", "90"]
+    watch = subprocess.Popen(
+        [str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    assert sent.exit_code == 0, sent.output
-    for i in range(21):
-        node.submit_sensors({"t": i, "values": [0.1 * i] * 52})
-    t.join()
-    bodies = [json.loads(line) for line in lines if line.startswith("{")]
-    kinds = [b["type"] for b in bodies]
-    assert kinds.count("telemetry") == 1 and kinds.count("results") == 2
+    bodies: list[dict] = []
+    try:
+        lines = line_queue(watch)
+        bodies.append(json.loads(lines.get(timeout=30)))
+        assert bodies[0]["type"] == "status"  # retained: the watch has subscribed
+        sent = runner.invoke(
+            fleet,
+            ["command", "telemetry", "--group", "plant", "--node", "n1", "--broker", broker.url],
+        )
+        assert sent.exit_code == 0, sent.output
+        for i in range(21):
+            node.submit_sensors({"t": i, "values": [0.1 * i] * 52})
+
+        def kinds() -> list[str]:
+            return [b["type"] for b in bodies]
+
+        deadline = time.monotonic() + 30
+        while (kinds().count("telemetry"), kinds().count("results")) < (1, 2):
+            assert time.monotonic() < deadline, f"the watch printed only {kinds()}"
+            bodies.append(json.loads(lines.get(timeout=max(0.1, deadline - time.monotonic()))))
+        time.sleep(2.0)  # a duplicate would come now: the watch must drop it
+        while not lines.empty():
+            bodies.append(json.loads(lines.get_nowait()))
+    finally:
+        watch.kill()
+        _, err = watch.communicate(timeout=10)
+    assert "Traceback" not in err, err
+    assert kinds().count("telemetry") == 1 and kinds().count("results") == 2
     outbox_msgs = [b for b in bodies if b["type"] != "status"]  # status is retained, id-less
     assert len({b["id"] for b in outbox_msgs}) == len(outbox_msgs) == 3
 
