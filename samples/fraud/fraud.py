@@ -428,7 +428,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--days", type=float, default=None, help="days of transactions (generator default)"
     )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="most GNN epochs (train_gnn's 12, patience 4)"
+        "--epochs",
+        type=int,
+        default=None,
+        help="most epochs of each GNN (default: GATv2 12, GraphSAGE 4; patience 4)",
     )
     parser.add_argument(
         "--train-sample",
