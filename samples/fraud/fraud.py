@@ -35,6 +35,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -158,6 +159,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     say = console.print
     out: Path = args.out.resolve()  # the broker and the node run in other folders
     out.mkdir(parents=True, exist_ok=True)
+    for old in ("fraud.bundle", "fraud.bundle.profiles", "node"):  # a previous run's, replaced
+        shutil.rmtree(out / old, ignore_errors=True)
     threads = max(1, min(2, os.cpu_count() or 1))
     if os.environ.get("OMP_NUM_THREADS"):  # an explicit share (a pytest-xdist worker's)
         threads = min(threads, torch.get_num_threads())

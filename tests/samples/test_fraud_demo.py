@@ -40,8 +40,20 @@ TINY = [
 def demo(tmp_path_factory: pytest.TempPathFactory, mosquitto_path: str) -> dict[str, Any]:
     fraud = fraud_module("fraud")
     out = tmp_path_factory.mktemp("fraud-demo")
+    # what a previous run left in the output folder: a second `make demo-fraud` replaces it
+    for stale in ("fraud.bundle/manifest.json", "node/batched/state/outbox.sqlite"):
+        (out / stale).parent.mkdir(parents=True, exist_ok=True)
+        (out / stale).write_text("a previous run's")
     results = fraud.run(fraud.parse_args(["--out", str(out), *TINY]), Console(file=io.StringIO()))
     return {"out": out, "results": results, "fraud": fraud}
+
+
+def test_a_second_run_replaces_the_previous_bundle_and_node_state(demo: dict[str, Any]) -> None:
+    out = demo["out"]
+    manifest = json.loads((out / "fraud.bundle" / "manifest.json").read_text())
+    assert manifest["event_graph"]["roles"]  # the new export's, not the stale file
+    outbox = (out / "node" / "batched" / "state" / "outbox.sqlite").read_bytes()
+    assert outbox.startswith(b"SQLite format 3")  # the new node's own outbox
 
 
 def _unit(v: Any) -> bool:
