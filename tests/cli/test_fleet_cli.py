@@ -9,7 +9,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -169,22 +168,36 @@ def test_status_watch_and_command_speak_mqtt_3_1_1_when_told(broker, make_node, 
     assert status.exit_code == 0, status.output
     assert [(v["node"], v["state"]) for v in json.loads(status.output)] == [("n1", "online")]
 
-    lines: list[str] = []
-
-    def watch() -> None:
-        res = runner.invoke(fleet, ["watch", *opts, "--json", "--duration", "3"])
-        lines.extend(res.output.splitlines())
-
-    t = threading.Thread(target=watch)
-    t.start()
-    deadline = time.monotonic() + 10
-    while len(_clients(broker, "edge-fleet-watch-")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    sent = runner.invoke(fleet, ["command", "telemetry", "--group", "plant", "--node", "n1", *opts])
-    assert sent.exit_code == 0, sent.output
-    t.join()
-    kinds = [json.loads(line)["type"] for line in lines]
-    assert kinds.count("telemetry") == 1 and "status" in kinds
+    # The watch is a real process; its first line (the node's retained status)
+    # says it has subscribed, so the command is sent only then, not after a
+    # fixed time that a loaded machine can overrun.
+    exe = Path(sys.executable).with_name("edge-fleet")
+    watch = subprocess.Popen(
+        [str(exe), "watch", *opts, "--json", "--duration", "90"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    kinds: list[str] = []
+    try:
+        lines = line_queue(watch)
+        kinds.append(json.loads(lines.get(timeout=30))["type"])
+        assert kinds == ["status"]
+        sent = runner.invoke(
+            fleet, ["command", "telemetry", "--group", "plant", "--node", "n1", *opts]
+        )
+        assert sent.exit_code == 0, sent.output
+        deadline = time.monotonic() + 30
+        while "telemetry" not in kinds:
+            assert time.monotonic() < deadline, f"the watch printed only {kinds}"
+            kinds.append(
+                json.loads(lines.get(timeout=max(0.1, deadline - time.monotonic())))["type"]
+            )
+    finally:
+        watch.kill()
+        _, err = watch.communicate(timeout=10)
+    assert "Traceback" not in err, err
+    assert kinds.count("telemetry") == 1
     assert node.link.connected
     # status, watch and command each connected once, with MQTT 3.1.1; the node with MQTT 5
     assert sorted(_clients(broker, "edge-fleet-").values()) == ["p2", "p2", "p2"]
