@@ -130,7 +130,7 @@ def run(
     """Start the node and serve until stopped."""
     setup_logging()
     with fail_on_errors():
-        from edge_sdk.node import EdgeNode, load_config
+        from edge_sdk.node import EdgeNode, freeze_startup_heap, load_config
 
         urls = [u.strip() for b in broker or [] for u in b.split(",") if u.strip()]
         overrides: dict[str, Any] = {
@@ -186,6 +186,7 @@ def run(
                     token=os.environ.get(TOKEN_ENV) or None,
                 ).start()
                 console.print(f"HTTP inference on {server.url}/v2", highlight=False)
+            freeze_startup_heap()  # full GC passes paused scoring (docs/node.md)
             stop.wait(timeout=duration)
         finally:
             if server is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..mqtt.topics import JsonScheme
 from .config import AlertConfig, BrokerConfig, NodeConfig, SparkplugConfig, load_config
+from .heap import freeze_startup_heap
 from .node import EdgeNode
 from .outbox import Outbox, OutboxStats
 
@@ -20,5 +21,6 @@ __all__ = [
     "Outbox",
     "OutboxStats",
     "SparkplugConfig",
+    "freeze_startup_heap",
     "load_config",
 ]

@@ -157,3 +157,26 @@ def test_bridge_config_output_bridges_a_real_edge_broker(broker, mqtt_client_fac
 
     bad = runner.invoke(fleet, ["bridge-config", "--cloud", "cloud.example.com", "--name", "x"])
     assert bad.exit_code == 3 and "host:port" in bad.output
+
+
+def test_a_started_node_freezes_its_startup_heap_and_collects_it_rarely():
+    """``edge-node run`` leaves start-up objects out of full GC passes (in a fresh interpreter:
+    the freeze is process-wide); objects that lose their last reference are still freed."""
+    code = (
+        "import gc, json, weakref\n"
+        "from edge_sdk.node import heap\n"
+        "class Big: pass\n"
+        "b = Big(); gone = weakref.ref(b)\n"
+        "before = gc.get_freeze_count()\n"
+        "heap.freeze_startup_heap()\n"
+        "frozen = gc.get_freeze_count()\n"
+        "del b\n"
+        "print(json.dumps([before, frozen, gc.get_threshold()[2], gone() is None,"
+        " heap.FULL_GC_EVERY]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    before, frozen, full_every, freed, expected = json.loads(proc.stdout)
+    assert before == 0 and frozen > 5_000  # the imported SDK, numpy, pydantic...
+    assert full_every == expected == 100
+    assert freed  # freezing does not keep an object alive
