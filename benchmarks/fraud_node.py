@@ -200,7 +200,9 @@ def no_delay(client: Any, userdata: Any, sock: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def start_node(bundle: Path, broker: LocalBroker, work: Path, max_batch: int, thr: float) -> Any:
+def start_node(
+    bundle: Path, broker: LocalBroker, work: Path, max_batch: int, thr: float, delay_ms: float
+) -> Any:
     work.mkdir(parents=True)
     config = {
         "node_id": "n1",
@@ -209,6 +211,7 @@ def start_node(bundle: Path, broker: LocalBroker, work: Path, max_batch: int, th
         "state_dir": str(work / "state"),
         "threads": 1,
         "max_batch": max_batch,
+        "max_delay_ms": delay_ms,
         "telemetry_interval_s": 5,
         "alert": {"threshold": thr},
         "broker": {"url": broker.url},
@@ -325,14 +328,19 @@ def search(run: Any, args: argparse.Namespace) -> tuple[list[dict], float]:
 
 
 def run_mode(
-    args: argparse.Namespace, bundle: Path, thr: float, max_batch: int, work: Path
+    args: argparse.Namespace,
+    bundle: Path,
+    thr: float,
+    max_batch: int,
+    work: Path,
+    delay_ms: float = 0.0,
 ) -> dict:
     """One broker and node process: prime, search the highest passing rate on short
     probes, then hold it for the full window (stepping down if it fails there)."""
     # mosquitto's own Nagle off as well (set_tcp_nodelay, mosquitto >= 2.0): its
     # forwards to the node and to the subscriber are small writes too.
     broker = LocalBroker(work / "broker", extra_config="set_tcp_nodelay true").start()
-    node = start_node(bundle, broker, work / "node", max_batch, thr)
+    node = start_node(bundle, broker, work / "node", max_batch, thr, delay_ms)
     cloud = Cloud(broker.port)
     cloud.ready.wait(10)
     plant = mqtt.Client(
@@ -355,6 +363,7 @@ def run_mode(
     assert primed, "the node did not score the priming transactions"
     out: dict[str, Any] = {
         "max_batch": max_batch,
+        "max_delay_ms": delay_ms,
         "node": {k: status.get(k) for k in ("backend", "precision")},
         "prime": {"transactions": args.prime, "seconds": round(time.monotonic() - t0, 1)},
     }
@@ -423,6 +432,12 @@ def main() -> None:
     ap.add_argument("--bar", type=float, default=1000.0, help="the must-show rate, tx/s")
     ap.add_argument("--prime", type=int, default=20000, help="transactions primed in bulk")
     ap.add_argument("--batch", type=int, default=32, help="max_batch of the batched mode")
+    ap.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=10.0,
+        help="max_delay_ms of the batched mode (the unbatched one has no batch to wait for)",
+    )
     ap.add_argument("--bundle", type=Path, default=None, help="a fraud bundle (event graph)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
@@ -433,9 +448,9 @@ def main() -> None:
     bundle = args.bundle or default_bundle(work / "fraud.bundle")
     thr = alert_threshold(bundle, stream(args.prime)[-3000:])
     modes = {}
-    for name, mb in (("batched", args.batch), ("unbatched", 1)):
-        print(f"{name} (max_batch {mb})", flush=True)
-        modes[name] = run_mode(args, bundle, thr, mb, work / name)
+    for name, mb, delay in (("batched", args.batch, args.max_delay_ms), ("unbatched", 1, 0.0)):
+        print(f"{name} (max_batch {mb}, max_delay_ms {delay:g})", flush=True)
+        modes[name] = run_mode(args, bundle, thr, mb, work / name, delay)
     from edge_sdk import Runtime
 
     m = Runtime.load(bundle).manifest

@@ -179,7 +179,12 @@ class NodeConfig(_Strict):
         outbox: Store-and-forward.
         telemetry_interval_s: Telemetry period (0 disables).
         max_payload_bytes: Largest accepted incoming JSON message.
-        max_batch: Most windows run in one backend call.
+        max_batch: Most windows (or events) run in one backend call.
+        max_delay_ms: Longest the worker waits, after a message arrived, for
+            others to join its batch (up to ``max_batch`` messages); 0: it takes
+            whatever is queued at once (continuous batching). A few milliseconds
+            turn a high rate of one-event messages into fuller batches: fewer
+            backend calls, commits and results messages per event.
         queue_size: Inbound messages buffered before the node reports overload.
         trusted_keys: Public keys (``.pub`` files or directories) accepted for
             model updates; without any, updates are refused. With keys, every
@@ -207,6 +212,7 @@ class NodeConfig(_Strict):
     telemetry_interval_s: float = Field(default=10.0, ge=0)
     max_payload_bytes: int = Field(default=1 << 20, gt=0)
     max_batch: int = Field(default=32, ge=1)
+    max_delay_ms: float = Field(default=0.0, ge=0, le=10_000)
     queue_size: int = Field(default=10_000, ge=1)
     trusted_keys: list[Path] = Field(default_factory=list)
     canary_latency_ms: float | None = Field(default=None, gt=0)

@@ -166,3 +166,31 @@ def _non_finite(event: Mapping[str, Any]) -> str | None:
         if isinstance(value, float) and not math.isfinite(value):
             return str(key)
     return None
+
+
+def take_batch(
+    messages: queue.Queue[Message], max_batch: int, max_delay_ms: float, timeout: float
+) -> list[Message]:
+    """The worker's next batch: [] if nothing came within ``timeout`` s.
+
+    After the first message, waits up to ``max_delay_ms`` from its arrival for
+    ``max_batch`` messages, then takes what is queued (at most ``4 * max_batch``:
+    a message may carry many events or rows).
+    """
+    try:
+        batch = [messages.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    if max_delay_ms > 0:
+        deadline = batch[0].received + max_delay_ms / 1e3
+        while len(batch) < max_batch and (left := deadline - time.monotonic()) > 0:
+            try:
+                batch.append(messages.get(timeout=left))
+            except queue.Empty:
+                break
+    try:
+        while len(batch) < max_batch * 4:
+            batch.append(messages.get_nowait())
+    except queue.Empty:
+        pass
+    return batch

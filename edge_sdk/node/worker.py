@@ -4,7 +4,9 @@ The worker drains the ingress queue in batches: assembles sensor windows,
 runs up to ``max_batch`` windows in one backend call, answers ``infer``
 requests and commands, and writes results, alerts and errors to the outbox in
 one transaction with the window buffer, then acknowledges the batch's MQTT
-messages (docs/node.md, "Delivery guarantees"). A bad message never stops it:
+messages (docs/node.md, "Delivery guarantees"); the alerts of scored events
+are explained and committed after that, a slice after each batch
+(``explainer.py``). A bad message never stops it:
 it is answered on the ``errors`` topic, naming the field and what was
 expected, and the worker carries on.
 """
@@ -24,7 +26,8 @@ from ..manifest import Manifest
 from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from ..mqtt.topics import Inbound, Outbound, check_topic, dumps, finite, loads
 from .events import EventScorer, Pending
-from .ingress import Message
+from .explainer import Explanations
+from .ingress import Message, take_batch
 from .outbox import Outgoing, Priority
 from .telemetry import result_body
 from .windows import Gap, Incomplete, Window, WindowAssembler
@@ -66,6 +69,8 @@ class Worker:
         #: Failed batches since the last update (None: not on probation).
         self.probation: int | None = None
         self._saved_windows: tuple[WindowAssembler | None, int] = (None, 0)
+        #: Alerts whose decisions are committed, explained a slice after each batch.
+        self.explanations = Explanations(node, lambda out: self._commit(out, None))
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,13 +85,9 @@ class Worker:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            batch: list[Message] = []
-            try:
-                batch.append(self.queue.get(timeout=0.05))
-                while len(batch) < self.node.config.max_batch * 4:
-                    batch.append(self.queue.get_nowait())
-            except queue.Empty:
-                pass
+            cfg = self.node.config  # alerts waiting for their why: do not sit idle
+            wait = 0.001 if self.explanations else 0.05
+            batch = take_batch(self.queue, cfg.max_batch, cfg.max_delay_ms, wait)
             try:
                 self._process(batch)
             except Exception:  # never let one bad batch stop the node
@@ -99,9 +100,12 @@ class Worker:
                 # Every message exactly once, after _process committed its results and the
                 # window state (or answered it on errors): see docs/node.md.
                 self.node.ack(*(m.delivery for m in batch))
+            self.explanations.step()
+        while self.explanations.step():  # stopping: the last alerts go out explained
+            pass
 
     def _process(self, batch: list[Message]) -> None:
-        """One batch: each message on its own, windows merged, one commit (two with alerts).
+        """One batch: each message on its own, windows merged, one commit; alerts queued.
 
         A message's outcome is a result, a reply, or an ``errors`` message: a
         failure in one message (bad input, or a bug it triggers) is caught around
@@ -148,11 +152,9 @@ class Worker:
             out.append(telemetry)
         self._commit(out, self._window_state())
         if alerts and self.events is not None:
-            # Decisions are committed (on their way out); their alerts follow with the
-            # explanations, which cost dozens of inferences each. Acknowledged after both.
-            explained: list[Outgoing] = []
-            self.events.explain(self.node, alerts, explained)
-            self._commit(explained, None)
+            # Decisions are committed (on their way out); their alerts are explained a
+            # slice after each batch (dozens of inferences each), not before the next one.
+            self.explanations.add(self.events, alerts)
 
     def use(self, manifest: Manifest, assembler: WindowAssembler | None) -> None:
         """Serve ``manifest`` from the next batch on (its windows and event graph)."""

@@ -285,6 +285,9 @@ def _one_run(
         want = {str(e["id"]) for e in events}
         if not collector.wait(lambda: len(run.ids) >= len(want), 60 + len(events) / 40):
             run.note += "not every decision arrived within the wait"
+        # An alert's explanation follows its decision by a few node batches.
+        alerted = {_event_id(d) for d in run.decisions if d.get("alert")}
+        collector.wait(lambda: len(run.alerts) >= len(alerted), 10)
         run.seconds = max((run.last_at or time.perf_counter()) - t0, 1e-9)
     finally:
         if node.poll() is None:

@@ -294,54 +294,99 @@ def test_alerts_past_the_occlusion_budget_go_out_without_why(make_node, fraud_bu
     )[1]
     node.submit_events(events)
     deadline = time.monotonic() + 20
-    while len(got) < len(events) and time.monotonic() < deadline:
+    while (len(got) < len(events) or len(alerts) < node.stats.alerts) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     assert len(got) == len(events) and any(d["alert"] for d in got)
     assert node.stats.alerts == sum(d["alert"] for d in got)  # every alert still raised
     assert len(alerts) == node.stats.alerts and all(a["why"] == [] for a in alerts)
 
 
-def test_decisions_are_committed_before_their_alerts_are_explained(
+def test_alerts_are_explained_in_slices_after_their_decisions_and_never_before_later_ones(
     make_node, fraud_bundle, monkeypatch
 ):
-    """Explanations (dozens of inferences per alert) never hold back a batch's decisions."""
+    """Explanations (dozens of inferences per alert) never hold back a later batch.
+
+    Each slice explains one alert here. The first explanation waits until the
+    second batch has been sent: that batch's decisions must then be committed
+    before the first batch's remaining alerts are explained (explained before
+    the next batch, they would all come first). Every alert is committed after
+    its decision; a bug in one explanation costs only its ``why``.
+    """
+    import threading
+
     import edge_sdk.node.events as node_events
 
     events = make_events(200)
     node = make_node(None, fraud_bundle, node_id="order", max_batch=8)
-    commits: list[list[str]] = []
-    commit = node.commit  # the real commit, also recording the kinds of each transaction
-    node.commit = lambda out, state=None: (
-        commits.append(
-            [k for o in out if (k := o.topic.rsplit("/", 1)[1]) in ("results", "alerts")]
-        ),
-        commit(out, state),
-    )[1]
+    node.worker.explanations.copies_per_slice = 1  # one alert per slice
+    bodies: dict[int, tuple[str, dict]] = {}  # id(outgoing) -> (kind, body)
+    message = node.message
+
+    def recording_message(kind: Any, body: dict, prio: Any) -> Any:
+        out = message(kind, body, prio)
+        bodies[id(out)] = (kind.value, body)
+        return out
+
+    node.message = recording_message
+    committed: list[tuple[str, dict]] = []  # in commit order
+    commit = node.commit
+
+    def recording_commit(out: list, state: Any = None) -> None:
+        commit(out, state)
+        committed.extend(bodies[id(o)] for o in out if id(o) in bodies)
+
+    node.commit = recording_commit
+    second_sent = threading.Event()
     calls = {"n": 0}
     occlusions = node_events.occlusions
 
-    def failing_once(sg: Any) -> Any:  # the first explanation hits a bug; later ones do not
+    def waiting_then_failing(sg: Any) -> Any:
         calls["n"] += 1
-        if calls["n"] == 1:
+        if calls["n"] == 1:  # the first explanation: only once the second batch is queued
+            assert second_sent.wait(timeout=30)
+        if calls["n"] == 2:  # the second hits a bug; later ones do not
             raise RuntimeError("synthetic failure while building occluded copies")
         return occlusions(sg)
 
-    monkeypatch.setattr(node_events, "occlusions", failing_once)
+    monkeypatch.setattr(node_events, "occlusions", waiting_then_failing)
     got: list[dict] = []
     node.on_result = lambda body: got.extend(body["decisions"])
-    node.submit_events(events)
-    deadline = time.monotonic() + 20
-    while node.stats.alerts > sum(c.count("alerts") for c in commits) or len(got) < len(events):
+    # Split after the third alerted event: the first batch has several alerts to explain.
+    threshold = Runtime.load(fraud_bundle).manifest.event_graph.threshold
+    scores = reference_scores(fraud_bundle, events)
+    alerted_at = [i for i, e in enumerate(events) if scores[e["id"]] >= threshold]
+    assert len(alerted_at) >= 4, "the tiny model alerts too rarely for this test"
+    first, second = events[: alerted_at[2] + 1], events[alerted_at[2] + 1 :]
+    node.submit_events(first)  # one message: one batch
+    deadline = time.monotonic() + 30
+    while len(got) < len(first):
         assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert node.stats.alerts == 3
+    node.submit_events(second)
+    second_sent.set()
+    deadline = time.monotonic() + 60
+    while len(got) < len(events) or node.stats.alerts > sum(k == "alerts" for k, _ in committed):
+        assert time.monotonic() < deadline, (len(got), node.stats.alerts)
         time.sleep(0.02)
-    assert [d["id"] for d in got] == [e["id"] for e in events]  # none lost to the failure
-    with_alerts = [i for i, c in enumerate(commits) if "alerts" in c]
-    assert with_alerts and all(
-        c == ["alerts"] * len(c) for c in map(commits.__getitem__, with_alerts)
-    )
-    for i in with_alerts:  # each alerts commit right after the commit of its decisions
-        assert "results" in commits[i - 1]
-    assert sum(c.count("alerts") for c in commits) == sum(d["alert"] for d in got)
+    assert [d["id"] for d in got] == [e["id"] for e in events]  # none lost
+    alerts = [(i, b) for i, (k, b) in enumerate(committed) if k == "alerts"]
+    alerted = [d["id"] for d in got if d["alert"]]
+    assert sorted(b["id"] for _, b in alerts) == sorted(alerted)
+    decided_at = {}
+    for i, (kind, body) in enumerate(committed):
+        if kind == "results":
+            decided_at.update((d["id"], i) for d in body["decisions"])
+    assert all(decided_at[b["id"]] < i for i, b in alerts)  # each after its decision
+    assert len(alerts) == len({i for i, _ in alerts})  # one alert per commit (per slice)
+    first_ids = {e["id"] for e in first}
+    second_results = min(decided_at[e["id"]] for e in second)
+    last_first_alert = max(i for i, b in alerts if b["id"] in first_ids)
+    assert second_results < last_first_alert  # a later batch did not wait for them
+    assert alerts[1][1]["why"] == []  # the failed explanation's alert still went out
+    assert alerts[0][1]["why"] and all(b["why"] for _, b in alerts[2:])
 
 
 def test_node_sends_mqtt_packets_without_nagle_delay(broker, make_node, fraud_bundle):
@@ -351,3 +396,26 @@ def test_node_sends_mqtt_packets_without_nagle_delay(broker, make_node, fraud_bu
     node = make_node(broker, fraud_bundle, node_id="nodelay")
     sock = node.link._client.socket()
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_max_delay_ms_waits_for_a_fuller_batch_up_to_max_batch(make_node, fraud_bundle):
+    """One-event messages arriving within ``max_delay_ms`` share one batch and results
+    message; the ``max_batch``-th message closes the batch long before the delay is over."""
+    events = make_events(8, seed=3)
+    bodies: list[dict] = []
+    node = make_node(None, fraud_bundle, node_id="delay", max_batch=8, max_delay_ms=10_000)
+    node.on_result = bodies.append
+    for ev in events[:5]:  # five messages, well inside the delay
+        node.submit_events([ev])
+        time.sleep(0.01)
+    time.sleep(0.5)
+    assert bodies == []  # still waiting: 5 < max_batch, and the delay is 10 s
+    start = time.monotonic()
+    for ev in events[5:]:
+        node.submit_events([ev])
+    while not bodies:
+        assert time.monotonic() - start < 5, "the batch waited for the delay, not max_batch"
+        time.sleep(0.01)
+    assert len(bodies) == 1 and [d["id"] for d in bodies[0]["decisions"]] == [
+        e["id"] for e in events
+    ]
