@@ -9,7 +9,8 @@ calls contended with the worker's for the model's backend and the CPU. So the
 worker commits a batch's decisions, acknowledges its messages, queues the
 batch's alerts here and explains one slice of at most :data:`COPIES_PER_SLICE`
 occluded copies (at least one alert) after each batch, committing each
-slice's ``alerts`` messages.
+slice's ``alerts`` messages. Past :data:`MAX_WAITING` alerts waiting, it
+explains before taking the next batch, as it used to.
 
 The decision of an alerted event, with ``"alert": true``, is committed before
 its message is acknowledged; its ``alerts`` message follows a few batches
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: Most occluded copies explained after one batch (each copy is one subgraph inference).
 COPIES_PER_SLICE = 32
+#: Most alerts waiting: past it the worker explains before it takes the next batch
+#: (alerts faster than it can explain them slow intake, as before, not fill memory).
+MAX_WAITING = 256
 
 
 class Explanations:
@@ -42,6 +46,7 @@ class Explanations:
         host: The node (its model and message builders).
         commit: Commits a slice's ``alerts`` messages (the worker's commit).
         copies_per_slice: Most occluded copies per :meth:`step` (at least one alert).
+        max_waiting: Most alerts left waiting by :meth:`add`.
     """
 
     def __init__(
@@ -49,11 +54,13 @@ class Explanations:
         host: WorkerHost,
         commit: Callable[[list[Outgoing]], None],
         copies_per_slice: int = COPIES_PER_SLICE,
+        max_waiting: int = MAX_WAITING,
     ) -> None:
         if copies_per_slice < 1:
             raise ValueError(f"copies_per_slice must be >= 1, got {copies_per_slice}")
         self.host = host
         self.copies_per_slice = copies_per_slice
+        self.max_waiting = max_waiting
         self._commit = commit
         self._queue: deque[tuple[EventScorer, Alert]] = deque()
 
@@ -62,14 +69,17 @@ class Explanations:
         return len(self._queue)
 
     def add(self, scorer: EventScorer, alerts: Sequence[Alert]) -> None:
-        """Queue ``alerts`` (their decisions are committed) for explanation."""
+        """Queue ``alerts`` (their decisions are committed); explain down to ``max_waiting``."""
         self._queue.extend((scorer, a) for a in alerts)
+        while len(self._queue) > self.max_waiting:
+            self.step()
 
     def step(self) -> int:
         """Explain and commit the next slice of alerts; returns how many.
 
-        A failed commit (the outbox's disk) loses that slice's ``alerts``
-        messages, not their decisions; it is logged and counted in errors.
+        A failure past :meth:`EventScorer.explain`'s own (the outbox's disk)
+        loses that slice's ``alerts`` messages, not their decisions; it is
+        logged and counted in errors.
         """
         if not self._queue:
             return 0
@@ -82,13 +92,13 @@ class Explanations:
             chunk.append(self._queue.popleft()[1])
             copies += more
         out: list[Outgoing] = []
-        scorer.explain(self.host, chunk, out)  # isolates its own failures (empty why)
-        try:
+        try:  # explain() gives a failed explanation an empty why; this is the rest
+            scorer.explain(self.host, chunk, out)
             self._commit(out)
-        except Exception:
-            log.exception("committing %d explained alert(s) failed", len(chunk))
+        except Exception:  # never let it stop the worker
+            log.exception("explaining or committing %d alert(s) failed", len(chunk))
             self.host.stats.errors += 1
         return len(chunk)
 
 
-__all__ = ["COPIES_PER_SLICE", "Explanations"]
+__all__ = ["COPIES_PER_SLICE", "MAX_WAITING", "Explanations"]

@@ -419,3 +419,42 @@ def test_max_delay_ms_waits_for_a_fuller_batch_up_to_max_batch(make_node, fraud_
     assert len(bodies) == 1 and [d["id"] for d in bodies[0]["decisions"]] == [
         e["id"] for e in events
     ]
+
+
+def test_waiting_alerts_are_bounded_and_a_failed_alerts_commit_costs_only_those_alerts(
+    make_node, fraud_bundle
+):
+    """Past ``max_waiting`` the worker explains before its next batch (backpressure, not
+    memory); an ``alerts`` commit that fails (the disk) loses those alerts, not the worker."""
+    events = make_events(200)
+    node = make_node(None, fraud_bundle, node_id="bound", max_batch=8)
+    waiting = node.worker.explanations
+    waiting.max_waiting, waiting.copies_per_slice = 1, 1
+    left: list[int] = []
+    add = waiting.add
+    waiting.add = lambda scorer, alerts: (add(scorer, alerts), left.append(len(waiting)))[0]
+    committed: list[str] = []
+    commit = node.commit
+    failed: list[bool] = []
+
+    def disk_fails_once(out: list, state: Any = None) -> None:
+        kinds = [o.topic.rsplit("/", 1)[1] for o in out]
+        if "alerts" in kinds and not failed:
+            failed.append(True)
+            raise OSError("synthetic: disk full")
+        commit(out, state)
+        committed.extend(kinds)
+
+    node.commit = disk_fails_once
+    got: list[dict] = []
+    node.on_result = lambda body: got.extend(body["decisions"])
+    for i in range(0, len(events), 20):  # ten messages: several batches
+        node.submit_events(events[i : i + 20])
+    deadline = time.monotonic() + 30
+    while len(got) < len(events) or committed.count("alerts") < node.stats.alerts - 1:
+        assert time.monotonic() < deadline, (len(got), committed.count("alerts"))
+        time.sleep(0.02)
+    assert [d["id"] for d in got] == [e["id"] for e in events]
+    assert left and max(left) <= 1
+    assert failed and node.stats.errors >= 1
+    assert committed.count("alerts") == sum(d["alert"] for d in got) - 1  # only the one lost
