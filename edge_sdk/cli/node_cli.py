@@ -20,6 +20,8 @@ from ._common import console, err_console, fail_on_errors, make_app, setup_loggi
 
 #: Environment variable holding the HTTP bearer token (never a flag: flags show in ps).
 TOKEN_ENV = "EDGE_SDK_HTTP_TOKEN"
+#: Longest an HTTP events request waits for the node's worker to score it.
+EVENTS_TIMEOUT_S = 30.0
 
 app = make_app(
     "edge-node",
@@ -215,6 +217,29 @@ class _NodeModel:
 
     def infer(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return dict(self._node.infer(inputs))
+
+    def score_events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Score ``events`` in the node's store, as if from MQTT; wait for every outcome."""
+        from edge_sdk.errors import OverloadedError
+
+        outcomes: list[dict[str, Any] | None] = [None] * len(events)
+        left = [len(events)]
+        done = threading.Event()
+        lock = threading.Lock()
+
+        def reply(i: int, outcome: dict[str, Any]) -> None:
+            with lock:
+                outcomes[i] = outcome
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+        self._node.submit_events(events, reply=reply)
+        if not done.wait(EVENTS_TIMEOUT_S):
+            raise OverloadedError(
+                f"the node did not score {len(events)} event(s) within {EVENTS_TIMEOUT_S:g} s"
+            )
+        return [o for o in outcomes if o is not None]
 
 
 @app.command(

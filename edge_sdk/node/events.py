@@ -51,7 +51,7 @@ from .outbox import Outgoing, Priority
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
-    from .ingress import Message
+    from .ingress import Message, Reply
     from .worker_host import WorkerHost
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,16 @@ class Pending:
         event: The event as decoded.
         received: When its message arrived (monotonic seconds).
         where: Prefix of the error field (``events[3].`` in a list message).
+        index: Its position in its message (3 there).
+        reply: The message's :attr:`~edge_sdk.node.ingress.Message.reply`.
     """
 
     event: dict[str, Any]
     received: float
     where: str = ""
+    #: Its position in its message's events, and who waits for its outcome (HTTP).
+    index: int = 0
+    reply: Reply | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,7 @@ class EventScorer:
         """
         body = loads(msg.payload, max_bytes)
         if "events" not in body:
-            return [Pending(body, msg.received)]
+            return [Pending(body, msg.received, reply=msg.reply)]
         events = body["events"]
         if not isinstance(events, list):
             raise InvalidInputError(
@@ -158,15 +163,12 @@ class EventScorer:
         kept: list[Pending] = []
         for i, ev in enumerate(events):
             if isinstance(ev, dict):
-                kept.append(Pending(ev, msg.received, f"events[{i}]."))
-            else:
-                out.append(
-                    host.error_message(
-                        f"events[{i}]",
-                        f"expected an event object, got {type(ev).__name__}",
-                        Inbound.EVENTS,
-                    )
-                )
+                kept.append(Pending(ev, msg.received, f"events[{i}].", i, msg.reply))
+                continue
+            why = f"expected an event object, got {type(ev).__name__}"
+            out.append(host.error_message(f"events[{i}]", why, Inbound.EVENTS))
+            if msg.reply is not None:
+                msg.reply(i, {"id": None, "error": {"field": "event", "message": why}})
         return kept
 
     # -- scoring -----------------------------------------------------------------------
@@ -206,6 +208,8 @@ class EventScorer:
                 d = self._decision(p, score, score >= threshold, now)
                 host.stats.e2e_ms.append(d["latency_ms"])
                 decisions.append(d)
+                if p.reply is not None:
+                    p.reply(p.index, d)
                 if d["alert"]:
                     host.stats.alerts += 1
                     body = {**d, "threshold": threshold, "model": meta}
@@ -255,6 +259,10 @@ class EventScorer:
         eid = p.event.get(self.spec.id_field)
         if isinstance(eid, str | int) and not isinstance(eid, bool):
             extra["event"] = str(eid)[:_MAX_ID_CHARS]
+        if p.reply is not None:
+            field_in_event = field_name.removeprefix(p.where)
+            failure = {"field": field_in_event, "message": message}
+            p.reply(p.index, {"id": extra.get("event"), "error": failure})
         return host.error_message(field_name, message, Inbound.EVENTS, extra)
 
     def _scores(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import queue
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from .ota import UpdateAgent
     from .schemes import NodeScheme
     from .telemetry import NodeStats
+
+#: ``reply(index, outcome)``: an event's decision, or its error (see :attr:`Message.reply`).
+Reply = Callable[[int, dict[str, Any]], None]
 
 #: Local events queued per message by :meth:`Ingress.submit_events` (a long list
 #: in one message would exceed ``max_payload_bytes``).
@@ -44,6 +47,9 @@ class Message:
     received: float
     #: MQTT input: acknowledged by the worker once the batch is committed.
     delivery: Delivery | None = None
+    #: Local events waited for (HTTP): ``reply(i, outcome)`` per event ``i`` of the
+    #: message, with its decision or ``{"id", "error": {"field", "message"}}``.
+    reply: Reply | None = None
 
 
 class IngressHost(Protocol):
@@ -92,12 +98,17 @@ class Ingress:
         node.ack(delivery)
 
     def enqueue(
-        self, kind: Inbound, payload: bytes, properties: Any, delivery: Delivery | None = None
+        self,
+        kind: Inbound,
+        payload: bytes,
+        properties: Any,
+        delivery: Delivery | None = None,
+        reply: Reply | None = None,
     ) -> None:
         """Queue one input; when the queue stays full for a second, answer it as dropped."""
         try:
             self.queue.put(
-                Message(kind, payload, properties, time.monotonic(), delivery), timeout=1.0
+                Message(kind, payload, properties, time.monotonic(), delivery, reply), timeout=1.0
             )
         except queue.Full:
             node = self.node
@@ -109,11 +120,13 @@ class Ingress:
             )
             node.ack(delivery)  # refused with an error, like any bad message
 
-    def submit_events(self, events: Any, accepted: bool) -> None:
+    def submit_events(self, events: Any, accepted: bool, reply: Reply | None = None) -> None:
         """Queue local events (one, or a list) as one ``events`` message.
 
         An event holding a value JSON cannot carry (NaN, infinity) costs itself:
         it is answered on ``errors`` as ``events[i].<field>``, the others are queued.
+        ``reply(i, outcome)`` is called once per event ``i`` of ``events`` (its
+        decision or error) from the worker thread, if given.
 
         Raises:
             InvalidInputError: The model takes no events (not ``accepted``), or
@@ -128,20 +141,29 @@ class Ingress:
             raise InvalidInputError(
                 "events", f"expected an event or a list of events, got {type(events).__name__}"
             )
-        kept: list[Any] = []
+        kept: list[tuple[int, Any]] = []
         for i, ev in enumerate(items):
             bad = _non_finite(ev) if isinstance(ev, Mapping) else None
             if bad is None:
-                kept.append(ev)  # not an object: the worker answers it, naming events[i]
-            else:
-                self.node.report_error(
-                    f"events[{i}].{bad}",
-                    "must be a finite number, not NaN/infinity",
-                    Inbound.EVENTS,
-                )
+                kept.append((i, ev))  # not an object: the worker answers it, naming events[i]
+                continue
+            why = "must be a finite number, not NaN/infinity"
+            self.node.report_error(f"events[{i}].{bad}", why, Inbound.EVENTS)
+            if reply is not None:
+                reply(i, {"id": ev.get("id"), "error": {"field": bad, "message": why}})
         for i in range(0, len(kept), LOCAL_EVENTS_PER_MESSAGE):  # within max_payload_bytes
             chunk = kept[i : i + LOCAL_EVENTS_PER_MESSAGE]
-            self.enqueue(Inbound.EVENTS, dumps({"events": chunk}), None)
+            where = [k for k, _ in chunk]  # a chunk's event j is events[where[j]]
+            payload = dumps({"events": [e for _, e in chunk]})
+            limit = self.node.config.max_payload_bytes
+            if reply is not None and len(payload) > limit:  # the worker would refuse it whole
+                why = f"{len(payload)} bytes of events in one message; max_payload_bytes={limit}"
+                for k in where:
+                    eid = items[k].get("id") if isinstance(items[k], Mapping) else None
+                    reply(k, {"id": eid, "error": {"field": "payload", "message": why}})
+                continue
+            back = None if reply is None else _renumbered(reply, where)
+            self.enqueue(Inbound.EVENTS, payload, None, None, back)
 
     def _own_topic(self, topic: str, payload: bytes) -> bool:
         """A message on the wire scheme's own topics (Sparkplug), handled here (True)."""
@@ -166,6 +188,10 @@ def _non_finite(event: Mapping[str, Any]) -> str | None:
         if isinstance(value, float) and not math.isfinite(value):
             return str(key)
     return None
+
+
+def _renumbered(reply: Reply, where: list[int]) -> Reply:
+    return lambda j, outcome: reply(where[j], outcome)
 
 
 def take_batch(

@@ -57,7 +57,7 @@ from .alarm import Alarm
 from .alerts import Alerts
 from .config import NodeConfig
 from .health import run_canary
-from .ingress import Ingress, Message
+from .ingress import Ingress, Message, Reply
 from .ota import UpdateAgent
 from .outbox import Outbox, Outgoing, Priority
 from .schemes import JsonNodeScheme, NodeScheme
@@ -346,9 +346,10 @@ class EdgeNode:
             raise InvalidInputError("values", f"readings must be finite numbers ({exc})") from None
         self.ingress.enqueue(Inbound.SENSORS, raw, None)
 
-    def submit_events(self, events: Any) -> None:
-        """Feed events (one, or a list) as if from MQTT (docs/node.md, "Scoring events")."""
-        self.ingress.submit_events(events, self.worker.events is not None)
+    def submit_events(self, events: Any, reply: Reply | None = None) -> None:
+        """Feed events (one, or a list) as if from MQTT (docs/node.md, "Scoring events");
+        ``reply(i, decision or error)`` per event, from the worker thread, if given."""
+        self.ingress.submit_events(events, self.worker.events is not None, reply)
 
     def describe(self) -> dict[str, Any]:
         """Model, backend and state of this node."""

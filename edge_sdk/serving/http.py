@@ -61,6 +61,7 @@ from .kserve import (
     parse_json,
     wanted_outputs,
 )
+from .kserve_events import answer_events, event_tensors, is_events_request
 from .metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
@@ -342,12 +343,13 @@ class InferenceServer:
                 for t in specs
             ]
 
+        events_in, events_out = event_tensors(m)  # an event-graph model also takes events
         return {
             "name": m.model.name,
             "versions": [m.model.version],
             "platform": f"{SERVER_NAME}/{backend}",
-            "inputs": tensors(m.request_inputs),
-            "outputs": tensors(m.outputs),
+            "inputs": tensors(m.request_inputs) + events_in,
+            "outputs": tensors(m.outputs) + events_out,
         }
 
     # -- request handling (called from connection threads) ---------------------------------
@@ -441,6 +443,8 @@ class InferenceServer:
         else:
             head, binary = view, view[:0]
         request = parse_json(head)
+        if is_events_request(request):  # events for a node's store: kserve_events.py
+            return _json(200, answer_events(self.predictor, request, manifest))
         inputs = decode_inputs(request, manifest, binary)
         wanted = wanted_outputs(request, manifest)
         try:
