@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, InvalidInputError, OverloadedError
+from ..errors import ConfigError
 from ..graph import zero_request
 from ..manifest import Manifest
 from .batcher import BatcherConfig, DynamicBatcher
@@ -59,6 +59,8 @@ from .kserve import (
     encode_outputs,
     kserve_datatype,
     parse_json,
+    predict,
+    response_head,
     wanted_outputs,
 )
 from .kserve_events import answer_events, event_tensors, is_events_request
@@ -447,18 +449,8 @@ class InferenceServer:
             return _json(200, answer_events(self.predictor, request, manifest))
         inputs = decode_inputs(request, manifest, binary)
         wanted = wanted_outputs(request, manifest)
-        try:
-            result = self.predictor.infer(inputs)
-        except InvalidInputError as exc:
-            raise ProtocolError(400, str(exc)) from None
-        except OverloadedError as exc:
-            raise ProtocolError(503, str(exc), headers={"Retry-After": "1"}) from None
-        response: dict[str, Any] = {
-            "model_name": manifest.model.name,
-            "model_version": manifest.model.version,
-        }
-        if "id" in request:
-            response["id"] = request["id"]
+        result = predict(lambda: self.predictor.infer(inputs))
+        response = response_head(request, manifest)
         outputs, blobs = encode_outputs(result, wanted)
         response["outputs"] = outputs
         head_bytes = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, OverloadedError
 from ..graph import holds_bool
 from ..manifest import Manifest
+
+T = TypeVar("T")
 
 #: Header that announces a binary body: its value is the JSON header's length.
 BINARY_HEADER = "Inference-Header-Content-Length"
@@ -228,6 +230,27 @@ def _json_tensor(
         raise ProtocolError(
             400, f"input {name!r}: a value does not fit {datatype} ({exc})"
         ) from None
+
+
+def predict(call: Callable[[], T]) -> T:
+    """Run a predictor call: a bad request answers 400, an overloaded server 503."""
+    try:
+        return call()
+    except InvalidInputError as exc:
+        raise ProtocolError(400, str(exc)) from None
+    except OverloadedError as exc:
+        raise ProtocolError(503, str(exc), headers={"Retry-After": "1"}) from None
+
+
+def response_head(request: Mapping[str, Any], manifest: Manifest) -> dict[str, Any]:
+    """An inference answer's model name and version, and the request's ``id`` if it had one."""
+    head: dict[str, Any] = {
+        "model_name": manifest.model.name,
+        "model_version": manifest.model.version,
+    }
+    if "id" in request:
+        head["id"] = request["id"]
+    return head
 
 
 def wanted_outputs(request: Mapping[str, Any], manifest: Manifest) -> list[tuple[str, bool]]:

@@ -23,9 +23,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import InvalidInputError, OverloadedError
 from ..manifest import Manifest
-from .kserve import ProtocolError
+from .kserve import ProtocolError, predict, response_head
 
 #: The input carrying events.
 EVENTS_INPUT = "events"
@@ -119,20 +118,8 @@ def answer_events(
             "`edge-node run --http PORT`, or post subgraph tensors "
             f"{[t.name for t in manifest.request_inputs]}",
         )
-    try:
-        outcomes = predictor.score_events(events)
-    except InvalidInputError as exc:
-        raise ProtocolError(400, str(exc)) from None
-    except OverloadedError as exc:
-        raise ProtocolError(503, str(exc), headers={"Retry-After": "1"}) from None
-    response: dict[str, Any] = {
-        "model_name": manifest.model.name,
-        "model_version": manifest.model.version,
-    }
-    if "id" in request:
-        response["id"] = request["id"]
-    response["outputs"] = encode_outcomes(outcomes)
-    return response
+    outcomes = predict(lambda: predictor.score_events(events))
+    return {**response_head(request, manifest), "outputs": encode_outcomes(outcomes)}
 
 
 def event_tensors(manifest: Manifest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
