@@ -132,7 +132,7 @@ def run(
     """Start the node and serve until stopped."""
     setup_logging()
     with fail_on_errors():
-        from edge_sdk.node import EdgeNode, freeze_startup_heap, load_config
+        from edge_sdk.node import EdgeNode, HeapKeeper, load_config
 
         urls = [u.strip() for b in broker or [] for u in b.split(",") if u.strip()]
         overrides: dict[str, Any] = {
@@ -175,6 +175,7 @@ def run(
         )
         node.start()
         server = None
+        keeper = None
         try:
             if http is not None:
                 from edge_sdk.serving.http import InferenceServer
@@ -188,9 +189,11 @@ def run(
                     token=os.environ.get(TOKEN_ENV) or None,
                 ).start()
                 console.print(f"HTTP inference on {server.url}/v2", highlight=False)
-            freeze_startup_heap()  # full GC passes paused scoring (docs/node.md)
+            keeper = HeapKeeper().start()  # full GC passes paused scoring (docs/node.md)
             stop.wait(timeout=duration)
         finally:
+            if keeper is not None:
+                keeper.stop()
             if server is not None:
                 server.stop()
             node.stop()

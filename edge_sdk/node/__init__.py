@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..mqtt.topics import JsonScheme
 from .config import AlertConfig, BrokerConfig, NodeConfig, SparkplugConfig, load_config
-from .heap import freeze_startup_heap
+from .heap import HeapKeeper
 from .node import EdgeNode
 from .outbox import Outbox, OutboxStats
 
@@ -16,11 +16,11 @@ __all__ = [
     "AlertConfig",
     "BrokerConfig",
     "EdgeNode",
+    "HeapKeeper",
     "JsonScheme",
     "NodeConfig",
     "Outbox",
     "OutboxStats",
     "SparkplugConfig",
-    "freeze_startup_heap",
     "load_config",
 ]

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from edge_sdk.cli.fleet_cli import app as fleet
 from edge_sdk.cli.node_cli import app as node_app
+from edge_sdk.node import HeapKeeper
 
 runner = CliRunner()
 
@@ -159,24 +160,54 @@ def test_bridge_config_output_bridges_a_real_edge_broker(broker, mqtt_client_fac
     assert bad.exit_code == 3 and "host:port" in bad.output
 
 
-def test_a_started_node_freezes_its_startup_heap_and_collects_it_rarely():
-    """``edge-node run`` leaves start-up objects out of full GC passes (in a fresh interpreter:
-    the freeze is process-wide); objects that lose their last reference are still freed."""
+def test_the_heap_keeper_freezes_survivors_frees_garbage_and_thaws_frozen_cycles():
+    """``edge-node run``'s heap keeper (in a fresh interpreter: the collector is process-wide):
+    start-up and surviving objects leave full passes, acyclic ones are still freed on their
+    last reference, cycles dropped before a settle are collected by it, and a cycle that
+    died frozen is collected by the next thaw (the keeper's thread does both on its own)."""
     code = (
-        "import gc, json, weakref\n"
-        "from edge_sdk.node import heap\n"
-        "class Big: pass\n"
-        "b = Big(); gone = weakref.ref(b)\n"
-        "before = gc.get_freeze_count()\n"
-        "heap.freeze_startup_heap()\n"
-        "frozen = gc.get_freeze_count()\n"
-        "del b\n"
-        "print(json.dumps([before, frozen, gc.get_threshold()[2], gone() is None,"
-        " heap.FULL_GC_EVERY]))\n"
+        "import gc, json, time, weakref\n"
+        "from edge_sdk.node import HeapKeeper\n"
+        "class Obj: pass\n"
+        "def cycle():\n"
+        "    a, b = Obj(), Obj(); a.b, b.a = b, a\n"
+        "    return a\n"
+        "def until(check):\n"
+        "    end = time.monotonic() + 20\n"
+        "    while not check() and time.monotonic() < end: time.sleep(0.01)\n"
+        "    return check()\n"
+        "out = {'before': gc.get_freeze_count()}\n"
+        "keeper = HeapKeeper(settle_every_s=0.05, thaw_every_s=3600).start()\n"
+        "out['startup'] = gc.get_freeze_count()\n"
+        "plain = Obj(); plain_ref = weakref.ref(plain)\n"
+        "young = cycle(); young_ref = weakref.ref(young); del young\n"
+        "n = keeper.settles\n"
+        "out['settled'] = until(lambda: keeper.settles >= n + 2)\n"
+        "out['plain_frozen'] = gc.get_freeze_count() > out['startup']\n"
+        "out['young_cycle_freed'] = young_ref() is None\n"
+        "del plain\n"
+        "out['plain_freed'] = plain_ref() is None\n"
+        "keeper.stop()\n"
+        "old = cycle(); old_ref = weakref.ref(old); keeper.settle(); del old\n"
+        "gc.collect()\n"
+        "out['frozen_cycle_kept'] = old_ref() is not None\n"
+        "out['thaw_found'] = keeper.thaw()\n"
+        "out['frozen_cycle_freed'] = old_ref() is None\n"
+        "auto = HeapKeeper(settle_every_s=0.05, thaw_every_s=0.2).start()\n"
+        "late = cycle(); late_ref = weakref.ref(late); auto.settle(); del late\n"
+        "out['thread_thawed'] = until(lambda: auto.thaws >= 1 and late_ref() is None)\n"
+        "auto.stop()\n"
+        "print(json.dumps(out))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    before, frozen, full_every, freed, expected = json.loads(proc.stdout)
-    assert before == 0 and frozen > 5_000  # the imported SDK, numpy, pydantic...
-    assert full_every == expected == 100
-    assert freed  # freezing does not keep an object alive
+    out = json.loads(proc.stdout)
+    assert out["before"] == 0 and out["startup"] > 5_000  # the imported SDK, numpy, pydantic...
+    assert out["settled"] and out["plain_frozen"]
+    assert out["young_cycle_freed"]  # garbage in a cycle is collected before the freeze
+    assert out["plain_freed"]  # freezing does not keep an acyclic object alive
+    assert out["frozen_cycle_kept"]  # the price, bounded by the thaw:
+    assert out["thaw_found"] >= 2 and out["frozen_cycle_freed"]  # the two objects
+    assert out["thread_thawed"]
+    with pytest.raises(ValueError, match="settle_every_s"):
+        HeapKeeper(settle_every_s=2.0, thaw_every_s=1.0)
