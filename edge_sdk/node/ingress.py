@@ -104,21 +104,26 @@ class Ingress:
         properties: Any,
         delivery: Delivery | None = None,
         reply: Reply | None = None,
-    ) -> None:
-        """Queue one input; when the queue stays full for a second, answer it as dropped."""
+    ) -> bool:
+        """Queue one input; when the queue stays full for a second, answer it as dropped.
+
+        Returns:
+            False: dropped (reported on ``errors``, acknowledged; ``reply`` is not called).
+        """
         try:
             self.queue.put(
                 Message(kind, payload, properties, time.monotonic(), delivery, reply), timeout=1.0
             )
+            return True
         except queue.Full:
             node = self.node
             node.stats.overloaded += 1
-            node.report_error(
-                "queue",
-                f"node overloaded: {node.config.queue_size} messages waiting; message dropped",
-                kind=kind,
-            )
+            node.report_error("queue", self._overloaded(), kind=kind)
             node.ack(delivery)  # refused with an error, like any bad message
+            return False
+
+    def _overloaded(self) -> str:
+        return f"node overloaded: {self.node.config.queue_size} messages waiting; message dropped"
 
     def submit_events(self, events: Any, accepted: bool, reply: Reply | None = None) -> None:
         """Queue local events (one, or a list) as one ``events`` message.
@@ -126,7 +131,8 @@ class Ingress:
         An event holding a value JSON cannot carry (NaN, infinity) costs itself:
         it is answered on ``errors`` as ``events[i].<field>``, the others are queued.
         ``reply(i, outcome)`` is called once per event ``i`` of ``events`` (its
-        decision or error) from the worker thread, if given.
+        decision or error) from the worker thread, if given; for the events of a
+        message dropped because the queue stayed full, from this thread, at once.
 
         Raises:
             InvalidInputError: The model takes no events (not ``accepted``), or
@@ -158,12 +164,12 @@ class Ingress:
             limit = self.node.config.max_payload_bytes
             if reply is not None and len(payload) > limit:  # the worker would refuse it whole
                 why = f"{len(payload)} bytes of events in one message; max_payload_bytes={limit}"
-                for k in where:
-                    eid = items[k].get("id") if isinstance(items[k], Mapping) else None
-                    reply(k, {"id": eid, "error": {"field": "payload", "message": why}})
+                _refuse(reply, items, where, "payload", why)
                 continue
             back = None if reply is None else _renumbered(reply, where)
-            self.enqueue(Inbound.EVENTS, payload, None, None, back)
+            if not self.enqueue(Inbound.EVENTS, payload, None, None, back) and reply is not None:
+                # answered now: a caller waiting for them need not time out
+                _refuse(reply, items, where, "queue", self._overloaded())
 
     def _own_topic(self, topic: str, payload: bytes) -> bool:
         """A message on the wire scheme's own topics (Sparkplug), handled here (True)."""
@@ -188,6 +194,13 @@ def _non_finite(event: Mapping[str, Any]) -> str | None:
         if isinstance(value, float) and not math.isfinite(value):
             return str(key)
     return None
+
+
+def _refuse(reply: Reply, items: list[Any], where: list[int], field: str, why: str) -> None:
+    """Answer events ``items[k]`` for each ``k`` in ``where`` with one error."""
+    for k in where:
+        eid = items[k].get("id") if isinstance(items[k], Mapping) else None
+        reply(k, {"id": eid, "error": {"field": field, "message": why}})
 
 
 def _renumbered(reply: Reply, where: list[int]) -> Reply:

@@ -18,6 +18,7 @@ import pytest
 from test_events import export_tiny_fraud, make_events, reference_scores
 
 from edge_sdk import Runtime
+from edge_sdk.mqtt.topics import Inbound
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,36 @@ def test_posted_events_are_scored_in_the_store_like_mqtt_ones(served, fraud_bund
         meta = json.loads(resp.read())
     assert {"name": "events", "datatype": "BYTES", "shape": [-1]} in meta["inputs"]
     assert {o["name"] for o in meta["outputs"]} >= {"logits", "id", "score", "alert", "error"}
+
+
+def test_events_refused_by_a_full_queue_are_answered_at_once_not_after_the_timeout(
+    make_node, fraud_bundle
+):
+    """A node whose queue stays full answers the posted events with a ``queue`` error per
+    event within about a second (the queue's wait), not a 503 after EVENTS_TIMEOUT_S."""
+    from edge_sdk.cli.node_cli import EVENTS_TIMEOUT_S, _NodeModel
+    from edge_sdk.node.ingress import Message
+    from edge_sdk.serving.http import InferenceServer
+
+    node = make_node(None, fraud_bundle, node_id="http-full", queue_size=1)
+    node.worker.stop()  # nothing drains the queue from here on
+    node.ingress.queue.put_nowait(Message(Inbound.EVENTS, b"{}", None, time.monotonic()))
+    adapter = _NodeModel(node)
+    server = InferenceServer(adapter, host="127.0.0.1", port=0, predictor=adapter).start()
+    try:
+        events = make_events(3, seed=9)
+        t0 = time.monotonic()
+        status, body = post(server.url, events_input(events))
+        waited = time.monotonic() - t0
+    finally:
+        server.stop()
+    assert status == 200, body
+    assert waited < min(10.0, EVENTS_TIMEOUT_S)
+    out = {o["name"]: o for o in body["outputs"]}
+    assert out["id"]["data"] == [e["id"] for e in events]
+    assert out["score"]["data"] == [-1.0] * 3
+    assert all(e.startswith("queue: node overloaded") for e in out["error"]["data"])
+    assert node.stats.overloaded == 1
 
 
 @pytest.mark.parametrize(
