@@ -53,7 +53,7 @@ def is_events_request(request: Mapping[str, Any]) -> bool:
 
 def decode_events(request: Mapping[str, Any], manifest: Manifest) -> list[dict[str, Any]]:
     """The events of a request (ProtocolError 400 naming what is wrong)."""
-    if getattr(manifest, "event_graph", None) is None:
+    if manifest.event_graph is None:
         names = [t.name for t in manifest.request_inputs]
         raise ProtocolError(
             400, f"this model scores no events (its bundle has no event graph); it takes {names}"
@@ -124,7 +124,7 @@ def answer_events(
 
 def event_tensors(manifest: Manifest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Model metadata's extra inputs and outputs for an event-graph model (else none)."""
-    if getattr(manifest, "event_graph", None) is None:
+    if manifest.event_graph is None:
         return [], []
     inputs = [{"name": EVENTS_INPUT, "datatype": "BYTES", "shape": [-1]}]
     outputs = [{"name": k, "datatype": v, "shape": [-1]} for k, v in EVENT_OUTPUTS.items()]
