@@ -189,7 +189,7 @@ def run(
                     token=os.environ.get(TOKEN_ENV) or None,
                 ).start()
                 console.print(f"HTTP inference on {server.url}/v2", highlight=False)
-            keeper = HeapKeeper().start()  # full GC passes paused scoring (docs/node.md)
+            keeper = HeapKeeper().start()  # long collector passes paused scoring (docs/node.md)
             stop.wait(timeout=duration)
         finally:
             if keeper is not None:
