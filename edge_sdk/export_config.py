@@ -1,20 +1,18 @@
 """What an export is asked to do: :class:`ExportConfig`, one group per pipeline concern.
 
-The groups follow the pipeline's steps: what the model is (:class:`ModelOptions`),
-how its graph is represented (:class:`GraphOptions`), how close the artifacts
-must stay to PyTorch (:class:`ParityOptions`), pruning (:class:`PruneOptions`),
-INT8 and the accuracy gate every compressed model passes (:class:`QuantOptions`),
-the devices it is built for (:class:`TargetOptions`) and what is written
-(:class:`BundleOptions`). Each group checks its own values, so API users and
-the CLI get the same errors.
+The groups follow the pipeline's steps: what the model is (:class:`ModelOptions`), how its graph is
+represented (:class:`GraphOptions`), how close the artifacts must stay to PyTorch
+(:class:`ParityOptions`), pruning (:class:`PruneOptions`), INT8 and the accuracy gate every
+compressed model passes (:class:`QuantOptions`), the devices it is built for
+(:class:`TargetOptions`) and what is written (:class:`BundleOptions`). Each group checks its own
+values, so API users and the CLI get the same errors.
 
-A field that ``edge-export export`` offers carries its flag (:class:`Flag`) in
-its metadata: the CLI builds its options from these declarations, so an
-option is declared once. This module is torch-free for that reason: the CLI
-imports it on devices that have no ``[export]`` extra.
+A field that ``edge-export export`` offers carries its flag (:class:`Flag`) in its metadata: the
+CLI builds its options from these declarations, so an option is declared once. This module is
+torch-free for that reason: the CLI imports it on devices that have no ``[export]`` extra.
 
-Flat keywords (``ExportConfig(form="static", int8=True)``) and flat attributes
-(``cfg.atol``) keep working; each is routed to its group.
+Flat keywords (``ExportConfig(form="static", int8=True)``) and flat attributes (``cfg.atol``) keep
+working; each is routed to its group.
 """
 
 # No ``from __future__ import annotations``: the CLI reads the fields' types as objects.
@@ -221,8 +219,7 @@ class ParityOptions:
     atol: float = field(default=1e-4, metadata=cli_flag("Parity: absolute tolerance."))
     rtol: float = field(default=1e-3, metadata=cli_flag("Parity: relative tolerance."))
     max_metric_drop: float = field(
-        default=0.001,
-        metadata=cli_flag("Parity: allowed accuracy drop, fraction (0.001 = 0.1 pp)."),
+        default=0.001, metadata=cli_flag("Parity: allowed accuracy drop (0.001 = 0.1 pp).")
     )
 
     def __post_init__(self) -> None:
@@ -250,8 +247,7 @@ class PruneOptions:
         ),
     )
     fine_tune_epochs: int = field(
-        default=0,
-        metadata=cli_flag("Recovery fine-tuning epochs after pruning (needs y, train_mask)."),
+        default=0, metadata=cli_flag("Recovery epochs after pruning (needs y, train_mask).")
     )
     fine_tune_fn: Callable[[Any], None] | None = None
 
@@ -270,8 +266,8 @@ class QuantOptions:
         enabled: Add an INT8 (QDQ, symmetric, per-channel) artifact (flat keyword ``int8``).
         calibration: Maximum calibration items drawn from the samples.
         calib_method: ``minmax`` | ``percentile`` | ``entropy``.
-        max_accuracy_drop: Gate: allowed validation accuracy drop of a compressed
-            model vs the original FP32 one (fraction; 0.01 = 1 pp).
+        calib_percentile: Share of values a ``percentile`` range keeps (99.999).
+        max_accuracy_drop: Gate: allowed accuracy drop vs FP32 (fraction; 0.01 = 1 pp).
         max_rel_error: Gate without labels: relative output error bound of INT8.
         allow_accuracy_drop: Keep a compressed model that fails the gate.
     """
@@ -287,6 +283,9 @@ class QuantOptions:
     )
     calib_method: str = field(
         default="minmax", metadata=cli_flag("INT8 calibration: minmax, percentile or entropy.")
+    )
+    calib_percentile: float = field(
+        default=99.999, metadata=cli_flag("Share of values a percentile range keeps, %.")
     )
     max_accuracy_drop: float = field(
         default=0.01,
@@ -308,8 +307,8 @@ class QuantOptions:
             raise ExportError(
                 f"calib_method {self.calib_method!r}: expected minmax, percentile or entropy"
             )
-        if self.calibration < 1:
-            raise ExportError("calibration must be >= 1 graph")
+        if self.calibration < 1 or not 0.0 < self.calib_percentile <= 100.0:
+            raise ExportError("calibration must be >= 1 graph, calib_percentile in (0, 100]")
         if self.max_accuracy_drop < 0 or self.max_rel_error < 0:
             raise ExportError("max_accuracy_drop and max_rel_error must be >= 0")
 
@@ -377,9 +376,9 @@ FLAT: dict[str, tuple[str, str]] = {
 class ExportConfig:
     """Options of :func:`~edge_sdk.exporters.export_model` (the CLI builds the same object).
 
-    Build it from groups (``ExportConfig(quant=QuantOptions(enabled=True))``) or
-    from flat keywords (``ExportConfig(int8=True)``), or both (flat keywords
-    override the groups' values). Every flat keyword is also an attribute.
+    Build it from groups (``ExportConfig(quant=QuantOptions(enabled=True))``) or from flat keywords
+    (``ExportConfig(int8=True)``), or both (flat keywords override the groups' values). Every flat
+    keyword is also an attribute.
 
     Attributes:
         model: Name, version, labels, outputs, alarm rule (:class:`ModelOptions`).

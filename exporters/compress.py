@@ -190,6 +190,7 @@ def quantize_step(
     qcfg = QuantConfig(
         method=CalibMethod(quant.calib_method),
         calibration=quant.calibration,
+        percentile=quant.calib_percentile,
         max_accuracy_drop=quant.max_accuracy_drop,
         max_rel_error=quant.max_rel_error,
         allow_accuracy_drop=quant.allow_accuracy_drop,

@@ -35,6 +35,9 @@ class QuantConfig:
             of raising when no configuration meets the gate.
         max_fallback_steps: How many times the most sensitive quantised nodes
             are put back to float before giving up.
+        percentile: With ``percentile``: the share of each activation's
+            calibrated values its range keeps (ONNX Runtime's default 99.999; a
+            lower one clips rare outliers and keeps resolution for the rest).
     """
 
     method: CalibMethod = CalibMethod.MINMAX
@@ -43,6 +46,7 @@ class QuantConfig:
     max_rel_error: float = 0.05
     allow_accuracy_drop: bool = False
     max_fallback_steps: int = 8
+    percentile: float = 99.999
 
     def __post_init__(self) -> None:
         try:
@@ -52,6 +56,8 @@ class QuantConfig:
             raise ExportError(f"calibration method {self.method!r}: expected {known}") from None
         if self.calibration < 1:
             raise ExportError(f"calibration must be >= 1 graph, got {self.calibration}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ExportError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.max_fallback_steps < 0:
             raise ExportError(f"max_fallback_steps must be >= 0, got {self.max_fallback_steps}")
         if not math.isfinite(self.max_accuracy_drop):

@@ -66,7 +66,7 @@ class Quantize:
         calib = list(calib_feeds)[: cfg.calibration]
         report = QuantReport(str(cfg.method), len(calib), [graph_size(f) for f in calib])
         with tempfile.TemporaryDirectory(prefix="edge-sdk-int8-") as tmp:
-            model = QdqModel(Path(fp32_path), Path(tmp), cfg.method, calib)
+            model = QdqModel(Path(fp32_path), Path(tmp), cfg.method, calib, cfg.percentile)
             if not model.candidates:
                 raise ExportError(
                     f"{fp32_path} has no MatMul/Gemm/Conv node to quantise; INT8 would not "

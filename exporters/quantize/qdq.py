@@ -50,6 +50,7 @@ class QdqModel:
         workdir: Scratch folder (pre-processed model, calibration cache).
         method: Calibration method.
         calib_feeds: Calibration graphs as model feeds.
+        percentile: Share of values an activation range keeps (``percentile`` method).
 
     Raises:
         ExportError: Unreadable model, or no calibration data.
@@ -61,6 +62,7 @@ class QdqModel:
         workdir: Path,
         method: CalibMethod,
         calib_feeds: Sequence[dict[str, np.ndarray]],
+        percentile: float = 99.999,
     ) -> None:
         if not calib_feeds:
             raise ExportError("INT8 needs at least one calibration graph; none was given")
@@ -71,6 +73,9 @@ class QdqModel:
         self.path = workdir / "fp32.pre.onnx"
         self._cache = workdir / "calibration.json"
         self._method = method
+        self._extra: dict[str, float | bool] = dict(EXTRA_OPTIONS)
+        if method is CalibMethod.PERCENTILE:
+            self._extra["CalibPercentile"] = percentile
         self._feeds = list(calib_feeds)
         for i, node in enumerate(model.graph.node):
             node.name = node.name or f"{node.op_type}_{i}"  # nodes_to_exclude needs names
@@ -123,7 +128,7 @@ class QdqModel:
                     nodes_to_quantize=list(only),
                     nodes_to_exclude=list(exclude),
                     calibrate_method=ORT_METHODS[self._method],
-                    extra_options=dict(EXTRA_OPTIONS),
+                    extra_options=dict(self._extra),
                     calibration_cache_path=self._cache,
                 )
             model = onnx.load(str(out))

@@ -249,12 +249,31 @@ def test_each_calibration_method(gcn: Exported, method: CalibMethod) -> None:
     assert report.calibration_sizes == [N, 200, 100]
 
 
+def test_percentile_sets_how_much_of_an_outlier_the_ranges_keep(gcn: Exported) -> None:
+    """A lower percentile clips the calibration graphs' extreme activations: smaller scales."""
+
+    def scales(percentile: float) -> dict[str, float]:
+        cfg = QuantConfig(method=CalibMethod.PERCENTILE, calibration=3, percentile=percentile)
+        path, _ = gcn.quantize(f"p{percentile}.onnx", cfg)
+        model = onnx.load(str(path))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        inputs = {i.name for i in model.graph.input}  # sparse bag-of-words x: 90 % of it is 0
+        q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+        return {n.input[0]: float(inits[n.input[1]]) for n in q if n.input[0] not in inputs}
+
+    wide, narrow = scales(99.999), scales(90.0)
+    assert wide.keys() == narrow.keys() and len(wide) >= 2  # the hidden activations
+    assert all(narrow[k] < 0.8 * wide[k] for k in wide), (wide, narrow)
+
+
 def test_config_is_validated() -> None:
     assert QuantConfig(method="entropy").method is CalibMethod.ENTROPY  # type: ignore[arg-type]
     with pytest.raises(ExportError, match="minmax, percentile, entropy"):
         QuantConfig(method="kl")  # type: ignore[arg-type]
     with pytest.raises(ExportError, match="calibration"):
         QuantConfig(calibration=0)
+    with pytest.raises(ExportError, match=r"percentile must be in \(0, 100\]"):
+        QuantConfig(percentile=0.0)
 
 
 def test_mismatched_names_and_missing_data_are_errors(gcn: Exported) -> None:
