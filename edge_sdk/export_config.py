@@ -376,9 +376,9 @@ FLAT: dict[str, tuple[str, str]] = {
 class ExportConfig:
     """Options of :func:`~edge_sdk.exporters.export_model` (the CLI builds the same object).
 
-    Build it from groups (``ExportConfig(quant=QuantOptions(enabled=True))``) or from flat keywords
-    (``ExportConfig(int8=True)``), or both (flat keywords override the groups' values). Every flat
-    keyword is also an attribute.
+    Build it from groups (``ExportConfig(quant=QuantOptions(enabled=True))``) or
+    from flat keywords (``ExportConfig(int8=True)``), or both (flat keywords
+    override the groups' values). Every flat keyword is also an attribute.
 
     Attributes:
         model: Name, version, labels, outputs, alarm rule (:class:`ModelOptions`).

@@ -44,6 +44,9 @@ def test_each_group_checks_its_values() -> None:
         ExportConfig(fine_tune_epochs=3)
     with pytest.raises(ExportError, match="calib_method"):
         ExportConfig(calib_method="mse")
+    with pytest.raises(ExportError, match=r"calib_percentile in \(0, 100\]"):
+        ExportConfig(calib_method="percentile", calib_percentile=0.0)
+    assert ExportConfig(calib_percentile=99.9).quant.calib_percentile == 99.9
     with pytest.raises(TypeError, match="bogus"):
         ExportConfig(bogus=1)
 
