@@ -104,7 +104,14 @@ def test_node_sigkill_while_behind_loses_no_row_and_no_window(
             for t, row in enumerate(rows)
         ]
         seen = _ResultEnds()
-        cloud.wait_for(lambda m: len(seen.update(m)) >= 300, timeout=60)
+
+        def behind(messages: list) -> bool:
+            # Killed once it is behind, not at a fixed count: on a loaded machine the plant's
+            # paho thread had PUBACKs for only 659 rows when 500 results were out.
+            done = len(seen.update(messages))
+            return done >= 300 and sum(i.is_published() for i in infos) - done >= 250
+
+        cloud.wait_for(behind, timeout=60)
         node.send_signal(signal.SIGKILL)
         node.wait(timeout=10)
         published = sum(info.is_published() for info in infos)  # PUBACKed by the broker
