@@ -59,8 +59,8 @@ class HeapKeeper:
             )
         self.settle_every_s = settle_every_s
         self.thaw_every_s = thaw_every_s
-        #: Settles and thaws done, and objects the thaws found unreachable (leaked till then).
-        self.settles = self.thaws = self.thawed_garbage = 0
+        #: Settles and thaws done.
+        self.settles = self.thaws = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,7 +80,6 @@ class HeapKeeper:
         found = gc.collect()
         gc.freeze()
         self.thaws += 1
-        self.thawed_garbage += found
         if found:
             log.info("heap thaw collected %d objects that died in cycles while frozen", found)
         return found

@@ -6,6 +6,7 @@ node scores each in its store as of its time, exactly as over MQTT.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -26,19 +27,26 @@ def fraud_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_tiny_fraud(tmp_path_factory.mktemp("fraud") / "fraud.bundle", make_events(200))
 
 
-@pytest.fixture
-def served(make_node: Any, fraud_bundle: Path) -> Iterator[tuple[Any, str]]:
-    """A local node (no broker) behind the HTTP server ``edge-node run --http`` starts."""
+@contextlib.contextmanager
+def http_for(node: Any) -> Iterator[str]:
+    """The HTTP server ``edge-node run --http`` starts in front of ``node``; yields its URL."""
     from edge_sdk.cli.node_cli import _NodeModel
     from edge_sdk.serving.http import InferenceServer
 
-    node = make_node(None, fraud_bundle, node_id="http-events", max_batch=8)
     adapter = _NodeModel(node)
     server = InferenceServer(adapter, host="127.0.0.1", port=0, predictor=adapter).start()
     try:
-        yield node, server.url
+        yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture
+def served(make_node: Any, fraud_bundle: Path) -> Iterator[tuple[Any, str]]:
+    """A local node (no broker) behind the HTTP server ``edge-node run --http`` starts."""
+    node = make_node(None, fraud_bundle, node_id="http-events", max_batch=8)
+    with http_for(node) as url:
+        yield node, url
 
 
 def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
@@ -102,22 +110,17 @@ def test_events_refused_by_a_full_queue_are_answered_at_once_not_after_the_timeo
 ):
     """A node whose queue stays full answers the posted events with a ``queue`` error per
     event within about a second (the queue's wait), not a 503 after EVENTS_TIMEOUT_S."""
-    from edge_sdk.cli.node_cli import EVENTS_TIMEOUT_S, _NodeModel
+    from edge_sdk.cli.node_cli import EVENTS_TIMEOUT_S
     from edge_sdk.node.ingress import Message
-    from edge_sdk.serving.http import InferenceServer
 
     node = make_node(None, fraud_bundle, node_id="http-full", queue_size=1)
     node.worker.stop()  # nothing drains the queue from here on
     node.ingress.queue.put_nowait(Message(Inbound.EVENTS, b"{}", None, time.monotonic()))
-    adapter = _NodeModel(node)
-    server = InferenceServer(adapter, host="127.0.0.1", port=0, predictor=adapter).start()
-    try:
-        events = make_events(3, seed=9)
+    events = make_events(3, seed=9)
+    with http_for(node) as url:
         t0 = time.monotonic()
-        status, body = post(server.url, events_input(events))
+        status, body = post(url, events_input(events))
         waited = time.monotonic() - t0
-    finally:
-        server.stop()
     assert status == 200, body
     assert waited < min(10.0, EVENTS_TIMEOUT_S)
     out = {o["name"]: o for o in body["outputs"]}
