@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from mqtt_helpers import feed_in_background, sensor_rows
+from ota_helpers import deploy_one, prepare, serving_version
 from tcp_proxy import TcpProxy
 
 from edge_sdk.errors import ConfigError
@@ -380,15 +381,13 @@ def test_results_beyond_the_edge_queue_limit_are_lost_although_the_node_saw_them
 def test_deploy_on_the_cloud_broker_updates_a_node_on_the_edge_broker(
     make_site, make_node, mqtt_client_factory, sensor_bundles, fleet_keys, tmp_path
 ):
-    from test_ota import _deploy, _prepare, _serving
-
     site = make_site()
     _wait_bridged(site, mqtt_client_factory)
     offers = mqtt_client_factory(site.edge)
     offers.subscribe("edge/plant/n1/ota/offer")
-    prepared = _prepare(sensor_bundles["v2"], tmp_path, fleet_keys["key"])
+    prepared = prepare(sensor_bundles["v2"], tmp_path, fleet_keys["key"])
     outcome: list[Any] = []
-    deployer = threading.Thread(target=lambda: outcome.append(_deploy(site.cloud, prepared)))
+    deployer = threading.Thread(target=lambda: outcome.append(deploy_one(site.cloud, prepared)))
     deployer.start()
     try:
         # The offer is on the edge broker before the node exists: the node, started
@@ -398,7 +397,7 @@ def test_deploy_on_the_cloud_broker_updates_a_node_on_the_edge_broker(
     finally:
         deployer.join(timeout=90)
     assert outcome and outcome[0].step == "swapped", outcome
-    assert _serving(node) == "1.1.0"
+    assert serving_version(node) == "1.1.0"
     # The deployer's clear of the retained offer crossed too: nothing is left on the edge.
     offers.wait_for(lambda m: any(not x.payload for x in m), timeout=15)
     late = mqtt_client_factory(site.edge)

@@ -12,38 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ota_helpers import SMALL_CHUNKS, X, deploy_one, prepare, serving_version
 
 from edge_sdk import Runtime
 from edge_sdk.bundle import file_digest, save_npz
 from edge_sdk.fleet.deploy import Deployer, PreparedBundle, prepare_bundle
 from edge_sdk.manifest import MANIFEST_NAME
-from edge_sdk.mqtt.config import BrokerConfig
 from edge_sdk.mqtt.transfer import Offer, iter_chunks
 from edge_sdk.signing import SIGNATURE_NAME, load_private_key, sign_bundle, sign_manifest
-
-X = np.random.default_rng(5).standard_normal((1, 52, 20)).astype(np.float32)
-SMALL_CHUNKS = 4096  # the minimum: a ~40 KB bundle travels in ~10 chunks
-
-
-def _deploy(broker, prepared: PreparedBundle, cls: type[Deployer] = Deployer, timeout=60.0):
-    deployer = cls(BrokerConfig(url=broker.url), "plant", prepared, node="n1")
-    return deployer.run(timeout_s=timeout)["n1"]
-
-
-def _prepare(bundle: Path, tmp: Path, key: Path | None, **kw) -> PreparedBundle:
-    copy = Path(shutil.copytree(bundle, tmp / f"{bundle.name}-{time.monotonic_ns()}"))
-    return prepare_bundle(copy, tmp / "packed", key=key, chunk_size=SMALL_CHUNKS, **kw)
 
 
 def _rewrite_manifest(bundle: Path, edit) -> None:
     doc = json.loads((bundle / MANIFEST_NAME).read_text())
     edit(doc)
     (bundle / MANIFEST_NAME).write_text(json.dumps(doc, indent=2))
-
-
-def _serving(node) -> str:
-    node.infer(X)  # still answers
-    return node.model.runtime.manifest.model.version
 
 
 def test_signed_update_swaps_without_failing_a_single_inference(
@@ -66,7 +48,7 @@ def test_signed_update_swaps_without_failing_a_single_inference(
     for w in workers:
         w.start()
     try:
-        outcome = _deploy(broker, _prepare(sensor_bundles["v2"], tmp_path, fleet_keys["key"]))
+        outcome = deploy_one(broker, prepare(sensor_bundles["v2"], tmp_path, fleet_keys["key"]))
         time.sleep(0.2)
     finally:
         stop.set()
@@ -74,7 +56,7 @@ def test_signed_update_swaps_without_failing_a_single_inference(
             w.join()
     assert outcome.step == "swapped", outcome
     assert failures == [] and calls[0] > 50
-    assert _serving(node) == "1.1.0"
+    assert serving_version(node) == "1.1.0"
     with Runtime.load(sensor_bundles["v2"]) as v2, Runtime.load(sensor_bundles["v1"]) as v1:
         np.testing.assert_allclose(node.infer(X)["out"], v2.infer(X)["out"], atol=1e-6)
         assert not np.allclose(v1.infer(X)["out"], v2.infer(X)["out"], atol=1e-3)
@@ -84,22 +66,22 @@ def test_signed_update_swaps_without_failing_a_single_inference(
         assert step in steps
     # The pointer survives a restart: a new node process serves the new model.
     node.stop()
-    assert _serving(make_node(broker, None, state_dir=node.state_dir)) == "1.1.0"
+    assert serving_version(make_node(broker, None, state_dir=node.state_dir)) == "1.1.0"
 
 
 def test_rollback_command_returns_to_the_previous_model(
     broker, make_node, sensor_bundles, fleet_keys, tmp_path, mqtt_client_factory
 ):
     node = make_node(broker, sensor_bundles["v1"])
-    assert _deploy(broker, _prepare(sensor_bundles["v2"], tmp_path, fleet_keys["key"])).done
-    assert _serving(node) == "1.1.0"
+    assert deploy_one(broker, prepare(sensor_bundles["v2"], tmp_path, fleet_keys["key"])).done
+    assert serving_version(node) == "1.1.0"
     cloud = mqtt_client_factory(broker)
     cloud.subscribe("edge/plant/n1/ota/status")
     cloud.publish("edge/plant/n1/cmd", json.dumps({"cmd": "rollback"}))
     msg = cloud.wait_for(1, timeout=15)[0]
     body = json.loads(msg.payload)
     assert body["step"] == "rolled_back" and body["version"] == "1.0.0"
-    assert _serving(node) == "1.0.0"
+    assert serving_version(node) == "1.0.0"
 
 
 def _tampered_manifest(bundle: Path) -> None:
@@ -123,30 +105,30 @@ def test_bad_updates_are_refused_and_the_old_model_keeps_serving(
     node = make_node(broker, sensor_bundles["v1"])
     key = fleet_keys["key"]
     if case == "untrusted key":
-        prepared = _prepare(sensor_bundles["v2"], tmp_path, fleet_keys["rogue_key"])
+        prepared = prepare(sensor_bundles["v2"], tmp_path, fleet_keys["rogue_key"])
     elif case == "manifest edited after signing":
         prepared = _signed_then(sensor_bundles["v2"], tmp_path, key, _tampered_manifest)
     elif case == "older version":
-        prepared = _prepare(sensor_bundles["old"], tmp_path, key)
+        prepared = prepare(sensor_bundles["old"], tmp_path, key)
     elif case == "same version":
-        prepared = _prepare(sensor_bundles["v1"], tmp_path, key)
+        prepared = prepare(sensor_bundles["v1"], tmp_path, key)
     elif case == "canary mismatch":
-        prepared = _prepare(_wrong_canary(sensor_bundles["v2"], tmp_path), tmp_path, key)
+        prepared = prepare(_wrong_canary(sensor_bundles["v2"], tmp_path), tmp_path, key)
     else:
         prepared = _future_schema(sensor_bundles["v2"], tmp_path, key)
-    outcome = _deploy(broker, prepared)
+    outcome = deploy_one(broker, prepared)
     assert outcome.step == "refused", outcome
     assert words in outcome.reason, outcome.reason
     assert f"at {at}" in outcome.reason
-    assert _serving(node) == "1.0.0"
+    assert serving_version(node) == "1.0.0"
     assert node.slots.active().name == "a"  # nothing was activated
 
 
 def test_forced_downgrade_is_installed(broker, make_node, sensor_bundles, fleet_keys, tmp_path):
     node = make_node(broker, sensor_bundles["v1"])
-    prepared = _prepare(sensor_bundles["old"], tmp_path, fleet_keys["key"], force=True)
-    assert _deploy(broker, prepared).step == "swapped"
-    assert _serving(node) == "0.9.0"
+    prepared = prepare(sensor_bundles["old"], tmp_path, fleet_keys["key"], force=True)
+    assert deploy_one(broker, prepared).step == "swapped"
+    assert serving_version(node) == "0.9.0"
 
 
 def test_update_with_another_sensor_layout_is_refused_before_the_swap(
@@ -157,10 +139,10 @@ def test_update_with_another_sensor_layout_is_refused_before_the_swap(
     sensors = WindowConfig(sensors=[f"xmeas_{i}" for i in range(1, 53)])
     node = make_node(broker, sensor_bundles["v1"], window=sensors)
     other = sensor_model.export_sensor_bundle(tmp_path / "b", "2.0.0", num_sensors=40)
-    outcome = _deploy(broker, _prepare(other.bundle_dir, tmp_path, fleet_keys["key"]))
+    outcome = deploy_one(broker, prepare(other.bundle_dir, tmp_path, fleet_keys["key"]))
     assert outcome.step == "refused" and "at stage" in outcome.reason
     assert "it takes [40 sensors, 20 samples]" in outcome.reason, outcome.reason
-    assert _serving(node) == "1.0.0" and node.slots.active().name == "a"
+    assert serving_version(node) == "1.0.0" and node.slots.active().name == "a"
 
 
 class _TamperingDeployer(Deployer):
@@ -184,32 +166,32 @@ class _StallingDeployer(Deployer):
 
 def test_tampered_chunk_is_refused(broker, make_node, sensor_bundles, fleet_keys, tmp_path):
     node = make_node(broker, sensor_bundles["v1"])
-    prepared = _prepare(sensor_bundles["v2"], tmp_path, fleet_keys["key"])
-    outcome = _deploy(broker, prepared, _TamperingDeployer)
+    prepared = prepare(sensor_bundles["v2"], tmp_path, fleet_keys["key"])
+    outcome = deploy_one(broker, prepared, _TamperingDeployer)
     assert outcome.step == "refused"
     assert "chunk 1" in outcome.reason and "at download" in outcome.reason
-    assert _serving(node) == "1.0.0"
+    assert serving_version(node) == "1.0.0"
 
 
 def test_truncated_transfer_keeps_the_old_model_across_a_restart_and_resumes(
     broker, make_node, sensor_bundles, fleet_keys, tmp_path, mqtt_client_factory
 ):
     node = make_node(broker, sensor_bundles["v1"])
-    prepared = _prepare(sensor_bundles["v2"], tmp_path, fleet_keys["key"])
+    prepared = prepare(sensor_bundles["v2"], tmp_path, fleet_keys["key"])
     total = prepared.offer.total_chunks
     assert total >= 6
-    outcome = _deploy(broker, prepared, _StallingDeployer, timeout=4)
+    outcome = deploy_one(broker, prepared, _StallingDeployer, timeout=4)
     assert outcome.step not in ("swapped", "refused")
-    assert _serving(node) == "1.0.0"
+    assert serving_version(node) == "1.0.0"
     node.stop()  # the node restarts mid-download
     node = make_node(broker, None, state_dir=node.state_dir)
-    assert _serving(node) == "1.0.0"
+    assert serving_version(node) == "1.0.0"
     cloud = mqtt_client_factory(broker)
     cloud.subscribe("edge/plant/n1/ota/status")
-    assert _deploy(broker, prepared).step == "swapped"
+    assert deploy_one(broker, prepared).step == "swapped"
     offered = next(json.loads(m.payload) for m in cloud.messages if b'"offered"' in m.payload)
     assert 0 < offered["resumed_chunks"] < total  # only the missing chunks travelled again
-    assert _serving(node) == "1.1.0"
+    assert serving_version(node) == "1.1.0"
 
 
 # -- bundle surgery ------------------------------------------------------------------------
