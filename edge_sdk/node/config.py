@@ -186,6 +186,12 @@ class NodeConfig(_Strict):
             turn a high rate of one-event messages into fuller batches: fewer
             backend calls, commits and results messages per event.
         queue_size: Inbound messages buffered before the node reports overload.
+        explain_in: Where alerts get their *why* (occlusion: dozens of inferences
+            per alert). ``process``: a child process at a lower CPU priority,
+            started at the first alert, so explanations take the CPU the
+            decisions leave and never hold the worker (or Python's GIL).
+            ``worker``: a slice after each batch on the worker thread (no
+            second process; a burst of alerts slows the decisions behind it).
         trusted_keys: Public keys (``.pub`` files or directories) accepted for
             model updates; without any, updates are refused. With keys, every
             bundle the node loads (the first ``bundle``, the active slot after
@@ -214,6 +220,7 @@ class NodeConfig(_Strict):
     max_batch: int = Field(default=32, ge=1)
     max_delay_ms: float = Field(default=0.0, ge=0, le=10_000)
     queue_size: int = Field(default=10_000, ge=1)
+    explain_in: Literal["process", "worker"] = "process"
     trusted_keys: list[Path] = Field(default_factory=list)
     canary_latency_ms: float | None = Field(default=None, gt=0)
     allow_downgrade: bool = False

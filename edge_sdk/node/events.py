@@ -37,16 +37,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from ..errors import InvalidInputError
 from ..eventgraph import EventGraphSpec, EventGraphStore, Subgraph
 from ..manifest import Manifest
 from ..mqtt.topics import Inbound, Outbound, loads
+from .occlusion import explain as occlusion_why
+from .occlusion import input_names, score_of
 from .outbox import Outgoing, Priority
 
 if TYPE_CHECKING:
@@ -56,11 +56,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Makes the ``why`` of alerts: ``(runtime, subgraphs, scores, top_k) -> why per alert``.
+WhyOf = Callable[["Runtime", list[Subgraph], list[float | None], int], list[list[dict[str, Any]]]]
+
 #: Neighbour events named in an alert's ``why``.
 TOP_K = 3
-#: Most occluded copies per merged explanation call: a threshold that alerts most
-#: events would otherwise cost one inference per neighbour of each (dozens per alert).
-MAX_OCCLUSIONS = 1024
 #: Longest event id echoed back in an error (longer ones are cut).
 _MAX_ID_CHARS = 200
 
@@ -221,20 +221,30 @@ class EventScorer:
                 host.on_result(body)
         return alerts
 
-    def explain(self, host: WorkerHost, alerts: Sequence[Alert], out: list[Outgoing]) -> None:
+    def explain(
+        self,
+        host: WorkerHost,
+        alerts: Sequence[Alert],
+        out: list[Outgoing],
+        why_of: WhyOf | None = None,
+    ) -> None:
         """The ``alerts`` messages of :meth:`run`'s alerts, each with its ``why``.
 
         Occluded copies run in one merged call per ``max_batch`` alerts; a model
         swapped in since the scores were made leaves ``why`` empty (it would
-        explain another model's score).
+        explain another model's score). ``why_of`` makes the explanations
+        (default :func:`~edge_sdk.node.occlusion.explain` on the node's runtime;
+        the explainer process's, see :mod:`.explainer`); one that fails costs
+        its alerts their ``why``, not their message.
         """
+        why_of = why_of or occlusion_why
         size = max(1, host.config.max_batch)
         for i in range(0, len(alerts), size):
             chunk = alerts[i : i + size]
             with host.model.use() as rt:
                 same = [a for a in chunk if a.manifest is rt.manifest]
                 try:
-                    why = self._explain(rt, [a.graph for a in same], [a.score for a in same])
+                    why = why_of(rt, [a.graph for a in same], [a.score for a in same], self.top_k)
                 except Exception:  # a bug in building the copies: the alerts still go out
                     log.exception("explaining %d alert(s) failed", len(same))
                     why = [[] for _ in same]
@@ -273,19 +283,19 @@ class EventScorer:
         out: list[Outgoing],
     ) -> list[float | None]:
         """Scores of a chunk in one merged call; if it fails, each event alone (None: failed)."""
-        names = _input_names(rt.manifest)
+        names = input_names(rt.manifest)
         t0 = time.perf_counter()
         try:
             outputs = rt.infer_batch([sg.inputs(names) for _, sg in chunk])
             host.stats.batches += 1
-            scores: list[float | None] = [_score(o) for o in outputs]
+            scores: list[float | None] = [score_of(o) for o in outputs]
         except Exception as merged:
             if len(chunk) > 1:
                 host.stats.retried_batches += 1
             scores = []
             for p, sg in chunk:
                 try:
-                    scores.append(_score(rt.infer(sg.inputs(names))))
+                    scores.append(score_of(rt.infer(sg.inputs(names))))
                 except Exception as exc:
                     why = exc if len(chunk) > 1 else merged
                     out.append(self._error(host, p, "model", f"inference failed: {_failure(why)}"))
@@ -299,73 +309,6 @@ class EventScorer:
                     self._error(host, p, "model", "the model's score is not finite (NaN/inf)")
                 )
         return [s if s is not None and math.isfinite(s) else None for s in scores]
-
-    # -- explanations ------------------------------------------------------------------
-    def _explain(
-        self, rt: Runtime, graphs: Sequence[Subgraph], scores: Sequence[float | None]
-    ) -> list[list[dict[str, Any]]]:
-        """Each alert's top-k neighbour events by occlusion, all copies in one merged call.
-
-        An explanation that cannot be computed is empty, and so are those past
-        :data:`MAX_OCCLUSIONS` copies in one chunk: the alert still goes out.
-        """
-        if not graphs:
-            return []
-        names = _input_names(rt.manifest)
-        copies: list[dict[str, np.ndarray]] = []
-        owners: list[tuple[int, dict[str, Any]]] = []
-        for g, sg in enumerate(graphs):
-            if len(copies) + len(sg.neighbour_events()) > MAX_OCCLUSIONS:
-                break  # the rest of this batch's alerts go out without why
-            for item, copy in occlusions(sg):
-                copies.append(copy.inputs(names))
-                owners.append((g, item))
-        if not copies:
-            return [[] for _ in graphs]
-        try:
-            occluded = [_score(o) for o in rt.infer_batch(copies)]
-        except Exception as exc:
-            log.error("occlusion of %d alert(s) failed: %s", len(graphs), _failure(exc))
-            return [[] for _ in graphs]
-        why: list[list[dict[str, Any]]] = [[] for _ in graphs]
-        for (g, item), s in zip(owners, occluded, strict=True):
-            base = scores[g]
-            if base is not None and math.isfinite(s):
-                why[g].append({**item, "drop": round(base - s, 6)})
-        return [sorted(w, key=lambda d: -d["drop"])[: self.top_k] for w in why]
-
-
-def occlusions(sg: Subgraph) -> list[tuple[dict[str, str], Subgraph]]:
-    """One copy of ``sg`` per neighbour event, with that event's node and edges removed.
-
-    Returns:
-        ``({"event", "role", "entity"}, copy)`` per earlier event in ``sg``:
-        ``entity`` is the first entity it links to (``"device:d5"``) and
-        ``role`` the role that entity played in it (``"device"``).
-    """
-    src = np.asarray(sg.edge_index[0])
-    dst = np.asarray(sg.edge_index[1])
-    found: list[tuple[dict[str, str], Subgraph]] = []
-    for eid in sg.neighbour_events():
-        k = sg.node_keys.index(f"event:{eid}")
-        edges = np.flatnonzero(src == k)
-        e = int(edges[0]) if len(edges) else -1
-        entity = sg.node_keys[int(dst[e])] if e >= 0 else ""
-        role = sg.edge_roles[e] if e >= 0 else ""
-        found.append(({"event": eid, "role": role, "entity": entity}, sg.without_event(eid)))
-    return found
-
-
-def _input_names(m: Manifest) -> tuple[str, ...]:
-    return ("x", "edge_index", "edge_attr") if m.graph.edge_dim else ("x", "edge_index")
-
-
-def _score(outputs: Mapping[str, np.ndarray]) -> float:
-    """``softmax(logits[0])[1]``: node 0 is the scored event, class 1 the positive one."""
-    logits = outputs["logits"] if "logits" in outputs else next(iter(outputs.values()))
-    row = np.asarray(logits[0], dtype=np.float64)
-    z = np.exp(row - row.max())
-    return float(z[1] / z.sum())
 
 
 def _failure(exc: BaseException) -> str:

@@ -5,8 +5,8 @@ runs up to ``max_batch`` windows in one backend call, answers ``infer``
 requests and commands, and writes results, alerts and errors to the outbox in
 one transaction with the window buffer, then acknowledges the batch's MQTT
 messages (docs/node.md, "Delivery guarantees"); the alerts of scored events
-are explained and committed after that, a slice after each batch
-(``explainer.py``). A bad message never stops it:
+are explained and committed after that, by the explainer process or a
+slice after each batch (``explainer.py``). A bad message never stops it:
 it is answered on the ``errors`` topic, naming the field and what was
 expected, and the worker carries on.
 """
@@ -26,6 +26,7 @@ from ..manifest import Manifest
 from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from ..mqtt.topics import Inbound, Outbound, check_topic, dumps, finite, loads
 from .events import EventScorer, Pending
+from .explain_process import ExplainerProcess
 from .explainer import Explanations
 from .ingress import Message, take_batch
 from .outbox import Outgoing, Priority
@@ -69,8 +70,10 @@ class Worker:
         #: Failed batches since the last update (None: not on probation).
         self.probation: int | None = None
         self._saved_windows: tuple[WindowAssembler | None, int] = (None, 0)
-        #: Alerts whose decisions are committed, explained a slice after each batch.
-        self.explanations = Explanations(node, lambda out: self._commit(out, None))
+        #: Alerts whose decisions are committed, explained by the explainer process
+        #: (``explain_in: process``) or a slice after each batch (``worker``).
+        process = ExplainerProcess() if node.config.explain_in == "process" else None
+        self.explanations = Explanations(node, lambda out: self._commit(out, None), process=process)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -86,7 +89,7 @@ class Worker:
     def _run(self) -> None:
         while not self._stopping.is_set():
             cfg = self.node.config  # alerts waiting for their why: do not sit idle
-            wait = 0.001 if self.explanations else 0.05
+            wait = 0.001 if self.explanations.on_worker and self.explanations else 0.05
             batch = take_batch(self.queue, cfg.max_batch, cfg.max_delay_ms, wait)
             try:
                 self._process(batch)
@@ -101,8 +104,7 @@ class Worker:
                 # window state (or answered it on errors): see docs/node.md.
                 self.node.ack(*(m.delivery for m in batch))
             self.explanations.step()
-        while self.explanations.step():  # stopping: the last alerts go out explained
-            pass
+        self.explanations.close()  # stopping: the last alerts go out explained
 
     def _process(self, batch: list[Message]) -> None:
         """One batch: each message on its own, windows merged, one commit; alerts queued.

@@ -160,7 +160,9 @@ def test_mqtt_scores_equal_runtime_and_alerts_explain(
     threshold = node.worker.events.spec.threshold
     flagged = {d["id"] for d in got if d["alert"]}
     assert flagged == {k for k, s in ref.items() if s >= threshold} and flagged
-    alerts = {a["id"]: a for a in _bodies(cloud.wait_for(0), "/alerts")}
+    # Alerts follow their decisions (explained by the node's explainer process).
+    explained = cloud.wait_for(lambda m: len(_bodies(m, "/alerts")) >= len(flagged), timeout=30)
+    alerts = {a["id"]: a for a in _bodies(explained, "/alerts")}
     assert set(alerts) == flagged
     # The top entry of `why` really lowers the score most: recompute every occlusion.
     rt = Runtime.load(fraud_bundle)
@@ -279,12 +281,12 @@ def test_http_subgraph_request_scores_like_mqtt(make_node, fraud_bundle):
 
 
 def test_alerts_past_the_occlusion_budget_go_out_without_why(make_node, fraud_bundle, monkeypatch):
-    import edge_sdk.node.events as node_events
+    import edge_sdk.node.occlusion as occlusion
 
-    monkeypatch.setattr(node_events, "MAX_OCCLUSIONS", 0)
+    monkeypatch.setattr(occlusion, "MAX_OCCLUSIONS", 0)
     events = make_events(200)
     got: list[dict] = []
-    node = make_node(None, fraud_bundle, node_id="budget")
+    node = make_node(None, fraud_bundle, node_id="budget", explain_in="worker")
     node.on_result = lambda body: got.extend(body["decisions"])
     alerts: list[dict] = []
     message = node.message  # the real one, also recording the alert bodies it is given
@@ -316,10 +318,10 @@ def test_alerts_are_explained_in_slices_after_their_decisions_and_never_before_l
     """
     import threading
 
-    import edge_sdk.node.events as node_events
+    import edge_sdk.node.occlusion as occlusion
 
     events = make_events(200)
-    node = make_node(None, fraud_bundle, node_id="order", max_batch=8)
+    node = make_node(None, fraud_bundle, node_id="order", max_batch=8, explain_in="worker")
     node.worker.explanations.copies_per_slice = 1  # one alert per slice
     bodies: dict[int, tuple[str, dict]] = {}  # id(outgoing) -> (kind, body)
     message = node.message
@@ -340,7 +342,7 @@ def test_alerts_are_explained_in_slices_after_their_decisions_and_never_before_l
     node.commit = recording_commit
     second_sent = threading.Event()
     calls = {"n": 0}
-    occlusions = node_events.occlusions
+    occlusions = occlusion.occlusions
 
     def waiting_then_failing(sg: Any) -> Any:
         calls["n"] += 1
@@ -350,7 +352,7 @@ def test_alerts_are_explained_in_slices_after_their_decisions_and_never_before_l
             raise RuntimeError("synthetic failure while building occluded copies")
         return occlusions(sg)
 
-    monkeypatch.setattr(node_events, "occlusions", waiting_then_failing)
+    monkeypatch.setattr(occlusion, "occlusions", waiting_then_failing)
     got: list[dict] = []
     node.on_result = lambda body: got.extend(body["decisions"])
     # Split after the third alerted event: the first batch has several alerts to explain.
@@ -421,13 +423,15 @@ def test_max_delay_ms_waits_for_a_fuller_batch_up_to_max_batch(make_node, fraud_
     ]
 
 
+@pytest.mark.parametrize("explain_in", ["worker", "process"])
 def test_waiting_alerts_are_bounded_and_a_failed_alerts_commit_costs_only_those_alerts(
-    make_node, fraud_bundle
+    make_node, fraud_bundle, explain_in
 ):
-    """Past ``max_waiting`` the worker explains before its next batch (backpressure, not
-    memory); an ``alerts`` commit that fails (the disk) loses those alerts, not the worker."""
+    """Past ``max_waiting`` the worker explains (or waits for the explainer process) before
+    its next batch (backpressure, not memory); an ``alerts`` commit that fails (the disk)
+    loses those alerts, not the worker."""
     events = make_events(200)
-    node = make_node(None, fraud_bundle, node_id="bound", max_batch=8)
+    node = make_node(None, fraud_bundle, node_id="bound", max_batch=8, explain_in=explain_in)
     waiting = node.worker.explanations
     waiting.max_waiting, waiting.copies_per_slice = 1, 1
     left: list[int] = []
