@@ -1,7 +1,9 @@
-"""What the benchmark scripts share: the machine stamp of a result, the sensor model."""
+"""What the benchmark scripts share: the machine stamp of a result, the sensor model, the
+CPU time of a process tree."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -60,3 +62,19 @@ def sample_module(name: str, path: Path) -> ModuleType:
 def sensor_module() -> ModuleType:
     """Import ``samples/tep/sensor_model.py``."""
     return sample_module("tep_sensor_model", SENSOR_MODEL)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds so far of process ``pid`` and its running children
+    (the node's explainer process), from Linux /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            with contextlib.suppress(OSError):  # the child ended meanwhile
+                total += cpu_seconds(int(child))
+    return total

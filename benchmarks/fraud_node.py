@@ -65,7 +65,7 @@ import paho.mqtt.client as mqtt
 from edge_sdk.fleet.brokers import LocalBroker
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_meta, sample_module
+from _common import cpu_seconds, machine_meta, sample_module
 from fraud_node_report import render_md
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,7 +201,13 @@ def no_delay(client: Any, userdata: Any, sock: Any) -> None:
 
 
 def start_node(
-    bundle: Path, broker: LocalBroker, work: Path, max_batch: int, thr: float, delay_ms: float
+    bundle: Path,
+    broker: LocalBroker,
+    work: Path,
+    max_batch: int,
+    thr: float,
+    delay_ms: float,
+    explain_in: str = "process",
 ) -> Any:
     work.mkdir(parents=True)
     config = {
@@ -212,6 +218,7 @@ def start_node(
         "threads": 1,
         "max_batch": max_batch,
         "max_delay_ms": delay_ms,
+        "explain_in": explain_in,
         "telemetry_interval_s": 5,
         "alert": {"threshold": thr},
         "broker": {"url": broker.url},
@@ -240,12 +247,6 @@ def publish_at(plant: Any, events: list[dict[str, Any]], rate: float) -> np.ndar
         sent[i] = time.monotonic()
         plant.publish(TOPIC, payload, qos=1)
     return sent
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(
@@ -340,7 +341,7 @@ def run_mode(
     # mosquitto's own Nagle off as well (set_tcp_nodelay, mosquitto >= 2.0): its
     # forwards to the node and to the subscriber are small writes too.
     broker = LocalBroker(work / "broker", extra_config="set_tcp_nodelay true").start()
-    node = start_node(bundle, broker, work / "node", max_batch, thr, delay_ms)
+    node = start_node(bundle, broker, work / "node", max_batch, thr, delay_ms, args.explain_in)
     cloud = Cloud(broker.port)
     cloud.ready.wait(10)
     plant = mqtt.Client(
@@ -364,6 +365,7 @@ def run_mode(
     out: dict[str, Any] = {
         "max_batch": max_batch,
         "max_delay_ms": delay_ms,
+        "explain_in": args.explain_in,
         "node": {k: status.get(k) for k in ("backend", "precision")},
         "prime": {"transactions": args.prime, "seconds": round(time.monotonic() - t0, 1)},
     }
@@ -437,6 +439,12 @@ def main() -> None:
         type=float,
         default=10.0,
         help="max_delay_ms of the batched mode (the unbatched one has no batch to wait for)",
+    )
+    ap.add_argument(
+        "--explain-in",
+        choices=["process", "worker"],
+        default="process",
+        help="where the node explains alerts (NodeConfig.explain_in; process is its default)",
     )
     ap.add_argument("--bundle", type=Path, default=None, help="a fraud bundle (event graph)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")

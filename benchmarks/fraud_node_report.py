@@ -75,7 +75,8 @@ def render_md(args: argparse.Namespace, meta: dict, modes: dict, result: dict) -
         "published -> its decision received (first copy), on one monotonic clock; the first "
         f"{args.warmup:.0f} s of each run are not measured. After each run the script waits "
         "for every decision (the node drains its backlog) before the next. Node CPU ms/tx: "
-        "the node process's user + system time over the run / transactions. Reproduce with "
+        "the user + system time of the node process and its explainer process (alerts' why, "
+        "`explain_in: process`, nice +10) over the run / transactions. Reproduce with "
         "`python benchmarks/fraud_node.py --bundle <a trained fraud.bundle>`.",
     ]
     return "\n".join(lines) + "\n"
