@@ -15,10 +15,10 @@ them is the node's ``explain_in``:
   faster than they can be explained slow intake, not fill memory).
 * ``worker``: the worker explains one slice of at most :data:`COPIES_PER_SLICE`
   copies (at least one alert) after each batch, and past :data:`MAX_WAITING`
-  alerts before taking the next batch. Measured at 1,000 tx/s on 2 cores, this
-  held later decisions back (p99 160-280 ms against 50-85 ms with no alerts);
-  a plain second thread did not help either (it contended with the worker for
-  the CPU and Python's GIL).
+  alerts before taking the next batch. At 1,000 tx/s on 2 cores this node fell
+  behind (p99 1.2-2.1 s against 41-51 ms with the process:
+  benchmarks/results/fraud_explain.md); a plain second thread did not help
+  either (it contended with the worker for the CPU and Python's GIL).
 
 The decision of an alerted event, with ``"alert": true``, is committed before
 its message is acknowledged; its ``alerts`` message follows later. A node
