@@ -61,7 +61,8 @@ class ModelKey:
         source: The bundle directory the node's runtime came from.
         backend, precision: The node runtime's engine and precision.
         sha256: Its artifact's digest (the child refuses another file).
-        profile, threads, trusted_keys: As the node loads models.
+        profile, trusted_keys: As the node loads models.
+        threads: The child's inference threads (1: it shares the CPU with the node).
     """
 
     source: str
@@ -153,7 +154,7 @@ class ExplainerProcess:
             raise _Died(f"the explainer process died (exit code {code})") from exc
 
     def close(self) -> None:
-        """Stop the child (it finishes the request it is on first, for up to 2 s)."""
+        """Stop the child: asked to exit, killed if it has not within 2 s."""
         with self._lock:
             self._stop(kill=False)
 

@@ -129,8 +129,11 @@ class Explanations:
             self._explain(*chunk)
         return 0 if chunk is None else len(chunk[1])
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Explain what is queued (for up to ``timeout_s``), then stop the thread and process."""
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Explain what is queued (for up to ``timeout_s``), then stop the thread and process.
+
+        The worker calls it as it stops; ``Worker.stop`` waits 10 s for that.
+        """
         if self.process is None:
             deadline = time.monotonic() + timeout_s
             while self.step() and time.monotonic() < deadline:

@@ -111,8 +111,10 @@ def test_a_child_that_dies_is_replaced_and_asked_again(fraud_bundle):
         assert process.explain(key, graphs[:2], scores[:2], top_k=2)[1]
         killer.join()
         assert process.starts == n + 2 and process.pid is not None
-        killer = kill_new_children(2)  # the warm child first, then both new ones
-        os.kill(process.pid, signal.SIGKILL)
+        warm = process.pid
+        os.kill(warm, signal.SIGKILL)
+        _wait(lambda: process.pid is None, 5, "the warm child to be reaped")
+        killer = kill_new_children(2)  # both children this request starts
         with pytest.raises(ExplainerError, match=r"died \(exit code -9\)"):
             process.explain(key, graphs[:1], scores[:1], top_k=2)
         killer.join()
