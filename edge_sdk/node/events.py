@@ -23,10 +23,10 @@ raised the score most, by occlusion: the score drop when that event's node and
 edges are removed from the subgraph (every occluded copy of up to ``max_batch``
 alerts runs in one merged call). Explanations cost dozens of inferences per
 alert, so they are deferred: :meth:`EventScorer.run` returns the alerts once
-the batch's decisions are ready, and the worker commits those, then has
-:meth:`EventScorer.explain` add their ``why`` a slice at a time between
-batches (``explainer.py``): an alert never delays the decisions of the events
-around it.
+the batch's decisions are ready, and the worker commits those; then
+:meth:`EventScorer.explain` adds their ``why`` a slice at a time, in the
+node's explainer process or between batches (``explainer.py``, ``occlusion.py``):
+an alert never delays the decisions of the events around it.
 
 Decisions go through the outbox in arrival order, so they are made while the
 uplink is down and delivered after it is back, in order per account.
