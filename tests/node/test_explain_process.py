@@ -20,7 +20,7 @@ from test_events import export_tiny_fraud, make_events
 from edge_sdk import Runtime
 from edge_sdk.eventgraph import EventGraphStore
 from edge_sdk.node.explain_process import ExplainerError, ExplainerProcess, ModelKey
-from edge_sdk.node.occlusion import explain
+from edge_sdk.node.occlusion import explain, input_names, score_of
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,7 @@ def _alerted(bundle: Path, n: int = 200) -> tuple[Runtime, list[Any], list[float
 
 
 def explain_score(rt: Runtime, graph: Any) -> float:
-    from edge_sdk.node.occlusion import input_names, score_of
-
+    """The node's score of one subgraph (``softmax(logits[0])[1]``)."""
     return score_of(rt.infer(graph.inputs(input_names(rt.manifest))))
 
 
