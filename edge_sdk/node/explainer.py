@@ -172,25 +172,21 @@ class Explanations:
         """Explain ``chunk`` and commit its ``alerts`` messages; failures are logged, counted."""
         out: list[Outgoing] = []
         try:  # explain() gives a failed explanation an empty why; this is the rest
-            scorer.explain(self.host, chunk, out, self._why_of())
+            why_of = None if self.process is None else self._in_process  # None: the scorer's own
+            scorer.explain(self.host, chunk, out, why_of)
             self._commit(out)
         except Exception:  # never let it stop the worker (or the thread)
             log.exception("explaining or committing %d alert(s) failed", len(chunk))
             self.host.stats.errors += 1
 
-    def _why_of(self) -> Callable[..., list[list[dict[str, Any]]]] | None:
-        process = self.process
-        if process is None:
-            return None  # the scorer's own: occlusion on the node's runtime
-        cfg, model = self.host.config, self.host.model
-
-        def in_process(
-            rt: Runtime, graphs: list[Subgraph], scores: list[float | None], top_k: int
-        ) -> list[list[dict[str, Any]]]:
-            key = ModelKey.of(rt, model.source, cfg.profile, cfg.trusted_keys)
-            return process.explain(key, graphs, scores, top_k)
-
-        return in_process
+    def _in_process(
+        self, rt: Runtime, graphs: list[Subgraph], scores: list[float | None], top_k: int
+    ) -> list[list[dict[str, Any]]]:
+        """The explainer process's ``why`` of ``graphs``, scored by the node's ``rt``."""
+        assert self.process is not None
+        cfg = self.host.config
+        key = ModelKey.of(rt, self.host.model.source, cfg.profile, cfg.trusted_keys)
+        return self.process.explain(key, graphs, scores, top_k)
 
     def _ensure_thread(self) -> None:
         with self._cond:
