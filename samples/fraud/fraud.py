@@ -9,7 +9,7 @@ SYNTHETIC transaction stream (no real customer, account or payment):
 2. **requests**: every transaction's 2-hop subgraph as of its time, built by
    the SDK's in-memory event-graph store (``edge_sdk.eventgraph``), plus the
    baseline's tabular features from the same store;
-3. **train** GraphSAGE and GATv2 (PyG, class-weighted) and a
+3. **train** GraphSAGE and GATv2+GINE (PyG, class-weighted) and a
    ``HistGradientBoostingClassifier`` baseline; the alert threshold is fitted
    on validation for a fixed alert budget (:mod:`train`);
 4. **export** the better GNN (validation PR-AUC) to one INT8 bundle for
@@ -58,7 +58,8 @@ PROFILES = ("intel-core-cpu", "raspberry-pi-5", "jetson-orin-nano")
 BUDGET = 0.01  # share of transactions alerted: the threshold is fitted on validation for it
 FPR = 0.01
 BASELINE = "HGB baseline"
-FP32 = {"sage": "GraphSAGE FP32 (PyTorch)", "gatv2": "GATv2 FP32 (PyTorch)"}
+#: The GNNs the demo trains: GraphSAGE (the reference) and GATv2 beside GINE (``models.py``).
+FP32 = {"sage": "GraphSAGE FP32 (PyTorch)", "gatv2_gine": "GATv2+GINE FP32 (PyTorch)"}
 NOTE = "SYNTHETIC data: a generated transaction stream, no real customer or payment."
 Say = Callable[[str], None]
 
@@ -242,7 +243,7 @@ def pipeline(
             f"{args.train_sample:.0%} of the legitimate training ones), "
             f"{sizes.mean():.1f} nodes on average (max {sizes.max()})"
         )
-    with steps("train", "train GraphSAGE, GATv2 (PyG) and the HistGradientBoosting baseline"):
+    with steps("train", "train GraphSAGE, GATv2+GINE (PyG) and the HistGradientBoosting baseline"):
         kw = {"epochs": args.epochs} if args.epochs else {}
         if args.neg_fraction is not None:
             kw["neg_fraction"] = args.neg_fraction
@@ -434,7 +435,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--epochs",
         type=int,
         default=None,
-        help="most epochs of each GNN (default: GATv2 12, GraphSAGE 4; patience 4)",
+        help="most epochs of each GNN (default: GATv2+GINE 12, GraphSAGE 4; patience 4)",
     )
     parser.add_argument(
         "--train-sample",

@@ -17,7 +17,8 @@ other rows are there so one forward serves a disjoint union of many requests
 Layers are the ones the SDK's dynamic export lowers to neighbour tables (no
 scatter, INT8 and LiteRT): ``SAGEConv`` (``aggr`` mean/max/sum or a list),
 ``GATv2Conv(edge_dim=A)`` with self loops filled by the ``'mean'`` of the
-incoming edge features, plain ``Linear``/``ReLU`` around them. Features are
+incoming edge features, ``GINEConv(edge_dim=A)``, plain ``Linear``/``ReLU``
+around them. Features are
 standardised inside the model by constant buffers (:meth:`FraudGNN.fit_scaler`,
 fitted on training subgraphs), so the exported graph takes the store's raw
 encoded features and INT8 calibration sees unit-scale activations.
@@ -32,10 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import GATv2Conv, SAGEConv
+from torch_geometric.nn import GATv2Conv, GINEConv, SAGEConv
 
 __all__ = [
+    "KINDS",
     "FraudGATv2",
+    "FraudGATv2GINE",
     "FraudGNN",
     "FraudSAGE",
     "Packed",
@@ -167,13 +170,80 @@ class FraudGATv2(FraudGNN):
         return self._logits(h0, h1, h2)
 
 
+class FraudGATv2GINE(FraudGNN):
+    """``forward(x, edge_index, edge_attr) -> logits [N, 2]``: GATv2 and GINE side by side.
+
+    Each layer concatenates a ``GATv2Conv(edge_dim=A)`` and a ``GINEConv(edge_dim=A)``
+    of half the width. The two see a neighbourhood differently. GATv2's message is
+    the neighbour's features alone, averaged with attention weights: it weighs,
+    but a payer's and a payee's statistics arrive mixed, and 3 neighbours look like
+    30. GINE's message is ``relu(x_j + lin(edge_attr))``, summed: the edge's role
+    shifts what each neighbour contributes, and the sum keeps how many there are.
+    Test-period PR-AUC, one run per seed, 1 torch thread (``train.py --seed S
+    --train-sample 0.25 --threads 1``): seed 0 GATv2+GINE 0.703, GATv2 0.635, GINE
+    alone 0.611 (the best on rings and mules), HGB 0.590; seed 1 0.717 against GATv2
+    0.742 (an earlier run), HGB 0.656; seed 2 0.693, GATv2 0.650, HGB 0.622.
+
+    Args:
+        in_channels: Node features ``F``.
+        edge_dim: Edge features ``A``.
+        hidden: Hidden width, half to each branch (``heads`` x ``hidden // 2 // heads``
+            GATv2 channels, concatenated).
+        heads: GATv2 attention heads.
+        dropout: Dropout (training only).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        edge_dim: int,
+        hidden: int = 48,
+        heads: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__(in_channels, hidden, dropout)
+        half = hidden // 2
+        if edge_dim < 1 or heads < 1 or hidden % 2 or half % heads:
+            raise ValueError(
+                f"need edge_dim >= 1 and hidden // 2 divisible by heads, got {edge_dim}, "
+                f"{hidden}, {heads}"
+            )
+        self.edge_dim, self.heads = edge_dim, heads
+
+        def gat() -> GATv2Conv:
+            per_head = half // heads
+            return GATv2Conv(hidden, per_head, heads=heads, edge_dim=edge_dim, fill_value="mean")
+
+        def gine() -> GINEConv:
+            mlp = nn.Sequential(nn.Linear(hidden, half), nn.ReLU(), nn.Linear(half, half))
+            return GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
+
+        self.gat1, self.gat2, self.gine1, self.gine2 = gat(), gat(), gine(), gine()
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        """Per-node logits; node 0 of each request is its transaction."""
+        h0 = self._embed(x)
+        d0 = self.drop(h0)
+        a1, g1 = self.gat1(d0, edge_index, edge_attr), self.gine1(d0, edge_index, edge_attr)
+        h1 = self.act(torch.cat([a1, g1], dim=-1))
+        d1 = self.drop(h1)
+        a2, g2 = self.gat2(d1, edge_index, edge_attr), self.gine2(d1, edge_index, edge_attr)
+        h2 = self.act(torch.cat([a2, g2], dim=-1))
+        return self._logits(h0, h1, h2)
+
+
+#: ``build``'s kinds: GraphSAGE, GATv2, and GATv2 beside GINE (the demo's exported model).
+KINDS = {"sage": FraudSAGE, "gatv2": FraudGATv2, "gatv2_gine": FraudGATv2GINE}
+
+
 def build(kind: str, num_node_features: int, num_edge_features: int, **kw: object) -> FraudGNN:
-    """``FraudSAGE`` (``kind='sage'``) or ``FraudGATv2`` (``'gatv2'``) sized for a spec."""
-    if kind == "sage":
+    """A model of :data:`KINDS` sized for a spec (GraphSAGE takes no edge features)."""
+    cls = KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown model kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if cls is FraudSAGE:
         return FraudSAGE(num_node_features, **kw)  # type: ignore[arg-type]
-    if kind == "gatv2":
-        return FraudGATv2(num_node_features, num_edge_features, **kw)  # type: ignore[arg-type]
-    raise ValueError(f"unknown model kind {kind!r}: expected 'sage' or 'gatv2'")
+    return cls(num_node_features, num_edge_features, **kw)  # type: ignore[call-arg]
 
 
 def class_weights(y: np.ndarray) -> torch.Tensor:

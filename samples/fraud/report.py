@@ -13,7 +13,7 @@ a hand-made dict. The schema (keys not listed are carried along untouched):
     args: {accounts, days, epochs, seconds, profiles, seed, ...}
     data: {transactions, fraud_rate, splits: {train|val|test: {n, fraud}},
            test_patterns: {pattern: count of fraud transactions in the test split}}
-    gnn: str                             # the exported GNN's method name ("GATv2 FP32 (PyTorch)")
+    gnn: str                             # the exported GNN (e.g. "GATv2+GINE FP32 (PyTorch)")
     baseline: str                        # the baseline's method name
     threshold: {budget, value, fitted_on, test_alert_rate, test_precision, test_recall}
     metrics: {method: {pr_auc, roc_auc, recall_at_1pct_fpr, n, positives,

@@ -60,7 +60,7 @@ SYNTHETIC = "SYNTHETIC data: generated transactions, not real customers or real 
 #: Default alert budget: share of (validation) transactions alerted.
 BUDGET = 0.01
 #: :func:`train_gnn`'s most epochs per kind; GraphSAGE (the reference, never exported): 4.
-EPOCHS = {"sage": 4, "gatv2": 12}
+EPOCHS = {"sage": 4, "gatv2": 12, "gatv2_gine": 12}
 Say = Callable[[str], None]
 
 
@@ -233,10 +233,10 @@ def train_gnn(
     say: Say | None = None,
     **model_kw: Any,
 ) -> Trained:
-    """Train a ``FraudSAGE`` (``kind='sage'``) or ``FraudGATv2`` (``'gatv2'``).
+    """Train a GNN of ``models.KINDS``: ``sage``, ``gatv2`` or ``gatv2_gine``.
 
     Args:
-        kind: ``sage`` or ``gatv2``.
+        kind: ``sage``, ``gatv2`` or ``gatv2_gine``.
         requests: From :func:`build_requests`; its ``train``/``val`` masks are used.
         seed: Seeds the weights, the shuffling, the negative sampling and dropout.
         epochs: Most passes; None: :data:`EPOCHS` of ``kind`` (GATv2 12, patience 4;
@@ -261,7 +261,7 @@ def train_gnn(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     spec = requests.spec
-    kw: dict[str, Any] = {"hidden": hidden} | ({"heads": heads} if kind == "gatv2" else {})
+    kw: dict[str, Any] = {"hidden": hidden} | ({"heads": heads} if kind != "sage" else {})
     kw |= model_kw
     model = models.build(kind, spec.num_node_features, spec.num_edge_features, **kw)
     train_ids, val_ids = np.flatnonzero(requests.train), np.flatnonzero(requests.val)
@@ -385,7 +385,7 @@ evaluate = metrics.evaluate
 def run(
     seed: int = 0,
     *,
-    kinds: Sequence[str] = ("sage", "gatv2"),
+    kinds: Sequence[str] = ("sage", "gatv2_gine"),
     epochs: int | None = None,
     hidden: int = 48,
     neg_fraction: float = 1.0,
@@ -467,7 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="generator and model seed (0)")
     parser.add_argument("--epochs", type=int, default=None, help="most GNN epochs (EPOCHS)")
     parser.add_argument("--hidden", type=int, default=48, help="GNN hidden width (48)")
-    parser.add_argument("--models", default="sage,gatv2", help="GNNs to train (sage,gatv2)")
+    parser.add_argument(
+        "--models", default="sage,gatv2_gine", help="GNNs to train, of sage,gatv2,gatv2_gine"
+    )
     parser.add_argument("--neg-fraction", type=float, default=1.0, help="legit per epoch")
     parser.add_argument(
         "--train-sample", type=float, default=1.0, help="legit training requests built (1.0)"

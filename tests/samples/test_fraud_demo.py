@@ -84,7 +84,7 @@ def test_metrics_for_every_method_and_pattern_are_finite_probabilities(
     assert len(present) >= 3, saved["data"]
     engines = set(saved["engines"])
     # both GNNs in PyTorch, the baseline, and one INT8 engine per CPU backend of the bundle
-    assert {"GraphSAGE FP32 (PyTorch)", "GATv2 FP32 (PyTorch)", "HGB baseline"} <= set(metrics)
+    assert {"GraphSAGE FP32 (PyTorch)", "GATv2+GINE FP32 (PyTorch)", "HGB baseline"} <= set(metrics)
     assert {(e["backend"], e["precision"]) for e in saved["engines"].values()} >= {
         ("onnxruntime", "fp32"),
         ("onnxruntime", "int8"),

@@ -1,7 +1,7 @@
 """The fraud sample's INT8 bundle (``samples/fraud/export.py``) on a tiny SYNTHETIC stream.
 
 One module-scoped run: a small stream (fan-out 4, so subgraphs stay small and each
-LiteRT bucket converts quickly), a GATv2 of width 8 trained for two epochs, then one
+LiteRT bucket converts quickly), the demo's GATv2+GINE of width 8 trained for two epochs, then one
 export for ``intel-core-cpu``, ``raspberry-pi-5`` and ``jetson-orin-nano`` with batches
 of 4 (two LiteRT buckets: one subgraph, four merged). Real engines throughout
 (ONNX Runtime, OpenVINO, LiteRT); TensorRT is not installed here, so the Jetson gets the
@@ -50,7 +50,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     spec = spec_mod.fraud_spec(fanout=4)
     tx = generate.generate(seed=3, accounts=300, days=8.0)
     req = train.build_requests(tx, spec, train_sample=0.25, seed=0)
-    trained = train.train_gnn("gatv2", req, seed=0, epochs=2, hidden=8, heads=2, patience=2)
+    trained = train.train_gnn("gatv2_gine", req, seed=0, epochs=2, hidden=8, heads=2, patience=2)
     out = tmp_path_factory.mktemp("fraud-export") / "fraud.bundle"
     # One LiteRT bucket (the batched one; singles are padded into it): each bucket is one
     # onnx2tf conversion, the longest step here. The two measured buckets of the default
