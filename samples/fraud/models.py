@@ -243,7 +243,7 @@ def build(kind: str, num_node_features: int, num_edge_features: int, **kw: objec
         raise ValueError(f"unknown model kind {kind!r}: expected one of {', '.join(KINDS)}")
     if cls is FraudSAGE:
         return FraudSAGE(num_node_features, **kw)  # type: ignore[arg-type]
-    return cls(num_node_features, num_edge_features, **kw)  # type: ignore[call-arg]
+    return cls(num_node_features, num_edge_features, **kw)
 
 
 def class_weights(y: np.ndarray) -> torch.Tensor:
