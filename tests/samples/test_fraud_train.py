@@ -168,6 +168,7 @@ def small() -> dict[str, Any]:
         "req": req,
         "sage": train.train_gnn("sage", req, epochs=3, **kw),
         "gatv2": train.train_gnn("gatv2", req, epochs=4, **kw),
+        "gatv2_gine": train.train_gnn("gatv2_gine", req, epochs=4, **kw),
         "hgb": train.train_baseline(req, 0, max_rounds=50, budget=0.02),
     }
 
@@ -194,7 +195,7 @@ def test_requests_keep_every_evaluated_and_fraud_row_and_a_share_of_legit_traini
         fraud_module("train").build_requests(tx, spec, train_sample=0.0)
 
 
-@pytest.mark.parametrize("kind", ["sage", "gatv2"])
+@pytest.mark.parametrize("kind", ["sage", "gatv2", "gatv2_gine"])
 def test_training_improves_validation_pr_auc_over_the_untrained_model(
     small: dict[str, Any], kind: str
 ) -> None:
@@ -215,7 +216,7 @@ def test_training_improves_validation_pr_auc_over_the_untrained_model(
     assert 1 <= trained.best <= len(trained.history)
 
 
-@pytest.mark.parametrize("kind", ["sage", "gatv2", "hgb"])
+@pytest.mark.parametrize("kind", ["sage", "gatv2", "gatv2_gine", "hgb"])
 def test_threshold_alerts_the_budget_of_validation_transactions(
     small: dict[str, Any], kind: str
 ) -> None:
