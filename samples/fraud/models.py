@@ -152,15 +152,29 @@ class FraudGATv2(FraudGNN):
         dropout: float = 0.1,
     ) -> None:
         super().__init__(in_channels, hidden, dropout)
-        if edge_dim < 1 or heads < 1 or hidden % heads:
+        width = hidden // self.branches  # of each branch
+        if edge_dim < 1 or heads < 1 or hidden % self.branches or width % heads:
             raise ValueError(
-                f"need edge_dim >= 1 and hidden divisible by heads, got {edge_dim}, {hidden}, "
-                f"{heads}"
+                f"need edge_dim >= 1 and hidden divisible by {self.branches} x heads, got "
+                f"{edge_dim}, {hidden}, {heads}"
             )
         self.edge_dim, self.heads = edge_dim, heads
-        per_head = hidden // heads
-        self.conv1 = GATv2Conv(hidden, per_head, heads=heads, edge_dim=edge_dim, fill_value="mean")
-        self.conv2 = GATv2Conv(hidden, per_head, heads=heads, edge_dim=edge_dim, fill_value="mean")
+        self._layers(width)
+
+    #: Convolutions side by side per layer, each ``hidden // branches`` wide.
+    branches = 1
+
+    def _gat(self, width: int) -> GATv2Conv:
+        return GATv2Conv(
+            self.hidden,
+            width // self.heads,
+            heads=self.heads,
+            edge_dim=self.edge_dim,
+            fill_value="mean",
+        )
+
+    def _layers(self, width: int) -> None:
+        self.conv1, self.conv2 = self._gat(width), self._gat(width)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
         """Per-node logits; node 0 of each request is its transaction."""
@@ -170,7 +184,7 @@ class FraudGATv2(FraudGNN):
         return self._logits(h0, h1, h2)
 
 
-class FraudGATv2GINE(FraudGNN):
+class FraudGATv2GINE(FraudGATv2):
     """``forward(x, edge_index, edge_attr) -> logits [N, 2]``: GATv2 and GINE side by side.
 
     Each layer concatenates a ``GATv2Conv(edge_dim=A)`` and a ``GINEConv(edge_dim=A)``
@@ -193,32 +207,15 @@ class FraudGATv2GINE(FraudGNN):
         dropout: Dropout (training only).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        edge_dim: int,
-        hidden: int = 48,
-        heads: int = 4,
-        dropout: float = 0.1,
-    ) -> None:
-        super().__init__(in_channels, hidden, dropout)
-        half = hidden // 2
-        if edge_dim < 1 or heads < 1 or hidden % 2 or half % heads:
-            raise ValueError(
-                f"need edge_dim >= 1 and hidden // 2 divisible by heads, got {edge_dim}, "
-                f"{hidden}, {heads}"
-            )
-        self.edge_dim, self.heads = edge_dim, heads
+    branches = 2
 
-        def gat() -> GATv2Conv:
-            per_head = half // heads
-            return GATv2Conv(hidden, per_head, heads=heads, edge_dim=edge_dim, fill_value="mean")
-
+    def _layers(self, width: int) -> None:
         def gine() -> GINEConv:
-            mlp = nn.Sequential(nn.Linear(hidden, half), nn.ReLU(), nn.Linear(half, half))
-            return GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
+            mlp = nn.Sequential(nn.Linear(self.hidden, width), nn.ReLU(), nn.Linear(width, width))
+            return GINEConv(mlp, train_eps=True, edge_dim=self.edge_dim)
 
-        self.gat1, self.gat2, self.gine1, self.gine2 = gat(), gat(), gine(), gine()
+        self.gat1, self.gat2 = self._gat(width), self._gat(width)
+        self.gine1, self.gine2 = gine(), gine()
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
         """Per-node logits; node 0 of each request is its transaction."""
