@@ -193,10 +193,10 @@ class FraudGATv2GINE(FraudGATv2):
     but a payer's and a payee's statistics arrive mixed, and 3 neighbours look like
     30. GINE's message is ``relu(x_j + lin(edge_attr))``, summed: the edge's role
     shifts what each neighbour contributes, and the sum keeps how many there are.
-    Test-period PR-AUC, one run per seed, 1 torch thread (``train.py --seed S
-    --train-sample 0.25 --threads 1``): seed 0 GATv2+GINE 0.703, GATv2 0.635, GINE
-    alone 0.611 (the best on rings and mules), HGB 0.590; seed 1 0.717 against GATv2
-    0.742 (an earlier run), HGB 0.656; seed 2 0.693, GATv2 0.650, HGB 0.622.
+    Test-period PR-AUC (``benchmarks/results/fraud_seeds.md``, the demo's settings):
+    seed 0 GATv2+GINE 0.762, GATv2 0.601, HGB 0.590; seed 1 0.716, 0.723, 0.656;
+    seed 2 0.669, 0.661, 0.622. GINE alone (seed 0, 1 thread): 0.611, the best of
+    the three on rings and mules and the worst on bursts.
 
     Args:
         in_channels: Node features ``F``.
