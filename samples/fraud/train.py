@@ -239,8 +239,8 @@ def train_gnn(
         kind: ``sage``, ``gatv2`` or ``gatv2_gine``.
         requests: From :func:`build_requests`; its ``train``/``val`` masks are used.
         seed: Seeds the weights, the shuffling, the negative sampling and dropout.
-        epochs: Most passes; None: :data:`EPOCHS` of ``kind`` (GATv2 12, patience 4;
-            GraphSAGE 4: the reference, never exported).
+        epochs: Most passes; None: :data:`EPOCHS` of ``kind`` (GATv2 and GATv2+GINE 12,
+            patience 4; GraphSAGE 4: the reference, never exported).
         hidden, heads: Hidden width; GATv2 attention heads.
         batch_size, lr, weight_decay: Subgraphs per step (one disjoint union); Adam's.
         patience: Epochs without a better validation PR-AUC before stopping.
