@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
             kinds=kinds,
             epochs=args.epochs,
             train_sample=args.train_sample,
-            generator={k: v for k, v in (("accounts", args.accounts), ("days", args.days)) if v},
+            generator={
+                k: v for k, v in (("accounts", args.accounts), ("days", args.days)) if v is not None
+            },
             say=lambda s: print("  " + s),
         )
         row: dict[str, Any] = {"seed": seed, "seconds": result["seconds"], "models": {}}
@@ -89,8 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fraud_seeds.json").write_text(json.dumps(out, indent=1))
-    (args.out / "fraud_seeds.md").write_text(report(out, kinds))
-    print((args.out / "fraud_seeds.md").read_text())
+    text = report(out, kinds)
+    (args.out / "fraud_seeds.md").write_text(text)
+    print(text)
 
 
 def report(out: dict[str, Any], kinds: list[str]) -> str:

@@ -58,7 +58,6 @@ PROFILES = ("intel-core-cpu", "raspberry-pi-5", "jetson-orin-nano")
 BUDGET = 0.01  # share of transactions alerted: the threshold is fitted on validation for it
 FPR = 0.01
 BASELINE = "HGB baseline"
-#: The GNNs the demo trains: GraphSAGE (the reference) and GATv2 beside GINE (``models.py``).
 FP32 = {"sage": "GraphSAGE FP32 (PyTorch)", "gatv2_gine": "GATv2+GINE FP32 (PyTorch)"}
 NOTE = "SYNTHETIC data: a generated transaction stream, no real customer or payment."
 Say = Callable[[str], None]

@@ -31,12 +31,18 @@ def test_report_states_each_margin_and_how_many_seeds_clear_the_bar() -> None:
         {"seed": 2, "models": {"gatv2_gine": _model(0.60), "hgb": _model(0.50)}},
     ]
     out = {
-        "meta": {"date": "d", "machine": "m", "cpus": 2, "python": "3", "versions": {}},
+        "meta": {
+            "date": "d",
+            "machine": "m",
+            "cpus": 2,
+            "python": "3",
+            "versions": {},
+            "torch_threads": 1,
+        },
         "note": "SYNTHETIC",
         "settings": {"train_sample": 0.25},
         "runs": runs,
     }
-    out["meta"]["torch_threads"] = 1
     md = fraud_seeds.report(out, ["gatv2_gine"])
     assert "| 0 | 0.700 | 0.590 | +0.110 |" in md
     assert "| 1 | 0.720 | 0.660 | +0.060 |" in md
