@@ -7,7 +7,7 @@ compressed model passes (:class:`QuantOptions`), the devices it is built for
 (:class:`TargetOptions`) and what is written (:class:`BundleOptions`). Each group checks its own
 values, so API users and the CLI get the same errors.
 
-A field that ``edge-export export`` offers carries its flag (:class:`Flag`) in its metadata: the
+A field that ``edge-export export`` offers carries its flag (:class:`~.config_flags.Flag`) in its metadata: the
 CLI builds its options from these declarations, so an option is declared once. This module is
 torch-free for that reason: the CLI imports it on devices that have no ``[export]`` extra.
 
@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config_flags import FIELD_DEFAULT, Flag, cli_flag
 from .errors import ExportError
 from .io_contract import Bucket, GraphForm, parse_buckets
 from .manifest import Decision, EventGraphSpec, Topology
@@ -30,37 +31,6 @@ from .profiles import load_profile
 
 #: The static form's aggregation choices (``--aggregation``; see ``exporters/aggregation.py``).
 AGGREGATIONS = ("auto", "dense", "tables", "scatter")
-
-#: ``Flag.default`` when the CLI default is the field's own.
-FIELD_DEFAULT: Any = type("FieldDefault", (), {"__repr__": lambda _self: "FIELD_DEFAULT"})()
-
-
-@dataclass(frozen=True)
-class Flag:
-    """How a config field shows on ``edge-export export``.
-
-    Attributes:
-        help: The option's help text.
-        decls: Flag names when they are not ``--<field-name>`` (e.g. ``--profile, -p``).
-        param: The CLI parameter name when it differs from the flat field name.
-        type: The CLI value type when it differs from the field's (e.g. comma-separated text).
-        default: The CLI default when it differs from the field's (before ``parse``).
-        parse: Turns the CLI value into the field's value.
-        min: Smallest value the CLI accepts.
-    """
-
-    help: str
-    decls: tuple[str, ...] = ()
-    param: str | None = None
-    type: Any = None
-    default: Any = FIELD_DEFAULT
-    parse: Callable[[Any], Any] | None = None
-    min: int | None = None
-
-
-def cli_flag(help: str, **options: Any) -> dict[str, Flag]:
-    """Field metadata that offers the field on ``edge-export export`` (see :class:`Flag`)."""
-    return {"flag": Flag(help, **options)}
 
 
 def check_decision_names(decision: Decision, names: Sequence[str]) -> None:
@@ -319,6 +289,9 @@ class TargetOptions:
 
     Attributes:
         profiles: Device profiles (shipped names, ``host`` or YAML paths; validated).
+        jobs: Conversions run side by side, each in a process of its own (LiteRT
+            converts a table-input model once per padding bucket: tens of seconds
+            each for a large model); 1: one after another in this process.
     """
 
     profiles: list[str] = field(
@@ -334,9 +307,21 @@ class TargetOptions:
         ),
     )
 
+    jobs: int = field(
+        default=1,
+        metadata=cli_flag(
+            "Conversions run side by side, each in a process of its own (LiteRT converts "
+            "one file per padding bucket); 1: one after another. Each takes a core and a "
+            "few GiB of memory.",
+            min=1,
+        ),
+    )
+
     def __post_init__(self) -> None:
         for p in self.profiles:
             load_profile(p)  # raises ProfileError naming the field
+        if self.jobs < 1:
+            raise ExportError("jobs must be >= 1")
 
 
 @dataclass
@@ -386,7 +371,7 @@ class ExportConfig:
         parity: FP32 tolerances (:class:`ParityOptions`).
         pruning: Pruning and fine-tuning (:class:`PruneOptions`).
         quant: INT8 and the accuracy gate (:class:`QuantOptions`).
-        targets: Device profiles (:class:`TargetOptions`).
+        targets: Device profiles and conversion jobs (:class:`TargetOptions`).
         bundle: Canary and archive (:class:`BundleOptions`).
 
     Raises:

@@ -145,6 +145,7 @@ class ExportContext:
             max_accuracy_drop=quant.max_accuracy_drop,
             max_rel_error=quant.max_rel_error,
             say=self.say,
+            jobs=self.cfg.targets.jobs,
         )
 
 

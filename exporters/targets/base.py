@@ -89,6 +89,7 @@ class TargetJob:
         max_accuracy_drop: Accuracy gate for FP16/INT8 (fraction).
         max_rel_error: Gate without labels: max |err| / max |reference|.
         say: Progress callback.
+        jobs: Conversions the compiler may run side by side, each in a process.
     """
 
     out: Path
@@ -107,6 +108,7 @@ class TargetJob:
     max_accuracy_drop: float = 0.01
     max_rel_error: float = 0.05
     say: Progress = field(default=lambda _msg: None)
+    jobs: int = 1
 
     @property
     def precisions(self) -> list[Precision]:

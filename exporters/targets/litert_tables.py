@@ -49,6 +49,7 @@ from .base import (
     make_artifact,
     onnx_input_names,
 )
+from .litert_convert import convert_all, prepare
 
 #: INT8 flavours tried in order until one passes the accuracy gate.
 INT8_FLAVOURS = {
@@ -73,14 +74,18 @@ def compile_bucketed(job: TargetJob, max_calibration: int = 200) -> list[Candida
     files: dict[Precision, list[Path]] = {p: [] for p in job.precisions}
     saved: list[tuple[Path, list[Feeds]]] = []  # per bucket: SavedModel, calibration feeds
     with tempfile.TemporaryDirectory(prefix="edge-litert-tables-") as tmp:
+        runs: list[tuple[dict[str, list[int]], list[Feeds], list[Feeds], Path]] = []
         for b, fixed_shape in enumerate(shapes):
             feeds = calibration_feeds(job, graphs, b)[:max_calibration]
-            job.say(f"litert: converting bucket {b} ({_bucket_label(job, b)}) with onnx2tf")
             work = Path(tmp) / f"b{b}"
             work.mkdir()
             check = bucket_feeds(job, coverage_graph(job, b), b)
             checks = feeds if check is None else [every_slot(job, check, b), check, *feeds]
-            out = _convert(job, model, fixed_shape, names, checks, work)
+            prepare(model, fixed_shape, names, checks, work)
+            runs.append((fixed_shape, feeds, checks, work))
+        convert_all(job, [work for *_, work in runs], names, _bucket_label)
+        for fixed_shape, feeds, checks, work in runs:
+            out = _outputs(job, fixed_shape, checks, work)
             for p, f in out.items():
                 files[p].append(f)
             saved.append((work / "tf", feeds))
@@ -136,53 +141,15 @@ def crop(g: DynamicGraph, nodes: int, edges: int) -> DynamicGraph:
     return DynamicGraph(g.x[:nodes], g.edge_index[:, keep], attr, batch)
 
 
-def _convert(
-    job: TargetJob,
-    model: Any,
-    shapes: dict[str, list[int]],
-    names: list[str],
-    feeds: list[Feeds],
-    work: Path,
-) -> dict[Any, Path]:
-    """One bucket: FP32/FP16 by onnx2tf, INT8 flavours from its SavedModel."""
-    import onnx
+def _outputs(
+    job: TargetJob, shapes: dict[str, list[int]], feeds: list[Feeds], work: Path
+) -> dict[Precision, Path]:
+    """The FP32/FP16 files of a converted bucket, each probed, FP32 checked against ONNX.
 
-    onnx2tf = require("onnx2tf", "LiteRT conversion")
-    try:
-        fixed = lg.fix_shapes(model, shapes)
-    except Exception as exc:
-        raise ExportError(f"LiteRT: fixing input shapes {shapes} failed: {exc}") from exc
-    left = lg.reducing_scatters(fixed)
-    if left:
-        raise TargetNotSupported(f"onnx2tf cannot convert {', '.join(left)}")
-    src = work / "model.onnx"
-    onnx.save(fixed, str(src))
-    # A request with rows in every class, of exactly the input shapes, for onnx2tf's ONNX
-    # Runtime checks: where an axis is ambiguous (slots K == features F) onnx2tf keeps the
-    # guess those checks accept, and with empty classes a wrong guess passed them.
-    data = []
-    for name in names:
-        path = work / f"check_{name}.npy"
-        np.save(path, feeds[0][name])
-        data.append([name, str(path), 0.0, 1.0])
-    with lg.quiet() as log, warnings.catch_warnings(), lf.tools_on_path():
-        warnings.simplefilter("ignore")
-        try:
-            onnx2tf.convert(
-                input_onnx_file_path=str(src),
-                output_folder_path=str(work / "tf"),
-                output_signaturedefs=True,
-                copy_onnx_input_output_names_to_tflite=True,
-                non_verbose=True,
-                # fix_shapes already ran onnxsim (in process) on this fixed-shape model;
-                # onnx2tf's own three-to-four onnxsim subprocesses found nothing more to fold
-                # and cost ~12 s of CPU per bucket (the fraud GATv2's 2 buckets: ~25 s).
-                not_use_onnxsim=True,
-                keep_shape_absolutely_input_names=names,
-                custom_input_op_name_np_data_path=data,
-            )
-        except BaseException as exc:  # onnx2tf calls sys.exit on some errors
-            raise TargetNotSupported(f"onnx2tf: {exc}; log tail: {log.getvalue()[-800:]}") from exc
+    Raises:
+        ExportError: A file does not run.
+        TargetNotSupported: FP32 differs from ONNX Runtime.
+    """
     out: dict[Precision, Path] = {}
     for p, stem in ((Precision.FP32, "float32"), (Precision.FP16, "float16")):
         if p in job.precisions:
@@ -191,7 +158,7 @@ def _convert(
             if crash:
                 raise ExportError(f"litert: {p} file of bucket {shapes} does not run: {crash}")
     if Precision.FP32 in out:
-        _verify(src, out[Precision.FP32], feeds[:3])
+        _verify(work / "model.onnx", out[Precision.FP32], feeds[:3])
     return out
 
 

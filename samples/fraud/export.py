@@ -16,10 +16,9 @@ Calibration and verification use real training subgraphs (and merged batches of
 them, so the batched bucket is calibrated on what it will see), never random
 graphs. The buckets and the in-degree limit are measured from the data.
 
-LiteRT is the export's cost: one onnx2tf conversion per bucket. An attention GNN's INT8
-routes that fail its gate are not built (``int8_routes.py``: LiteRT full integer, OpenVINO
-NNCF; the profiles with that option are written to ``<bundle>.profiles/``).
-
+LiteRT is the export's cost: one onnx2tf conversion per bucket, side by side (``jobs``).
+An attention GNN's INT8 routes that fail its gate are not built (``int8_routes.py``: LiteRT
+full integer, OpenVINO NNCF; the profiles with that option go to ``<bundle>.profiles/``).
 Everything here is about the SYNTHETIC transaction stream of ``generate.py``.
 """
 
@@ -68,9 +67,6 @@ def _int8_routes() -> Any:
         sys.modules[key] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules[key])
     return sys.modules[key]
-
-
-# -- subgraphs ------------------------------------------------------------------------------
 
 
 def as_arrays(sub: Any, names: Sequence[str] = INPUTS) -> dict[str, np.ndarray]:
@@ -221,6 +217,7 @@ def export_bundle(
     batch: int = BATCH,
     int8_routes: dict[str, dict[str, Any]] | str = "auto",
     say: Say | None = None,
+    jobs: int = 2,
 ) -> Path:
     """Export ``model`` (logits [N, 2]) as one INT8 bundle for ``profiles``.
 
@@ -238,6 +235,7 @@ def export_bundle(
         int8_routes: Per engine, INT8 route options for the profiles' targets; ``"auto"``:
             ``int8_routes.routes_for(model)`` ({} for a model without attention).
         say: Progress lines (with seconds since the start).
+        jobs: LiteRT conversions side by side (one process per bucket, ~25 s each).
 
     Returns:
         The bundle directory. ``<out>.export.json`` beside it holds the buckets, the
@@ -271,6 +269,7 @@ def export_bundle(
         int8=int8,
         calibration=len(graphs),
         profiles=names_or_files,
+        jobs=jobs,
         **extra,
     )
     start = time.perf_counter()

@@ -479,6 +479,51 @@ def test_converter_check_data_fills_every_table_class(table_job: Any) -> None:
                 assert value.min() >= 0 and value.max() < rows
 
 
+def test_buckets_converted_side_by_side_give_the_same_files(
+    table_job: Any, tables_built: dict[Precision, Any], tmp_path: Path
+) -> None:
+    """``jobs=2``: each bucket converted in a Python process of its own, the same
+    files as one after another in this process (bit-equal outputs on both buckets)."""
+    from edge_sdk.exporters.targets.to_litert import CompileLiteRT
+
+    said: list[str] = []
+    job = dataclasses.replace(
+        table_job, out=tmp_path / "bundle", jobs=2, int8=False, say=said.append
+    )
+    (built,) = [c for c in CompileLiteRT()(job) if c.artifact.precision is Precision.FP32]
+    assert "litert: converting 2 buckets with onnx2tf, 2 processes at a time" in said
+    assert sum(m.startswith(("litert: bucket 0 ", "litert: bucket 1 ")) for m in said) == 2
+    serial = tables_built[Precision.FP32].artifact
+    assert built.artifact.options["buckets"] == serial.options["buckets"]
+    rng = np.random.default_rng(9)
+    a, b = job.open(built.artifact), table_job.open(serial)
+    try:
+        for n, e in [(12, 40), (40, 150)]:  # bucket 0, then bucket 1
+            feeds = {
+                "x": rng.standard_normal((n, 8), dtype=np.float32),
+                "edge_index": rng.integers(0, n, size=(2, e)),
+            }
+            got, want = next(iter(a.infer(feeds).values())), next(iter(b.infer(feeds).values()))
+            assert got.shape == want.shape and np.array_equal(got, want)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_bucket_refused_in_its_process_names_onnx2tf(table_job: Any, tmp_path: Path) -> None:
+    from edge_sdk.exporters.targets.base import TargetNotSupported
+    from edge_sdk.exporters.targets.litert_convert import convert_all
+
+    works = [tmp_path / "b0", tmp_path / "b1"]
+    for w in works:
+        w.mkdir()
+        (w / "model.onnx").write_bytes(b"not an ONNX model")
+    job = dataclasses.replace(table_job, jobs=2)
+    with pytest.raises(TargetNotSupported, match="^onnx2tf: "):  # its reason, from its process
+        convert_all(job, works, ["x"], lambda _job, b: f"b{b}")
+    assert not (works[0] / "tf" / "model_float32.tflite").exists()
+
+
 def test_static_table_file_stays_within_the_size_budget(tmp_path: Path) -> None:
     """A static-form GCN over constant neighbour tables: the ``.tflite`` holds its table
     ids as int32 (onnxsim folded PyTorch's int64 cast into int64 constants: 2.39x the
