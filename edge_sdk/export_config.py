@@ -7,9 +7,9 @@ compressed model passes (:class:`QuantOptions`), the devices it is built for
 (:class:`TargetOptions`) and what is written (:class:`BundleOptions`). Each group checks its own
 values, so API users and the CLI get the same errors.
 
-A field that ``edge-export export`` offers carries its flag (:class:`~.config_flags.Flag`) in its metadata: the
-CLI builds its options from these declarations, so an option is declared once. This module is
-torch-free for that reason: the CLI imports it on devices that have no ``[export]`` extra.
+A field that ``edge-export export`` offers carries its flag (:class:`~.config_flags.Flag`) in
+its metadata: the CLI builds its options from these declarations, so an option is declared once.
+This module is torch-free for that reason: the CLI imports it on devices without ``[export]``.
 
 Flat keywords (``ExportConfig(form="static", int8=True)``) and flat attributes (``cfg.atol``) keep
 working; each is routed to its group.

@@ -51,7 +51,16 @@ def fits(graph: DynamicGraph, bucket: Bucket, has_batch: bool, tables: bool = Fa
     and, with ``batch``, one padding graph; a model taking neighbour tables
     (``tables``) needs neither: padding nodes have no edges and belong to no graph.
     """
-    n, e = graph.num_nodes, graph.num_edges
+    return fits_sizes(
+        graph.num_nodes, graph.num_edges, graph.num_graphs, bucket, has_batch, tables
+    )
+
+
+def fits_sizes(
+    n: int, e: int, graphs: int, bucket: Bucket, has_batch: bool, tables: bool = False
+) -> bool:
+    """:func:`fits` for a graph of ``n`` nodes, ``e`` edges and ``graphs`` graphs (a
+    disjoint union's are its parts' sums: no need to merge them to know)."""
     if tables:
         # Without a batch input, a disjoint union of requests is one larger graph to the
         # model (node-level outputs; graph-level ones are never merged, see
@@ -59,7 +68,7 @@ def fits(graph: DynamicGraph, bucket: Bucket, has_batch: bool, tables: bool = Fa
         return (
             n <= bucket.max_nodes
             and e <= bucket.max_edges
-            and (not has_batch or graph.num_graphs <= bucket.max_graphs)
+            and (not has_batch or graphs <= bucket.max_graphs)
         )
     # Padding edges need a padding node to point at.
     need_nodes = n + (1 if e < bucket.max_edges else 0)
@@ -68,7 +77,7 @@ def fits(graph: DynamicGraph, bucket: Bucket, has_batch: bool, tables: bool = Fa
     if has_batch:
         # Padding nodes form one extra graph whose readout row is dropped.
         padding_graph = 1 if bucket.max_nodes > n else 0
-        return graph.num_graphs + padding_graph <= bucket.max_graphs
+        return graphs + padding_graph <= bucket.max_graphs
     return True
 
 
@@ -241,13 +250,15 @@ def group_for_buckets(
         return [list(range(len(graphs)))]
     largest = buckets[-1]
     groups: list[list[int]] = []
-    for i in range(len(graphs)):
-        if groups and fits(
-            batch_graphs([graphs[j] for j in [*groups[-1], i]])[0], largest, has_batch, tables
-        ):
+    n = e = k = 0  # the last group's union so far: nodes, edges, graphs
+    for i, g in enumerate(graphs):
+        gn, ge, gk = g.num_nodes, g.num_edges, g.num_graphs
+        if groups and fits_sizes(n + gn, e + ge, k + gk, largest, has_batch, tables):
             groups[-1].append(i)
+            n, e, k = n + gn, e + ge, k + gk
         else:
             groups.append([i])
+            n, e, k = gn, ge, gk
     return groups
 
 
