@@ -51,9 +51,7 @@ def fits(graph: DynamicGraph, bucket: Bucket, has_batch: bool, tables: bool = Fa
     and, with ``batch``, one padding graph; a model taking neighbour tables
     (``tables``) needs neither: padding nodes have no edges and belong to no graph.
     """
-    return fits_sizes(
-        graph.num_nodes, graph.num_edges, graph.num_graphs, bucket, has_batch, tables
-    )
+    return fits_sizes(graph.num_nodes, graph.num_edges, graph.num_graphs, bucket, has_batch, tables)
 
 
 def fits_sizes(
