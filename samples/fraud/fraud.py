@@ -241,7 +241,7 @@ def pipeline(
             kind: train.train_gnn(kind, req, seed=args.seed, budget=args.budget, say=tell, **kw)
             for kind in FP32
         }
-        say("  hgb: trains beside the export (one core; its lines follow the export's)")
+        say("  hgb: trains beside the export (one core; its lines print after the engines step)")
     te = req.test
     y, pattern = req.y[te], req.pattern[te]
     test_graphs = req.select(te)
