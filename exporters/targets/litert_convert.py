@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +55,7 @@ def prepare(
         np.save(work / f"check_{name}.npy", feeds[0][name])
 
 
-def convert_all(
-    job: TargetJob, works: list[Path], names: list[str], label: Callable[[TargetJob, int], str]
-) -> None:
+def convert_all(job: TargetJob, works: list[Path], names: list[str]) -> None:
     """onnx2tf on each prepared bucket: ``job.jobs`` at a time, each in a Python process
     of its own (a large model's bucket takes tens of seconds, nearly all of it
     single-threaded Python), else one after another in this process.
@@ -69,7 +66,7 @@ def convert_all(
     jobs = min(job.jobs, len(works))
     if jobs <= 1:
         for b, work in enumerate(works):
-            job.say(f"litert: converting bucket {b} ({label(job, b)}) with onnx2tf")
+            job.say(f"litert: converting bucket {b} ({bucket_label(job, b)}) with onnx2tf")
             onnx2tf_convert(work, names)
         return
     from concurrent.futures import ThreadPoolExecutor
@@ -96,13 +93,19 @@ def convert_all(
                 f"onnx2tf's process for bucket {b} exited with {code.returncode}: {tail}"
             )
         job.say(
-            f"litert: bucket {b} ({label(job, b)}) converted "
+            f"litert: bucket {b} ({bucket_label(job, b)}) converted "
             f"({time.perf_counter() - started:.0f} s)"
         )
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for done in [pool.submit(convert, b) for b in range(len(works))]:
             done.result()
+
+
+def bucket_label(job: TargetJob, b: int) -> str:
+    """``b0: 72 nodes, 136 edges``: bucket ``b`` of ``job`` in progress lines and notes."""
+    bucket = job.graph.buckets[b]
+    return f"b{b}: {bucket.max_nodes} nodes, {bucket.max_edges} edges"
 
 
 #: Written by a conversion process that onnx2tf refused: the reason.

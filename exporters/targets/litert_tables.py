@@ -49,7 +49,7 @@ from .base import (
     make_artifact,
     onnx_input_names,
 )
-from .litert_convert import convert_all, prepare
+from .litert_convert import bucket_label, convert_all, prepare
 
 #: INT8 flavours tried in order until one passes the accuracy gate.
 INT8_FLAVOURS = {
@@ -83,7 +83,7 @@ def compile_bucketed(job: TargetJob, max_calibration: int = 200) -> list[Candida
             checks = feeds if check is None else [every_slot(job, check, b), check, *feeds]
             prepare(model, fixed_shape, names, checks, work)
             runs.append((fixed_shape, feeds, checks, work))
-        convert_all(job, [work for *_, work in runs], names, _bucket_label)
+        convert_all(job, [work for *_, work in runs], names)
         for fixed_shape, feeds, checks, work in runs:
             out = _outputs(job, fixed_shape, checks, work)
             for p, f in out.items():
@@ -380,7 +380,7 @@ def _artifact(
         io, ops = lf.io_map(dest, names, outputs)
         buckets.append({"file": dest.name, "input_shapes": shape, "options": io})
         dests.append(dest)
-    sizes = "; ".join(_bucket_label(job, b) for b in range(len(paths)))
+    sizes = "; ".join(bucket_label(job, b) for b in range(len(paths)))
     options: dict[str, Any] = {"layout": "native", "buckets": buckets, **buckets[-1]["options"]}
     if precision is Precision.INT8:
         options |= {"int8_flavour": flavour, "int8_io": "float32"}
@@ -401,8 +401,3 @@ def _artifact(
         ),
         ops=ops,
     )
-
-
-def _bucket_label(job: TargetJob, b: int) -> str:
-    bucket = job.graph.buckets[b]
-    return f"b{b}: {bucket.max_nodes} nodes, {bucket.max_edges} edges"

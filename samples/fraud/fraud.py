@@ -270,8 +270,9 @@ def pipeline(
     # OpenMP thread: on a busy 2-core machine spinning ones made it 5-20x slower than one.
     lines: list[str] = []
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=1) as pool:
-        hgb_kw = {"budget": args.budget, "say": lines.append}
-        fit = pool.submit(train.train_baseline, req, args.seed, **hgb_kw)
+        fit = pool.submit(
+            train.train_baseline, req, args.seed, budget=args.budget, say=lines.append
+        )
         bundle = export_and_evaluate(args, out, say, steps, results, arrays, chosen, req, spec)
         hgb = fit.result()
         arrays[f"score/{BASELINE}"] = train.score_baseline(hgb.model, req.tabular[te])

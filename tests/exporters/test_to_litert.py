@@ -520,7 +520,7 @@ def test_a_bucket_refused_in_its_process_names_onnx2tf(table_job: Any, tmp_path:
         (w / "model.onnx").write_bytes(b"not an ONNX model")
     job = dataclasses.replace(table_job, jobs=2)
     with pytest.raises(TargetNotSupported, match=r"^onnx2tf: "):  # its reason, from its process
-        convert_all(job, works, ["x"], lambda _job, b: f"b{b}")
+        convert_all(job, works, ["x"])
     assert not (works[0] / "tf" / "model_float32.tflite").exists()
 
 
